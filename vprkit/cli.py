@@ -1,0 +1,219 @@
+"""The ``vprkit`` command line: a thin click layer over the library."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import VprkitError
+from .progress import console
+
+SCALE_HELP = "a scale such as 1, or a pyramid such as 1+2+3"
+
+
+class VprkitGroup(click.Group):
+    """Turns library errors into one clear line and a non-zero exit code, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except VprkitError as err:
+            raise click.ClickException(str(err)) from None
+        except KeyboardInterrupt:
+            console.print("[red]interrupted[/]: rerun the same command to resume")
+            sys.exit(130)
+        except OSError as err:
+            if err.errno is None:
+                raise
+            where = f" ({err.filename})" if err.filename else ""
+            raise click.ClickException(f"{err.strerror or err}{where}") from None
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    console.print(f"[yellow]Warning:[/] {message}")
+
+
+@click.group(cls=VprkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vprkit")
+def main() -> None:
+    """vprkit: visual place recognition from stored descriptor databases.
+
+    Run the network once (extract), then evaluate scales, pyramids and ensembles from the
+    stored descriptors without running it again.
+    """
+    warnings.showwarning = _show_warning
+
+
+# --------------------------------------------------------------------------- extract
+@main.command()
+@click.argument("root", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Descriptor file to write (HDF5), e.g. gem.h5.")
+@click.option("--split", default="test", show_default=True, help="Dataset split: train, val or test.")
+@click.option("--backbone", default=None,
+              help="resnet18conv4, resnet18conv5, resnet50conv4, resnet50conv5, vgg16 or "
+                   "efficientnet_lite0.  [default: resnet18conv4, or what --checkpoint holds]")
+@click.option("--aggregation", default=None,
+              help="gem or netvlad.  [default: gem, or what --checkpoint holds]")
+@click.option("--clusters", default=64, show_default=True, help="NetVLAD clusters.")
+@click.option("--weights", default="imagenet", show_default=True,
+              help="Backbone weights: imagenet (torchvision's weights API; efficientnet_lite0 "
+                   "from its offline package), none (random, seeded by --seed), or a state dict path.")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="A benchmark or vprkit checkpoint; architecture taken from it.  [default: none]")
+@click.option("--scales", default="1", show_default=True,
+              help="Comma-separated scales; scale l is the image at H/l x W/l.")
+@click.option("--resize", nargs=2, type=int, default=(480, 640), show_default=True,
+              help="Resize every image to H W before making the scales.")
+@click.option("--native-size", is_flag=True, help="Keep each image's own size (no --resize).")
+@click.option("--batch-size", default=16, show_default=True, help="Images per inference batch.")
+@click.option("--workers", default=2, show_default=True, help="Image decoding processes.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--half", is_flag=True, help="float16 inference (CUDA only).  [default: off]")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32",
+              show_default=True, help="Storage type of the descriptors.")
+@click.option("--seed", default=0, show_default=True,
+              help="Seed of random weights and of NetVLAD's k-means sampling.")
+@click.option("--cluster-split", default=None,
+              help="Split whose database images initialise NetVLAD's clusters by k-means.  "
+                   "[default: --split]")
+@click.option("--skip-unparsable", is_flag=True,
+              help="Skip (and count) file names without coordinates instead of failing.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing or unfinished output.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def extract(root, output, split, backbone, aggregation, clusters, weights, checkpoint, scales,
+            resize, native_size, batch_size, workers, device, half, dtype, seed, cluster_split,
+            skip_unparsable, overwrite, quiet):
+    """Run a model over a dataset split and write its descriptors at every scale.
+
+    ROOT is a dataset in the benchmark layout (ROOT/images/SPLIT/{database,queries}).
+    An interrupted run resumes when the same command is run again.
+    """
+    from .extract import ExtractOptions
+    from .extract import extract as run_extract
+    from .models import ModelConfig
+    from .store import parse_scales
+
+    if checkpoint is None:
+        config = ModelConfig(backbone=backbone or "resnet18conv4",
+                             aggregation=aggregation or "gem", clusters=clusters, weights=weights)
+    else:
+        config = ModelConfig(backbone=backbone, aggregation=aggregation, clusters=clusters,
+                             weights="none", checkpoint=str(checkpoint))
+    options = ExtractOptions(
+        split=split, scales=parse_scales(scales), resize=None if native_size else tuple(resize),
+        batch_size=batch_size, workers=workers, device=device, half=half, dtype=dtype, seed=seed,
+        cluster_split=cluster_split, skip_unparsable=skip_unparsable, overwrite=overwrite)
+    path = run_extract(root, output, config, options, progress=not quiet)
+    from .store import DescriptorFile
+    with DescriptorFile(path) as f:
+        console.print(
+            f"[green]wrote[/] {path}: {f.num('database')} database + {f.num('queries')} queries, "
+            f"{f.dim} dims, scales {', '.join(map(str, f.scales))}")
+
+
+# --------------------------------------------------------------------------- evaluate
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--scale", "scales", multiple=True,
+              help=f"Repeatable: {SCALE_HELP}.  [default: the file's first scale]")
+@click.option("--recalls", default="1,5,10,20", show_default=True, help="The N of Recall@N.")
+@click.option("--threshold", default=25.0, show_default=True,
+              help="Metres within which a database image is a positive.")
+@click.option("--json", "json_path", default=None,
+              help="Write the results as JSON to this path ('-' for stdout).  [default: none]")
+@click.option("--predictions", type=click.Path(path_type=Path), default=None,
+              help="Write each query's top-N predictions as CSV (single file and scale only).  "
+                   "[default: none]")
+@click.option("--block-rows", type=int, default=None,
+              help="Database rows searched at a time (bounds memory).  [default: 256 MiB of rows]")
+def evaluate(files, scales, recalls, threshold, json_path, predictions, block_rows):
+    """Recall@N of stored descriptors: one row per FILE and --scale."""
+    from .evaluate import evaluate_file, parse_recalls, results_json
+    from .report import recall_table
+
+    ns = parse_recalls(recalls)
+    specs = list(scales) or [None]
+    if predictions and (len(files) > 1 or len(specs) > 1):
+        raise VprkitError("--predictions needs a single file and a single --scale")
+    results = [
+        evaluate_file(f, s, ns, threshold, block_rows=block_rows, predictions_path=predictions)
+        for f in files for s in specs
+    ]
+    if json_path == "-":
+        click.echo(results_json(results))
+        return
+    console.print(recall_table(results))
+    if json_path:
+        Path(json_path).write_text(results_json(results) + "\n")
+        console.print(f"wrote {json_path}")
+
+
+# --------------------------------------------------------------------------- info
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
+def info(file, as_json):
+    """Describe a descriptor file: images, scales, dimensions, model and preprocessing."""
+    from .report import describe_file, describe_table
+
+    desc = describe_file(file)
+    if as_json:
+        click.echo(json.dumps(desc, indent=2))
+    else:
+        console.print(describe_table(desc))
+
+
+# --------------------------------------------------------------------------- dataset
+@main.group()
+def dataset() -> None:
+    """Inspect datasets in the benchmark layout."""
+
+
+@dataset.command("info")
+@click.argument("root", type=click.Path(path_type=Path))
+@click.option("--threshold", default=25.0, show_default=True,
+              help="Metres within which a database image is a positive.")
+@click.option("--no-sizes", is_flag=True, help="Do not open images to count their sizes.")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+def dataset_info_cmd(root, threshold, no_sizes, as_json):
+    """Images per split and role, queries without positives, and image sizes."""
+    from .datasets import dataset_info
+    from .report import dataset_table
+
+    rows = dataset_info(root, threshold, image_sizes=not no_sizes)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        console.print(dataset_table(rows, root, threshold))
+
+
+# --------------------------------------------------------------------------- demo
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("vprkit_demo"),
+              show_default=True, help="Folder for the generated dataset and descriptor files.")
+@click.option("--backbone", default="resnet18conv4", show_default=True, help="Backbone to run.")
+@click.option("--weights", default="none", show_default=True,
+              help="none (random, no download), imagenet, or a state dict path.")
+@click.option("--scales", default="1,2,3", show_default=True, help="Scales to extract.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def demo(out, backbone, weights, scales, quiet):
+    """Generate a small dataset, extract GeM and NetVLAD at scales 1,2,3, and evaluate.
+
+    Needs no download; takes well under a minute on two CPU cores.
+    """
+    from .demo import run_demo
+    from .report import recall_table
+
+    results = run_demo(out, backbone=backbone, weights=weights, scales=scales,
+                       progress=not quiet)
+    console.print(recall_table(results, title="vprkit demo: Recall@N on the generated dataset"))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,192 @@
+"""The benchmark dataset layout, UTM coordinates from file names, and ground truth.
+
+Layout (Deep Visual Geo-localization Benchmark)::
+
+    ROOT/images/{train,val,test}/{database,queries}/**/@UTM_east@UTM_north@zone@letter@lat@lon@...@.jpg
+
+Only the first two ``@`` fields (UTM east and north, metres) are required.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sklearn.neighbors import NearestNeighbors
+
+from .errors import VprkitError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+ROLES = ("database", "queries")
+SPLITS = ("train", "val", "test")
+EVAL_POSITIVE_RADIUS = 25.0
+TRAIN_POSITIVE_RADIUS = 10.0
+
+
+def parse_utm(name: str) -> tuple[float, float]:
+    """UTM (east, north) in metres from a benchmark file name ``@east@north@...``."""
+    fields = Path(name).name.split("@")
+    try:
+        east, north = float(fields[1]), float(fields[2])
+    except (IndexError, ValueError):
+        raise VprkitError(
+            f"cannot read UTM coordinates from file name {name!r}: expected "
+            "'@UTM_east@UTM_north@zone@letter@lat@lon@...@.jpg'"
+        ) from None
+    if not (np.isfinite(east) and np.isfinite(north)):
+        raise VprkitError(f"non-finite UTM coordinates in file name {name!r}")
+    return east, north
+
+
+def list_images(folder: Path) -> list[str]:
+    """Image paths under ``folder`` (recursively), relative to it, in sorted order."""
+    names = [
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+    ]
+    return sorted(names)
+
+
+@dataclass
+class ImageList:
+    """The images of one role (database or queries) of a split, with their UTM coordinates."""
+
+    folder: Path
+    names: list[str]
+    utm: np.ndarray  # (N, 2) float64
+    skipped: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def paths(self) -> list[Path]:
+        return [self.folder / n for n in self.names]
+
+    @classmethod
+    def from_folder(cls, folder: Path, skip_unparsable: bool = False) -> ImageList:
+        names, utm, skipped = [], [], []
+        for name in list_images(folder):
+            try:
+                utm.append(parse_utm(name))
+                names.append(name)
+            except VprkitError as err:
+                if not skip_unparsable:
+                    raise VprkitError(f"{err} (in {folder})") from None
+                skipped.append(name)
+        if skipped:
+            warnings.warn(
+                f"skipped {len(skipped)} file(s) without coordinates in {folder}, "
+                f"e.g. {skipped[0]!r}",
+                stacklevel=2,
+            )
+        utm_array = np.asarray(utm, dtype=np.float64).reshape(-1, 2)
+        return cls(folder=folder, names=names, utm=utm_array, skipped=skipped)
+
+
+@dataclass
+class Split:
+    """One split of a benchmark-layout dataset: a database and a query set."""
+
+    root: Path
+    name: str
+    database: ImageList
+    queries: ImageList
+
+    @property
+    def folder(self) -> Path:
+        return self.root / "images" / self.name
+
+    def role(self, role: str) -> ImageList:
+        if role not in ROLES:
+            raise VprkitError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+        return getattr(self, role)
+
+    def positives(self, radius: float = EVAL_POSITIVE_RADIUS) -> list[np.ndarray]:
+        """For each query, the database indices within ``radius`` metres (sorted by distance)."""
+        return positives_within(self.database.utm, self.queries.utm, radius)
+
+
+def positives_within(
+    database_utm: np.ndarray, queries_utm: np.ndarray, radius: float
+) -> list[np.ndarray]:
+    """Database indices within ``radius`` metres of each query (inclusive), nearest first."""
+    if len(database_utm) == 0:
+        return [np.empty(0, dtype=np.int64) for _ in range(len(queries_utm))]
+    knn = NearestNeighbors(algorithm="auto").fit(database_utm)
+    _, indices = knn.radius_neighbors(queries_utm, radius=radius, sort_results=True)
+    return [np.asarray(i, dtype=np.int64) for i in indices]
+
+
+def split_folder(root: Path | str, split: str) -> Path:
+    root = Path(root)
+    if not root.is_dir():
+        raise VprkitError(f"dataset root {root} does not exist or is not a folder")
+    folder = root / "images" / split
+    if not folder.is_dir():
+        found = sorted(p.name for p in (root / "images").glob("*") if p.is_dir()) if (
+            root / "images"
+        ).is_dir() else []
+        hint = f" (found splits: {', '.join(found)})" if found else " (expected ROOT/images/SPLIT)"
+        raise VprkitError(f"split folder {folder} does not exist{hint}")
+    return folder
+
+
+def load_split(
+    root: Path | str, split: str = "test", skip_unparsable: bool = False, allow_empty: bool = False
+) -> Split:
+    """Read one split of a dataset in the benchmark layout."""
+    folder = split_folder(root, split)
+    lists = {}
+    for role in ROLES:
+        role_folder = folder / role
+        if not role_folder.is_dir():
+            raise VprkitError(f"folder {role_folder} does not exist")
+        lists[role] = ImageList.from_folder(role_folder, skip_unparsable=skip_unparsable)
+        if not allow_empty and len(lists[role]) == 0:
+            raise VprkitError(
+                f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {role_folder}"
+            )
+    return Split(root=Path(root), name=split, database=lists["database"], queries=lists["queries"])
+
+
+def dataset_info(
+    root: Path | str, radius: float = EVAL_POSITIVE_RADIUS, image_sizes: bool = True
+) -> list[dict]:
+    """Per split and role: image count, queries without positives, image sizes."""
+    from PIL import Image
+
+    root = Path(root)
+    if not root.is_dir():
+        raise VprkitError(f"dataset root {root} does not exist or is not a folder")
+    splits = [s for s in SPLITS if (root / "images" / s).is_dir()]
+    if not splits:
+        raise VprkitError(f"no split folders in {root / 'images'} (expected train, val or test)")
+    rows = []
+    for split_name in splits:
+        split = load_split(root, split_name, allow_empty=True)
+        positives = split.positives(radius) if len(split.queries) else []
+        without = sum(1 for p in positives if len(p) == 0)
+        for role in ROLES:
+            images = split.role(role)
+            sizes: Counter = Counter()
+            if image_sizes:
+                for path in images.paths():
+                    try:
+                        with Image.open(path) as im:
+                            sizes[f"{im.width}x{im.height}"] += 1
+                    except Exception as err:
+                        raise VprkitError(f"cannot read image {path}: {err}") from None
+            rows.append(
+                {
+                    "split": split_name,
+                    "role": role,
+                    "images": len(images),
+                    "queries_without_positives": without if role == "queries" else None,
+                    "sizes": dict(sizes.most_common()),
+                }
+            )
+    return rows

@@ -1,0 +1,135 @@
+"""Pipeline step: Recall@N of a stored descriptor file, for any scale or pyramid.
+
+Recall@N is the percentage of queries with at least one database image within ``threshold``
+metres (UTM) among their first N predictions, exactly as the Deep Visual Geo-localization
+Benchmark computes it: queries without any positive stay in the denominator.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .datasets import EVAL_POSITIVE_RADIUS, positives_within
+from .errors import VprkitError
+from .search import blocked_search
+from .store import DescriptorFile, parse_scale_spec, spec_name
+
+DEFAULT_RECALLS = (1, 5, 10, 20)
+
+
+@dataclass
+class EvaluationResult:
+    file: str
+    scale: str
+    recalls: dict[int, float]
+    queries: int
+    database: int
+    dim: int
+    threshold: float
+    queries_without_positives: int
+    seconds: float
+    search: str = "exact"
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["recalls"] = {str(n): r for n, r in self.recalls.items()}
+        return out
+
+
+def parse_recalls(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in str(text).split(",") if v.strip())
+    except ValueError:
+        raise VprkitError(f"bad recall list {text!r}: expected integers like 1,5,10,20") from None
+    if not values or min(values) < 1 or list(values) != sorted(set(values)):
+        raise VprkitError(f"bad recall list {text!r}: expected increasing integers >= 1")
+    return values
+
+
+def recall_at_n(predictions: np.ndarray, positives: Sequence[np.ndarray],
+                ns: Sequence[int]) -> np.ndarray:
+    """Percentage of queries with a positive among the first n predictions, for each n."""
+    if len(predictions) == 0:
+        raise VprkitError("there are no queries to evaluate")
+    hits = np.zeros(len(ns))
+    for pred, pos in zip(predictions, positives, strict=True):
+        found = np.isin(pred, pos)
+        for i, n in enumerate(ns):
+            if found[:n].any():
+                hits[i:] += 1
+                break
+    return hits / len(predictions) * 100.0
+
+
+def evaluate_file(
+    path: str | Path,
+    scale: str | None = None,
+    recalls: Sequence[int] = DEFAULT_RECALLS,
+    threshold: float = EVAL_POSITIVE_RADIUS,
+    block_rows: int | None = None,
+    predictions_path: str | Path | None = None,
+) -> EvaluationResult:
+    """Recall@N of one scale (``"2"``) or pyramid (``"1+2+3"``) of a descriptor file."""
+    started = time.perf_counter()
+    if threshold <= 0:
+        raise VprkitError(f"--threshold must be positive, got {threshold}")
+    with DescriptorFile(path) as store:
+        scales = parse_scale_spec(scale) if scale else (store.scales[0],)
+        store.check_spec(scales)
+        n_db, n_q = store.num("database"), store.num("queries")
+        if n_db == 0 or n_q == 0:
+            raise VprkitError(f"{path} has {n_db} database and {n_q} query rows; need both")
+        k = max(recalls)
+        queries = store.read_rows("queries", scales, 0, n_q)
+        block = block_rows or store.default_block_rows()
+        distances, predictions = blocked_search(
+            queries, store.iter_blocks("database", scales, block), k)
+        positives = positives_within(store.utm("database"), store.utm("queries"), threshold)
+        values = recall_at_n(predictions, positives, recalls)
+        if predictions_path:
+            write_predictions(predictions_path, store, predictions, distances, positives)
+        result = EvaluationResult(
+            file=str(path),
+            scale=spec_name(scales),
+            recalls={n: float(v) for n, v in zip(recalls, values, strict=True)},
+            queries=n_q,
+            database=n_db,
+            dim=queries.shape[1],
+            threshold=threshold,
+            queries_without_positives=sum(1 for p in positives if len(p) == 0),
+            seconds=time.perf_counter() - started,
+        )
+    return result
+
+
+def write_predictions(path: str | Path, store: DescriptorFile, predictions: np.ndarray,
+                      distances: np.ndarray, positives: Sequence[np.ndarray]) -> Path:
+    """CSV: query, rank, database image, squared L2 distance, metres apart, positive or not."""
+    path = Path(path)
+    q_names, db_names = store.names("queries"), store.names("database")
+    q_utm, db_utm = store.utm("queries"), store.utm("database")
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "w", newline="") as handle:
+        out = csv.writer(handle)
+        out.writerow(["query", "rank", "database", "distance", "metres", "positive"])
+        for qi, (pred, dist) in enumerate(zip(predictions, distances, strict=True)):
+            pos = set(positives[qi].tolist())
+            for rank, (di, d) in enumerate(zip(pred, dist, strict=True), start=1):
+                if di < 0:
+                    break
+                metres = float(np.linalg.norm(q_utm[qi] - db_utm[di]))
+                out.writerow([q_names[qi], rank, db_names[di], f"{d:.6g}", f"{metres:.1f}",
+                              int(di in pos)])
+    tmp.replace(path)
+    return path
+
+
+def results_json(results: Sequence[EvaluationResult]) -> str:
+    return json.dumps([r.to_dict() for r in results], indent=2)

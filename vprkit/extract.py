@@ -1,0 +1,402 @@
+"""Pipeline step 1: run a network over a dataset split and write its descriptor file.
+
+``extract(root, output, model_config, options)`` writes one HDF5 file (see ``vprkit.store``)
+with every requested scale, plus the statistics that let any pyramid of those scales be formed
+later without the network. The file is written as ``output.partial`` and renamed when complete;
+an interrupted run resumes from the last committed batch, and a complete file is extended with
+new scales only when it was made by the same model, preprocessing and images.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import shutil
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from .datasets import ROLES, Split, load_split
+from .errors import VprkitError
+from .images import MEAN, STD, ImageScalesDataset, collate_items, scale_size
+from .models import ModelConfig, NetVLAD, VPRModel, build_model, fingerprint
+from .models.aggregations import stat_names
+from .progress import console, progress_bar
+from .store import DescriptorFile, DescriptorWriter, parse_scales, partial_path, spec_name
+
+DTYPES = ("float32", "float16")
+
+
+@dataclass
+class ExtractOptions:
+    """How to run the network; everything that changes the descriptors is stored in the file."""
+
+    split: str = "test"
+    scales: tuple[int, ...] = (1,)
+    resize: tuple[int, int] | None = (480, 640)  # None: native image size
+    batch_size: int = 16
+    workers: int = 2
+    device: str = "auto"
+    half: bool = False
+    dtype: str = "float32"
+    seed: int = 0
+    cluster_split: str | None = None  # images for NetVLAD's k-means; default: the split's
+    cluster_images: int = 500
+    cluster_features_per_image: int = 100
+    skip_unparsable: bool = False
+    overwrite: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise VprkitError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise VprkitError(f"device {device} requested but CUDA is not available")
+    return dev
+
+
+@contextmanager
+def output_lock(output: Path) -> Iterator[None]:
+    """Refuse a second extraction into the same output while one is running."""
+    lock_path = output.with_name(output.name + ".lock")
+    try:
+        handle = open(lock_path, "w")
+    except OSError as err:
+        raise VprkitError(f"cannot write next to {output}: {err.strerror}") from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise VprkitError(f"another vprkit process is writing {output}") from None
+        yield
+    finally:
+        try:
+            lock_path.unlink()
+        except FileNotFoundError:
+            pass
+        handle.close()
+
+
+def _preprocessing(options: ExtractOptions) -> dict:
+    return {
+        "resize": list(options.resize) if options.resize else None,
+        "normalize": {"mean": list(MEAN), "std": list(STD)},
+        "interpolation": "bilinear-antialias",
+        "precision": "float16" if options.half else "float32",
+    }
+
+
+def _autocast(device: torch.device, half: bool):
+    if half:
+        return torch.autocast(device_type=device.type, dtype=torch.float16)
+    return nullcontext()
+
+
+def _runs_of_same_size(items: list) -> list[list]:
+    """Consecutive items whose scale-1 images have the same size (batchable together)."""
+    runs: list[list] = []
+    for item in items:
+        if runs and runs[-1][0][1][0].shape == item[1][0].shape:
+            runs[-1].append(item)
+        else:
+            runs.append([item])
+    return runs
+
+
+def _loader(paths: list[Path], options: ExtractOptions, scales, device) -> DataLoader:
+    dataset = ImageScalesDataset(paths, options.resize, scales)
+    return DataLoader(
+        dataset,
+        batch_size=options.batch_size,
+        num_workers=options.workers,
+        collate_fn=collate_items,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if options.workers > 0 else None,
+    )
+
+
+def _check_items(items: list) -> None:
+    for _, _, error in items:
+        if error:
+            raise VprkitError(error)
+
+
+@torch.inference_mode()
+def sample_local_features(model: VPRModel, paths: list[Path], options: ExtractOptions,
+                          device: torch.device) -> np.ndarray:
+    """L2-normalised local features sampled from images, for NetVLAD's k-means (benchmark)."""
+    rng = np.random.default_rng(options.seed)
+    count = min(options.cluster_images, len(paths))
+    chosen = sorted(rng.choice(len(paths), size=count, replace=False).tolist())
+    per_image = options.cluster_features_per_image
+    samples = []
+    for items in _loader([paths[i] for i in chosen], options, (1,), device):
+        _check_items(items)
+        for run in _runs_of_same_size(items):
+            x = torch.stack([it[1][0] for it in run]).to(device)
+            with _autocast(device, options.half):
+                feats = model.backbone(x.contiguous(memory_format=torch.channels_last))
+            feats = F.normalize(feats.float(), p=2.0, dim=1).flatten(2).transpose(1, 2)
+            for f in feats.cpu().numpy():
+                take = rng.choice(len(f), size=min(per_image, len(f)), replace=False)
+                samples.append(f[np.sort(take)])
+    return np.concatenate(samples).astype(np.float32)
+
+
+def _model_header(model: VPRModel, netvlad_init: dict | None) -> dict:
+    config = model.config.to_dict()
+    if config["weights"] not in ("imagenet", "none"):
+        config["weights"] = str(Path(config["weights"]).resolve())
+    return {
+        **config,
+        "output_dim": model.output_dim,
+        "fingerprint": fingerprint(model),
+        "backbone_fingerprint": fingerprint(model.backbone),
+        "netvlad_init": netvlad_init,
+    }
+
+
+def _open_existing(path: Path) -> DescriptorWriter | None:
+    """An unfinished .partial file, or None (a damaged one is reported and removed)."""
+    if not path.exists():
+        return None
+    try:
+        writer = DescriptorWriter.open(path)
+        writer.header()
+        return writer
+    except Exception as err:
+        warnings.warn(f"{path} is damaged ({type(err).__name__}); starting it again", stacklevel=2)
+        path.unlink()
+        return None
+
+
+def _same_images(writer_or_file, split: Split) -> str | None:
+    """None if the stored image lists equal the split's, else a description of the difference."""
+    for role in ROLES:
+        stored = writer_or_file.names(role)
+        current = split.role(role).names
+        if stored != current:
+            if len(stored) != len(current):
+                return f"{role}: {len(stored)} images stored, {len(current)} in the dataset"
+            first = next(i for i, (a, b) in enumerate(zip(stored, current, strict=True)) if a != b)
+            return f"{role} row {first}: {stored[first]!r} stored, {current[first]!r} in the dataset"
+    return None
+
+
+def _difference(stored: dict, current: dict) -> str | None:
+    for key in ("model", "preprocessing", "dtype"):
+        if stored[key] != current[key]:
+            if key == "model":
+                changed = [k for k in current[key] if stored[key].get(k) != current[key][k]]
+                return f"model differs in {', '.join(changed)}"
+            return f"{key} differs ({stored[key]} stored, {current[key]} asked)"
+    return None
+
+
+def _init_netvlad(model: VPRModel, root: Path, split: Split, output: Path,
+                  options: ExtractOptions, device: torch.device) -> dict | None:
+    """k-means clusters for a NetVLAD layer that no checkpoint initialised.
+
+    Reuses the clusters stored in an earlier (partial or complete) file of the same backbone, so
+    that a resumed or extended extraction uses exactly the same model.
+    """
+    if not isinstance(model.aggregation, NetVLAD) or model.config.checkpoint:
+        return None
+    backbone_fp = fingerprint(model.backbone)
+    for candidate in (partial_path(output), output):
+        if not candidate.is_file():
+            continue
+        try:
+            with DescriptorFile(candidate, require_complete=False) as stored:
+                init = stored.model.get("netvlad_init")
+                same = (stored.model.get("backbone_fingerprint") == backbone_fp
+                        and init is not None and init.get("seed") == options.seed
+                        and stored.preprocessing == _preprocessing(options))
+                arrays = {k: v[()] for k, v in stored.h5["model/aggregation"].items()} if same else {}
+        except Exception:
+            continue
+        if arrays:
+            model.aggregation.load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()})
+            return init
+    cluster_split = options.cluster_split or options.split
+    source = split if cluster_split == split.name else load_split(root, cluster_split)
+    paths = source.database.paths()
+    console.print(f"NetVLAD: k-means on local features of {min(options.cluster_images, len(paths))}"
+                  f" {cluster_split} database images")
+    features = sample_local_features(model, paths, options, device)
+    model.aggregation.init_from_descriptors(features, seed=options.seed)
+    return {"split": cluster_split, "images": min(options.cluster_images, len(paths)),
+            "features": int(len(features)), "seed": options.seed, "method": "faiss k-means"}
+
+
+def extract(
+    root: str | Path,
+    output: str | Path,
+    model_config: ModelConfig,
+    options: ExtractOptions | None = None,
+    progress: bool = True,
+) -> Path:
+    """Extract descriptors of a split at every scale of ``options.scales``; returns the file."""
+    options = options or ExtractOptions()
+    root, output = Path(root), Path(output)
+    scales = parse_scales(",".join(str(s) for s in options.scales))
+    if options.dtype not in DTYPES:
+        raise VprkitError(f"unknown storage dtype {options.dtype!r}; use float32 or float16")
+    if options.batch_size < 1:
+        raise VprkitError("--batch-size must be at least 1")
+    device = resolve_device(options.device)
+    if options.half and device.type != "cuda":
+        raise VprkitError("--half needs a CUDA device (half precision is slow or unsupported on CPU)")
+    if options.resize is not None and min(options.resize) < 1:
+        raise VprkitError(f"bad --resize {options.resize}: height and width must be positive")
+    if output.is_dir():
+        raise VprkitError(f"output {output} is a folder; give a file name such as gem.h5")
+    if not output.parent.exists():
+        raise VprkitError(f"output folder {output.parent} does not exist")
+
+    split = load_split(root, options.split, skip_unparsable=options.skip_unparsable)
+    torch.manual_seed(options.seed)
+    model = build_model(model_config).eval()
+
+    with output_lock(output):
+        partial = partial_path(output)
+        if options.overwrite:
+            partial.unlink(missing_ok=True)
+        model = model.to(device)
+        netvlad_init = _init_netvlad(model, root, split, output, options, device)
+        model = model.to(memory_format=torch.channels_last)
+        header = {
+            "model": _model_header(model, netvlad_init),
+            "aggregation": model.aggregation.pyramid_params(),
+            "dataset": {"root": str(root.resolve()), "split": split.name,
+                        "skipped_unparsable": len(split.database.skipped) + len(split.queries.skipped)},
+            "preprocessing": _preprocessing(options),
+            "dtype": options.dtype,
+        }
+        writer = _open_existing(partial)
+        if writer is not None:
+            problem = _difference(writer.header(), header) or _same_images(writer, split)
+            if problem:
+                writer.close()
+                raise VprkitError(
+                    f"{partial} is an unfinished extraction of something else ({problem}); "
+                    "pass --overwrite to start again"
+                )
+        elif output.exists() and not options.overwrite:
+            with DescriptorFile(output) as existing:
+                problem = _difference(
+                    {"model": existing.model, "preprocessing": existing.preprocessing,
+                     "dtype": existing.dtype}, header) or _same_images(existing, split)
+                have = existing.scales
+            if problem:
+                raise VprkitError(
+                    f"{output} was made differently ({problem}); choose another output or "
+                    "pass --overwrite"
+                )
+            if all(s in have for s in scales):
+                console.print(f"{output} already holds scales {spec_name(scales)}: nothing to do")
+                return output
+            shutil.copyfile(output, partial)
+            writer = DescriptorWriter.open(partial)
+            writer.h5.attrs["complete"] = False
+        if writer is None:
+            writer = DescriptorWriter.create(
+                partial, header,
+                names={r: split.role(r).names for r in ROLES},
+                utm={r: split.role(r).utm for r in ROLES},
+            )
+            if netvlad_init is not None:
+                writer.store_arrays("model/aggregation", {
+                    k: v.detach().cpu().numpy() for k, v in model.aggregation.state_dict().items()})
+        try:
+            _run(model, split, writer, scales, options, device, progress)
+            path = writer.finalize(output)
+        finally:
+            writer.close()
+    return path
+
+
+def _run(model: VPRModel, split: Split, writer: DescriptorWriter, scales: tuple[int, ...],
+         options: ExtractOptions, device: torch.device, progress: bool) -> None:
+    todo = [s for s in scales if s not in writer.scales]
+    stats_spec = _stats_spec(model)
+    for s in todo:
+        size = scale_size(*options.resize, s) if options.resize else None
+        writer.add_scale(s, model.output_dim, stats_spec, size)
+    pending = [s for s in scales if any(
+        writer.rows_done(r, [s]) < len(split.role(r)) for r in ROLES)]
+    if not pending:
+        return
+    remaining = {r: len(split.role(r)) - writer.rows_done(r, pending) for r in ROLES}
+    total = sum(remaining.values())
+    started = time.perf_counter()
+    with progress_bar(progress) as bar:
+        task = bar.add_task(f"extract scales {spec_name(pending)}", total=total, rate="")
+        done = 0
+        for role in ROLES:
+            start = writer.rows_done(role, pending)
+            paths = split.role(role).paths()[start:]
+            if not paths:
+                continue
+            row = start
+            for items in _loader(paths, options, pending, device):
+                _check_items(items)
+                outputs = _infer(model, items, pending, device, options.half)
+                for s, (desc, stats) in zip(pending, outputs, strict=True):
+                    writer.write(role, s, row, desc.astype(options.dtype), stats)
+                row += len(items)
+                writer.commit_rows(role, pending, row)
+                done += len(items)
+                rate = done / max(time.perf_counter() - started, 1e-9)
+                bar.update(task, advance=len(items), rate=f"{rate:.1f} img/s")
+
+
+def _stats_spec(model: VPRModel) -> dict:
+    params = model.aggregation.pyramid_params()
+    spec = {"count": ((), "int64"), "cluster_norms": ((getattr(model.aggregation, "clusters", 0),),
+                                                       "float32")}
+    return {name: spec[name] for name in stat_names(params)}
+
+
+@torch.inference_mode()
+def _infer(model: VPRModel, items: list, scales, device, half: bool):
+    """Descriptors and stats of a batch at every scale: [(desc (B, D), {stat: (B, ...)})]."""
+    per_scale = []
+    for si, _ in enumerate(scales):
+        descs, stats = [], []
+        for run in _runs_of_same_size(items):
+            x = torch.stack([it[1][si] for it in run]).to(device, non_blocking=True)
+            x = x.contiguous(memory_format=torch.channels_last)
+            with _autocast(device, half):
+                desc, stat = model.forward_with_stats(x)
+            descs.append(desc.float().cpu().numpy())
+            stats.append({k: v.float().cpu().numpy() if v.is_floating_point() else v.cpu().numpy()
+                          for k, v in stat.items()})
+        merged = {k: np.concatenate([s[k] for s in stats]) for k in stats[0]}
+        desc = np.concatenate(descs)
+        if not np.isfinite(desc).all():
+            bad = int(np.flatnonzero(~np.isfinite(desc).all(axis=1))[0])
+            raise VprkitError(f"the network produced non-finite descriptors for image "
+                              f"{items[bad][0]} of the batch at scale {scales[si]}")
+        per_scale.append((desc, merged))
+    return per_scale
+
+
+def describe_options(options: ExtractOptions) -> dict:
+    out = asdict(options)
+    out["scales"] = list(options.scales)
+    return out
+
+

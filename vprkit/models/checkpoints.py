@@ -1,0 +1,112 @@
+"""Loading checkpoints of the Deep Visual Geo-localization Benchmark and of vprkit.
+
+Accepted: a bare state dict, or a dict with ``model_state_dict`` (benchmark) or
+``state_dict``; keys with or without the ``module.`` prefix (DataParallel). vprkit's own
+checkpoints also carry ``model_config``, so no other option is needed to rebuild the network.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..errors import VprkitError
+from .network import ModelConfig, VPRModel
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """The model state dict (prefix stripped) and the stored model config, if any."""
+    path = Path(path)
+    if not path.is_file():
+        raise VprkitError(f"checkpoint {path} does not exist")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        # Benchmark checkpoints also pickle numpy recall arrays, which weights_only refuses.
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                data = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err:
+            raise VprkitError(f"cannot read checkpoint {path}: {err}") from None
+    config = None
+    if isinstance(data, dict) and "model_state_dict" in data:
+        config = data.get("model_config")
+        state = data["model_state_dict"]
+    elif isinstance(data, dict) and "state_dict" in data and isinstance(data["state_dict"], dict):
+        state = data["state_dict"]
+    else:
+        state = data
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise VprkitError(f"checkpoint {path} does not hold a model state dict")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if not any(k.startswith("backbone.") for k in state):
+        raise VprkitError(
+            f"checkpoint {path} has no 'backbone.*' keys: not a benchmark or vprkit model"
+        )
+    return state, config
+
+
+def infer_architecture(state: dict[str, torch.Tensor]) -> dict:
+    """Backbone, aggregation and cluster count from the keys and shapes of a state dict."""
+    if "aggregation.centroids" in state:
+        aggregation, clusters = "netvlad", int(state["aggregation.centroids"].shape[0])
+    elif "aggregation.1.p" in state:
+        aggregation, clusters = "gem", 64
+    else:
+        raise VprkitError(
+            "cannot tell the aggregation from the checkpoint keys (expected "
+            "'aggregation.centroids' for NetVLAD or 'aggregation.1.p' for GeM)"
+        )
+    if "backbone.4.0.conv1.weight" in state:
+        depth = "resnet50" if "backbone.4.0.conv3.weight" in state else "resnet18"
+        stage = "conv5" if any(k.startswith("backbone.7.") for k in state) else "conv4"
+        backbone = depth + stage
+    elif "backbone.1.block._depthwise_conv.weight" in state:
+        backbone = "efficientnet_lite0"
+    elif "backbone.0.weight" in state and state["backbone.0.weight"].shape[:2] == (64, 3):
+        backbone = "vgg16"
+    else:
+        raise VprkitError("cannot tell the backbone from the checkpoint keys")
+    return {"backbone": backbone, "aggregation": aggregation, "clusters": clusters}
+
+
+def load_model_from_checkpoint(
+    path: str | Path, backbone: str | None = None, aggregation: str | None = None
+) -> VPRModel:
+    """Rebuild a network from a checkpoint; explicit options must agree with what it holds."""
+    state, stored = read_checkpoint(path)
+    arch = dict(stored) if stored else infer_architecture(state)
+    for key, given in (("backbone", backbone), ("aggregation", aggregation)):
+        if given is not None and given != arch[key]:
+            raise VprkitError(
+                f"checkpoint {path} holds a {arch[key]} {key}, but --{key} {given} was given"
+            )
+    config = ModelConfig(
+        backbone=arch["backbone"],
+        aggregation=arch["aggregation"],
+        clusters=int(arch.get("clusters", 64)),
+        weights="none",
+        checkpoint=str(Path(path).resolve()),
+    )
+    model = VPRModel(config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise VprkitError(f"checkpoint {path} does not fit a {arch['backbone']} + "
+                          f"{arch['aggregation']} model: {detail}")
+    return model
+
+
+def save_checkpoint(model: VPRModel, path: str | Path, **extra) -> Path:
+    """Save a vprkit checkpoint: state dict plus the model config (written atomically)."""
+    path = Path(path)
+    config = model.config.to_dict()
+    config["checkpoint"] = None
+    payload = {"model_state_dict": model.state_dict(), "model_config": config, **extra}
+    tmp = path.with_name(path.name + ".partial")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,68 @@
+"""The place-recognition network: a backbone followed by an aggregation layer."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from .aggregations import build_aggregation
+from .backbones import backbone_channels, build_backbone
+
+
+@dataclass
+class ModelConfig:
+    """Everything that defines a network's architecture and where its weights came from."""
+
+    backbone: str = "resnet18conv4"
+    aggregation: str = "gem"
+    clusters: int = 64
+    weights: str = "imagenet"  # imagenet | none | path to a backbone state dict
+    checkpoint: str | None = None  # a benchmark or vprkit checkpoint (overrides weights)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class VPRModel(nn.Module):
+    """``backbone`` -> local features (N, C, H, W) -> ``aggregation`` -> descriptors (N, D)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        weights = "none" if config.checkpoint else config.weights
+        self.backbone = build_backbone(config.backbone, weights)
+        self.channels = backbone_channels(config.backbone)
+        self.aggregation = build_aggregation(config.aggregation, self.channels, config.clusters)
+
+    @property
+    def output_dim(self) -> int:
+        return self.aggregation.output_dim(self.channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.aggregation(self.backbone(x))
+
+    def forward_with_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Descriptors plus the per-image statistics that the stored pyramid needs."""
+        return self.aggregation.forward_with_stats(self.backbone(x))
+
+    def forward_pyramid(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """The paper's multi-scale pyramid computed by the network itself: the local features of
+        every scale, flattened and concatenated along locations, aggregated once."""
+        feats = [self.backbone(x) for x in images]
+        joined = torch.cat([f.flatten(2) for f in feats], dim=2).unsqueeze(-1)
+        return self.aggregation(joined)
+
+
+def fingerprint(model: nn.Module) -> str:
+    """SHA-256 of every tensor of the state dict (names, shapes, dtypes and bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(name.encode())
+        digest.update(str(tuple(t.shape)).encode())
+        digest.update(str(t.dtype).encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

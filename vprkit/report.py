@@ -1,0 +1,79 @@
+"""Rich tables for results, descriptor files and datasets."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.table import Table
+
+from .evaluate import EvaluationResult
+from .store import DescriptorFile, human_bytes
+
+
+def recall_table(results: Sequence[EvaluationResult], title: str | None = None) -> Table:
+    """One row per (file, scale); the counts and search type go to the caption."""
+    ns = list(results[0].recalls)
+    first = results[0]
+    table = Table(title=title or f"Recall@N (positives within {first.threshold:g} m)")
+    table.add_column("file")
+    for col in ("scale", "dim", *(f"R@{n}" for n in ns)):
+        table.add_column(col, justify="right")
+    for r in results:
+        table.add_row(Path(r.file).name, r.scale, str(r.dim),
+                      *(f"{r.recalls[n]:.1f}" for n in ns))
+    counts = sorted({(r.queries, r.database, r.queries_without_positives) for r in results})
+    searches = sorted({r.search for r in results})
+    table.caption = "; ".join(
+        f"{q} queries ({w} without positive) vs {d} database images" for q, d, w in counts
+    ) + f"; {', '.join(searches)} search"
+    return table
+
+
+def describe_file(path) -> dict:
+    with DescriptorFile(path, require_complete=False) as f:
+        return {
+            "file": str(path),
+            "complete": bool(f.h5.attrs["complete"]),
+            "format_version": int(f.h5.attrs["format_version"]),
+            "vprkit_version": str(f.h5.attrs["vprkit_version"]),
+            "created": str(f.h5.attrs["created"]),
+            "database": f.num("database"),
+            "queries": f.num("queries"),
+            "scales": f.scales,
+            "dim": f.dim,
+            "dtype": f.dtype,
+            "size": human_bytes(f.path.stat().st_size),
+            "model": f.model,
+            "aggregation": f.aggregation,
+            "dataset": f.dataset,
+            "preprocessing": f.preprocessing,
+        }
+
+
+def describe_table(desc: dict) -> Table:
+    table = Table(title=desc["file"], show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    for key, value in desc.items():
+        if key == "file":
+            continue
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items() if v is not None)
+        table.add_row(key, str(value))
+    return table
+
+
+def dataset_table(rows: list[dict], root, threshold: float) -> Table:
+    table = Table(title=f"{root}")
+    for col in ("split", "role", "images", f"queries without positive (<= {threshold:g} m)",
+                "image sizes"):
+        table.add_column(col, justify="right" if col == "images" else "left")
+    for row in rows:
+        sizes = ", ".join(f"{k} ({v})" for k, v in list(row["sizes"].items())[:3])
+        if len(row["sizes"]) > 3:
+            sizes += f", ... {len(row['sizes'])} sizes"
+        without = row["queries_without_positives"]
+        table.add_row(row["split"], row["role"], str(row["images"]),
+                      "" if without is None else str(without), sizes)
+    return table

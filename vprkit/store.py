@@ -1,0 +1,305 @@
+"""The HDF5 descriptor file: one file per model, self-describing, written atomically.
+
+Layout (``format = "vprkit.descriptors"``, ``format_version = 1``)::
+
+    /                         attrs: format, format_version, vprkit_version, created, complete,
+                              model (JSON), aggregation (JSON), dataset (JSON),
+                              preprocessing (JSON), dtype
+    /database/names           (N,) UTF-8 paths relative to the split's database folder
+    /database/utm             (N, 2) float64 east, north (metres)
+    /queries/names, /queries/utm
+    /scales/<s>/database      (N, D) descriptors of scale s (image at H/s x W/s), row-chunked
+    /scales/<s>/queries       (M, D)
+    /scales/<s>/stats/<role>/<name>   per-image statistics for the pyramid (see models.aggregations)
+    /model/aggregation/<name> aggregation weights that the file's descriptors were made with
+                              (NetVLAD clusters initialised by k-means)
+
+A file is written as ``<name>.partial`` and renamed to ``<name>`` once ``complete`` is true, so a
+file at the final path is always whole. Progress of an unfinished file is kept per scale in the
+attributes ``rows_done_database`` and ``rows_done_queries`` of ``/scales/<s>``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from . import __version__
+from .datasets import ROLES
+from .errors import VprkitError
+from .models.aggregations import pyramid, stat_names
+
+FORMAT = "vprkit.descriptors"
+FORMAT_VERSION = 1
+CHUNK_BYTES = 1 << 20
+STRINGS = h5py.string_dtype("utf-8")
+
+
+def partial_path(path: Path) -> Path:
+    return path.with_name(path.name + ".partial")
+
+
+def parse_scales(text: str) -> tuple[int, ...]:
+    """``"1,2,3"`` -> (1, 2, 3): the scales to extract (positive integers, no repeats)."""
+    try:
+        scales = tuple(int(s) for s in str(text).replace(" ", "").split(",") if s)
+    except ValueError:
+        raise VprkitError(f"bad scale list {text!r}: expected integers like 1,2,3") from None
+    if not scales or min(scales) < 1 or len(set(scales)) != len(scales):
+        raise VprkitError(f"bad scale list {text!r}: expected distinct integers >= 1, like 1,2,3")
+    return scales
+
+
+def parse_scale_spec(text: str) -> tuple[int, ...]:
+    """``"1+2+3"`` -> (1, 2, 3): one scale or a pyramid of several."""
+    return parse_scales(str(text).replace("+", ","))
+
+
+def spec_name(scales: Sequence[int]) -> str:
+    return "+".join(str(s) for s in scales)
+
+
+def _json_attr(obj) -> str:
+    return json.dumps(obj, sort_keys=True)
+
+
+def chunk_rows(dim: int, itemsize: int, rows: int) -> int:
+    return max(1, min(rows, CHUNK_BYTES // max(1, dim * itemsize)))
+
+
+class DescriptorFile:
+    """Read access to a descriptor file; rows are read lazily, block by block."""
+
+    def __init__(self, path: str | Path, require_complete: bool = True):
+        self.path = Path(path)
+        if not self.path.is_file():
+            hint = ""
+            if partial_path(self.path).exists():
+                hint = " (an unfinished extraction left a .partial file: rerun extract to resume)"
+            raise VprkitError(f"descriptor file {self.path} does not exist{hint}")
+        try:
+            self.h5 = h5py.File(self.path, "r")
+        except OSError:
+            raise VprkitError(f"{self.path} is not an HDF5 file (or is damaged)") from None
+        attrs = self.h5.attrs
+        if attrs.get("format") != FORMAT:
+            self.h5.close()
+            raise VprkitError(f"{self.path} is not a vprkit descriptor file (no format={FORMAT!r})")
+        version = int(attrs.get("format_version", -1))
+        if version != FORMAT_VERSION:
+            self.h5.close()
+            raise VprkitError(
+                f"{self.path} has descriptor format version {version}; this vprkit reads "
+                f"version {FORMAT_VERSION}"
+            )
+        if require_complete and not bool(attrs.get("complete", False)):
+            self.h5.close()
+            raise VprkitError(f"{self.path} is incomplete (its extraction did not finish)")
+        self.model = json.loads(attrs["model"])
+        self.aggregation = json.loads(attrs["aggregation"])
+        self.dataset = json.loads(attrs["dataset"])
+        self.preprocessing = json.loads(attrs["preprocessing"])
+        self.dtype = str(attrs["dtype"])
+
+    def __enter__(self) -> DescriptorFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.h5.close()
+
+    @property
+    def scales(self) -> list[int]:
+        return sorted(int(s) for s in self.h5["scales"].keys())
+
+    @property
+    def dim(self) -> int:
+        first = str(self.scales[0])
+        return int(self.h5[f"scales/{first}/database"].shape[1])
+
+    def num(self, role: str) -> int:
+        return int(self.h5[f"{role}/utm"].shape[0])
+
+    def names(self, role: str) -> list[str]:
+        return [n.decode() if isinstance(n, bytes) else n for n in self.h5[f"{role}/names"][:]]
+
+    def utm(self, role: str) -> np.ndarray:
+        return self.h5[f"{role}/utm"][:]
+
+    def check_spec(self, scales: Sequence[int]) -> tuple[int, ...]:
+        missing = [s for s in scales if s not in self.scales]
+        if missing:
+            have = ", ".join(str(s) for s in self.scales)
+            raise VprkitError(
+                f"scale {spec_name(missing)} is not in {self.path} (it has scales {have})"
+            )
+        return tuple(scales)
+
+    def read_rows(self, role: str, scales: Sequence[int], start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of a scale or of the pyramid of several scales, as float32."""
+        scales = self.check_spec(scales)
+        descs, stats = [], []
+        for s in scales:
+            group = self.h5[f"scales/{s}"]
+            descs.append(group[role][start:stop])
+            if len(scales) > 1:
+                stats.append(
+                    {n: group[f"stats/{role}/{n}"][start:stop] for n in stat_names(self.aggregation)}
+                )
+        rows = pyramid(self.aggregation, descs, stats)
+        bad = ~np.isfinite(rows).all(axis=1)
+        if bad.any():
+            row = start + int(np.flatnonzero(bad)[0])
+            name = self.h5[f"{role}/names"][row]
+            name = name.decode() if isinstance(name, bytes) else name
+            raise VprkitError(
+                f"{self.path}: non-finite descriptor in {role} row {row} ({name}) at scale "
+                f"{spec_name(scales)}"
+            )
+        return rows
+
+    def iter_blocks(
+        self, role: str, scales: Sequence[int], block_rows: int
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        n = self.num(role)
+        for start in range(0, n, block_rows):
+            yield start, self.read_rows(role, scales, start, min(n, start + block_rows))
+
+    def default_block_rows(self, budget_bytes: int = 256 << 20) -> int:
+        return max(1024, budget_bytes // (4 * self.dim))
+
+
+class DescriptorWriter:
+    """Creates or resumes a ``.partial`` descriptor file and finalises it by renaming."""
+
+    def __init__(self, h5: h5py.File, path: Path):
+        self.h5 = h5
+        self.path = path
+
+    @classmethod
+    def create(
+        cls,
+        path: Path,
+        header: dict,
+        names: dict[str, list[str]],
+        utm: dict[str, np.ndarray],
+    ) -> DescriptorWriter:
+        """A new file at ``path`` (a .partial path) with the header and image lists."""
+        h5 = h5py.File(path, "w")
+        attrs = h5.attrs
+        attrs["format"] = FORMAT
+        attrs["format_version"] = FORMAT_VERSION
+        attrs["vprkit_version"] = __version__
+        attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        attrs["complete"] = False
+        for key in ("model", "aggregation", "dataset", "preprocessing"):
+            attrs[key] = _json_attr(header[key])
+        attrs["dtype"] = header["dtype"]
+        for role in ROLES:
+            h5.create_dataset(f"{role}/names", data=np.array(names[role], dtype=object),
+                              dtype=STRINGS)
+            h5.create_dataset(f"{role}/utm", data=np.asarray(utm[role], dtype=np.float64))
+        h5.create_group("scales")
+        h5.flush()
+        return cls(h5, path)
+
+    @classmethod
+    def open(cls, path: Path) -> DescriptorWriter:
+        return cls(h5py.File(path, "r+"), path)
+
+    def header(self) -> dict:
+        a = self.h5.attrs
+        return {
+            "model": json.loads(a["model"]),
+            "aggregation": json.loads(a["aggregation"]),
+            "dataset": json.loads(a["dataset"]),
+            "preprocessing": json.loads(a["preprocessing"]),
+            "dtype": str(a["dtype"]),
+        }
+
+    def names(self, role: str) -> list[str]:
+        return [n.decode() if isinstance(n, bytes) else n for n in self.h5[f"{role}/names"][:]]
+
+    def utm(self, role: str) -> np.ndarray:
+        return self.h5[f"{role}/utm"][:]
+
+    @property
+    def scales(self) -> list[int]:
+        return sorted(int(s) for s in self.h5["scales"].keys())
+
+    def add_scale(self, scale: int, dim: int, stats: dict[str, tuple[tuple[int, ...], str]],
+                  image_size: tuple[int, int] | None) -> None:
+        """Datasets for one scale; ``stats`` maps a name to (per-row shape, dtype)."""
+        group = self.h5.create_group(f"scales/{scale}")
+        group.attrs["scale"] = scale
+        group.attrs["image_size"] = _json_attr(list(image_size) if image_size else None)
+        dtype = np.dtype(self.h5.attrs["dtype"])
+        for role in ROLES:
+            n = int(self.h5[f"{role}/utm"].shape[0])
+            rows = chunk_rows(dim, dtype.itemsize, max(n, 1))
+            group.create_dataset(role, shape=(n, dim), dtype=dtype, chunks=(rows, dim))
+            for name, (shape, stat_dtype) in stats.items():
+                group.create_dataset(f"stats/{role}/{name}", shape=(n, *shape), dtype=stat_dtype)
+            group.attrs[f"rows_done_{role}"] = 0
+        self.h5.flush()
+
+    def rows_done(self, role: str, scales: Sequence[int]) -> int:
+        return min(int(self.h5[f"scales/{s}"].attrs[f"rows_done_{role}"]) for s in scales)
+
+    def write(self, role: str, scale: int, start: int, desc: np.ndarray,
+              stats: dict[str, np.ndarray]) -> None:
+        group = self.h5[f"scales/{scale}"]
+        stop = start + len(desc)
+        group[role][start:stop] = desc
+        for name, values in stats.items():
+            group[f"stats/{role}/{name}"][start:stop] = values
+
+    def commit_rows(self, role: str, scales: Sequence[int], rows: int) -> None:
+        """Record that rows [0, rows) of ``scales`` are written: data first, then the counter."""
+        self.h5.flush()
+        for s in scales:
+            self.h5[f"scales/{s}"].attrs[f"rows_done_{role}"] = rows
+        self.h5.flush()
+
+    def store_arrays(self, group: str, arrays: dict[str, np.ndarray]) -> None:
+        for name, value in arrays.items():
+            key = f"{group}/{name}"
+            if key in self.h5:
+                del self.h5[key]
+            self.h5.create_dataset(key, data=value)
+
+    def read_arrays(self, group: str) -> dict[str, np.ndarray]:
+        if group not in self.h5:
+            return {}
+        return {name: ds[()] for name, ds in self.h5[group].items()}
+
+    def finalize(self, final_path: Path) -> Path:
+        """Mark complete, close, and atomically rename onto ``final_path``."""
+        for role in ROLES:
+            n = int(self.h5[f"{role}/utm"].shape[0])
+            if self.scales and self.rows_done(role, self.scales) != n:
+                raise VprkitError(f"internal error: {self.path} has unwritten {role} rows")
+        self.h5.attrs["complete"] = True
+        self.h5.close()
+        self.path.replace(final_path)
+        return final_path
+
+    def close(self) -> None:
+        try:
+            self.h5.close()
+        except Exception:  # already closed
+            pass
+
+
+def human_bytes(n: float) -> str:
+    units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    i = min(len(units) - 1, int(math.log(max(n, 1), 1024)))
+    return f"{n / 1024 ** i:.1f} {units[i]}"
