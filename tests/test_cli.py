@@ -1,0 +1,142 @@
+"""The command line as a user meets it: help, errors in one line, JSON, the demo."""
+
+from __future__ import annotations
+
+import json
+
+import click
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import SIZE
+
+from vprkit import __version__
+from vprkit.cli import main
+from vprkit.synthetic import generate_dataset
+
+RESIZE = ["--resize", str(SIZE[0]), str(SIZE[1])]
+FAST = ["--weights", "none", *RESIZE, "--workers", "0", "--quiet", "--device", "cpu"]
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def assert_one_line_error(result, pattern: str):
+    assert result.exit_code != 0
+    text = result.output
+    assert "Traceback" not in text
+    errors = [line for line in text.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, text
+    import re
+    assert re.search(pattern, errors[0]), errors[0]
+
+
+def all_commands(group: click.Group, prefix=()):
+    for name, cmd in group.commands.items():
+        yield (*prefix, name), cmd
+        if isinstance(cmd, click.Group):
+            yield from all_commands(cmd, (*prefix, name))
+
+
+class TestHelp:
+    def test_lists_every_command(self):
+        out = run("--help").output
+        for name in ("extract", "evaluate", "info", "dataset", "demo"):
+            assert name in out
+
+    def test_every_option_has_help(self):
+        for path, cmd in all_commands(main):
+            assert cmd.help, path
+            for param in cmd.params:
+                if isinstance(param, click.Option):
+                    assert param.help, (path, param.name)
+                    has_default = param.show_default or "[default:" in param.help or \
+                        param.is_flag or param.required
+                    assert has_default, (path, param.name)
+
+    def test_version(self):
+        assert __version__ in run("--version").output
+
+
+class TestErrors:
+    def test_missing_root(self, tmp_path):
+        assert_one_line_error(run("extract", tmp_path / "nope", "-o", tmp_path / "x.h5", *FAST),
+                              "does not exist")
+
+    def test_empty_split(self, tmp_path):
+        (tmp_path / "images/test/database").mkdir(parents=True)
+        (tmp_path / "images/test/queries").mkdir(parents=True)
+        assert_one_line_error(run("extract", tmp_path, "-o", tmp_path / "x.h5", *FAST),
+                              "no images")
+
+    def test_unparsable_name(self, tmp_path):
+        root = generate_dataset(tmp_path / "d", {"test": (3, 2)}, size=(32, 40))
+        (root / "images/test/queries/IMG_0001.jpg").write_bytes(b"")
+        assert_one_line_error(run("extract", root, "-o", tmp_path / "x.h5", *FAST),
+                              "IMG_0001.jpg")
+
+    def test_corrupt_image(self, tmp_path):
+        root = generate_dataset(tmp_path / "d", {"test": (3, 2)}, size=(32, 40))
+        victim = sorted((root / "images/test/queries").iterdir())[0]
+        victim.write_bytes(b"garbage")
+        result = run("extract", root, "-o", tmp_path / "x.h5", *FAST)
+        assert_one_line_error(result, f"cannot read image .*{victim.name}")
+        assert not (tmp_path / "x.h5").exists()
+
+    def test_unknown_scale(self, gem_file):
+        assert_one_line_error(run("evaluate", gem_file, "--scale", "1+4"), "scale 4 is not in")
+
+    def test_bad_scale_text(self, gem_file):
+        assert_one_line_error(run("evaluate", gem_file, "--scale", "x"), "bad scale list")
+
+    def test_not_a_descriptor_file(self, tmp_path):
+        with h5py.File(tmp_path / "other.h5", "w") as f:
+            f["data"] = np.ones(3)
+        assert_one_line_error(run("evaluate", tmp_path / "other.h5"), "not a vprkit descriptor")
+        (tmp_path / "x.txt").write_text("hi")
+        assert_one_line_error(run("info", tmp_path / "x.txt"), "not an HDF5 file")
+
+    def test_unknown_backbone(self, small_root, tmp_path):
+        assert_one_line_error(
+            run("extract", small_root, "-o", tmp_path / "x.h5", "--backbone", "resnet34", *FAST),
+            "unknown backbone 'resnet34'")
+
+    def test_imagenet_weights_offline_or_bad_path(self, small_root, tmp_path):
+        result = run("extract", small_root, "-o", tmp_path / "x.h5", "--weights",
+                     tmp_path / "missing.pth", *RESIZE, "--quiet")
+        assert_one_line_error(result, "weights file .*missing.pth does not exist")
+
+
+class TestWorkflow:
+    def test_extract_evaluate_json_and_info(self, small_root, tmp_path):
+        out = tmp_path / "g.h5"
+        result = run("extract", small_root, "-o", out, "--scales", "1,2", *FAST)
+        assert result.exit_code == 0, result.output
+        result = run("evaluate", out, "--scale", "1", "--scale", "1+2", "--json", "-")
+        rows = json.loads(result.output)
+        assert [r["scale"] for r in rows] == ["1", "1+2"]
+        assert set(rows[0]["recalls"]) == {"1", "5", "10", "20"}
+        assert rows[0]["queries_without_positives"] == 2
+        table = run("evaluate", out, "--json", tmp_path / "r.json")
+        assert "R@1" in table.output and json.loads((tmp_path / "r.json").read_text())
+        info = json.loads(run("info", out, "--json").output)
+        assert info["scales"] == [1, 2] and info["dim"] == 256 and info["complete"]
+
+    def test_dataset_info(self, small_root):
+        rows = json.loads(run("dataset", "info", small_root, "--json").output)
+        assert {(r["split"], r["role"], r["images"]) for r in rows} >= {("test", "database", 24)}
+        assert "queries" in run("dataset", "info", small_root).output
+
+    def test_predictions_need_single_file(self, gem_file, tmp_path):
+        assert_one_line_error(
+            run("evaluate", gem_file, gem_file, "--predictions", tmp_path / "p.csv"),
+            "single file")
+
+
+@pytest.mark.slow
+def test_demo_runs_and_prints_a_table(tmp_path):
+    result = run("demo", "--out", tmp_path / "demo", "--scales", "1,2", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "gem.h5" in result.output and "netvlad.h5" in result.output and "1+2" in result.output
