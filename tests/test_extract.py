@@ -124,16 +124,17 @@ class TestResume:
             assert identical(ref[key], got[key]), key
 
     def test_kill_9_then_rerun(self, tmp_path):
-        root = generate_dataset(tmp_path / "data", {"test": (150, 50)}, size=SIZE, seed=2)
+        # ~1 GFLOP per image so that the run lasts seconds, long enough to be killed mid-way
+        root = generate_dataset(tmp_path / "data", {"test": (300, 100)}, size=SIZE, seed=2)
         out = tmp_path / "k.h5"
         cmd = [sys.executable, "-m", "vprkit.cli", "extract", str(root), "-o", str(out),
-               "--weights", "none", "--resize", *map(str, SIZE), "--scales", "1,2",
+               "--weights", "none", "--resize", "128", "160", "--scales", "1,2",
                "--batch-size", "2", "--workers", "0", "--quiet", "--device", "cpu"]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 120
         while not partial_path(out).exists() and time.time() < deadline:
             time.sleep(0.05)
-        time.sleep(1.0)
+        time.sleep(1.5)
         assert proc.poll() is None, "extraction finished before it could be killed"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()

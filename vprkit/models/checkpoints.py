@@ -76,7 +76,8 @@ def infer_architecture(state: dict[str, torch.Tensor]) -> dict:
 def load_model_from_checkpoint(
     path: str | Path, backbone: str | None = None, aggregation: str | None = None
 ) -> VPRModel:
-    """Rebuild a network from a checkpoint; explicit options must agree with what it holds."""
+    """Rebuild a network from a checkpoint, in eval mode (ready for inference; call ``.train()``
+    to fine-tune). Explicit options must agree with what the checkpoint holds."""
     state, stored = read_checkpoint(path)
     arch = dict(stored) if stored else infer_architecture(state)
     for key, given in (("backbone", backbone), ("aggregation", aggregation)):
@@ -97,7 +98,7 @@ def load_model_from_checkpoint(
         detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
         raise VprkitError(f"checkpoint {path} does not fit a {arch['backbone']} + "
                           f"{arch['aggregation']} model: {detail}")
-    return model
+    return model.eval()
 
 
 def save_checkpoint(model: VPRModel, path: str | Path, **extra) -> Path:
