@@ -124,6 +124,25 @@ class TestWorkflow:
         info = json.loads(run("info", out, "--json").output)
         assert info["scales"] == [1, 2] and info["dim"] == 256 and info["complete"]
 
+    def test_evaluate_every_scale_and_pyramid_with_the_model_deleted(self, small_root, tmp_path):
+        import torch
+
+        from vprkit.models import ModelConfig, VPRModel, save_checkpoint
+
+        torch.manual_seed(0)
+        ckpt = save_checkpoint(VPRModel(ModelConfig(aggregation="netvlad", weights="none",
+                                                    clusters=8)), tmp_path / "model.pth")
+        out = tmp_path / "n.h5"
+        result = run("extract", small_root, "-o", out, "--checkpoint", ckpt, "--scales", "1,2,3",
+                     *RESIZE, "--workers", "0", "--quiet")
+        assert result.exit_code == 0, result.output
+        ckpt.unlink()
+        specs = ["1", "2", "3", "1+2", "1+2+3"]
+        result = run("evaluate", out, *[a for s in specs for a in ("--scale", s)], "--json", "-")
+        assert [r["scale"] for r in json.loads(result.output)] == specs
+        assert json.loads(run("info", out, "--json").output)["model"]["checkpoint"].endswith(
+            "model.pth")
+
     def test_dataset_info(self, small_root):
         rows = json.loads(run("dataset", "info", small_root, "--json").output)
         assert {(r["split"], r["role"], r["images"]) for r in rows} >= {("test", "database", 24)}

@@ -10,7 +10,6 @@ from vprkit.search import blocked_search, exact_search
 from vprkit.store import DescriptorFile
 
 
-
 class TestRecallAtN:
     def test_hand_made(self):
         predictions = np.array([[0, 1, 2], [2, 1, 0], [1, 2, 0], [0, 1, 2]])
@@ -89,5 +88,5 @@ class TestEvaluateFile:
         big = evaluate_file(gem_file, "1+2")
         _, ids = exact_search(q, db, 20)
         expected = recall_at_n(ids, load_split(small_root, "test").positives(25.0), (1, 5, 10, 20))
-        assert small.recalls == big.recalls == dict(zip((1, 5, 10, 20), expected.tolist()))
+        assert small.recalls == big.recalls == dict(zip((1, 5, 10, 20), expected.tolist(), strict=True))
         assert json.loads(json.dumps(big.to_dict()))["recalls"]["1"] == expected[0]

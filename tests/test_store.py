@@ -1,10 +1,11 @@
 import h5py
 import numpy as np
 import pytest
+from helpers import GEM, write_file
 
 from vprkit.errors import VprkitError
-from helpers import GEM, write_file
 from vprkit.store import DescriptorFile, parse_scale_spec, parse_scales, partial_path
+
 
 class TestScaleParsing:
     def test_lists(self):
