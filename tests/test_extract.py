@@ -84,11 +84,29 @@ class TestExtractedFile:
                 np.testing.assert_allclose(f.read_rows("queries", spec, 0, 12), direct,
                                            atol=1e-5)
 
-    def test_netvlad_clusters_recorded(self, netvlad_file):
+    def test_netvlad_clusters_recorded(self, netvlad_file, small_root):
         with DescriptorFile(netvlad_file) as f:
             init = f.model["netvlad_init"]
             assert init["split"] == "test" and init["seed"] == 0 and init["features"] > 8
+            assert init["root"] == str(small_root.resolve()) and init["images"] == 24
             assert f.h5["model/aggregation/centroids"].shape == (8, 256)
+
+    def test_clusters_are_not_reused_from_another_dataset_or_options(self, small_root, tmp_path,
+                                                                      netvlad_file):
+        other = generate_dataset(tmp_path / "other", {"test": (24, 12)}, size=SIZE, seed=9)
+        out = tmp_path / "n.h5"
+        shutil.copyfile(netvlad_file, out)
+        netvlad = config("netvlad", clusters=8)
+        extract(other, out, netvlad, options(scales=(1, 2, 3), overwrite=True), progress=False)
+        with DescriptorFile(out) as f, DescriptorFile(netvlad_file) as old:
+            assert f.model["netvlad_init"]["root"] == str(other.resolve())
+            assert not np.array_equal(f.h5["model/aggregation/centroids"][:],
+                                      old.h5["model/aggregation/centroids"][:])
+        extract(small_root, tmp_path / "t.h5", netvlad,
+                options(cluster_split="train", cluster_images=5), progress=False)
+        with DescriptorFile(tmp_path / "t.h5") as f:
+            init = f.model["netvlad_init"]
+            assert init["split"] == "train" and init["images"] == 5
 
 
 class TestResume:
@@ -198,8 +216,11 @@ class TestExistingOutput:
 
     def test_concurrent_run_refused(self, small_root, tmp_path):
         out = tmp_path / "l.h5"
-        with output_lock(out), pytest.raises(VprkitError, match="another vprkit process"):
-            extract(small_root, out, config(), options(), progress=False)
+        with output_lock(out):
+            with pytest.raises(VprkitError, match="another vprkit process"):
+                extract(small_root, out, config(), options(), progress=False)
+            assert out.with_name("l.h5.lock").exists()  # the refused run left the lock alone
+        assert not out.with_name("l.h5.lock").exists()
 
 
 class TestOptions:

@@ -10,6 +10,7 @@ new scales only when it was made by the same model, preprocessing and images.
 from __future__ import annotations
 
 import fcntl
+import os
 import shutil
 import time
 import warnings
@@ -76,16 +77,17 @@ def output_lock(output: Path) -> Iterator[None]:
     except OSError as err:
         raise VprkitError(f"cannot write next to {output}: {err.strerror}") from None
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise VprkitError(f"another vprkit process is writing {output}") from None
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # another process may have unlinked the lock file between our open and flock
+        if os.fstat(handle.fileno()).st_ino != os.stat(lock_path).st_ino:
+            raise BlockingIOError
+    except (BlockingIOError, FileNotFoundError):
+        handle.close()
+        raise VprkitError(f"another vprkit process is writing {output}") from None
+    try:
         yield
     finally:
-        try:
-            lock_path.unlink()
-        except FileNotFoundError:
-            pass
+        lock_path.unlink(missing_ok=True)
         handle.close()
 
 
@@ -122,7 +124,6 @@ def _loader(paths: list[Path], options: ExtractOptions, scales, device) -> DataL
         batch_size=options.batch_size,
         num_workers=options.workers,
         collate_fn=collate_items,
-        pin_memory=device.type == "cuda",
         prefetch_factor=4 if options.workers > 0 else None,
     )
 
@@ -209,36 +210,41 @@ def _init_netvlad(model: VPRModel, root: Path, split: Split, output: Path,
                   options: ExtractOptions, device: torch.device) -> dict | None:
     """k-means clusters for a NetVLAD layer that no checkpoint initialised.
 
-    Reuses the clusters stored in an earlier (partial or complete) file of the same backbone, so
-    that a resumed or extended extraction uses exactly the same model.
+    A resumed or extended extraction (same output, no --overwrite) reuses the clusters stored in
+    that output, if they were made from the same backbone, preprocessing, images and k-means
+    options, so that every row of the file comes from exactly the same model.
     """
     if not isinstance(model.aggregation, NetVLAD) or model.config.checkpoint:
         return None
+    cluster_split = options.cluster_split or options.split
+    source = split if cluster_split == split.name else load_split(root, cluster_split)
+    paths = source.database.paths()
+    wanted = {"root": str(root.resolve()), "split": cluster_split,
+              "images": min(options.cluster_images, len(paths)),
+              "features_per_image": options.cluster_features_per_image,
+              "seed": options.seed, "method": "faiss k-means"}
     backbone_fp = fingerprint(model.backbone)
-    for candidate in (partial_path(output), output):
+    for candidate in () if options.overwrite else (partial_path(output), output):
         if not candidate.is_file():
             continue
         try:
             with DescriptorFile(candidate, require_complete=False) as stored:
-                init = stored.model.get("netvlad_init")
+                init = stored.model.get("netvlad_init") or {}
                 same = (stored.model.get("backbone_fingerprint") == backbone_fp
-                        and init is not None and init.get("seed") == options.seed
+                        and all(init.get(k) == v for k, v in wanted.items())
                         and stored.preprocessing == _preprocessing(options))
-                arrays = {k: v[()] for k, v in stored.h5["model/aggregation"].items()} if same else {}
+                arrays = ({k: v[()] for k, v in stored.h5["model/aggregation"].items()}
+                          if same else {})
         except Exception:
             continue
         if arrays:
             model.aggregation.load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()})
             return init
-    cluster_split = options.cluster_split or options.split
-    source = split if cluster_split == split.name else load_split(root, cluster_split)
-    paths = source.database.paths()
-    console.print(f"NetVLAD: k-means on local features of {min(options.cluster_images, len(paths))}"
-                  f" {cluster_split} database images")
+    console.print(f"NetVLAD: k-means on local features of {wanted['images']} {cluster_split} "
+                  "database images")
     features = sample_local_features(model, paths, options, device)
     model.aggregation.init_from_descriptors(features, seed=options.seed)
-    return {"split": cluster_split, "images": min(options.cluster_images, len(paths)),
-            "features": int(len(features)), "seed": options.seed, "method": "faiss k-means"}
+    return {**wanted, "features": int(len(features))}
 
 
 def extract(
@@ -377,8 +383,10 @@ def _infer(model: VPRModel, items: list, scales, device, half: bool):
     for si, _ in enumerate(scales):
         descs, stats = [], []
         for run in _runs_of_same_size(items):
-            x = torch.stack([it[1][si] for it in run]).to(device, non_blocking=True)
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = torch.stack([it[1][si] for it in run])
+            if device.type == "cuda":
+                x = x.pin_memory()
+            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             with _autocast(device, half):
                 desc, stat = model.forward_with_stats(x)
             descs.append(desc.float().cpu().numpy())

@@ -27,11 +27,11 @@ def blocked_search(
         rows = np.ascontiguousarray(rows, dtype=np.float32)
         if rows.shape[1] != dim:
             raise ValueError(f"database rows have {rows.shape[1]} dimensions, queries {dim}")
-        index = faiss.IndexFlatL2(dim)
-        index.add(rows)
-        dist, ids = index.search(queries, min(k, len(rows)))
+        # faiss.knn searches the block in place (an IndexFlatL2 would copy it)
+        dist, ids = faiss.knn(queries, rows, min(k, len(rows)))
         ids = np.where(ids >= 0, ids + start, -1)
         heap.add_result(dist, ids)
+        del rows  # release this block before the next one is read
     heap.finalize()
     dist, ids = heap.D, heap.I
     dist = np.where(ids < 0, np.inf, dist)

@@ -33,7 +33,7 @@ import numpy as np
 from . import __version__
 from .datasets import ROLES
 from .errors import VprkitError
-from .models.aggregations import pyramid, stat_names
+from .pyramid import pyramid, stat_names
 
 FORMAT = "vprkit.descriptors"
 FORMAT_VERSION = 1
@@ -155,7 +155,7 @@ class DescriptorFile:
                     {n: group[f"stats/{role}/{n}"][start:stop] for n in stat_names(self.aggregation)}
                 )
         rows = pyramid(self.aggregation, descs, stats)
-        bad = ~np.isfinite(rows).all(axis=1)
+        bad = ~np.isfinite(rows.sum(axis=1, dtype=np.float64))  # NaN/Inf propagate to the sum
         if bad.any():
             row = start + int(np.flatnonzero(bad)[0])
             name = self.h5[f"{role}/names"][row]
