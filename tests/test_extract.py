@@ -223,6 +223,29 @@ class TestExistingOutput:
         assert not out.with_name("l.h5.lock").exists()
 
 
+    def test_resume_with_fewer_scales_drops_the_unfinished_one(self, small_root, tmp_path,
+                                                               monkeypatch):
+        out = tmp_path / "f.h5"
+
+        def interrupt(self, role, scales, rows):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(DescriptorWriter, "commit_rows", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            extract(small_root, out, config(), options(scales=(1, 2, 3)), progress=False)
+        monkeypatch.undo()
+        extract(small_root, out, config(), options(scales=(1, 2)), progress=False)
+        with DescriptorFile(out) as f:
+            assert f.scales == [1, 2]
+
+    def test_other_cluster_count_refused(self, small_root, tmp_path, netvlad_file):
+        out = tmp_path / "c.h5"
+        shutil.copyfile(netvlad_file, out)
+        with pytest.raises(VprkitError, match="made differently .*clusters"):
+            extract(small_root, out, config("netvlad", clusters=4), options(scales=(1,)),
+                    progress=False)
+
+
 class TestOptions:
     def test_float16_storage(self, small_root, tmp_path, gem_file):
         out = extract(small_root, tmp_path / "h.h5", config(), options(dtype="float16"),
@@ -251,6 +274,18 @@ class TestOptions:
         with DescriptorFile(out) as f:
             counts = f.h5["scales/1/stats/database/count"][:].tolist()
         assert counts == [2 * 3, 2 * 4, 2 * 3]  # @0@0@ 40x30, @0@5@ 50x20, @0@9@ 40x30
+
+
+class TestTooSmall:
+    def test_network_failure_is_one_line(self, tmp_path):
+        root = tmp_path / "tiny"
+        for role in ("database", "queries"):
+            (root / "images/test" / role).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(root / "images/test" / role / "@0@0@.jpg")
+        vgg = config().__class__(backbone="vgg16", aggregation="gem", weights="none")
+        with pytest.raises(VprkitError, match=r"vgg16 failed on 1 image\(s\) of 8x8 pixels at scale 1 \(too small\?\)"):
+            extract(root, tmp_path / "t.h5", vgg, options(resize=None, scales=(1, 3)),
+                    progress=False)
 
 
 class TestBadImages:

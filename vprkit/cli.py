@@ -11,7 +11,7 @@ import click
 
 from . import __version__
 from .errors import VprkitError
-from .progress import console
+from .progress import console, results_console
 
 SCALE_HELP = "a scale such as 1, or a pyramid such as 1+2+3"
 
@@ -109,12 +109,7 @@ def extract(root, output, split, backbone, aggregation, clusters, weights, check
         split=split, scales=parse_scales(scales), resize=None if native_size else tuple(resize),
         batch_size=batch_size, workers=workers, device=device, half=half, dtype=dtype, seed=seed,
         cluster_split=cluster_split, skip_unparsable=skip_unparsable, overwrite=overwrite)
-    path = run_extract(root, output, config, options, progress=not quiet)
-    from .store import DescriptorFile
-    with DescriptorFile(path) as f:
-        console.print(
-            f"[green]wrote[/] {path}: {f.num('database')} database + {f.num('queries')} queries, "
-            f"{f.dim} dims, scales {', '.join(map(str, f.scales))}")
+    run_extract(root, output, config, options, progress=not quiet)
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -148,7 +143,7 @@ def evaluate(files, scales, recalls, threshold, json_path, predictions, block_ro
     if json_path == "-":
         click.echo(results_json(results))
         return
-    console.print(recall_table(results))
+    results_console.print(recall_table(results))
     if json_path:
         Path(json_path).write_text(results_json(results) + "\n")
         console.print(f"wrote {json_path}")
@@ -166,7 +161,7 @@ def info(file, as_json):
     if as_json:
         click.echo(json.dumps(desc, indent=2))
     else:
-        console.print(describe_table(desc))
+        results_console.print(describe_table(desc))
 
 
 # --------------------------------------------------------------------------- dataset
@@ -190,7 +185,7 @@ def dataset_info_cmd(root, threshold, no_sizes, as_json):
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:
-        console.print(dataset_table(rows, root, threshold))
+        results_console.print(dataset_table(rows, root, threshold))
 
 
 @dataset.command("import")
@@ -233,7 +228,7 @@ def demo(out, backbone, weights, scales, quiet):
 
     results = run_demo(out, backbone=backbone, weights=weights, scales=scales,
                        progress=not quiet)
-    console.print(recall_table(results, title="vprkit demo: Recall@N on the generated dataset"))
+    results_console.print(recall_table(results, title="vprkit demo: Recall@N on the generated dataset"))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -35,6 +35,8 @@ class EvaluationResult:
     threshold: float
     queries_without_positives: int
     seconds: float
+    model: str = ""
+    dataset: str = ""
     search: str = "exact"
 
     def to_dict(self) -> dict:
@@ -105,8 +107,20 @@ def evaluate_file(
             threshold=threshold,
             queries_without_positives=sum(1 for p in positives if len(p) == 0),
             seconds=time.perf_counter() - started,
+            model=model_label(store.model),
+            dataset=f"{Path(store.dataset.get('root', '?')).name}/{store.dataset.get('split', '?')}",
         )
     return result
+
+
+def model_label(model: dict) -> str:
+    """``backbone+aggregation`` and where the weights came from, for tables."""
+    if model.get("checkpoint"):
+        source = Path(model["checkpoint"]).name
+    else:
+        weights = str(model.get("weights", "?"))
+        source = weights if weights in ("imagenet", "none") else Path(weights).name
+    return f"{model.get('backbone', '?')}+{model.get('aggregation', '?')} {source}"
 
 
 def write_predictions(path: str | Path, store: DescriptorFile, predictions: np.ndarray,

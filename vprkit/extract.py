@@ -10,6 +10,7 @@ new scales only when it was made by the same model, preprocessing and images.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import shutil
 import time
@@ -219,7 +220,8 @@ def _init_netvlad(model: VPRModel, root: Path, split: Split, output: Path,
     cluster_split = options.cluster_split or options.split
     source = split if cluster_split == split.name else load_split(root, cluster_split)
     paths = source.database.paths()
-    wanted = {"root": str(root.resolve()), "split": cluster_split,
+    names_hash = hashlib.sha256("\n".join(source.database.names).encode()).hexdigest()
+    wanted = {"split": cluster_split, "database_names_sha256": names_hash,
               "images": min(options.cluster_images, len(paths)),
               "features_per_image": options.cluster_features_per_image,
               "seed": options.seed, "method": "faiss k-means"}
@@ -231,6 +233,7 @@ def _init_netvlad(model: VPRModel, root: Path, split: Split, output: Path,
             with DescriptorFile(candidate, require_complete=False) as stored:
                 init = stored.model.get("netvlad_init") or {}
                 same = (stored.model.get("backbone_fingerprint") == backbone_fp
+                        and stored.model.get("clusters") == model.config.clusters
                         and all(init.get(k) == v for k, v in wanted.items())
                         and stored.preprocessing == _preprocessing(options))
                 arrays = ({k: v[()] for k, v in stored.h5["model/aggregation"].items()}
@@ -312,7 +315,9 @@ def extract(
                     "pass --overwrite"
                 )
             if all(s in have for s in scales):
-                console.print(f"{output} already holds scales {spec_name(scales)}: nothing to do")
+                if progress:
+                    console.print(f"{output} already holds scales {spec_name(scales)}: "
+                                  "nothing to do")
                 return output
             shutil.copyfile(output, partial)
             writer = DescriptorWriter.open(partial)
@@ -331,11 +336,21 @@ def extract(
             path = writer.finalize(output)
         finally:
             writer.close()
+    if progress:
+        with DescriptorFile(path) as f:
+            console.print(f"[green]wrote[/] {path}: {f.num('database')} database + "
+                          f"{f.num('queries')} queries, {f.dim} dims, scales "
+                          f"{', '.join(map(str, f.scales))}")
     return path
 
 
 def _run(model: VPRModel, split: Split, writer: DescriptorWriter, scales: tuple[int, ...],
          options: ExtractOptions, device: torch.device, progress: bool) -> None:
+    for s in writer.scales:
+        unfinished = any(writer.rows_done(r, [s]) < len(split.role(r)) for r in ROLES)
+        if s not in scales and unfinished:
+            console.print(f"dropping unfinished scale {s} of {writer.path} (not in --scales)")
+            writer.drop_scale(s)
     todo = [s for s in scales if s not in writer.scales]
     stats_spec = _stats_spec(model)
     for s in todo:
@@ -387,8 +402,15 @@ def _infer(model: VPRModel, items: list, scales, device, half: bool):
             if device.type == "cuda":
                 x = x.pin_memory()
             x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            with _autocast(device, half):
-                desc, stat = model.forward_with_stats(x)
+            try:
+                with _autocast(device, half):
+                    desc, stat = model.forward_with_stats(x)
+            except RuntimeError as err:
+                first = str(err).strip().splitlines()[0]
+                raise VprkitError(
+                    f"{model.config.backbone} failed on {len(run)} image(s) of "
+                    f"{x.shape[-2]}x{x.shape[-1]} pixels at scale {scales[si]} "
+                    f"(too small?): {first}") from None
             descs.append(desc.float().cpu().numpy())
             stats.append({k: v.float().cpu().numpy() if v.is_floating_point() else v.cpu().numpy()
                           for k, v in stat.items()})

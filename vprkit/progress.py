@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -12,7 +14,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-console = Console(stderr=True)
+console = Console(stderr=True)  # progress, messages
+# Tables of results go to stdout; when it is a file or a pipe, don't wrap them at 80 columns.
+results_console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def progress_bar(enabled: bool = True) -> Progress:

