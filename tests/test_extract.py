@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -88,7 +89,9 @@ class TestExtractedFile:
         with DescriptorFile(netvlad_file) as f:
             init = f.model["netvlad_init"]
             assert init["split"] == "test" and init["seed"] == 0 and init["features"] > 8
-            assert init["root"] == str(small_root.resolve()) and init["images"] == 24
+            names = "\n".join(load_split(small_root, "test").database.names).encode()
+            assert init["database_names_sha256"] == hashlib.sha256(names).hexdigest()
+            assert init["images"] == 24
             assert f.h5["model/aggregation/centroids"].shape == (8, 256)
 
     def test_clusters_are_not_reused_from_another_dataset_or_options(self, small_root, tmp_path,
@@ -99,7 +102,7 @@ class TestExtractedFile:
         netvlad = config("netvlad", clusters=8)
         extract(other, out, netvlad, options(scales=(1, 2, 3), overwrite=True), progress=False)
         with DescriptorFile(out) as f, DescriptorFile(netvlad_file) as old:
-            assert f.model["netvlad_init"]["root"] == str(other.resolve())
+            assert f.dataset["root"] == str(other.resolve())
             assert not np.array_equal(f.h5["model/aggregation/centroids"][:],
                                       old.h5["model/aggregation/centroids"][:])
         extract(small_root, tmp_path / "t.h5", netvlad,
