@@ -286,7 +286,8 @@ class TestTooSmall:
             (root / "images/test" / role).mkdir(parents=True)
             Image.new("RGB", (8, 8)).save(root / "images/test" / role / "@0@0@.jpg")
         vgg = config().__class__(backbone="vgg16", aggregation="gem", weights="none")
-        with pytest.raises(VprkitError, match=r"vgg16 failed on 1 image\(s\) of 8x8 pixels at scale 1 \(too small\?\)"):
+        message = r"vgg16 failed on 1 image\(s\) of 8x8 pixels at scale 1 \(too small\?\)"
+        with pytest.raises(VprkitError, match=message):
             extract(root, tmp_path / "t.h5", vgg, options(resize=None, scales=(1, 3)),
                     progress=False)
 
