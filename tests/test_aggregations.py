@@ -89,19 +89,23 @@ class TestNetVLAD:
         assert layer.centroids.grad.abs().sum() > 0 and layer.conv.weight.grad.abs().sum() > 0
 
     def test_kmeans_initialisation(self):
+        """Centroids are faiss k-means centres; weights are alpha x normalised centroids with
+        alpha = -log(0.01) / mean(top-1 minus top-2 dot product), as in the benchmark."""
+        import faiss
+
         rng = np.random.default_rng(0)
-        centres = F.normalize(torch.randn(4, 8), dim=1).numpy()
-        feats = centres[rng.integers(0, 4, 400)] + 0.01 * rng.standard_normal((400, 8))
+        feats = rng.standard_normal((400, 8)).astype(np.float32)
         feats /= np.linalg.norm(feats, axis=1, keepdims=True)
         layer = NetVLAD(clusters=4, dim=8)
-        layer.init_from_descriptors(feats.astype(np.float32), seed=0)
-        learned = F.normalize(layer.centroids.detach(), dim=1).numpy()
-        # every true centre is recovered by one cluster
-        assert (centres @ learned.T).max(axis=1).min() > 0.99
-        weight = layer.conv.weight.detach()[:, :, 0, 0]
-        alpha = weight.norm(dim=1)
-        torch.testing.assert_close(alpha, alpha[0].expand(4))
-        assert alpha[0] > 1
+        layer.init_from_descriptors(feats, seed=3)
+        kmeans = faiss.Kmeans(8, 4, niter=100, seed=3)
+        kmeans.train(feats)
+        np.testing.assert_allclose(layer.centroids.detach().numpy(), kmeans.centroids, rtol=1e-6)
+        unit = kmeans.centroids / np.linalg.norm(kmeans.centroids, axis=1, keepdims=True)
+        dots = np.sort(unit @ feats.T, axis=0)
+        alpha = -np.log(0.01) / np.mean(dots[-1] - dots[-2])
+        np.testing.assert_allclose(layer.conv.weight.detach()[:, :, 0, 0].numpy(), alpha * unit,
+                                   rtol=1e-5)
 
     def test_kmeans_needs_enough_features(self):
         with pytest.raises(VprkitError, match="at least 4 local features"):
