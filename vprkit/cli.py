@@ -149,6 +149,50 @@ def evaluate(files, scales, recalls, threshold, json_path, predictions, block_ro
         console.print(f"wrote {json_path}")
 
 
+# --------------------------------------------------------------------------- combine
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Descriptor file to write for the ensemble, e.g. ens.h5.")
+@click.option("--scale", "scales", multiple=True,
+              help=f"{SCALE_HELP}; give it once for every input or once per input, in order.  "
+                   "[default: each file's first scale]")
+@click.option("--pca", type=int, default=None,
+              help="Reduce each input wider than this many dimensions to it by PCA (paper: 2048)."
+                   "  [default: no PCA]")
+@click.option("--pca-fit", "pca_fit", multiple=True,
+              help="Rows the PCA is fitted on: database, queries+database, or a descriptor file "
+                   "of the same model (e.g. of the train split; repeat it for each reduced input)."
+                   "  [default: database]")
+@click.option("--whiten", is_flag=True, help="Whiten the PCA output.  [default: off]")
+@click.option("--weights", default=None,
+              help="Comma-separated weights, one per input: L2-normalise each part, weight it, "
+                   "L2-normalise the result.  [default: plain concatenation, as the paper]")
+@click.option("--block-rows", default=8192, show_default=True,
+              help="Rows read and written at a time (bounds memory).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def combine(inputs, output, scales, pca, pca_fit, whiten, weights, block_rows, overwrite, quiet):
+    """Concatenate stored descriptor files into an ensemble (optionally after PCA).
+
+    Example: vprkit combine gem.h5 netvlad.h5 --pca 2048 -o ens.h5 && vprkit evaluate ens.h5
+    """
+    from .combine import combine as run_combine
+
+    fit: str | list[str] = "database"
+    if pca_fit:
+        fit = pca_fit[0] if len(pca_fit) == 1 and pca_fit[0] in ("database", "queries+database") \
+            else list(pca_fit)
+    parsed = None
+    if weights:
+        try:
+            parsed = [float(w) for w in weights.split(",")]
+        except ValueError:
+            raise VprkitError(f"bad --weights {weights!r}: expected numbers like 1,0.5") from None
+    run_combine(inputs, output, list(scales) or None, pca, fit, whiten, parsed,
+                block_rows=block_rows, overwrite=overwrite, progress=not quiet)
+
+
 # --------------------------------------------------------------------------- info
 @main.command()
 @click.argument("file", type=click.Path(path_type=Path))

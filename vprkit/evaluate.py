@@ -115,6 +115,11 @@ def evaluate_file(
 
 def model_label(model: dict) -> str:
     """``backbone+aggregation`` and where the weights came from, for tables."""
+    if model.get("type") == "ensemble":
+        parts = [f"{i['model'].get('aggregation', '?')}[{i['scale']}]"
+                 + (f"->PCA{i['pca']['dim']}" if i.get("pca") else "") for i in model["inputs"]]
+        weights = model.get("weights")
+        return "ensemble " + " + ".join(parts) + (f" w={weights}" if weights else "")
     if model.get("checkpoint"):
         source = Path(model["checkpoint"]).name
     else:

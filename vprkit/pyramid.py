@@ -14,7 +14,7 @@ from .errors import VprkitError
 
 
 def stat_names(params: dict) -> tuple[str, ...]:
-    return {"gem": ("count",), "netvlad": ("cluster_norms",)}[params["type"]]
+    return {"gem": ("count",), "netvlad": ("cluster_norms",)}.get(params["type"], ())
 
 
 def pyramid(

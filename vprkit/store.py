@@ -145,19 +145,30 @@ class DescriptorFile:
 
     def read_rows(self, role: str, scales: Sequence[int], start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) of a scale or of the pyramid of several scales, as float32."""
+        return self._read(role, scales, slice(start, stop), np.arange(start, stop))
+
+    def read_index(self, role: str, scales: Sequence[int], index: np.ndarray) -> np.ndarray:
+        """Rows at arbitrary (distinct) positions ``index``, in that order, as float32."""
+        index = np.asarray(index, dtype=np.int64)
+        order = np.argsort(index, kind="stable")
+        rows = self._read(role, scales, index[order], index[order])
+        out = np.empty_like(rows)
+        out[order] = rows
+        return out
+
+    def _read(self, role: str, scales: Sequence[int], selection, row_numbers: np.ndarray):
         scales = self.check_spec(scales)
         descs, stats = [], []
         for s in scales:
             group = self.h5[f"scales/{s}"]
-            descs.append(group[role][start:stop])
+            descs.append(group[role][selection])
             if len(scales) > 1:
-                stats.append(
-                    {n: group[f"stats/{role}/{n}"][start:stop] for n in stat_names(self.aggregation)}
-                )
+                names = stat_names(self.aggregation)
+                stats.append({n: group[f"stats/{role}/{n}"][selection] for n in names})
         rows = pyramid(self.aggregation, descs, stats)
         bad = ~np.isfinite(rows.sum(axis=1, dtype=np.float64))  # NaN/Inf propagate to the sum
         if bad.any():
-            row = start + int(np.flatnonzero(bad)[0])
+            row = int(row_numbers[np.flatnonzero(bad)[0]])
             name = self.h5[f"{role}/names"][row]
             name = name.decode() if isinstance(name, bytes) else name
             raise VprkitError(

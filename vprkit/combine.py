@@ -1,0 +1,342 @@
+"""Pipeline step: concatenation and PCA ensembles of stored descriptor files.
+
+``combine([gem.h5, netvlad.h5], "ens.h5", pca=2048)`` writes an ordinary descriptor file whose
+scale ``1`` holds, for every image, the concatenation of the inputs' descriptors (at the scale or
+pyramid chosen for each input), where each input wider than ``pca`` dimensions is first reduced
+by PCA (the paper: NetVLAD 16384 -> 2048, GeM 256 kept: 2304 dimensions). With ``weights`` each
+part is L2-normalised and multiplied by its weight, and the result is L2-normalised again;
+without, the raw descriptors are concatenated (as the paper did).
+
+Inputs must describe the same images; rows are aligned by name when the files order them
+differently. The fitted PCA (mean, components, explained variance) is stored in the output
+(``/combine/pca/<input>/...``) with everything else needed to apply the same transform to new
+descriptors (``EnsembleTransform.from_file``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .datasets import ROLES
+from .errors import VprkitError
+from .progress import console, progress_bar
+from .store import (
+    DescriptorFile,
+    DescriptorWriter,
+    parse_scale_spec,
+    partial_path,
+    spec_name,
+)
+
+PCA_FITS = ("database", "queries+database")
+
+
+@dataclass
+class PCAParams:
+    """A fitted PCA: ``(x - mean) @ components.T``, divided by ``sqrt(variance)`` if whitened."""
+
+    mean: np.ndarray
+    components: np.ndarray
+    explained_variance: np.ndarray
+    whiten: bool
+    fitted_on: str
+    rows: int
+    method: str
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        out = (np.asarray(x, dtype=np.float32) - self.mean) @ self.components.T
+        if self.whiten:
+            out /= np.sqrt(self.explained_variance)
+        return out.astype(np.float32)
+
+
+@dataclass
+class EnsembleTransform:
+    """How the inputs' descriptors become one ensemble descriptor."""
+
+    dims: list[int]
+    pcas: list[PCAParams | None]
+    weights: list[float] | None = None
+    info: list[dict] = field(default_factory=list)
+
+    @property
+    def output_dim(self) -> int:
+        return sum(p.components.shape[0] if p else d for p, d in zip(self.pcas, self.dims, strict=True))
+
+    def apply(self, parts: Sequence[np.ndarray]) -> np.ndarray:
+        """The ensemble of one block of rows, given each input's rows (same images, same order)."""
+        if len(parts) != len(self.dims):
+            raise VprkitError(f"the ensemble has {len(self.dims)} inputs, got {len(parts)}")
+        out = []
+        for i, (x, pca) in enumerate(zip(parts, self.pcas, strict=True)):
+            if x.shape[1] != self.dims[i]:
+                raise VprkitError(f"input {i + 1} has {x.shape[1]} dimensions, the ensemble "
+                                  f"expects {self.dims[i]}")
+            x = pca.transform(x) if pca is not None else np.asarray(x, dtype=np.float32)
+            if self.weights is not None:
+                x = _l2(x) * self.weights[i]
+            out.append(x)
+        joined = np.concatenate(out, axis=1)
+        return _l2(joined) if self.weights is not None else joined
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> EnsembleTransform:
+        """The transform stored in a combined descriptor file."""
+        with h5py.File(path, "r") as f:
+            if "combine" not in f:
+                raise VprkitError(f"{path} is not a combined descriptor file")
+            spec = json.loads(f["combine"].attrs["spec"])
+            pcas = []
+            for i in range(len(spec["inputs"])):
+                key = f"combine/pca/{i}"
+                if key in f:
+                    g = f[key]
+                    pcas.append(PCAParams(g["mean"][:], g["components"][:],
+                                          g["explained_variance"][:], bool(g.attrs["whiten"]),
+                                          str(g.attrs["fitted_on"]), int(g.attrs["rows"]),
+                                          str(g.attrs["method"])))
+                else:
+                    pcas.append(None)
+        return cls(dims=[inp["dim"] for inp in spec["inputs"]], pcas=pcas,
+                   weights=spec["weights"], info=spec["inputs"])
+
+
+def _l2(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _alignment(ref: DescriptorFile, other: DescriptorFile, role: str) -> np.ndarray | None:
+    """Row order of ``other`` matching ``ref`` by name (None when identical), or a clear error."""
+    ref_names, names = ref.names(role), other.names(role)
+    if ref_names == names:
+        if not np.array_equal(ref.utm(role), other.utm(role)):
+            raise VprkitError(f"{ref.path.name} and {other.path.name} give different coordinates "
+                              f"to the same {role} images")
+        return None
+    a, b = set(ref_names), set(names)
+    if a != b or len(names) != len(ref_names):
+        only_a, only_b = sorted(a - b), sorted(b - a)
+        detail = []
+        if only_a:
+            detail.append(f"{len(only_a)} only in {ref.path.name} (e.g. {only_a[0]})")
+        if only_b:
+            detail.append(f"{len(only_b)} only in {other.path.name} (e.g. {only_b[0]})")
+        if not detail:
+            detail.append("duplicate names")
+        raise VprkitError(f"{ref.path.name} and {other.path.name} describe different {role} "
+                          f"images: {'; '.join(detail)}")
+    position = {n: i for i, n in enumerate(names)}
+    index = np.array([position[n] for n in ref_names], dtype=np.int64)
+    if not np.array_equal(ref.utm(role), other.utm(role)[index]):
+        raise VprkitError(f"{ref.path.name} and {other.path.name} give different coordinates "
+                          f"to the same {role} images")
+    return index
+
+
+def _read(store: DescriptorFile, role: str, scales, start: int, stop: int,
+          order: np.ndarray | None) -> np.ndarray:
+    if order is None:
+        return store.read_rows(role, scales, start, stop)
+    return store.read_index(role, scales, order[start:stop])
+
+
+def _fit_rows(store: DescriptorFile, fit: str) -> list[tuple[str, int]]:
+    roles = ["database"] if fit == "database" else ["queries", "database"]
+    return [(r, store.num(r)) for r in roles]
+
+
+def fit_pca(scales, dim: int, sources: list[tuple[DescriptorFile, str]],
+            whiten: bool, block_rows: int, memory_bytes: int, label: str) -> PCAParams:
+    """PCA of the rows of ``sources`` [(file, role)], exact in memory when they fit in
+    ``memory_bytes``, otherwise streamed with scikit-learn's IncrementalPCA."""
+    from sklearn.decomposition import PCA, IncrementalPCA
+
+    rows = sum(f.num(role) for f, role in sources)
+    in_dim = sources[0][0].dim
+    if dim > in_dim:
+        raise VprkitError(f"--pca {dim} is larger than the {in_dim} dimensions of {label}")
+    if dim > rows:
+        raise VprkitError(f"--pca {dim} is larger than the {rows} rows that fit it ({label}); "
+                          "choose a smaller --pca or fit on more rows (--pca-fit)")
+    if rows * in_dim * 4 <= memory_bytes:
+        data = np.concatenate([f.read_rows(role, scales, 0, f.num(role)) for f, role in sources])
+        model = PCA(n_components=dim, whiten=whiten, svd_solver="full").fit(data)
+        method = "exact (scikit-learn PCA, full SVD)"
+    else:
+        batch = max(block_rows, dim)
+        model = IncrementalPCA(n_components=dim, whiten=whiten, batch_size=batch)
+        for f, role in sources:
+            n = f.num(role)
+            for start in range(0, n, batch):
+                stop = min(n, start + batch)
+                if stop - start < dim:  # IncrementalPCA needs >= n_components rows per batch
+                    start = max(0, stop - dim)
+                model.partial_fit(f.read_rows(role, scales, start, stop))
+        method = f"incremental (scikit-learn IncrementalPCA, batches of {batch} rows)"
+    return PCAParams(
+        mean=model.mean_.astype(np.float32),
+        components=model.components_.astype(np.float32),
+        explained_variance=model.explained_variance_.astype(np.float32),
+        whiten=whiten, fitted_on=", ".join(f"{f.path.name}:{r}" for f, r in sources), rows=rows,
+        method=method)
+
+
+def combine(
+    inputs: Sequence[str | Path],
+    output: str | Path,
+    scales: Sequence[str | None] | str | None = None,
+    pca: int | None = None,
+    pca_fit: str | Sequence[str | Path] = "database",
+    whiten: bool = False,
+    weights: Sequence[float] | None = None,
+    block_rows: int = 8192,
+    pca_memory_bytes: int = 2 << 30,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Write the ensemble of ``inputs`` to ``output``; returns its path.
+
+    ``scales``: one spec for every input (``"1+2+3"``) or one per input (None: the first scale).
+    ``pca_fit``: ``database``, ``queries+database``, or descriptor files (one per input that PCA
+    reduces, in input order) made by the same model, e.g. of the train split.
+    """
+    inputs = [Path(p) for p in inputs]
+    output = Path(output)
+    if len(inputs) < 2:
+        raise VprkitError("combine needs at least two descriptor files")
+    if output.exists() and not overwrite:
+        raise VprkitError(f"{output} exists; pass --overwrite to replace it")
+    if output.resolve() in [p.resolve() for p in inputs]:
+        raise VprkitError(f"output {output} is also an input")
+    specs = _scale_specs(scales, len(inputs))
+    if weights is not None:
+        weights = [float(w) for w in weights]
+        if len(weights) != len(inputs) or min(weights) < 0 or sum(weights) == 0:
+            raise VprkitError(f"--weights needs {len(inputs)} non-negative values, not all zero")
+    if pca is not None and pca < 1:
+        raise VprkitError(f"--pca must be a positive number of dimensions, got {pca}")
+
+    stores = [DescriptorFile(p) for p in inputs]
+    extra: list[DescriptorFile] = []
+    try:
+        spec_of = [s if s else (st.scales[0],) for s, st in zip(specs, stores, strict=True)]
+        for st, sp in zip(stores, spec_of, strict=True):
+            st.check_spec(sp)
+        ref = stores[0]
+        orders = {(i, role): _alignment(ref, st, role)
+                  for i, st in enumerate(stores) for role in ROLES if i > 0}
+        dims = [st.dim for st in stores]
+        reduce = [pca is not None and d > pca for d in dims]
+        fit_files = _fit_files(pca_fit, sum(reduce))
+        pcas: list[PCAParams | None] = []
+        fit_index = 0
+        for i, (st, sp) in enumerate(zip(stores, spec_of, strict=True)):
+            if not reduce[i]:
+                pcas.append(None)
+                continue
+            if fit_files is None:
+                sources = [(st, r) for r, _ in _fit_rows(st, str(pca_fit))]
+            else:
+                fit_store = DescriptorFile(fit_files[fit_index])
+                extra.append(fit_store)
+                fit_index += 1
+                if fit_store.model.get("fingerprint") != st.model.get("fingerprint"):
+                    raise VprkitError(f"--pca-fit file {fit_store.path} was made by another model "
+                                      f"than {st.path}")
+                fit_store.check_spec(sp)
+                sources = [(fit_store, r) for r in ("queries", "database")]
+            if progress:
+                console.print(f"fitting PCA {st.dim} -> {pca} on "
+                              f"{', '.join(f'{f.path.name}:{r}' for f, r in sources)}")
+            pcas.append(fit_pca(sp, pca, sources, whiten, block_rows, pca_memory_bytes,
+                                str(st.path)))
+        info = [{"file": str(st.path.resolve()), "scale": spec_name(sp), "dim": st.dim,
+                 "model": st.model, "dataset": st.dataset,
+                 "pca": None if p is None else {"dim": pca, "whiten": whiten, "rows": p.rows,
+                                                 "fitted_on": p.fitted_on, "method": p.method}}
+                for st, sp, p in zip(stores, spec_of, pcas, strict=True)]
+        transform = EnsembleTransform(dims=dims, pcas=pcas, weights=weights, info=info)
+        return _write(stores, spec_of, orders, transform, output, block_rows, progress)
+    finally:
+        for st in stores + extra:
+            st.close()
+
+
+def _scale_specs(scales, n: int) -> list[tuple[int, ...] | None]:
+    if scales is None or isinstance(scales, str):
+        return [parse_scale_spec(scales) if scales else None] * n
+    scales = list(scales)
+    if len(scales) == 1:
+        return [parse_scale_spec(scales[0]) if scales[0] else None] * n
+    if len(scales) != n:
+        raise VprkitError(f"give one --scale for all inputs or one per input ({n}), "
+                          f"not {len(scales)}")
+    return [parse_scale_spec(s) if s else None for s in scales]
+
+
+def _fit_files(pca_fit, needed: int) -> list[Path] | None:
+    if isinstance(pca_fit, str) and pca_fit in PCA_FITS:
+        return None
+    files = [Path(pca_fit)] if isinstance(pca_fit, (str, Path)) else [Path(p) for p in pca_fit]
+    if needed and len(files) != needed:
+        raise VprkitError(f"{needed} input(s) are reduced by PCA but {len(files)} --pca-fit "
+                          "file(s) were given (one per reduced input, in input order)")
+    return files
+
+
+def _write(stores, spec_of, orders, transform: EnsembleTransform, output: Path,
+           block_rows: int, progress: bool) -> Path:
+    ref = stores[0]
+    header = {
+        "model": {"type": "ensemble", "inputs": [
+            {k: v for k, v in inp.items() if k != "dataset"} for inp in transform.info],
+            "weights": transform.weights, "output_dim": transform.output_dim},
+        "aggregation": {"type": "ensemble"},
+        "dataset": ref.dataset,
+        "preprocessing": {"inputs": [st.preprocessing for st in stores]},
+        "dtype": "float32",
+    }
+    part = partial_path(output)
+    part.unlink(missing_ok=True)
+    writer = DescriptorWriter.create(
+        part, header, names={r: ref.names(r) for r in ROLES}, utm={r: ref.utm(r) for r in ROLES})
+    try:
+        writer.add_scale(1, transform.output_dim, {}, None)
+        spec = {"inputs": transform.info, "weights": transform.weights}
+        group = writer.h5.create_group("combine")
+        group.attrs["spec"] = json.dumps(spec, sort_keys=True)
+        for i, p in enumerate(transform.pcas):
+            if p is None:
+                continue
+            g = group.create_group(f"pca/{i}")
+            g["mean"], g["components"] = p.mean, p.components
+            g["explained_variance"] = p.explained_variance
+            for key in ("whiten", "fitted_on", "rows", "method"):
+                g.attrs[key] = getattr(p, key)
+        total = sum(ref.num(r) for r in ROLES)
+        with progress_bar(progress) as bar:
+            task = bar.add_task("combine", total=total, rate="")
+            for role in ROLES:
+                n = ref.num(role)
+                for start in range(0, n, block_rows):
+                    stop = min(n, start + block_rows)
+                    parts = [_read(st, role, sp, start, stop, orders.get((i, role)))
+                             for i, (st, sp) in enumerate(zip(stores, spec_of, strict=True))]
+                    writer.write(role, 1, start, transform.apply(parts), {})
+                    writer.commit_rows(role, [1], stop)
+                    bar.update(task, advance=stop - start)
+        path = writer.finalize(output)
+    finally:
+        writer.close()
+    if progress:
+        console.print(f"[green]wrote[/] {path}: {transform.output_dim} dims from "
+                      + " + ".join(f"{Path(i['file']).name}[{i['scale']}]"
+                                   + (f"->PCA {i['pca']['dim']}" if i["pca"] else "")
+                                   for i in transform.info))
+    return path
