@@ -16,29 +16,11 @@
 # and is kept as it is, as in the paper (NetVLAD 16384 -> 2048 plus GeM 256).
 set -euo pipefail
 
-script_dir=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
-repo_root=$(dirname -- "$script_dir")
-case "${1:-}" in
-  -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-esac
-data=${1:-$repo_root/../shared/data}
-out=${2:-$repo_root/results/tables45}
-BACKBONE=${BACKBONE:-efficientnet_lite0}
-WEIGHTS=${WEIGHTS:-imagenet}
+default_out=results/tables45
+# shellcheck source=commands/common.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/common.sh"
 common=(--backbone "$BACKBONE" --weights "$WEIGHTS" --native-size --device "${DEVICE:-auto}"
         --workers "${WORKERS:-2}")
-
-run() {  # print a command (shell-quoted, so it can be pasted), then run it
-  printf '+'; printf ' %q' "$@"; printf '\n'
-  "$@"
-}
-
-for dataset in corridor nordland; do
-  [ -d "$data/$dataset/images/test" ] || {
-    echo "error: $data/$dataset/images/test does not exist; pass the shared data folder" >&2
-    exit 1; }
-done
-mkdir -p -- "$out"
 
 for dataset in corridor nordland; do
   cluster=()

@@ -55,15 +55,17 @@ def _torchvision_model(arch: str, weights: str) -> nn.Module:
             ) from None
     model = factory(weights=None)
     if weights != "none":
-        state = _load_state_dict_file(weights)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as err:
-            first = str(err).splitlines()[0]
-            raise VprkitError(
-                f"{weights} is not a torchvision {arch} state dict: {first}"
-            ) from None
+        _load_weights_file(model, weights, f"a torchvision {arch}")
     return model
+
+
+def _load_weights_file(model: nn.Module, path: str, what: str) -> None:
+    """Load a state dict file into ``model``, or one clear error naming the file."""
+    try:
+        model.load_state_dict(_load_state_dict_file(path))
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise VprkitError(f"{path} is not {what} state dict: {first}") from None
 
 
 def _load_state_dict_file(path: str) -> dict:
@@ -120,12 +122,7 @@ def _efficientnet_lite0(weights: str) -> nn.Sequential:
         else:
             net = EfficientNet.from_name("efficientnet-lite0", image_size=None)
             if weights != "none":
-                state = _load_state_dict_file(weights)
-                try:
-                    net.load_state_dict(state)
-                except RuntimeError as err:
-                    first = str(err).splitlines()[0]
-                    raise VprkitError(f"{weights} is not an EfficientNet-Lite0 state dict: {first}") from None
+                _load_weights_file(net, weights, "an EfficientNet-Lite0")
     # image_size=None: TensorFlow "same" padding computed for each input size (the package's
     # default fixes the padding for 224x224 inputs and fails on small images).
     # Stem, then the MBConv blocks up to the last stride-16 stage (112 channels).

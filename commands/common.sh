@@ -1,0 +1,24 @@
+# Shared by the recipes (sourced, not run): arguments, the data check and the command printer.
+# Expects $default_out (relative to the repository root) to be set before sourcing.
+
+script_dir=$(cd -- "$(dirname -- "${BASH_SOURCE[1]}")" && pwd)
+repo_root=$(dirname -- "$script_dir")
+case "${1:-}" in
+  -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[1]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+esac
+data=${1:-$repo_root/../shared/data}
+out=${2:-$repo_root/$default_out}
+BACKBONE=${BACKBONE:-efficientnet_lite0}
+WEIGHTS=${WEIGHTS:-imagenet}
+
+run() {  # print a command (shell-quoted, so it can be pasted), then run it
+  printf '+'; printf ' %q' "$@"; printf '\n'
+  "$@"
+}
+
+for dataset in corridor nordland; do
+  [ -d "$data/$dataset/images/test" ] || {
+    echo "error: $data/$dataset/images/test does not exist; pass the shared data folder" >&2
+    exit 1; }
+done
+mkdir -p -- "$out"
