@@ -193,6 +193,106 @@ def combine(inputs, output, scales, pca, pca_fit, whiten, weights, block_rows, o
                 block_rows=block_rows, overwrite=overwrite, progress=not quiet)
 
 
+# --------------------------------------------------------------------------- train
+def _list_augments(ctx, param, value):
+    if not value or ctx.resilient_parsing:
+        return
+    from rich.table import Table
+
+    from .train.augment import describe_presets
+
+    table = Table(title="augmentation presets (vprkit train --augment NAME)")
+    table.add_column("preset")
+    table.add_column("parameters")
+    for name, params in describe_presets():
+        table.add_row(name, params)
+    results_console.print(table)
+    ctx.exit()
+
+
+@main.command()
+@click.argument("root", required=False, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Run folder to create (config, log, metrics, checkpoints, plot).  "
+                   "[required unless --resume]")
+@click.option("--resume", type=click.Path(path_type=Path), default=None,
+              help="Continue the run in this folder where it stopped.  [default: none]")
+@click.option("--backbone", default="resnet18conv4", show_default=True, help="As in extract.")
+@click.option("--aggregation", default="gem", show_default=True, help="gem or netvlad.")
+@click.option("--clusters", default=64, show_default=True, help="NetVLAD clusters.")
+@click.option("--weights", default="imagenet", show_default=True,
+              help="Initial backbone weights: imagenet, none or a state dict path.")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="Start from this benchmark or vprkit checkpoint.  [default: none]")
+@click.option("--resize", nargs=2, type=int, default=(480, 640), show_default=True,
+              help="Training and validation image size H W.")
+@click.option("--native-size", is_flag=True, help="Keep the images' own (equal) size.")
+@click.option("--mining", type=click.Choice(["partial", "full", "random"]), default="partial",
+              show_default=True, help="Negative mining.")
+@click.option("--negatives", default=10, show_default=True, help="Hard negatives per query.")
+@click.option("--neg-samples", default=1000, show_default=True,
+              help="Database images sampled as negative candidates per cache refresh.")
+@click.option("--margin", default=0.1, show_default=True, help="Triplet margin.")
+@click.option("--queries-per-epoch", default=5000, show_default=True,
+              help="Training queries per epoch.")
+@click.option("--cache-refresh", default=1000, show_default=True,
+              help="Queries mined with the current model at each cache refresh.")
+@click.option("--batch-size", default=4, show_default=True, help="Triplet groups per step.")
+@click.option("--infer-batch-size", default=16, show_default=True,
+              help="Images per batch when computing caches and validation.")
+@click.option("--epochs", default=5, show_default=True, help="Maximum epochs.")
+@click.option("--patience", default=3, show_default=True,
+              help="Stop after this many epochs without a better validation R@5.")
+@click.option("--optimizer", type=click.Choice(["sgd", "adam", "adamw", "asgd"]), default="adam",
+              show_default=True, help="Optimiser.")
+@click.option("--lr", default=1e-5, show_default=True, help="Learning rate.")
+@click.option("--weight-decay", default=0.0, show_default=True, help="Weight decay.")
+@click.option("--scheduler", type=click.Choice(["none", "plateau", "cosine"]), default="none",
+              show_default=True,
+              help="plateau: x0.1 on the refresh loss (patience 1, threshold 0.005); "
+                   "cosine: over all cache refreshes.")
+@click.option("--augment", multiple=True,
+              help="Augmentation preset for training queries, repeatable (night:M1..M6, "
+                   "occlusion:M1..M6).  [default: none]")
+@click.option("--list-augments", is_flag=True, expose_value=False, is_eager=True,
+              callback=_list_augments, help="Print every augmentation preset and exit.")
+@click.option("--train-split", default="train", show_default=True, help="Split to train on.")
+@click.option("--val-split", default="val", show_default=True, help="Split to validate on.")
+@click.option("--seed", default=0, show_default=True, help="Seed of every random choice.")
+@click.option("--workers", default=2, show_default=True, help="Image loading processes.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train(root, out, resume, backbone, aggregation, clusters, weights, checkpoint, resize,
+          native_size, mining, negatives, neg_samples, margin, queries_per_epoch, cache_refresh,
+          batch_size, infer_batch_size, epochs, patience, optimizer, lr, weight_decay, scheduler,
+          augment, train_split, val_split, seed, workers, device, quiet):
+    """Triplet training (the benchmark's recipe with the paper's extensions).
+
+    vprkit train ROOT --out RUN_DIR, or vprkit train --resume RUN_DIR. The best model is
+    RUN_DIR/best.pth, ready for vprkit extract --checkpoint.
+    """
+    from .train import TrainConfig
+    from .train import train as run_train
+
+    if resume:
+        path = run_train(None, resume, resume=True, progress=not quiet)
+    else:
+        if root is None or out is None:
+            raise VprkitError("give ROOT and --out RUN_DIR (or --resume RUN_DIR)")
+        config = TrainConfig(
+            root=str(Path(root).resolve()), backbone=backbone, aggregation=aggregation,
+            clusters=clusters, weights=weights,
+            checkpoint=str(Path(checkpoint).resolve()) if checkpoint else None,
+            resize=None if native_size else tuple(resize), train_split=train_split,
+            val_split=val_split, mining=mining, negatives=negatives, neg_samples=neg_samples,
+            margin=margin, queries_per_epoch=queries_per_epoch, cache_refresh=cache_refresh,
+            batch_size=batch_size, infer_batch_size=infer_batch_size, epochs=epochs,
+            patience=patience, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
+            scheduler=scheduler, augment=list(augment), seed=seed, workers=workers, device=device)
+        path = run_train(config, out, progress=not quiet)
+    console.print(f"[green]best model[/]: {path}")
+
+
 # --------------------------------------------------------------------------- info
 @main.command()
 @click.argument("file", type=click.Path(path_type=Path))

@@ -424,6 +424,23 @@ def _infer(model: VPRModel, items: list, scales, device, half: bool):
     return per_scale
 
 
+def compute_descriptors(model: VPRModel, paths: list[Path], options: ExtractOptions,
+                        device: torch.device, progress: bool = False,
+                        label: str = "descriptors") -> np.ndarray:
+    """Descriptors (N, D) of images at scale 1, in memory (training caches, validation)."""
+    out = np.empty((len(paths), model.output_dim), dtype=np.float32)
+    row = 0
+    with progress_bar(progress) as bar:
+        task = bar.add_task(label, total=len(paths), rate="")
+        for items in _loader(paths, options, (1,), device):
+            _check_items(items)
+            desc, _ = _infer(model, items, (1,), device, options.half)[0]
+            out[row: row + len(desc)] = desc
+            row += len(desc)
+            bar.update(task, advance=len(desc))
+    return out
+
+
 def describe_options(options: ExtractOptions) -> dict:
     out = asdict(options)
     out["scales"] = list(options.scales)

@@ -1,0 +1,402 @@
+"""Pipeline step: triplet training of a place-recognition network (the benchmark's recipe).
+
+``train(config, run_dir)`` trains and writes a run folder::
+
+    RUN_DIR/config.json    the full configuration (a run can be reproduced or resumed from it)
+    RUN_DIR/train.log      a text log
+    RUN_DIR/metrics.jsonl  one JSON line per cache refresh (loss, lr, time) and per epoch
+                           (validation Recall@N)
+    RUN_DIR/last.pth       model + model config + optimizer, scheduler, RNG states, progress
+    RUN_DIR/best.pth       the model with the best validation R@5 (``vprkit extract --checkpoint``)
+    RUN_DIR/curves.png     loss per cache refresh and validation recalls per epoch
+
+Each epoch has ``ceil(queries_per_epoch / cache_refresh)`` cache refreshes; at each refresh,
+``cache_refresh`` random training queries are mined (``vprkit.train.mining``) with the current
+model and trained on in batches of ``batch_size`` triplet groups with the triplet margin loss
+(margin 0.1, summed over the negatives and averaged over the batch). ``last.pth`` is written after
+every refresh, so a stopped run resumed with ``train(..., resume=True)`` loses at most one refresh
+and continues exactly (same RNG states) where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..datasets import EVAL_POSITIVE_RADIUS, load_split
+from ..errors import VprkitError
+from ..evaluate import recall_at_n
+from ..extract import ExtractOptions, compute_descriptors, resolve_device, sample_local_features
+from ..images import load_image, normalize, resize
+from ..models import ModelConfig, NetVLAD, VPRModel, build_model, save_checkpoint
+from ..progress import console, progress_bar
+from ..search import exact_search
+from .augment import build_augmentation
+from .mining import MINING, TripletSource, mine
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "asgd")
+SCHEDULERS = ("none", "plateau", "cosine")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (stored as RUN_DIR/config.json)."""
+
+    root: str
+    backbone: str = "resnet18conv4"
+    aggregation: str = "gem"
+    clusters: int = 64
+    weights: str = "imagenet"
+    checkpoint: str | None = None  # start from these weights instead
+    resize: tuple[int, int] | None = (480, 640)
+    train_split: str = "train"
+    val_split: str = "val"
+    mining: str = "partial"
+    negatives: int = 10
+    neg_samples: int = 1000
+    margin: float = 0.1
+    queries_per_epoch: int = 5000
+    cache_refresh: int = 1000
+    batch_size: int = 4
+    infer_batch_size: int = 16
+    epochs: int = 5
+    patience: int = 3
+    optimizer: str = "adam"
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    scheduler: str = "none"
+    augment: list[str] = field(default_factory=list)
+    recalls: tuple[int, ...] = (1, 5, 10, 20)
+    seed: int = 0
+    workers: int = 2
+    device: str = "auto"
+
+    def check(self) -> None:
+        for name, value, allowed in (("mining", self.mining, MINING),
+                                     ("optimizer", self.optimizer, OPTIMIZERS),
+                                     ("scheduler", self.scheduler, SCHEDULERS)):
+            if value not in allowed:
+                raise VprkitError(f"unknown --{name} {value!r}; choose one of {', '.join(allowed)}")
+        for name in ("negatives", "neg_samples", "queries_per_epoch", "cache_refresh", "batch_size",
+                     "epochs", "patience", "infer_batch_size"):
+            if getattr(self, name) < 1:
+                raise VprkitError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.lr <= 0 or self.weight_decay < 0 or self.margin <= 0:
+            raise VprkitError("--lr and --margin must be positive, --weight-decay not negative")
+        build_augmentation(self.augment)  # refuses unknown presets
+
+    @classmethod
+    def load(cls, path: Path) -> TrainConfig:
+        data = json.loads(path.read_text())
+        for key in ("resize", "recalls"):
+            if data.get(key) is not None:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+
+class TripletImages(Dataset):
+    """Item i: the 2 + negatives images of triplet group i as one (2 + n, 3, H, W) tensor."""
+
+    def __init__(self, source: TripletSource, groups: np.ndarray, size, augment):
+        self.db = source.split.database.paths()
+        self.q = source.split.queries.paths()
+        self.groups = groups
+        self.size = size
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def _image(self, path: Path, augment=None) -> torch.Tensor:
+        try:
+            image = load_image(path)
+        except Exception as err:
+            raise VprkitError(f"cannot read image {path}: {err}") from None
+        if self.size is not None:
+            image = resize(image, self.size)
+        if augment is not None:
+            image = augment(image)
+        return normalize(image)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        q, pos, *negs = self.groups[i].tolist()
+        images = [self._image(self.q[q], self.augment), self._image(self.db[pos])]
+        images += [self._image(self.db[n]) for n in negs]
+        try:
+            return torch.stack(images)
+        except RuntimeError:
+            raise VprkitError("training images differ in size; give --resize H W") from None
+
+
+def triplet_loss(features: torch.Tensor, groups: int, negatives: int, margin: float) -> torch.Tensor:
+    """Triplet margin loss of ``groups`` blocks of (query, positive, negatives...) features,
+    summed over negatives and divided by groups x negatives (the benchmark's normalisation)."""
+    feats = features.view(groups, 2 + negatives, -1)
+    q = feats[:, :1].expand(-1, negatives, -1).reshape(-1, feats.shape[-1])
+    p = feats[:, 1:2].expand(-1, negatives, -1).reshape(-1, feats.shape[-1])
+    n = feats[:, 2:].reshape(-1, feats.shape[-1])
+    loss = torch.nn.functional.triplet_margin_loss(q, p, n, margin=margin, p=2, reduction="sum")
+    return loss / (groups * negatives)
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.ASGD(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def build_scheduler(optimizer, config: TrainConfig, refreshes_per_epoch: int):
+    """plateau: x0.1 when the refresh loss stops improving by 0.5% (patience 1); cosine: over all
+    cache refreshes of the run."""
+    if config.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=1,
+                                                          threshold=0.005)
+    if config.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=config.epochs * refreshes_per_epoch)
+    return None
+
+
+class RunLog:
+    def __init__(self, run_dir: Path):
+        self.log = run_dir / "train.log"
+        self.metrics = run_dir / "metrics.jsonl"
+
+    def say(self, text: str) -> None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        with open(self.log, "a") as f:
+            f.write(f"{stamp} {text}\n")
+        console.print(text)
+
+    def metric(self, **row) -> None:
+        with open(self.metrics, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def validate(model: VPRModel, root: Path, config: TrainConfig, device) -> dict[int, float]:
+    """Recall@N on the validation split (positives within 25 m)."""
+    split = load_split(root, config.val_split)
+    options = _inference_options(config)
+    model.eval()
+    db = compute_descriptors(model, split.database.paths(), options, device, label="val database")
+    q = compute_descriptors(model, split.queries.paths(), options, device, label="val queries")
+    _, predictions = exact_search(q, db, min(max(config.recalls), len(db)))
+    values = recall_at_n(predictions, split.positives(EVAL_POSITIVE_RADIUS), config.recalls)
+    return {n: float(v) for n, v in zip(config.recalls, values, strict=True)}
+
+
+def _inference_options(config: TrainConfig) -> ExtractOptions:
+    return ExtractOptions(resize=config.resize, batch_size=config.infer_batch_size,
+                          workers=config.workers, device=config.device, seed=config.seed)
+
+
+def _init_model(config: TrainConfig, source: TripletSource, device, log: RunLog,
+                kmeans: bool = True) -> VPRModel:
+    torch.manual_seed(config.seed)
+    model = build_model(ModelConfig(backbone=config.backbone, aggregation=config.aggregation,
+                                    clusters=config.clusters, weights=config.weights,
+                                    checkpoint=config.checkpoint)).to(device)
+    if kmeans and isinstance(model.aggregation, NetVLAD) and not config.checkpoint:
+        paths = source.split.database.paths()
+        log.say(f"NetVLAD: k-means on local features of {min(500, len(paths))} "
+                f"{config.train_split} database images")
+        model.eval()
+        feats = sample_local_features(model, paths, _inference_options(config), device)
+        model.aggregation.init_from_descriptors(feats, seed=config.seed)
+    return model
+
+
+def _adapted(config: TrainConfig, source: TripletSource, log: RunLog) -> TrainConfig:
+    """Sampling sizes clipped to what the dataset has, with a note for each."""
+    n_q, n_db = len(source.queries), len(source.split.database)
+    changes = {}
+    if config.queries_per_epoch > n_q:
+        changes["queries_per_epoch"] = n_q
+    if config.cache_refresh > min(n_q, changes.get("queries_per_epoch", config.queries_per_epoch)):
+        changes["cache_refresh"] = min(n_q, changes.get("queries_per_epoch",
+                                                        config.queries_per_epoch))
+    if config.neg_samples > n_db:
+        changes["neg_samples"] = n_db
+    for key, value in changes.items():
+        log.say(f"--{key.replace('_', '-')} {getattr(config, key)} is more than the dataset "
+                f"allows: using {value}")
+    return TrainConfig(**{**asdict(config), **changes})
+
+
+def train(config: TrainConfig, run_dir: str | Path, resume: bool = False,
+          progress: bool = True) -> Path:
+    """Train (or resume) a run; returns the path of ``best.pth``."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.json"
+    if resume:
+        if not (run_dir / "last.pth").is_file():
+            raise VprkitError(f"{run_dir} has no last.pth to resume from")
+        config = TrainConfig.load(config_path)
+    else:
+        if config_path.exists():
+            raise VprkitError(f"{run_dir} already holds a run; use --resume {run_dir} or "
+                              "another --out")
+        config.check()
+        run_dir.mkdir(parents=True, exist_ok=True)
+    root = Path(config.root)
+    device = resolve_device(config.device)
+    log = RunLog(run_dir)
+    split = load_split(root, config.train_split)
+    load_split(root, config.val_split)  # fail now, not after the first epoch
+    source = TripletSource.from_split(split)
+    if not resume:
+        if source.dropped:
+            log.say(f"{source.dropped} {config.train_split} queries have no database image within "
+                    "10 m and are not used")
+        config = _adapted(config, source, log)
+        config_path.write_text(json.dumps(asdict(config), indent=2) + "\n")
+    refreshes = math.ceil(config.queries_per_epoch / config.cache_refresh)
+
+    model = _init_model(config, source, device, log, kmeans=not resume)  # resume: from last.pth
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config, refreshes)
+    rng = np.random.default_rng(config.seed)
+    state = {"epoch": 0, "refresh": 0, "best_r5": -1.0, "not_improved": 0, "neg_cache": {}}
+    if resume:
+        state = _restore(run_dir / "last.pth", model, optimizer, scheduler, rng)
+        log.say(f"resuming {run_dir} at epoch {state['epoch'] + 1}, refresh "
+                f"{state['refresh'] + 1}")
+    elif config.epochs:
+        recalls = validate(model, root, config, device)
+        log.say(f"untrained model: validation {_fmt(recalls)}")
+        log.metric(epoch=0, val_recalls=recalls, time=time.time())
+
+    augment = build_augmentation(config.augment)
+    options = _inference_options(config)
+    while state["epoch"] < config.epochs:
+        epoch = state["epoch"]
+        while state["refresh"] < refreshes:
+            r = state["refresh"]
+            n_q = min(config.cache_refresh, config.queries_per_epoch - r * config.cache_refresh)
+            query_ids = rng.choice(source.queries, size=n_q, replace=False)
+            model.eval()
+
+            def features(db_idx, q_idx):
+                db_paths = [split.database.paths()[i] for i in db_idx]
+                q_paths = [split.queries.paths()[i] for i in q_idx]
+                return (compute_descriptors(model, db_paths, options, device),
+                        compute_descriptors(model, q_paths, options, device))
+
+            groups = mine(source, query_ids, features, config.mining, config.negatives,
+                          config.neg_samples, rng, state["neg_cache"])
+            loss = _train_groups(model, optimizer, source, groups, config, augment, device,
+                                 progress, f"epoch {epoch + 1}/{config.epochs} refresh "
+                                           f"{r + 1}/{refreshes}")
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(loss)
+            elif scheduler is not None:
+                scheduler.step()
+            lr = optimizer.param_groups[0]["lr"]
+            log.metric(epoch=epoch + 1, refresh=r + 1, loss=loss, lr=lr, time=time.time())
+            log.say(f"epoch {epoch + 1} refresh {r + 1}/{refreshes}: loss {loss:.4f}, lr {lr:.3g}")
+            state["refresh"] = r + 1
+            _save(run_dir / "last.pth", model, optimizer, scheduler, rng, state, config)
+        recalls = validate(model, root, config, device)
+        r5 = recalls.get(5, next(iter(recalls.values())))
+        improved = r5 > state["best_r5"]
+        state.update(epoch=epoch + 1, refresh=0)
+        if improved:
+            state.update(best_r5=r5, not_improved=0)
+            _save(run_dir / "best.pth", model, optimizer, scheduler, rng, state, config)
+        else:
+            state["not_improved"] += 1
+        _save(run_dir / "last.pth", model, optimizer, scheduler, rng, state, config)
+        log.metric(epoch=epoch + 1, val_recalls=recalls, best=improved, time=time.time())
+        log.say(f"epoch {epoch + 1}: validation {_fmt(recalls)}" + (" (best)" if improved else ""))
+        if state["not_improved"] >= config.patience:
+            log.say(f"no better validation R@5 for {config.patience} epochs: stopping early")
+            break
+    plot_run(run_dir)
+    return run_dir / "best.pth"
+
+
+def _fmt(recalls: dict[int, float]) -> str:
+    return ", ".join(f"R@{n} {v:.1f}" for n, v in recalls.items())
+
+
+def _train_groups(model, optimizer, source, groups, config: TrainConfig, augment, device,
+                  progress: bool, label: str) -> float:
+    loader = DataLoader(TripletImages(source, groups, config.resize, augment),
+                        batch_size=config.batch_size, num_workers=config.workers,
+                        drop_last=False)
+    model.train()
+    total, batches = 0.0, 0
+    with progress_bar(progress) as bar:
+        task = bar.add_task(label, total=len(groups), rate="")
+        for images in loader:
+            n = images.shape[0]
+            x = images.flatten(0, 1).to(device)
+            loss = triplet_loss(model(x), n, config.negatives, config.margin)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach())
+            batches += 1
+            bar.update(task, advance=n, rate=f"loss {total / batches:.4f}")
+    return total / max(batches, 1)
+
+
+def _save(path: Path, model, optimizer, scheduler, rng, state, config: TrainConfig) -> None:
+    save_checkpoint(model, path, optimizer_state_dict=optimizer.state_dict(),
+                    scheduler_state_dict=scheduler.state_dict() if scheduler else None,
+                    rng_numpy=rng.bit_generator.state, rng_torch=torch.get_rng_state(),
+                    state=state, train_config=asdict(config))
+
+
+def _restore(path: Path, model, optimizer, scheduler, rng) -> dict:
+    data = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(data["model_state_dict"])
+    optimizer.load_state_dict(data["optimizer_state_dict"])
+    if scheduler is not None and data.get("scheduler_state_dict"):
+        scheduler.load_state_dict(data["scheduler_state_dict"])
+    rng.bit_generator.state = data["rng_numpy"]
+    torch.set_rng_state(data["rng_torch"])
+    return data["state"]
+
+
+def plot_run(run_dir: Path) -> Path | None:
+    """curves.png: training loss per cache refresh and validation recalls per epoch."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [r for r in rows if "loss" in r]
+    vals = [r for r in rows if "val_recalls" in r]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    if losses:
+        refreshes = max(r["refresh"] for r in losses)
+        x = [(r["epoch"] - 1) + r["refresh"] / refreshes for r in losses]
+        ax1.plot(x, [r["loss"] for r in losses], marker="o")
+    ax1.set(xlabel="epoch", ylabel="triplet loss", title="training loss per cache refresh")
+    for n in (vals[0]["val_recalls"] if vals else {}):
+        ax2.plot([r["epoch"] for r in vals], [r["val_recalls"][n] for r in vals], marker="o",
+                 label=f"R@{n}")
+    ax2.set(xlabel="epoch (0 = untrained)", ylabel="recall (%)", title="validation Recall@N")
+    if vals:
+        ax2.legend()
+    fig.tight_layout()
+    out = run_dir / "curves.png"
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
