@@ -22,3 +22,24 @@ for dataset in corridor nordland; do
     exit 1; }
 done
 mkdir -p -- "$out"
+
+# Training recipes: train on nordland's train split (validation on val), then extract the best
+# model on nordland test. Sized for a CPU by QUERIES (queries per epoch) and EPOCHS.
+QUERIES=${QUERIES:-500}
+EPOCHS=${EPOCHS:-2}
+AGGREGATION=${AGGREGATION:-gem}
+trained=()
+train_and_test() {  # NAME [extra vprkit train options...]
+  local name=$1
+  shift
+  if [ ! -f "$out/$name/best.pth" ]; then
+    rm -rf -- "${out:?}/$name"
+    run vprkit train "$data/nordland" --out "$out/$name" --backbone "$BACKBONE" \
+      --weights "$WEIGHTS" --aggregation "$AGGREGATION" --native-size \
+      --queries-per-epoch "$QUERIES" --cache-refresh "$QUERIES" --epochs "$EPOCHS" \
+      --workers "${WORKERS:-2}" --quiet "$@"
+  fi
+  run vprkit extract "$data/nordland" -o "$out/$name.h5" --checkpoint "$out/$name/best.pth" \
+    --native-size --workers "${WORKERS:-2}" --quiet
+  trained+=("$out/$name.h5")
+}
