@@ -280,6 +280,12 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False,
 
     augment = build_augmentation(config.augment)
     options = _inference_options(config)
+    db_paths, q_paths = split.database.paths(), split.queries.paths()
+
+    def features(db_idx, q_idx):
+        return (compute_descriptors(model, [db_paths[i] for i in db_idx], options, device),
+                compute_descriptors(model, [q_paths[i] for i in q_idx], options, device))
+
     while state["epoch"] < config.epochs:
         epoch = state["epoch"]
         while state["refresh"] < refreshes:
@@ -287,13 +293,6 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False,
             n_q = min(config.cache_refresh, config.queries_per_epoch - r * config.cache_refresh)
             query_ids = rng.choice(source.queries, size=n_q, replace=False)
             model.eval()
-
-            def features(db_idx, q_idx):
-                db_paths = [split.database.paths()[i] for i in db_idx]
-                q_paths = [split.queries.paths()[i] for i in q_idx]
-                return (compute_descriptors(model, db_paths, options, device),
-                        compute_descriptors(model, q_paths, options, device))
-
             groups = mine(source, query_ids, features, config.mining, config.negatives,
                           config.neg_samples, rng, state["neg_cache"])
             loss = _train_groups(model, optimizer, source, groups, config, augment, device,
