@@ -214,7 +214,7 @@ def _list_augments(ctx, param, value):
 @click.argument("root", required=False, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Run folder to create (config, log, metrics, checkpoints, plot).  "
-                   "[required unless --resume]")
+                   "[default: none; required unless --resume]")
 @click.option("--resume", type=click.Path(path_type=Path), default=None,
               help="Continue the run in this folder where it stopped.  [default: none]")
 @click.option("--backbone", default="resnet18conv4", show_default=True, help="As in extract.")
@@ -311,7 +311,7 @@ def info(file, as_json):
 # --------------------------------------------------------------------------- dataset
 @main.group()
 def dataset() -> None:
-    """Inspect datasets in the benchmark layout."""
+    """Inspect datasets in the benchmark layout, or build one from your own photos."""
 
 
 @dataset.command("info")
