@@ -214,7 +214,7 @@ class TestRefusals:
 
     def test_existing_run_and_missing_resume(self, train_root, tmp_path):
         (tmp_path / "x").mkdir()
-        (tmp_path / "x/config.json").write_text("{}")
+        (tmp_path / "x/last.pth").write_text("")
         with pytest.raises(VprkitError, match="already holds a run"):
             train(small_config(train_root), tmp_path / "x", progress=False)
         with pytest.raises(VprkitError, match="no last.pth"):

@@ -245,9 +245,11 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False,
             raise VprkitError(f"{run_dir} has no last.pth to resume from")
         config = TrainConfig.load(config_path)
     else:
-        if config_path.exists():
+        if (run_dir / "last.pth").exists():
             raise VprkitError(f"{run_dir} already holds a run; use --resume {run_dir} or "
                               "another --out")
+        for stale in ("config.json", "train.log", "metrics.jsonl"):  # a run stopped before
+            (run_dir / stale).unlink(missing_ok=True)                # its first checkpoint
         config.check()
         run_dir.mkdir(parents=True, exist_ok=True)
     root = Path(config.root)
