@@ -293,6 +293,20 @@ def train(root, out, resume, backbone, aggregation, clusters, weights, checkpoin
     console.print(f"[green]best model[/]: {path}")
 
 
+# --------------------------------------------------------------------------- report
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("report.md"),
+              show_default=True, help="Markdown file to write; PNG plots go beside it.")
+@click.option("--title", default="vprkit report", show_default=True, help="The report's title.")
+def report(inputs, output, title):
+    """Markdown tables and plots from evaluation JSON files and training run folders."""
+    from .markdown_report import write_report
+
+    path = write_report(list(inputs), output, title)
+    console.print(f"[green]wrote[/] {path}")
+
+
 # --------------------------------------------------------------------------- info
 @main.command()
 @click.argument("file", type=click.Path(path_type=Path))

@@ -1,0 +1,40 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from vprkit.cli import main
+from vprkit.errors import VprkitError
+from vprkit.markdown_report import write_report
+
+
+def test_report_from_evaluation_json_and_run(gem_file, tmp_path):
+    runner = CliRunner()
+    runner.invoke(main, ["evaluate", str(gem_file), "--scale", "1", "--scale", "1+2",
+                         "--json", str(tmp_path / "eval.json")])
+    rows = json.loads((tmp_path / "eval.json").read_text())
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({
+        "backbone": "resnet18conv4", "aggregation": "gem", "optimizer": "adamw", "lr": 1e-4,
+        "weight_decay": 1e-3, "scheduler": "plateau", "augment": ["night:M2"]}))
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in [
+        {"epoch": 0, "val_recalls": {"1": 10.0, "5": 20.0}},
+        {"epoch": 1, "refresh": 1, "loss": 0.1, "lr": 1e-4},
+        {"epoch": 1, "val_recalls": {"1": 12.5, "5": 30.0}},
+        {"epoch": 2, "val_recalls": {"1": 11.0, "5": 25.0}}]))
+    out = write_report([tmp_path / "eval.json", run], tmp_path / "r/report.md")
+    text = out.read_text()
+    assert f"| gem.h5 | {rows[1]['model']} | 1+2 | 256 | {rows[1]['recalls']['1']:.1f} |" in text
+    assert "| run | resnet18conv4+gem | adamw | 0.0001 | 0.001 | plateau | night:M2 | 2 | " \
+           "10.0 / 20.0 | 12.5 / 30.0 (1) |" in text
+    assert (tmp_path / "r/report_eval.png").exists() and (tmp_path / "r/report_training.png").exists()
+
+
+def test_refusals(tmp_path):
+    (tmp_path / "x.json").write_text('{"a": 1}')
+    with pytest.raises(VprkitError, match="is not the JSON that 'vprkit evaluate --json' writes"):
+        write_report([tmp_path / "x.json"], tmp_path / "r.md")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(VprkitError, match="not a training run folder"):
+        write_report([tmp_path / "empty"], tmp_path / "r.md")
