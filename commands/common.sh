@@ -43,3 +43,13 @@ train_and_test() {  # NAME [extra vprkit train options...]
     --native-size --workers "${WORKERS:-2}" --quiet
   trained+=("$out/$name.h5")
 }
+
+augmentation_table() {  # FAMILY (night | occlusion) TABLE_NAME: vanilla and presets M1..M6
+  local family=$1 table=$2 m
+  read -r -a train_args <<< "${TRAIN_ARGS:---lr 1e-4}"
+  train_and_test vanilla "${train_args[@]}"
+  for m in M1 M2 M3 M4 M5 M6; do
+    train_and_test "${family}_$m" "${train_args[@]}" --augment "$family:$m"
+  done
+  run vprkit evaluate "${trained[@]}" --json "$out/$table.json"
+}

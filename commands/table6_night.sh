@@ -12,10 +12,4 @@ set -euo pipefail
 default_out=results/table6
 # shellcheck source=commands/common.sh
 source "$(dirname -- "${BASH_SOURCE[0]}")/common.sh"
-read -r -a train_args <<< "${TRAIN_ARGS:---lr 1e-4}"
-
-train_and_test vanilla "${train_args[@]}"
-for m in M1 M2 M3 M4 M5 M6; do
-  train_and_test "night_$m" "${train_args[@]}" --augment "night:$m"
-done
-run vprkit evaluate "${trained[@]}" --json "$out/table6.json"
+augmentation_table night table6

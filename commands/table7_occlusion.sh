@@ -13,10 +13,4 @@ set -euo pipefail
 default_out=results/table7
 # shellcheck source=commands/common.sh
 source "$(dirname -- "${BASH_SOURCE[0]}")/common.sh"
-read -r -a train_args <<< "${TRAIN_ARGS:---lr 1e-4}"
-
-train_and_test vanilla "${train_args[@]}"
-for m in M1 M2 M3 M4 M5 M6; do
-  train_and_test "occlusion_$m" "${train_args[@]}" --augment "occlusion:$m"
-done
-run vprkit evaluate "${trained[@]}" --json "$out/table7.json"
+augmentation_table occlusion table7

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from .errors import VprkitError
+from .plotting import pyplot
 
 
 def _load_evaluation(path: Path) -> list[dict]:
@@ -75,12 +76,8 @@ def _run_table(runs: list[dict]) -> list[str]:
 
 
 def _plot_recalls(rows: list[dict], out: Path, title: str) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in rows:
@@ -96,12 +93,8 @@ def _plot_recalls(rows: list[dict], out: Path, title: str) -> Path | None:
 
 
 def _plot_runs(runs: list[dict], out: Path) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
     for run in runs:

@@ -36,6 +36,7 @@ from ..evaluate import recall_at_n
 from ..extract import ExtractOptions, compute_descriptors, resolve_device, sample_local_features
 from ..images import load_image, normalize, resize
 from ..models import ModelConfig, NetVLAD, VPRModel, build_model, save_checkpoint
+from ..plotting import pyplot
 from ..progress import console, progress_bar
 from ..search import exact_search
 from .augment import build_augmentation
@@ -374,12 +375,8 @@ def _restore(path: Path, model, optimizer, scheduler, rng) -> dict:
 
 def plot_run(run_dir: Path) -> Path | None:
     """curves.png: training loss per cache refresh and validation recalls per epoch."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [r for r in rows if "loss" in r]
