@@ -158,4 +158,6 @@ class TestWorkflow:
 def test_demo_runs_and_prints_a_table(tmp_path):
     result = run("demo", "--out", tmp_path / "demo", "--scales", "1,2", "--quiet")
     assert result.exit_code == 0, result.output
-    assert "gem.h5" in result.output and "netvlad.h5" in result.output and "1+2" in result.output
+    for name in ("gem.h5", "netvlad.h5", "gem_trained.h5", "concat.h5", "pca.h5", "1+2"):
+        assert name in result.output, name
+    assert (tmp_path / "demo/runs/gem/curves.png").exists()

@@ -375,16 +375,19 @@ def dataset_import_cmd(images, root, split, role, coordinates, copy, skip_missin
 @click.option("--weights", default="none", show_default=True,
               help="none (random, no download), imagenet, or a state dict path.")
 @click.option("--scales", default="1,2,3", show_default=True, help="Scales to extract.")
+@click.option("--train/--no-train", default=True, show_default=True,
+              help="Train GeM for one short epoch first.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def demo(out, backbone, weights, scales, quiet):
-    """Generate a small dataset, extract GeM and NetVLAD at scales 1,2,3, and evaluate.
+def demo(out, backbone, weights, scales, train, quiet):
+    """The whole pipeline on a generated dataset: train GeM a little, extract GeM and NetVLAD at
+    scales 1,2,3, combine them (concat, PCA) and evaluate everything in one table.
 
-    Needs no download; takes well under a minute on two CPU cores.
+    Needs no download; takes about a minute on two CPU cores.
     """
     from .demo import run_demo
     from .report import recall_table
 
-    results = run_demo(out, backbone=backbone, weights=weights, scales=scales,
+    results = run_demo(out, backbone=backbone, weights=weights, scales=scales, train=train,
                        progress=not quiet)
     results_console.print(recall_table(results, title="vprkit demo: Recall@N on the generated dataset"))
 

@@ -1,9 +1,14 @@
-"""The embedded demo: generated data -> extract (GeM, NetVLAD, scales 1,2,3) -> evaluate."""
+"""The embedded demo: the whole pipeline on a generated dataset, on a CPU in about a minute.
+
+generate (train/val/test) -> train GeM a little -> extract GeM (untrained and trained) and
+NetVLAD at scales 1,2,3 -> combine (concat and PCA) -> evaluate everything in one table.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from .combine import combine
 from .evaluate import EvaluationResult, evaluate_file
 from .extract import ExtractOptions, extract
 from .models import ModelConfig
@@ -12,26 +17,48 @@ from .store import parse_scales, spec_name
 from .synthetic import generate_dataset
 
 DEMO_SIZE = (120, 160)
-DEMO_SPLIT = {"test": (150, 75)}
+DEMO_SPLITS = {"train": (150, 75), "val": (60, 30), "test": (150, 75)}
+DEMO_PCA = 128
 
 
 def run_demo(out: str | Path = "vprkit_demo", backbone: str = "resnet18conv4",
-             weights: str = "none", scales: str = "1,2,3",
+             weights: str = "none", scales: str = "1,2,3", train: bool = True,
              progress: bool = True) -> list[EvaluationResult]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     root = out / "dataset"
-    if not (root / "images" / "test").is_dir():
+    if not all((root / "images" / s).is_dir() for s in DEMO_SPLITS):
         console.print(f"generating a dataset in {root}")
-        generate_dataset(root, DEMO_SPLIT, size=DEMO_SIZE, seed=0)
+        generate_dataset(root, DEMO_SPLITS, size=DEMO_SIZE, seed=0)
     scale_list = parse_scales(scales)
+    pyramid = [spec_name(scale_list)] if len(scale_list) > 1 else []
+    options = ExtractOptions(scales=scale_list, resize=DEMO_SIZE, batch_size=16, workers=1)
+    models = {"gem": ModelConfig(backbone=backbone, aggregation="gem", weights=weights),
+              "netvlad": ModelConfig(backbone=backbone, aggregation="netvlad", weights=weights)}
+    if train:
+        from .train import TrainConfig
+        from .train import train as run_train
+
+        run = out / "runs" / "gem"
+        if not (run / "best.pth").exists():
+            if run.exists():
+                for f in run.iterdir():
+                    f.unlink()
+            console.print(f"training GeM for one epoch in {run}")
+            run_train(TrainConfig(root=str(root.resolve()), backbone=backbone, weights=weights,
+                                  resize=DEMO_SIZE, queries_per_epoch=100, cache_refresh=100,
+                                  neg_samples=150, epochs=1, lr=1e-4, workers=1), run,
+                      progress=progress)
+        models["gem_trained"] = ModelConfig(checkpoint=str(run / "best.pth"))
     results = []
-    for aggregation in ("gem", "netvlad"):
-        path = out / f"{aggregation}.h5"
-        options = ExtractOptions(scales=scale_list, resize=DEMO_SIZE, batch_size=16, workers=1)
-        config = ModelConfig(backbone=backbone, aggregation=aggregation, weights=weights)
-        extract(root, path, config, options, progress=progress)
-        specs = [(s,) for s in scale_list] + ([scale_list] if len(scale_list) > 1 else [])
-        for spec in specs:
-            results.append(evaluate_file(path, spec_name(spec)))
+    files = {}
+    for name, config in models.items():
+        files[name] = extract(root, out / f"{name}.h5", config, options, progress=progress)
+        for spec in [str(scale_list[0]), *pyramid]:
+            results.append(evaluate_file(files[name], spec))
+    gem = files.get("gem_trained", files["gem"])
+    for name, kwargs in (("concat", {}), ("pca", {"pca": DEMO_PCA})):
+        path = combine([gem, files["netvlad"]], out / f"{name}.h5", overwrite=True,
+                       progress=False, **kwargs)
+        results.append(evaluate_file(path))
     return results
