@@ -90,3 +90,31 @@ class TestEvaluateFile:
         expected = recall_at_n(ids, load_split(small_root, "test").positives(25.0), (1, 5, 10, 20))
         assert small.recalls == big.recalls == dict(zip((1, 5, 10, 20), expected.tolist(), strict=True))
         assert json.loads(json.dumps(big.to_dict()))["recalls"]["1"] == expected[0]
+
+
+class TestApproximateIndex:
+    @pytest.fixture
+    def file(self, tmp_path):
+        rng = np.random.default_rng(0)
+        db = rng.standard_normal((400, 8)).astype(np.float32)
+        q = db[:50] + 0.01 * rng.standard_normal((50, 8)).astype(np.float32)
+        return write_file(tmp_path / "a.h5", db, q)
+
+    def test_ivf_probing_every_list_equals_exact_and_is_labelled(self, file):
+        exact = evaluate_file(file)
+        approx = evaluate_file(file, index="IVF4,Flat", nprobe=4)
+        assert approx.recalls == exact.recalls
+        assert exact.search == "exact" and approx.search.startswith("approximate (IVF4,Flat")
+
+    def test_index_is_stored_and_reused(self, file):
+        from vprkit.index import build_or_load, index_path
+
+        with DescriptorFile(file) as f:
+            _, loaded = build_or_load(f, (1,), "IVF4,Flat", 100)
+            assert not loaded and index_path(f, (1,), "IVF4,Flat").exists()
+            index, loaded = build_or_load(f, (1,), "IVF4,Flat", 100)
+            assert loaded and index.ntotal == 400
+
+    def test_bad_factory_string(self, file):
+        with pytest.raises(VprkitError, match="bad faiss index string 'Nope'"):
+            evaluate_file(file, index="Nope")

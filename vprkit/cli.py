@@ -127,7 +127,12 @@ def extract(root, output, split, backbone, aggregation, clusters, weights, check
                    "[default: none]")
 @click.option("--block-rows", type=int, default=None,
               help="Database rows searched at a time (bounds memory).  [default: 256 MiB of rows]")
-def evaluate(files, scales, recalls, threshold, json_path, predictions, block_rows):
+@click.option("--index", default=None,
+              help="APPROXIMATE search with a faiss index factory string such as IVF1024,PQ32, "
+                   "built once and stored next to FILE.  [default: exact search]")
+@click.option("--nprobe", default=16, show_default=True,
+              help="Inverted lists visited per query by IVF indexes.")
+def evaluate(files, scales, recalls, threshold, json_path, predictions, block_rows, index, nprobe):
     """Recall@N of stored descriptors: one row per FILE and --scale."""
     from .evaluate import evaluate_file, parse_recalls, results_json
     from .report import recall_table
@@ -137,7 +142,8 @@ def evaluate(files, scales, recalls, threshold, json_path, predictions, block_ro
     if predictions and (len(files) > 1 or len(specs) > 1):
         raise VprkitError("--predictions needs a single file and a single --scale")
     results = [
-        evaluate_file(f, s, ns, threshold, block_rows=block_rows, predictions_path=predictions)
+        evaluate_file(f, s, ns, threshold, block_rows=block_rows, predictions_path=predictions,
+                      index=index, nprobe=nprobe)
         for f in files for s in specs
     ]
     if json_path == "-":

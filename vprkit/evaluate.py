@@ -77,8 +77,14 @@ def evaluate_file(
     threshold: float = EVAL_POSITIVE_RADIUS,
     block_rows: int | None = None,
     predictions_path: str | Path | None = None,
+    index: str | None = None,
+    nprobe: int = 16,
 ) -> EvaluationResult:
-    """Recall@N of one scale (``"2"``) or pyramid (``"1+2+3"``) of a descriptor file."""
+    """Recall@N of one scale (``"2"``) or pyramid (``"1+2+3"``) of a descriptor file.
+
+    Exact search by default; ``index`` (a faiss factory string such as ``"IVF1024,PQ32"``) uses an
+    approximate index built once and stored next to the file (see ``vprkit.index``).
+    """
     started = time.perf_counter()
     if threshold <= 0:
         raise VprkitError(f"--threshold must be positive, got {threshold}")
@@ -91,8 +97,17 @@ def evaluate_file(
         k = max(recalls)
         queries = store.read_rows("queries", scales, 0, n_q)
         block = block_rows or store.default_block_rows()
-        distances, predictions = blocked_search(
-            queries, store.iter_blocks("database", scales, block), k)
+        if index:
+            from .index import build_or_load, set_nprobe
+
+            ann, _ = build_or_load(store, scales, index, block)
+            set_nprobe(ann, nprobe)
+            distances, predictions = ann.search(queries, k)
+            search = f"approximate ({index}, nprobe {nprobe})"
+        else:
+            distances, predictions = blocked_search(
+                queries, store.iter_blocks("database", scales, block), k)
+            search = "exact"
         positives = positives_within(store.utm("database"), store.utm("queries"), threshold)
         values = recall_at_n(predictions, positives, recalls)
         if predictions_path:
@@ -109,6 +124,7 @@ def evaluate_file(
             seconds=time.perf_counter() - started,
             model=model_label(store.model),
             dataset=f"{Path(store.dataset.get('root', '?')).name}/{store.dataset.get('split', '?')}",
+            search=search,
         )
     return result
 

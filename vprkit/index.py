@@ -1,0 +1,78 @@
+"""Approximate nearest-neighbour indexes for serving (faiss factory strings), stored next to the
+descriptor file they index.
+
+``build_or_load(store, scales, "IVF1024,PQ32")`` returns a faiss index over the database rows of
+one scale or pyramid. It is trained on up to ``train_rows`` database rows drawn at random, filled
+block by block, and written as ``<file>.<spec>.<scale>.faiss`` with a JSON sidecar that ties it to
+the descriptor file (its creation time, model fingerprint and row count); a later call with the
+same file, scale and spec loads it instead of building it again. Results from such an index are
+always labelled approximate.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from .errors import VprkitError
+from .store import DescriptorFile, spec_name
+
+
+def index_path(store: DescriptorFile, scales, spec: str) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", spec)
+    return store.path.with_name(f"{store.path.name}.{safe}.{spec_name(scales)}.faiss")
+
+
+def _identity(store: DescriptorFile, scales, spec: str) -> dict:
+    return {"descriptor_file": store.path.name, "created": str(store.h5.attrs["created"]),
+            "fingerprint": store.model.get("fingerprint"), "rows": store.num("database"),
+            "scale": spec_name(scales), "factory": spec}
+
+
+def build_or_load(store: DescriptorFile, scales, spec: str, block_rows: int,
+                  train_rows: int = 100_000, seed: int = 0) -> tuple[faiss.Index, bool]:
+    """The index and whether it was loaded from disk (True) or built now (False)."""
+    path = index_path(store, scales, spec)
+    meta_path = path.with_name(path.name + ".json")
+    identity = _identity(store, scales, spec)
+    if path.is_file() and meta_path.is_file():
+        try:
+            if json.loads(meta_path.read_text()) == identity:
+                return faiss.read_index(str(path)), True
+        except (OSError, json.JSONDecodeError, RuntimeError):
+            pass  # stale or damaged: build again
+    try:
+        index = faiss.index_factory(store.dim, spec, faiss.METRIC_L2)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[-1] if str(err).strip() else "invalid"
+        raise VprkitError(f"bad faiss index string {spec!r}: {first}") from None
+    n = store.num("database")
+    if not index.is_trained:
+        rng = np.random.default_rng(seed)
+        take = np.sort(rng.choice(n, size=min(n, train_rows), replace=False))
+        sample = store.read_index("database", scales, take)
+        try:
+            index.train(sample)
+        except RuntimeError as err:
+            last = str(err).strip().splitlines()[-1]
+            raise VprkitError(f"cannot train {spec!r} on {len(sample)} rows: {last}") from None
+        del sample
+    for _, rows in store.iter_blocks("database", scales, block_rows):
+        index.add(np.ascontiguousarray(rows, dtype=np.float32))
+    tmp = path.with_name(path.name + ".partial")
+    faiss.write_index(index, str(tmp))
+    tmp.replace(path)
+    meta_path.write_text(json.dumps(identity, indent=2) + "\n")
+    return index, False
+
+
+def set_nprobe(index: faiss.Index, nprobe: int) -> None:
+    """nprobe for IVF indexes (ignored by others)."""
+    try:
+        faiss.extract_index_ivf(index).nprobe = nprobe
+    except RuntimeError:
+        pass
