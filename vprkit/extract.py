@@ -17,7 +17,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +54,6 @@ class ExtractOptions:
     cluster_features_per_image: int = 100
     skip_unparsable: bool = False
     overwrite: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -439,11 +438,3 @@ def compute_descriptors(model: VPRModel, paths: list[Path], options: ExtractOpti
             row += len(desc)
             bar.update(task, advance=len(desc))
     return out
-
-
-def describe_options(options: ExtractOptions) -> dict:
-    out = asdict(options)
-    out["scales"] = list(options.scales)
-    return out
-
-
