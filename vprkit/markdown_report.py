@@ -10,6 +10,7 @@ and validation R@5 per epoch of every run. Nobody copies numbers by hand.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from .errors import VprkitError
@@ -124,7 +125,8 @@ def write_report(inputs: list[str | Path], output: str | Path, title: str = "vpr
     output.parent.mkdir(parents=True, exist_ok=True)
     lines = [f"# {title}", ""]
     for path, rows in evaluations:
-        lines += [f"## {path.stem}", "", f"From `{path}`.", ""] + _recall_table(rows) + [""]
+        source = os.path.relpath(path.resolve(), output.parent.resolve())
+        lines += [f"## {path.stem}", "", f"From `{source}`.", ""] + _recall_table(rows) + [""]
         plot = _plot_recalls(rows, output.with_name(f"{output.stem}_{path.stem}.png"), path.stem)
         if plot:
             lines += [f"![Recall@N, {path.stem}]({plot.name})", ""]
