@@ -146,9 +146,8 @@ def _read(store: DescriptorFile, role: str, scales, start: int, stop: int,
     return store.read_index(role, scales, order[start:stop])
 
 
-def _fit_rows(store: DescriptorFile, fit: str) -> list[tuple[str, int]]:
-    roles = ["database"] if fit == "database" else ["queries", "database"]
-    return [(r, store.num(r)) for r in roles]
+def _fit_roles(fit: str) -> list[str]:
+    return ["database"] if fit == "database" else ["queries", "database"]
 
 
 def fit_pca(scales, dim: int, sources: list[tuple[DescriptorFile, str]],
@@ -241,7 +240,7 @@ def combine(
                 pcas.append(None)
                 continue
             if fit_files is None:
-                sources = [(st, r) for r, _ in _fit_rows(st, str(pca_fit))]
+                sources = [(st, r) for r in _fit_roles(str(pca_fit))]
             else:
                 fit_store = DescriptorFile(fit_files[fit_index])
                 extra.append(fit_store)

@@ -345,9 +345,11 @@ def extract(
 
 def _run(model: VPRModel, split: Split, writer: DescriptorWriter, scales: tuple[int, ...],
          options: ExtractOptions, device: torch.device, progress: bool) -> None:
+    def unfinished(s: int) -> bool:
+        return any(writer.rows_done(r, [s]) < len(split.role(r)) for r in ROLES)
+
     for s in writer.scales:
-        unfinished = any(writer.rows_done(r, [s]) < len(split.role(r)) for r in ROLES)
-        if s not in scales and unfinished:
+        if s not in scales and unfinished(s):
             console.print(f"dropping unfinished scale {s} of {writer.path} (not in --scales)")
             writer.drop_scale(s)
     todo = [s for s in scales if s not in writer.scales]
@@ -355,8 +357,7 @@ def _run(model: VPRModel, split: Split, writer: DescriptorWriter, scales: tuple[
     for s in todo:
         size = scale_size(*options.resize, s) if options.resize else None
         writer.add_scale(s, model.output_dim, stats_spec, size)
-    pending = [s for s in scales if any(
-        writer.rows_done(r, [s]) < len(split.role(r)) for r in ROLES)]
+    pending = [s for s in scales if unfinished(s)]
     if not pending:
         return
     remaining = {r: len(split.role(r)) - writer.rows_done(r, pending) for r in ROLES}

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..datasets import EVAL_POSITIVE_RADIUS, load_split
+from ..datasets import EVAL_POSITIVE_RADIUS, Split, load_split
 from ..errors import VprkitError
 from ..evaluate import recall_at_n
 from ..extract import ExtractOptions, compute_descriptors, resolve_device, sample_local_features
@@ -186,9 +186,8 @@ class RunLog:
             f.write(json.dumps(row) + "\n")
 
 
-def validate(model: VPRModel, root: Path, config: TrainConfig, device) -> dict[int, float]:
+def validate(model: VPRModel, split: Split, config: TrainConfig, device) -> dict[int, float]:
     """Recall@N on the validation split (positives within 25 m)."""
-    split = load_split(root, config.val_split)
     options = _inference_options(config)
     model.eval()
     db = compute_descriptors(model, split.database.paths(), options, device, label="val database")
@@ -211,10 +210,11 @@ def _init_model(config: TrainConfig, source: TripletSource, device, log: RunLog,
                                     checkpoint=config.checkpoint)).to(device)
     if kmeans and isinstance(model.aggregation, NetVLAD) and not config.checkpoint:
         paths = source.split.database.paths()
-        log.say(f"NetVLAD: k-means on local features of {min(500, len(paths))} "
+        options = _inference_options(config)
+        log.say(f"NetVLAD: k-means on local features of {min(options.cluster_images, len(paths))} "
                 f"{config.train_split} database images")
         model.eval()
-        feats = sample_local_features(model, paths, _inference_options(config), device)
+        feats = sample_local_features(model, paths, options, device)
         model.aggregation.init_from_descriptors(feats, seed=config.seed)
     return model
 
@@ -257,7 +257,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False,
     device = resolve_device(config.device)
     log = RunLog(run_dir)
     split = load_split(root, config.train_split)
-    load_split(root, config.val_split)  # fail now, not after the first epoch
+    val_split = load_split(root, config.val_split)  # read once; fails now, not after an epoch
     source = TripletSource.from_split(split)
     if not resume:
         if source.dropped:
@@ -277,7 +277,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False,
         log.say(f"resuming {run_dir} at epoch {state['epoch'] + 1}, refresh "
                 f"{state['refresh'] + 1}")
     elif config.epochs:
-        recalls = validate(model, root, config, device)
+        recalls = validate(model, val_split, config, device)
         log.say(f"untrained model: validation {_fmt(recalls)}")
         log.metric(epoch=0, val_recalls=recalls, time=time.time())
 
@@ -310,7 +310,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False,
             log.say(f"epoch {epoch + 1} refresh {r + 1}/{refreshes}: loss {loss:.4f}, lr {lr:.3g}")
             state["refresh"] = r + 1
             _save(run_dir / "last.pth", model, optimizer, scheduler, rng, state, config)
-        recalls = validate(model, root, config, device)
+        recalls = validate(model, val_split, config, device)
         r5 = recalls.get(5, next(iter(recalls.values())))
         improved = r5 > state["best_r5"]
         state.update(epoch=epoch + 1, refresh=0)
