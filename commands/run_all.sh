@@ -1,29 +1,47 @@
 #!/usr/bin/env bash
-# Every recipe at its small (CPU) size, then docs/results.md and its plots with `vprkit report`.
+# Every recipe for every model, then docs/results.md and its plots with `vprkit report`.
 #
 # Usage: commands/run_all.sh [DATA [OUT]]   (OUT default: results/all; the report goes to
-#        <repository root>/docs/results.md)
-# Environment [defaults]: BACKBONE [efficientnet_lite0] WEIGHTS [imagenet] QUERIES [500]
-#   EPOCHS [2] for every training recipe (fig45 included); anything the recipes take.
-# Measured: 29 min on 2 CPU cores (27 training runs of about a minute each).
+#        REPORT [<repository root>/docs/results.md], with the notes of NOTES
+#        [<repository root>/docs/results_notes.md] under its title when that file exists)
+# Environment [defaults]: SIZE [small] (or full: see commands/common.sh)
+#   MODELS ["efficientnet_lite0:imagenet resnet18conv4:none"], or with SIZE=full
+#          ["resnet18conv4:imagenet"]: BACKBONE:WEIGHTS pairs, one OUT/<backbone> folder each
+#   QUERIES [500] EPOCHS [2] for every training recipe (fig45 included); anything the recipes take.
+# Measured (SIZE=small, 2 CPU cores): efficientnet_lite0 29 min, resnet18conv4 (random weights:
+# no ImageNet ResNet offline) see commands/README.md.
 set -euo pipefail
 default_out=results/all
 # shellcheck source=commands/common.sh
 source "$(dirname -- "${BASH_SOURCE[0]}")/common.sh"
-export QUERIES EPOCHS BACKBONE WEIGHTS
+if [ "$SIZE" = full ]; then MODELS=${MODELS:-resnet18conv4:imagenet}
+else MODELS=${MODELS:-efficientnet_lite0:imagenet resnet18conv4:none}; fi
+report=${REPORT:-$repo_root/docs/results.md}
+notes=${NOTES:-$repo_root/docs/results_notes.md}
 start=$SECONDS
 
-for recipe in table1_multiscale tables45_ensembles table2_optimizers fig45_schedulers \
-              table6_night table7_occlusion; do
-  run "$script_dir/$recipe.sh" "$data" "$out/$recipe"
+tables=() runs=() names=()
+for model in $MODELS; do
+  backbone=${model%%:*} weights=${model#*:}
+  names+=("$backbone ($weights)")
+  for recipe in table1_multiscale tables45_ensembles table2_optimizers fig45_schedulers \
+                table6_night table7_occlusion; do
+    echo "# $recipe, $backbone ($weights)"  # (a recipe prints its own commands; DRY_RUN too)
+    BACKBONE=$backbone WEIGHTS=$weights MODEL_DIR=$out/$backbone/models \
+      "$script_dir/$recipe.sh" "$data" "$out/$backbone/$recipe"
+    [ "${DRY_RUN:-0}" = 1 ] && continue
+    tables+=("$(ls "$out/$backbone/$recipe"/*.json)")
+    for run_dir in "$out/$backbone/$recipe"/*/; do
+      [ -f "$run_dir/metrics.jsonl" ] && runs+=("${run_dir%/}")
+    done
+  done
+  for run_dir in "$out/$backbone/models"/*/; do  # models of tables I, IV, V (TRAINED_MODELS=1)
+    [ -f "$run_dir/metrics.jsonl" ] && runs+=("${run_dir%/}")
+  done
 done
-runs=()
-for recipe in table2_optimizers fig45_schedulers table6_night table7_occlusion; do
-  for run_dir in "$out/$recipe"/*/; do runs+=("${run_dir%/}"); done
-done
-run vprkit report "$out"/table1_multiscale/table1.json "$out"/tables45_ensembles/tables45.json \
-  "$out"/table2_optimizers/table2.json "$out"/fig45_schedulers/fig45.json \
-  "$out"/table6_night/table6.json "$out"/table7_occlusion/table7.json "${runs[@]}" \
-  -o "$repo_root/docs/results.md" \
-  --title "vprkit results on ../shared/data ($BACKBONE, $WEIGHTS; made by commands/run_all.sh)"
+notes_args=()
+[ -f "$notes" ] && notes_args=(--notes "$notes")
+label=$(printf '%s, ' "${names[@]}")
+run vprkit report "${tables[@]}" ${runs[@]+"${runs[@]}"} -o "$report" "${notes_args[@]}" \
+  --title "vprkit results ($SIZE size: ${label%, }; made by commands/run_all.sh)"
 echo "# done in $((SECONDS - start)) s"

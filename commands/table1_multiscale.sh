@@ -5,7 +5,7 @@
 # Usage: commands/table1_multiscale.sh [DATA [OUT]]
 #   DATA  folder holding corridor/ and nordland/  [<repository root>/../shared/data]
 #   OUT   folder for the descriptor files and table1.json  [<repository root>/results/table1]
-# Environment [defaults]:
+# Environment [defaults]: SIZE [small] (or full: see commands/common.sh)
 #   BACKBONE [efficientnet_lite0]  WEIGHTS [imagenet]  (efficientnet_lite0's ImageNet weights are
 #            offline, from the vprkit[efficientnet] extra; e.g. BACKBONE=resnet18conv4 WEIGHTS=none)
 #   SCALES [1,2,3]  DEVICE [auto]  WORKERS [2]  BATCH_SIZE [16]
@@ -26,16 +26,14 @@ SCALES=${SCALES:-1,2,3}
 read -r -a extract_args <<< "${EXTRACT_ARGS:-}"
 start=$SECONDS
 
-for dataset in corridor nordland; do
+files=()
+for dataset in "${test_datasets[@]}"; do
   for agg in gem netvlad; do
-    cluster=()
-    # NetVLAD clusters: k-means on training images, as the benchmark does (corridor has none)
-    [ "$agg/$dataset" = netvlad/nordland ] && cluster=(--cluster-split train)
-    run vprkit extract "$data/$dataset" -o "$out/${dataset}_${agg}.h5" --split test \
-      --backbone "$BACKBONE" --weights "$WEIGHTS" --aggregation "$agg" --native-size \
-      --scales "$SCALES" --device "${DEVICE:-auto}" --workers "${WORKERS:-2}" \
-      --batch-size "${BATCH_SIZE:-16}" ${cluster[@]+"${cluster[@]}"} \
-      ${extract_args[@]+"${extract_args[@]}"}
+    read -r -a model <<< "$(model_args "$agg" "$dataset")"
+    run vprkit extract "$data/$dataset" -o "$out/${dataset}_${agg}.h5" --split test "${model[@]}" \
+      "${size_args[@]}" --scales "$SCALES" --device "${DEVICE:-auto}" --workers "${WORKERS:-2}" \
+      --batch-size "${BATCH_SIZE:-16}" ${extract_args[@]+"${extract_args[@]}"}
+    files+=("$out/${dataset}_${agg}.h5")
   done
 done
 
@@ -43,6 +41,6 @@ done
 scale_args=() spec=""
 IFS=, read -r -a scales <<< "$SCALES"
 for s in "${scales[@]}"; do spec=${spec:+$spec+}$s; scale_args+=(--scale "$spec"); done
-run vprkit evaluate "$out"/{corridor,nordland}_{gem,netvlad}.h5 "${scale_args[@]}" \
+run vprkit evaluate "${files[@]}" "${scale_args[@]}" \
   --json "$out/table1.json"
 echo "# done in $((SECONDS - start)) s"

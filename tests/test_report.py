@@ -38,3 +38,35 @@ def test_refusals(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(VprkitError, match="not a training run folder"):
         write_report([tmp_path / "empty"], tmp_path / "r.md")
+
+
+def test_unique_labels_lengthen_only_where_names_collide():
+    from pathlib import Path
+
+    from vprkit.markdown_report import unique_labels
+
+    paths = [Path("/r/effnet/table1/table1.json"), Path("/r/resnet/table1/table1.json"),
+             Path("/r/effnet/table2/table2.json"), Path("/r/effnet/night/vanilla"),
+             Path("/r/effnet/occlusion/vanilla")]
+    assert unique_labels(paths) == ["effnet/table1/table1", "resnet/table1/table1", "table2",
+                                    "night/vanilla", "occlusion/vanilla"]
+
+
+def test_two_models_same_table_names_and_notes(gem_file, tmp_path):
+    runner = CliRunner()
+    for model in ("a", "b"):
+        (tmp_path / model).mkdir()
+        result = runner.invoke(main, ["evaluate", str(gem_file), "--json",
+                                      str(tmp_path / model / "table1.json")])
+        assert result.exit_code == 0, result.output
+    (tmp_path / "notes.md").write_text("## What held\n\nGeM held.\n")
+    result = runner.invoke(main, ["report", str(tmp_path / "a/table1.json"),
+                                  str(tmp_path / "b/table1.json"), "-o", str(tmp_path / "r.md"),
+                                  "--notes", str(tmp_path / "notes.md")])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "r.md").read_text()
+    assert text.index("## What held") < text.index("## a/table1") < text.index("## b/table1")
+    assert (tmp_path / "r_a_table1.png").exists() and (tmp_path / "r_b_table1.png").exists()
+    result = runner.invoke(main, ["report", str(tmp_path / "a/table1.json"), "-o",
+                                  str(tmp_path / "r.md"), "--notes", str(tmp_path / "none.md")])
+    assert result.exit_code != 0 and "cannot read the notes" in result.output

@@ -305,11 +305,14 @@ def train(root, out, resume, backbone, aggregation, clusters, weights, checkpoin
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("report.md"),
               show_default=True, help="Markdown file to write; PNG plots go beside it.")
 @click.option("--title", default="vprkit report", show_default=True, help="The report's title.")
-def report(inputs, output, title):
+@click.option("--notes", type=click.Path(path_type=Path), default=None,
+              help="Markdown file put under the title (commentary kept across reruns).  "
+                   "[default: none]")
+def report(inputs, output, title, notes):
     """Markdown tables and plots from evaluation JSON files and training run folders."""
     from .markdown_report import write_report
 
-    path = write_report(list(inputs), output, title)
+    path = write_report(list(inputs), output, title, notes=notes)
     console.print(f"[green]wrote[/] {path}")
 
 

@@ -17,6 +17,20 @@ from .errors import VprkitError
 from .plotting import pyplot
 
 
+def unique_labels(paths: list[Path]) -> list[str]:
+    """Short distinct names: the file stems, lengthened by parent folders where they collide."""
+    parts = [p.with_suffix("").parts for p in paths]
+    depth = [1] * len(paths)
+    while True:
+        labels = ["/".join(q[-d:]) for q, d in zip(parts, depth, strict=True)]
+        clashes = {label for label in labels if labels.count(label) > 1}
+        grow = [i for i, label in enumerate(labels) if label in clashes and depth[i] < len(parts[i])]
+        if not grow:
+            return labels
+        for i in grow:
+            depth[i] += 1
+
+
 def _load_evaluation(path: Path) -> list[dict]:
     try:
         rows = json.loads(path.read_text())
@@ -69,7 +83,7 @@ def _run_table(runs: list[dict]) -> list[str]:
                 f"{v['val_recalls'].get('1', 0):.1f} / {v['val_recalls'].get('5', 0):.1f}"
 
         lines.append(
-            f"| {run['name']} | {c['backbone']}+{c['aggregation']} | {c['optimizer']} | {c['lr']:g} "
+            f"| {run['label']} | {c['backbone']}+{c['aggregation']} | {c['optimizer']} | {c['lr']:g} "
             f"| {c['weight_decay']:g} | {c['scheduler']} | {', '.join(c['augment']) or '-'} "
             f"| {len(trained)} | {pair(untrained)} | {pair(best)}"
             + (f" ({best['epoch']})" if best else "") + " |")
@@ -100,7 +114,7 @@ def _plot_runs(runs: list[dict], out: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for run in runs:
         ax.plot([v["epoch"] for v in run["val"]], [v["val_recalls"].get("5", 0) for v in run["val"]],
-                marker="o", label=run["name"])
+                marker="o", label=run["label"])
     ax.set(xlabel="epoch (0 = untrained)", ylabel="validation R@5 (%)", title="training runs")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -109,27 +123,43 @@ def _plot_runs(runs: list[dict], out: Path) -> Path | None:
     return out
 
 
-def write_report(inputs: list[str | Path], output: str | Path, title: str = "vprkit report") -> Path:
-    """Markdown tables (and PNG plots beside ``output``) from evaluation JSON and run folders."""
+def write_report(inputs: list[str | Path], output: str | Path, title: str = "vprkit report",
+                 notes: str | Path | None = None) -> Path:
+    """Markdown tables (and PNG plots beside ``output``) from evaluation JSON and run folders.
+
+    Sections and runs are named by their file or folder name, lengthened by parent folders where
+    two would read alike (``efficientnet_lite0/table1_multiscale/table1``). ``notes``: a markdown
+    file put under the title (hand-written commentary that a rerun keeps).
+    """
     output = Path(output)
     evaluations, runs = [], []
     for item in map(Path, inputs):
         if item.is_dir():
             runs.append(_load_run(item))
+            runs[-1]["path"] = item.resolve()
         elif item.is_file():
             evaluations.append((item, _load_evaluation(item)))
         else:
             raise VprkitError(f"{item} does not exist")
     if not evaluations and not runs:
         raise VprkitError("nothing to report: give evaluation JSON files or run folders")
-    output.parent.mkdir(parents=True, exist_ok=True)
+    for run, label in zip(runs, unique_labels([r["path"] for r in runs]), strict=True):
+        run["label"] = label
     lines = [f"# {title}", ""]
-    for path, rows in evaluations:
+    if notes is not None:
+        try:
+            lines += [Path(notes).read_text().strip(), ""]
+        except OSError as err:
+            raise VprkitError(f"cannot read the notes {notes}: {err.strerror}") from None
+    output.parent.mkdir(parents=True, exist_ok=True)
+    labels = unique_labels([path.resolve() for path, _ in evaluations])
+    for (path, rows), label in zip(evaluations, labels, strict=True):
         source = os.path.relpath(path.resolve(), output.parent.resolve())
-        lines += [f"## {path.stem}", "", f"From `{source}`.", ""] + _recall_table(rows) + [""]
-        plot = _plot_recalls(rows, output.with_name(f"{output.stem}_{path.stem}.png"), path.stem)
+        lines += [f"## {label}", "", f"From `{source}`.", ""] + _recall_table(rows) + [""]
+        slug = label.replace("/", "_")
+        plot = _plot_recalls(rows, output.with_name(f"{output.stem}_{slug}.png"), label)
         if plot:
-            lines += [f"![Recall@N, {path.stem}]({plot.name})", ""]
+            lines += [f"![Recall@N, {label}]({plot.name})", ""]
     if runs:
         lines += ["## Training runs", ""] + _run_table(runs) + [""]
         plot = _plot_runs(runs, output.with_name(f"{output.stem}_training.png"))
