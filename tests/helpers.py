@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from vprkit.store import DescriptorWriter, partial_path
@@ -29,3 +30,18 @@ def write_file(path: Path, db: np.ndarray, q: np.ndarray, dtype="float32", compl
         return w.finalize(path)
     w.close()
     return part
+
+
+def datasets_of(path: Path) -> dict[str, np.ndarray]:
+    out = {}
+    with h5py.File(path) as f:
+        f.visititems(lambda name, obj: out.__setitem__(name, obj[()])
+                     if isinstance(obj, h5py.Dataset) else None)
+    return out
+
+
+def identical(a: np.ndarray, b: np.ndarray) -> bool:
+    """Byte-identical arrays (string arrays compared by value)."""
+    if a.dtype == object:
+        return a.tolist() == b.tolist()
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()

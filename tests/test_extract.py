@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import SIZE, config, options
+from helpers import datasets_of, identical
 from PIL import Image
 
 from vprkit.datasets import load_split
@@ -25,21 +26,6 @@ from vprkit.images import load_image, preprocess
 from vprkit.models import VPRModel
 from vprkit.store import DescriptorFile, DescriptorWriter, partial_path
 from vprkit.synthetic import generate_dataset
-
-
-def datasets_of(path: Path) -> dict[str, np.ndarray]:
-    out = {}
-    with h5py.File(path) as f:
-        f.visititems(lambda name, obj: out.__setitem__(name, obj[()])
-                     if isinstance(obj, h5py.Dataset) else None)
-    return out
-
-
-def identical(a: np.ndarray, b: np.ndarray) -> bool:
-    """Byte-identical arrays (string arrays compared by value)."""
-    if a.dtype == object:
-        return a.tolist() == b.tolist()
-    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
 def reference_model(aggregation: str, file: Path, seed: int = 0, clusters: int = 8) -> VPRModel:

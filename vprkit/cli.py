@@ -84,11 +84,14 @@ def main() -> None:
                    "[default: --split]")
 @click.option("--skip-unparsable", is_flag=True,
               help="Skip (and count) file names without coordinates instead of failing.")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Extract slice I of N (I from 0) into OUTPUT's name + .shardIofN, for N "
+                   "processes, GPUs or machines; join them with vprkit merge.  [default: all]")
 @click.option("--overwrite", is_flag=True, help="Replace an existing or unfinished output.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def extract(root, output, split, backbone, aggregation, clusters, weights, checkpoint, scales,
             resize, native_size, batch_size, workers, device, half, dtype, seed, cluster_split,
-            skip_unparsable, overwrite, quiet):
+            shard, skip_unparsable, overwrite, quiet):
     """Run a model over a dataset split and write its descriptors at every scale.
 
     ROOT is a dataset in the benchmark layout (ROOT/images/SPLIT/{database,queries}).
@@ -97,6 +100,7 @@ def extract(root, output, split, backbone, aggregation, clusters, weights, check
     from .extract import ExtractOptions
     from .extract import extract as run_extract
     from .models import ModelConfig
+    from .shards import parse_shard
     from .store import parse_scales
 
     if checkpoint is None:
@@ -108,8 +112,27 @@ def extract(root, output, split, backbone, aggregation, clusters, weights, check
     options = ExtractOptions(
         split=split, scales=parse_scales(scales), resize=None if native_size else tuple(resize),
         batch_size=batch_size, workers=workers, device=device, half=half, dtype=dtype, seed=seed,
-        cluster_split=cluster_split, skip_unparsable=skip_unparsable, overwrite=overwrite)
+        cluster_split=cluster_split, skip_unparsable=skip_unparsable, overwrite=overwrite,
+        shard=parse_shard(shard) if shard else None)
     run_extract(root, output, config, options, progress=not quiet)
+
+
+# --------------------------------------------------------------------------- merge
+@main.command()
+@click.argument("shards", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="The joined descriptor file, e.g. gem.h5.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def merge(shards, output, overwrite, quiet):
+    """Join the shard files of one sharded extraction (extract --shard I/N) into one file.
+
+    All N shards must be given (e.g. gem.shard*of4.h5) and come from the same model,
+    preprocessing and dataset; the result equals an extraction without --shard.
+    """
+    from .shards import merge as run_merge
+
+    run_merge(list(shards), output, overwrite=overwrite, progress=not quiet)
 
 
 # --------------------------------------------------------------------------- evaluate

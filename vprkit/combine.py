@@ -26,6 +26,7 @@ import numpy as np
 from .datasets import ROLES
 from .errors import VprkitError
 from .progress import console, progress_bar
+from .shards import refuse_shard
 from .store import (
     DescriptorFile,
     DescriptorWriter,
@@ -224,6 +225,8 @@ def combine(
     stores = [DescriptorFile(p) for p in inputs]
     extra: list[DescriptorFile] = []
     try:
+        for st in stores:
+            refuse_shard(st)
         spec_of = [s if s else (st.scales[0],) for s, st in zip(specs, stores, strict=True)]
         for st, sp in zip(stores, spec_of, strict=True):
             st.check_spec(sp)

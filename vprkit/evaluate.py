@@ -19,6 +19,7 @@ import numpy as np
 from .datasets import EVAL_POSITIVE_RADIUS, positives_within
 from .errors import VprkitError
 from .search import blocked_search
+from .shards import refuse_shard
 from .store import DescriptorFile, parse_scale_spec, spec_name
 
 DEFAULT_RECALLS = (1, 5, 10, 20)
@@ -89,6 +90,7 @@ def evaluate_file(
     if threshold <= 0:
         raise VprkitError(f"--threshold must be positive, got {threshold}")
     with DescriptorFile(path) as store:
+        refuse_shard(store)
         scales = parse_scale_spec(scale) if scale else (store.scales[0],)
         store.check_spec(scales)
         n_db, n_q = store.num("database"), store.num("queries")

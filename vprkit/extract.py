@@ -9,14 +9,11 @@ new scales only when it was made by the same model, preprocessing and images.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import os
 import shutil
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +28,15 @@ from .images import MEAN, STD, ImageScalesDataset, collate_items, scale_size
 from .models import ModelConfig, NetVLAD, VPRModel, build_model, fingerprint
 from .models.aggregations import stat_names
 from .progress import console, progress_bar
-from .store import DescriptorFile, DescriptorWriter, parse_scales, partial_path, spec_name
+from .shards import parse_shard, shard_path, take_shard
+from .store import (
+    DescriptorFile,
+    DescriptorWriter,
+    output_lock,
+    parse_scales,
+    partial_path,
+    spec_name,
+)
 
 DTYPES = ("float32", "float16")
 
@@ -54,6 +59,7 @@ class ExtractOptions:
     cluster_features_per_image: int = 100
     skip_unparsable: bool = False
     overwrite: bool = False
+    shard: tuple[int, int] | None = None  # (index from 0, count): extract that slice only
 
 
 def resolve_device(device: str) -> torch.device:
@@ -66,29 +72,6 @@ def resolve_device(device: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise VprkitError(f"device {device} requested but CUDA is not available")
     return dev
-
-
-@contextmanager
-def output_lock(output: Path) -> Iterator[None]:
-    """Refuse a second extraction into the same output while one is running."""
-    lock_path = output.with_name(output.name + ".lock")
-    try:
-        handle = open(lock_path, "w")
-    except OSError as err:
-        raise VprkitError(f"cannot write next to {output}: {err.strerror}") from None
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        # another process may have unlinked the lock file between our open and flock
-        if os.fstat(handle.fileno()).st_ino != os.stat(lock_path).st_ino:
-            raise BlockingIOError
-    except (BlockingIOError, FileNotFoundError):
-        handle.close()
-        raise VprkitError(f"another vprkit process is writing {output}") from None
-    try:
-        yield
-    finally:
-        lock_path.unlink(missing_ok=True)
-        handle.close()
 
 
 def _preprocessing(options: ExtractOptions) -> dict:
@@ -256,9 +239,15 @@ def extract(
     options: ExtractOptions | None = None,
     progress: bool = True,
 ) -> Path:
-    """Extract descriptors of a split at every scale of ``options.scales``; returns the file."""
+    """Extract descriptors of a split at every scale of ``options.scales``; returns the file.
+
+    With ``options.shard = (i, n)`` only slice i of n is extracted, into
+    ``vprkit.shards.shard_path(output, i, n)`` (join the n files with ``vprkit.shards.merge``).
+    """
     options = options or ExtractOptions()
     root, output = Path(root), Path(output)
+    if options.shard is not None:
+        output = shard_path(output, *parse_shard("{}/{}".format(*options.shard)))
     scales = parse_scales(",".join(str(s) for s in options.scales))
     if options.dtype not in DTYPES:
         raise VprkitError(f"unknown storage dtype {options.dtype!r}; use float32 or float16")
@@ -274,7 +263,10 @@ def extract(
     if not output.parent.exists():
         raise VprkitError(f"output folder {output.parent} does not exist")
 
-    split = load_split(root, options.split, skip_unparsable=options.skip_unparsable)
+    full_split = split = load_split(root, options.split, skip_unparsable=options.skip_unparsable)
+    shard_info = None
+    if options.shard is not None:
+        split, shard_info = take_shard(full_split, *options.shard)
     torch.manual_seed(options.seed)
     model = build_model(model_config).eval()
 
@@ -283,13 +275,14 @@ def extract(
         if options.overwrite:
             partial.unlink(missing_ok=True)
         model = model.to(device)
-        netvlad_init = _init_netvlad(model, root, split, output, options, device)
+        netvlad_init = _init_netvlad(model, root, full_split, output, options, device)
         model = model.to(memory_format=torch.channels_last)
         header = {
             "model": _model_header(model, netvlad_init),
             "aggregation": model.aggregation.pyramid_params(),
             "dataset": {"root": str(root.resolve()), "split": split.name,
-                        "skipped_unparsable": len(split.database.skipped) + len(split.queries.skipped)},
+                        "skipped_unparsable": len(split.database.skipped) + len(split.queries.skipped),
+                        **({"shard": shard_info} if shard_info else {})},
             "preprocessing": _preprocessing(options),
             "dtype": options.dtype,
         }

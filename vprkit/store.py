@@ -21,9 +21,12 @@ attributes ``rows_done_database`` and ``rows_done_queries`` of ``/scales/<s>``.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
+import os
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -39,6 +42,29 @@ FORMAT = "vprkit.descriptors"
 FORMAT_VERSION = 1
 CHUNK_BYTES = 1 << 20
 STRINGS = h5py.string_dtype("utf-8")
+
+
+@contextmanager
+def output_lock(output: Path) -> Iterator[None]:
+    """Refuse a second extraction into the same output while one is running."""
+    lock_path = output.with_name(output.name + ".lock")
+    try:
+        handle = open(lock_path, "w")
+    except OSError as err:
+        raise VprkitError(f"cannot write next to {output}: {err.strerror}") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # another process may have unlinked the lock file between our open and flock
+        if os.fstat(handle.fileno()).st_ino != os.stat(lock_path).st_ino:
+            raise BlockingIOError
+    except (BlockingIOError, FileNotFoundError):
+        handle.close()
+        raise VprkitError(f"another vprkit process is writing {output}") from None
+    try:
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)
+        handle.close()
 
 
 def partial_path(path: Path) -> Path:

@@ -1,0 +1,192 @@
+"""Sharded extraction: n processes (GPUs, machines) each extract a slice; ``merge`` joins them.
+
+``vprkit extract ROOT -o db.h5 --shard i/n`` (``i`` counts from 0, like torch.distributed ranks)
+writes ``db.shard<i>of<n>.h5`` holding a contiguous slice of the database rows and of the query
+rows: rows ``[N*i//n, N*(i+1)//n)`` of each. A shard is an ordinary descriptor file whose
+``dataset`` attribute carries ``shard = {index, count, rows, totals, names_sha256}``; the hash of
+the split's full image lists lets ``merge`` prove that the shards cover exactly the same images.
+
+``merge(shards, output)`` checks that the shards come from the same extraction (same model
+fingerprint, preprocessing, storage type, dataset, scales, image lists) and that all n are there,
+then streams them block by block into one file, written as ``output.partial`` and renamed when
+complete, as extract does. The merged file equals an unsharded extraction row for row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from .datasets import ROLES, ImageList, Split
+from .errors import VprkitError
+from .progress import console, progress_bar
+from .store import DescriptorFile, DescriptorWriter, output_lock, partial_path
+
+SHARD_SUFFIX = re.compile(r"\.shard(\d+)of(\d+)$")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"0/4"`` -> (0, 4): shard index (from 0) and shard count."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not match:
+        raise VprkitError(f"bad shard {text!r}: expected INDEX/COUNT such as 0/4 (index from 0)")
+    index, count = int(match[1]), int(match[2])
+    if count < 1 or index >= count:
+        raise VprkitError(f"bad shard {text!r}: the index counts from 0 to COUNT-1 "
+                          f"(0/{max(count, 1)} .. {max(count, 1) - 1}/{max(count, 1)})")
+    return index, count
+
+
+def shard_path(output: str | Path, index: int, count: int) -> Path:
+    """``db.h5`` -> ``db.shard1of4.h5``: where shard ``index`` of ``count`` is written."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}.shard{index}of{count}{output.suffix}")
+
+
+def shard_rows(total: int, index: int, count: int) -> tuple[int, int]:
+    """Rows [start, stop) of ``total`` that shard ``index`` of ``count`` holds."""
+    return total * index // count, total * (index + 1) // count
+
+
+def names_sha256(names: dict[str, list[str]]) -> str:
+    """Hash of the image lists of a split (``{role: names}``), in order."""
+    text = "\n".join(f"{role}:{name}" for role in ROLES for name in names[role])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def take_shard(split: Split, index: int, count: int) -> tuple[Split, dict]:
+    """The slice of ``split`` that shard ``index`` of ``count`` extracts, and its description."""
+    info = {"index": index, "count": count,
+            "names_sha256": names_sha256({r: split.role(r).names for r in ROLES})}
+    parts = {}
+    for role in ROLES:
+        images = split.role(role)
+        start, stop = shard_rows(len(images), index, count)
+        parts[role] = ImageList(folder=images.folder, names=images.names[start:stop],
+                                utm=images.utm[start:stop], skipped=images.skipped)
+        info[f"{role}_rows"] = [start, stop]
+        info[f"{role}_total"] = len(images)
+    return replace(split, database=parts["database"], queries=parts["queries"]), info
+
+
+def _check_same(files: list[DescriptorFile]) -> None:
+    first = files[0]
+    base = {k: v for k, v in first.dataset.items() if k != "shard"}
+    for f in files[1:]:
+        for what, mine, theirs in (("model", f.model, first.model),
+                                   ("preprocessing", f.preprocessing, first.preprocessing),
+                                   ("storage dtype", f.dtype, first.dtype),
+                                   ("scales", f.scales, first.scales),
+                                   ("dataset", {k: v for k, v in f.dataset.items() if k != "shard"},
+                                    base)):
+            if mine != theirs:
+                hint = ""
+                if what == "model" and f.model.get("netvlad_init"):
+                    hint = (" (NetVLAD clusters made by k-means in each process can differ: "
+                            "extract the shards from one --checkpoint)")
+                raise VprkitError(f"{f.path} and {first.path} are not shards of one extraction: "
+                                  f"their {what} differs{hint}")
+        if f.dataset["shard"]["names_sha256"] != first.dataset["shard"]["names_sha256"]:
+            raise VprkitError(f"{f.path} and {first.path} are shards of different image lists")
+
+
+def merge(shards: list[str | Path], output: str | Path, overwrite: bool = False,
+          progress: bool = True) -> Path:
+    """Join the shard files of one extraction into ``output``; returns its path."""
+    output = Path(output)
+    paths = [Path(p) for p in shards]
+    if not paths:
+        raise VprkitError("no shard files given")
+    if output.exists() and not overwrite:
+        raise VprkitError(f"{output} exists; pass --overwrite to replace it")
+    files: list[DescriptorFile] = []
+    try:
+        for path in paths:
+            f = DescriptorFile(path)
+            files.append(f)
+            if "shard" not in f.dataset:
+                raise VprkitError(f"{path} is not a shard (it was extracted without --shard)")
+        files.sort(key=lambda f: f.dataset["shard"]["index"])
+        count = files[0].dataset["shard"]["count"]
+        indices = [f.dataset["shard"]["index"] for f in files]
+        for f in files:
+            if f.dataset["shard"]["count"] != count:
+                raise VprkitError(f"{f.path} is shard {f.dataset['shard']['index']} of "
+                                  f"{f.dataset['shard']['count']}, {files[0].path} of {count}")
+        duplicate = sorted({i for i in indices if indices.count(i) > 1})
+        if duplicate:
+            same = [str(f.path) for f in files if f.dataset["shard"]["index"] == duplicate[0]]
+            raise VprkitError(f"shard {duplicate[0]} given twice: {', '.join(same)}")
+        missing = sorted(set(range(count)) - set(indices))
+        if missing:
+            raise VprkitError(f"shard(s) {', '.join(map(str, missing))} of {count} missing "
+                              f"(given: {', '.join(str(p) for p in paths)})")
+        _check_same(files)
+        return _write_merged(files, output, progress)
+    finally:
+        for f in files:
+            f.close()
+
+
+def _write_merged(files: list[DescriptorFile], output: Path, progress: bool) -> Path:
+    first = files[0]
+    dataset = {k: v for k, v in first.dataset.items() if k != "shard"}
+    dataset["merged_shards"] = len(files)
+    header = {"model": first.model, "aggregation": first.aggregation, "dataset": dataset,
+              "preprocessing": first.preprocessing, "dtype": first.dtype}
+    names = {r: [n for f in files for n in f.names(r)] for r in ROLES}
+    if names_sha256(names) != first.dataset["shard"]["names_sha256"]:
+        raise VprkitError(f"the {len(files)} shards do not hold the images of the split they were "
+                          "cut from (a shard file was altered or renamed)")
+    utm = {r: np.concatenate([f.utm(r) for f in files]) for r in ROLES}
+    total = sum(f.num(r) for f in files for r in ROLES) * len(first.scales)
+    with output_lock(output):
+        partial = partial_path(output)
+        partial.unlink(missing_ok=True)
+        writer = DescriptorWriter.create(partial, header, names, utm)
+        try:
+            aggregation = first.h5.get("model/aggregation")
+            if aggregation is not None:
+                writer.store_arrays("model/aggregation", {k: v[()] for k, v in aggregation.items()})
+            with progress_bar(progress) as bar:
+                task = bar.add_task(f"merge {len(files)} shards", total=total, rate="")
+                for s in first.scales:
+                    group = first.h5[f"scales/{s}"]
+                    stats = {name: (ds.shape[1:], ds.dtype.str)
+                             for name, ds in group["stats/database"].items()} \
+                        if "stats/database" in group else {}
+                    size = group.attrs.get("image_size")
+                    writer.add_scale(s, first.dim, stats, json.loads(size) if size else None)
+                    for role in ROLES:
+                        row = 0
+                        for f in files:
+                            src = f.h5[f"scales/{s}"]
+                            n = f.num(role)
+                            block = max(1, (64 << 20) // max(1, src[role].dtype.itemsize * first.dim))
+                            for start in range(0, n, block):
+                                stop = min(n, start + block)
+                                writer.write(role, s, row + start, src[role][start:stop],
+                                             {k: src[f"stats/{role}/{k}"][start:stop] for k in stats})
+                                bar.update(task, advance=stop - start)
+                            row += n
+                        writer.commit_rows(role, [s], row)
+            path = writer.finalize(output)
+        finally:
+            writer.close()
+    if progress:
+        console.print(f"[green]wrote[/] {path}: {len(files)} shards, "
+                      f"{len(names['database'])} database + {len(names['queries'])} queries")
+    return path
+
+
+def refuse_shard(f: DescriptorFile) -> None:
+    """One clear error where a single shard is given as a database."""
+    shard = f.dataset.get("shard")
+    if shard:
+        raise VprkitError(f"{f.path} is shard {shard['index']} of {shard['count']} of an extraction; "
+                          "join the shards first: vprkit merge SHARDS... -o FILE")
