@@ -98,8 +98,9 @@ model_args() {  # AGGREGATION DATASET: the model options of tables I, IV and V
     AGGREGATION=$agg train_model "$agg" >&2
     echo "--checkpoint $out/$agg/best.pth"
   else
-    echo "--backbone $BACKBONE --weights $WEIGHTS --aggregation $agg"
-    [ "$agg" = netvlad ] && cluster_args "$dataset"
+    local cluster=""
+    [ "$agg" = netvlad ] && cluster=$(cluster_args "$dataset")
+    echo "--backbone $BACKBONE --weights $WEIGHTS --aggregation $agg $cluster"
   fi
   return 0
 }
