@@ -213,3 +213,13 @@ class TestCli:
         assert [r["dim"] for r in table] == [256, 2048, 2304, 32]
         bad = runner.invoke(main, ["combine", str(gem_file), "-o", str(tmp_path / "z.h5")])
         assert bad.exit_code != 0 and "at least two" in bad.output and "Traceback" not in bad.output
+
+
+def test_duplicate_names_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    a = write_file(tmp_path / "a.h5", rng.normal(size=(4, 8)), rng.normal(size=(2, 8)))
+    b = write_file(tmp_path / "b.h5", rng.normal(size=(4, 8)), rng.normal(size=(2, 8)))
+    with h5py.File(b, "r+") as f:  # as another tool might write it: a name twice, in another order
+        f["database/names"][:] = ["@1@0@.jpg", "@0@0@.jpg", "@1@0@.jpg", "@3@0@.jpg"]
+    with pytest.raises(VprkitError, match=r"b.h5 lists the database image @1@0@.jpg more than once"):
+        combine([a, b], tmp_path / "c.h5", progress=False)

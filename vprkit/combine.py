@@ -30,6 +30,8 @@ from .shards import refuse_shard
 from .store import (
     DescriptorFile,
     DescriptorWriter,
+    guarded_write,
+    output_lock,
     parse_scale_spec,
     partial_path,
     spec_name,
@@ -115,6 +117,12 @@ def _l2(x: np.ndarray) -> np.ndarray:
 def _alignment(ref: DescriptorFile, other: DescriptorFile, role: str) -> np.ndarray | None:
     """Row order of ``other`` matching ``ref`` by name (None when identical), or a clear error."""
     ref_names, names = ref.names(role), other.names(role)
+    for f, listed in ((ref, ref_names), (other, names)):
+        if len(set(listed)) != len(listed):
+            seen: set[str] = set()
+            twice = next(n for n in listed if n in seen or seen.add(n))
+            raise VprkitError(f"{f.path.name} lists the {role} image {twice} more than once: rows "
+                              "cannot be matched by name")
     if ref_names == names:
         if not np.array_equal(ref.utm(role), other.utm(role)):
             raise VprkitError(f"{ref.path.name} and {other.path.name} give different coordinates "
@@ -128,8 +136,6 @@ def _alignment(ref: DescriptorFile, other: DescriptorFile, role: str) -> np.ndar
             detail.append(f"{len(only_a)} only in {ref.path.name} (e.g. {only_a[0]})")
         if only_b:
             detail.append(f"{len(only_b)} only in {other.path.name} (e.g. {only_b[0]})")
-        if not detail:
-            detail.append("duplicate names")
         raise VprkitError(f"{ref.path.name} and {other.path.name} describe different {role} "
                           f"images: {'; '.join(detail)}")
     position = {n: i for i, n in enumerate(names)}
@@ -305,37 +311,38 @@ def _write(stores, spec_of, orders, transform: EnsembleTransform, output: Path,
         "dtype": "float32",
     }
     part = partial_path(output)
-    part.unlink(missing_ok=True)
-    writer = DescriptorWriter.create(
-        part, header, names={r: ref.names(r) for r in ROLES}, utm={r: ref.utm(r) for r in ROLES})
-    try:
-        writer.add_scale(1, transform.output_dim, {}, None)
-        spec = {"inputs": transform.info, "weights": transform.weights}
-        group = writer.h5.create_group("combine")
-        group.attrs["spec"] = json.dumps(spec, sort_keys=True)
-        for i, p in enumerate(transform.pcas):
-            if p is None:
-                continue
-            g = group.create_group(f"pca/{i}")
-            g["mean"], g["components"] = p.mean, p.components
-            g["explained_variance"] = p.explained_variance
-            for key in ("whiten", "fitted_on", "rows", "method"):
-                g.attrs[key] = getattr(p, key)
-        total = sum(ref.num(r) for r in ROLES)
-        with progress_bar(progress) as bar:
-            task = bar.add_task("combine", total=total, rate="")
-            for role in ROLES:
-                n = ref.num(role)
-                for start in range(0, n, block_rows):
-                    stop = min(n, start + block_rows)
-                    parts = [_read(st, role, sp, start, stop, orders.get((i, role)))
-                             for i, (st, sp) in enumerate(zip(stores, spec_of, strict=True))]
-                    writer.write(role, 1, start, transform.apply(parts), {})
-                    writer.commit_rows(role, [1], stop)
-                    bar.update(task, advance=stop - start)
-        path = writer.finalize(output)
-    finally:
-        writer.close()
+    with output_lock(output), guarded_write(part, output):
+        part.unlink(missing_ok=True)
+        writer = DescriptorWriter.create(
+            part, header, names={r: ref.names(r) for r in ROLES}, utm={r: ref.utm(r) for r in ROLES})
+        try:
+            writer.add_scale(1, transform.output_dim, {}, None)
+            spec = {"inputs": transform.info, "weights": transform.weights}
+            group = writer.h5.create_group("combine")
+            group.attrs["spec"] = json.dumps(spec, sort_keys=True)
+            for i, p in enumerate(transform.pcas):
+                if p is None:
+                    continue
+                g = group.create_group(f"pca/{i}")
+                g["mean"], g["components"] = p.mean, p.components
+                g["explained_variance"] = p.explained_variance
+                for key in ("whiten", "fitted_on", "rows", "method"):
+                    g.attrs[key] = getattr(p, key)
+            total = sum(ref.num(r) for r in ROLES)
+            with progress_bar(progress) as bar:
+                task = bar.add_task("combine", total=total, rate="")
+                for role in ROLES:
+                    n = ref.num(role)
+                    for start in range(0, n, block_rows):
+                        stop = min(n, start + block_rows)
+                        parts = [_read(st, role, sp, start, stop, orders.get((i, role)))
+                                 for i, (st, sp) in enumerate(zip(stores, spec_of, strict=True))]
+                        writer.write(role, 1, start, transform.apply(parts), {})
+                        writer.commit_rows(role, [1], stop)
+                        bar.update(task, advance=stop - start)
+            path = writer.finalize(output)
+        finally:
+            writer.close()
     if progress:
         console.print(f"[green]wrote[/] {path}: {transform.output_dim} dims from "
                       + " + ".join(f"{Path(i['file']).name}[{i['scale']}]"

@@ -32,9 +32,11 @@ from .shards import parse_shard, shard_path, take_shard
 from .store import (
     DescriptorFile,
     DescriptorWriter,
+    guarded_write,
     output_lock,
     parse_scales,
     partial_path,
+    require_space,
     spec_name,
 )
 
@@ -311,23 +313,28 @@ def extract(
                     console.print(f"{output} already holds scales {spec_name(scales)}: "
                                   "nothing to do")
                 return output
-            shutil.copyfile(output, partial)
-            writer = DescriptorWriter.open(partial)
-            writer.h5.attrs["complete"] = False
-        if writer is None:
-            writer = DescriptorWriter.create(
-                partial, header,
-                names={r: split.role(r).names for r in ROLES},
-                utm={r: split.role(r).utm for r in ROLES},
-            )
-            if netvlad_init is not None:
-                writer.store_arrays("model/aggregation", {
-                    k: v.detach().cpu().numpy() for k, v in model.aggregation.state_dict().items()})
-        try:
-            _run(model, split, writer, scales, options, device, progress)
-            path = writer.finalize(output)
-        finally:
-            writer.close()
+            require_space(partial, output.stat().st_size)
+            with guarded_write(partial, output):
+                shutil.copyfile(output, partial)
+                writer = DescriptorWriter.open(partial)
+                writer.h5.attrs["complete"] = False
+        with guarded_write(partial, output):
+            try:
+                if writer is None:
+                    writer = DescriptorWriter.create(
+                        partial, header,
+                        names={r: split.role(r).names for r in ROLES},
+                        utm={r: split.role(r).utm for r in ROLES},
+                    )
+                    if netvlad_init is not None:
+                        writer.store_arrays("model/aggregation", {
+                            k: v.detach().cpu().numpy()
+                            for k, v in model.aggregation.state_dict().items()})
+                _run(model, split, writer, scales, options, device, progress)
+                path = writer.finalize(output)
+            finally:
+                if writer is not None:
+                    writer.close()
     if progress:
         with DescriptorFile(path) as f:
             console.print(f"[green]wrote[/] {path}: {f.num('database')} database + "

@@ -25,7 +25,7 @@ import numpy as np
 from .datasets import ROLES, ImageList, Split
 from .errors import VprkitError
 from .progress import console, progress_bar
-from .store import DescriptorFile, DescriptorWriter, output_lock, partial_path
+from .store import DescriptorFile, DescriptorWriter, guarded_write, output_lock, partial_path
 
 SHARD_SUFFIX = re.compile(r"\.shard(\d+)of(\d+)$")
 
@@ -145,8 +145,8 @@ def _write_merged(files: list[DescriptorFile], output: Path, progress: bool) -> 
                           "cut from (a shard file was altered or renamed)")
     utm = {r: np.concatenate([f.utm(r) for f in files]) for r in ROLES}
     total = sum(f.num(r) for f in files for r in ROLES) * len(first.scales)
-    with output_lock(output):
-        partial = partial_path(output)
+    partial = partial_path(output)
+    with output_lock(output), guarded_write(partial, output):
         partial.unlink(missing_ok=True)
         writer = DescriptorWriter.create(partial, header, names, utm)
         try:

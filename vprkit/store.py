@@ -25,6 +25,8 @@ import fcntl
 import json
 import math
 import os
+import re
+import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -38,6 +40,7 @@ from .datasets import ROLES
 from .errors import VprkitError
 from .pyramid import pyramid, stat_names
 
+SPACE_MARGIN = 64 << 20  # writers stop cleanly when a write would leave less free disk space
 FORMAT = "vprkit.descriptors"
 FORMAT_VERSION = 1
 CHUNK_BYTES = 1 << 20
@@ -65,6 +68,57 @@ def output_lock(output: Path) -> Iterator[None]:
     finally:
         lock_path.unlink(missing_ok=True)
         handle.close()
+
+
+def _write_failure(err: BaseException) -> str | None:
+    """The operating system's reason when ``err`` is a failed write (disk full, too large...)."""
+    if isinstance(err, OSError) and err.errno:
+        return os.strerror(err.errno)
+    match = re.search(r"errno = (\d+)", str(err))  # HDF5 reports write errors in its message
+    if isinstance(err, (OSError, RuntimeError)) and match:
+        return os.strerror(int(match[1]))
+    return None
+
+
+@contextmanager
+def guarded_write(partial: Path, output: Path) -> Iterator[None]:
+    """Turn a failed write into one clear error, removing the half-written ``partial``.
+
+    The file at ``output`` (if any) is never touched: it is replaced only by the final rename.
+    """
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        reason = _write_failure(err)
+        if reason is None:
+            raise
+        try:
+            partial.unlink(missing_ok=True)
+        except OSError:
+            pass
+        kept = f"; {output} is untouched" if output.exists() else ""
+        raise VprkitError(f"cannot write {partial}: {reason} (disk full or not writable?); "
+                          f"removed the unfinished file{kept}") from None
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the file system that holds ``path``."""
+    return shutil.disk_usage(path.parent).free
+
+
+def require_space(path: Path, nbytes: int) -> None:
+    """Stop with a clear error, before HDF5 meets a full disk, when ``nbytes`` do not fit.
+
+    (A write that fails inside HDF5 can leave the file inconsistent or crash the library;
+    stopping before it keeps every committed row, so an extraction resumes once there is space.)
+    """
+    free = free_bytes(path)
+    if free < nbytes + SPACE_MARGIN:
+        raise VprkitError(
+            f"disk full: {human_bytes(free)} free where {path} is written (next block "
+            f"{human_bytes(nbytes)}, margin {human_bytes(SPACE_MARGIN)}); stopped before "
+            "writing it. Free some space and run the same command again (an extraction "
+            "resumes where it stopped)")
 
 
 def partial_path(path: Path) -> Path:
@@ -297,11 +351,15 @@ class DescriptorWriter:
 
     def write(self, role: str, scale: int, start: int, desc: np.ndarray,
               stats: dict[str, np.ndarray]) -> None:
+        self.ensure_space(desc.nbytes + sum(v.nbytes for v in stats.values()))
         group = self.h5[f"scales/{scale}"]
         stop = start + len(desc)
         group[role][start:stop] = desc
         for name, values in stats.items():
             group[f"stats/{role}/{name}"][start:stop] = values
+
+    def ensure_space(self, nbytes: int) -> None:
+        require_space(self.path, nbytes)
 
     def commit_rows(self, role: str, scales: Sequence[int], rows: int) -> None:
         """Record that rows [0, rows) of ``scales`` are written: data first, then the counter."""
