@@ -47,6 +47,11 @@ def main() -> None:
     stored descriptors without running it again.
     """
     warnings.showwarning = _show_warning
+    for stream in (sys.stdout, sys.stderr):  # text from damaged files: escaped, never a crash
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError):
+            pass
 
 
 # --------------------------------------------------------------------------- extract

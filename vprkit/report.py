@@ -32,14 +32,20 @@ def recall_table(results: Sequence[EvaluationResult], title: str | None = None) 
     return table
 
 
+def _text(value) -> str:
+    """An attribute as printable text (damaged bytes shown escaped, never an encoding error)."""
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def describe_file(path) -> dict:
     with DescriptorFile(path, require_complete=False) as f:
+        attrs = f.h5.attrs
         return {
             "file": str(path),
-            "complete": bool(f.h5.attrs["complete"]),
-            "format_version": int(f.h5.attrs["format_version"]),
-            "vprkit_version": str(f.h5.attrs["vprkit_version"]),
-            "created": str(f.h5.attrs["created"]),
+            "complete": bool(attrs.get("complete", False)),
+            "format_version": int(attrs["format_version"]),
+            "vprkit_version": _text(attrs.get("vprkit_version", "?")),
+            "created": _text(attrs.get("created", "?")),
             "database": f.num("database"),
             "queries": f.num("queries"),
             "scales": f.scales,

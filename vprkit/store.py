@@ -145,6 +145,15 @@ def spec_name(scales: Sequence[int]) -> str:
     return "+".join(str(s) for s in scales)
 
 
+def _json_dict(text) -> dict:
+    if isinstance(text, str):
+        text.encode("utf-8")  # damaged bytes come back as surrogates: UnicodeEncodeError
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
 def _json_attr(obj) -> str:
     return json.dumps(obj, sort_keys=True)
 
@@ -167,25 +176,82 @@ class DescriptorFile:
             self.h5 = h5py.File(self.path, "r")
         except OSError:
             raise VprkitError(f"{self.path} is not an HDF5 file (or is damaged)") from None
+        try:
+            self._open_header(require_complete)
+        except VprkitError:
+            self.h5.close()
+            raise
+
+    def _open_header(self, require_complete: bool) -> None:
         attrs = self.h5.attrs
-        if attrs.get("format") != FORMAT:
-            self.h5.close()
+        with self._damaged("its header"):
+            fmt = attrs.get("format")
+            version = int(attrs.get("format_version", -1)) if fmt == FORMAT else None
+            complete = bool(attrs.get("complete", False))
+        if fmt != FORMAT:
             raise VprkitError(f"{self.path} is not a vprkit descriptor file (no format={FORMAT!r})")
-        version = int(attrs.get("format_version", -1))
         if version != FORMAT_VERSION:
-            self.h5.close()
             raise VprkitError(
                 f"{self.path} has descriptor format version {version}; this vprkit reads "
                 f"version {FORMAT_VERSION}"
             )
-        if require_complete and not bool(attrs.get("complete", False)):
-            self.h5.close()
+        if require_complete and not complete:
             raise VprkitError(f"{self.path} is incomplete (its extraction did not finish)")
-        self.model = json.loads(attrs["model"])
-        self.aggregation = json.loads(attrs["aggregation"])
-        self.dataset = json.loads(attrs["dataset"])
-        self.preprocessing = json.loads(attrs["preprocessing"])
-        self.dtype = str(attrs["dtype"])
+        with self._damaged("its header"):
+            self.model = _json_dict(attrs["model"])
+            self.aggregation = _json_dict(attrs["aggregation"])
+            self.dataset = _json_dict(attrs["dataset"])
+            self.preprocessing = _json_dict(attrs["preprocessing"])
+            self.dtype = str(attrs["dtype"])
+        with self._damaged("its layout"):
+            self._check_layout(require_complete)
+
+    @contextmanager
+    def _damaged(self, what: str) -> Iterator[None]:
+        """Any failure to read ``what`` becomes one error naming the file."""
+        try:
+            yield
+        except VprkitError:
+            raise
+        except (KeyError, ValueError, TypeError, IndexError, OSError, RuntimeError,
+                AttributeError) as err:
+            detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise VprkitError(f"{self.path} is damaged: cannot read {what} ({detail})") from None
+
+    def _check_layout(self, complete: bool) -> None:
+        if self.dtype not in ("float32", "float16"):
+            raise ValueError(f"unknown storage dtype {self.dtype!r}")
+        counts = {}
+        for role in ROLES:
+            names, utm = self.h5[f"{role}/names"], self.h5[f"{role}/utm"]
+            if names.ndim != 1 or utm.shape != (names.shape[0], 2) or utm.dtype.kind != "f":
+                raise ValueError(f"{role}/names {names.shape} and {role}/utm {utm.shape} do not match")
+            bad = ~np.isfinite(utm[()]).all(axis=1)
+            if bad.any():
+                raise ValueError(f"{role} row {int(np.flatnonzero(bad)[0])} has non-finite coordinates")
+            counts[role] = names.shape[0]
+        scales = self.h5["scales"]
+        if not len(scales):
+            raise ValueError("no scales")
+        dims = set()
+        for key in scales:
+            group = scales[key]
+            if not key.isdigit() or int(key) < 1:
+                raise ValueError(f"bad scale name {key!r}")
+            for role in ROLES:
+                ds = group[role]
+                if ds.ndim != 2 or ds.shape[0] != counts[role] or ds.dtype.kind != "f" or not ds.shape[1]:
+                    raise ValueError(f"scales/{key}/{role} has shape {ds.shape}, type {ds.dtype}")
+                dims.add(ds.shape[1])
+                done = int(group.attrs.get(f"rows_done_{role}", -1))
+                if complete and done != counts[role]:
+                    raise ValueError(f"scales/{key} holds {done} of {counts[role]} {role} rows")
+                for name in stat_names(self.aggregation):
+                    if f"stats/{role}/{name}" in group and \
+                            group[f"stats/{role}/{name}"].shape[:1] != (counts[role],):
+                        raise ValueError(f"scales/{key}/stats/{role}/{name} has the wrong length")
+        if len(dims) != 1:
+            raise ValueError(f"scales of different dimensions {sorted(dims)}")
 
     def __enter__(self) -> DescriptorFile:
         return self
@@ -209,10 +275,15 @@ class DescriptorFile:
         return int(self.h5[f"{role}/utm"].shape[0])
 
     def names(self, role: str) -> list[str]:
-        return [n.decode() if isinstance(n, bytes) else n for n in self.h5[f"{role}/names"][:]]
+        with self._damaged(f"the {role} names"):
+            names = [n.decode() if isinstance(n, bytes) else str(n)
+                     for n in self.h5[f"{role}/names"][:]]
+            "\n".join(names).encode("utf-8")  # damaged bytes come back as surrogates
+            return names
 
     def utm(self, role: str) -> np.ndarray:
-        return self.h5[f"{role}/utm"][:]
+        with self._damaged(f"the {role} coordinates"):
+            return self.h5[f"{role}/utm"][:]
 
     def check_spec(self, scales: Sequence[int]) -> tuple[int, ...]:
         missing = [s for s in scales if s not in self.scales]
@@ -239,13 +310,14 @@ class DescriptorFile:
     def _read(self, role: str, scales: Sequence[int], selection, row_numbers: np.ndarray):
         scales = self.check_spec(scales)
         descs, stats = [], []
-        for s in scales:
-            group = self.h5[f"scales/{s}"]
-            descs.append(group[role][selection])
-            if len(scales) > 1:
-                names = stat_names(self.aggregation)
-                stats.append({n: group[f"stats/{role}/{n}"][selection] for n in names})
-        rows = pyramid(self.aggregation, descs, stats)
+        with self._damaged(f"{role} rows at scale {spec_name(scales)}"):
+            for s in scales:
+                group = self.h5[f"scales/{s}"]
+                descs.append(group[role][selection])
+                if len(scales) > 1:
+                    names = stat_names(self.aggregation)
+                    stats.append({n: group[f"stats/{role}/{n}"][selection] for n in names})
+            rows = pyramid(self.aggregation, descs, stats)
         bad = ~np.isfinite(rows.sum(axis=1, dtype=np.float64))  # NaN/Inf propagate to the sum
         if bad.any():
             row = int(row_numbers[np.flatnonzero(bad)[0]])
