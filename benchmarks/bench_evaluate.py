@@ -13,17 +13,24 @@ database row placed within 10 m of it (UTM), so that Recall@1 is close to 100%. 
    whole database when it fits in ``--check-max-bytes``, else on its first ``--check-rows`` rows
    copied into a file of their own (searched in at least two blocks).
 
+With ``--dtype float16`` the file stores float16 rows (half the bytes; evaluate reads them block
+by block as float32). With ``--pca D`` it also times, in another fresh process,
+``vprkit.combine.combine([file], pca=D, pca_fit="database")`` (PCA fitted on the database rows:
+exact when they fit 2 GiB, else streamed with IncrementalPCA) and reports its peak memory.
+
 Generated files are deleted at the end unless ``--keep``.
 
 Example::
 
     python benchmarks/bench_evaluate.py --database 1000000 --dim 256 --queries 1000
+    python benchmarks/bench_evaluate.py --database 100000 --dim 16384 --dtype float16 --pca 256
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import multiprocessing as mp
 import os
@@ -39,6 +46,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from vprkit.combine import combine
 from vprkit.datasets import EVAL_POSITIVE_RADIUS, ROLES, positives_within
 from vprkit.errors import VprkitError
 from vprkit.evaluate import DEFAULT_RECALLS, evaluate_file, recall_at_n
@@ -86,16 +94,25 @@ def current_rss_bytes() -> int:
     return rss * 1024 if rss is not None else max_rss_bytes()
 
 
-def _child_evaluate(path: str, block_rows: int | None, conn) -> None:
-    """Runs in a spawned process: evaluate one file, send back timings and memory."""
+def _child_evaluate(path: str, block_rows: int | None, conn, pca: int | None = None) -> None:
+    """Runs in a spawned process: evaluate one file (or PCA-combine it), send back timings and
+    memory."""
     try:
         rss_before = current_rss_bytes()
         peak_before = max_rss_bytes()
         started = time.perf_counter()
-        result = evaluate_file(path, "1", block_rows=block_rows)
+        if pca is None:
+            result = evaluate_file(path, "1", block_rows=block_rows).to_dict()
+        else:
+            out = combine([path], Path(path).with_name("pca.h5"), pca=pca, pca_fit="database",
+                          progress=False)
+            with DescriptorFile(out) as f:
+                spec = json.loads(f.h5["combine"].attrs["spec"])
+                result = {"dim": f.dim, "method": spec["inputs"][0]["pca"]["method"]}
+            out.unlink()
         wall = time.perf_counter() - started
         conn.send({
-            "result": result.to_dict(), "wall": wall, "rss_before": rss_before,
+            "result": result, "wall": wall, "rss_before": rss_before,
             "peak_before": peak_before, "peak": max_rss_bytes(),
             "ru_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
             "faiss_threads": faiss.omp_get_max_threads(),
@@ -106,10 +123,10 @@ def _child_evaluate(path: str, block_rows: int | None, conn) -> None:
         conn.close()
 
 
-def evaluate_in_child(path: Path, block_rows: int | None) -> dict:
+def evaluate_in_child(path: Path, block_rows: int | None, pca: int | None = None) -> dict:
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
-    process = ctx.Process(target=_child_evaluate, args=(str(path), block_rows, child))
+    process = ctx.Process(target=_child_evaluate, args=(str(path), block_rows, child, pca))
     process.start()
     child.close()
     try:
@@ -136,13 +153,13 @@ def query_name(j: int) -> str:
     return f"q{j:07d}.jpg"
 
 
-def header(n_db: int, n_q: int, dim: int) -> dict:
+def header(n_db: int, n_q: int, dim: int, dtype: str = "float32") -> dict:
     return {
         "model": {"backbone": "synthetic", "aggregation": "gem", "output_dim": dim},
         "aggregation": GEM,
         "dataset": {"root": "synthetic", "split": "test", "database": n_db, "queries": n_q},
         "preprocessing": {"resize": None},
-        "dtype": "float32",
+        "dtype": dtype,
     }
 
 
@@ -152,7 +169,7 @@ def unit_rows(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
     return x
 
 
-def generate(path: Path, n_db: int, n_q: int, dim: int, seed: int) -> Path:
+def generate(path: Path, n_db: int, n_q: int, dim: int, seed: int, dtype: str = "float32") -> Path:
     """The descriptor file at ``path``; descriptors are generated and written block by block."""
     rng = np.random.default_rng(seed)
     side = math.sqrt(n_db) * 10.0  # about one database image per 100 m^2
@@ -161,7 +178,7 @@ def generate(path: Path, n_db: int, n_q: int, dim: int, seed: int) -> Path:
     angle, radius = rng.uniform(0, 2 * np.pi, n_q), rng.uniform(0, 10.0, n_q)
     q_utm = db_utm[sources] + np.c_[radius * np.cos(angle), radius * np.sin(angle)]
     writer = DescriptorWriter.create(
-        partial_path(path), header(n_db, n_q, dim),
+        partial_path(path), header(n_db, n_q, dim, dtype),
         names={"database": [db_name(i) for i in range(n_db)],
                "queries": [query_name(j) for j in range(n_q)]},
         utm={"database": db_utm, "queries": q_utm},
@@ -172,7 +189,8 @@ def generate(path: Path, n_db: int, n_q: int, dim: int, seed: int) -> Path:
         for start in range(0, n_db, block):
             stop = min(n_db, start + block)
             rows = unit_rows(rng, stop - start, dim)
-            writer.write("database", 1, start, rows, {"count": np.full(stop - start, COUNT)})
+            writer.write("database", 1, start, rows.astype(dtype),
+                         {"count": np.full(stop - start, COUNT)})
             writer.commit_rows("database", [1], stop)
             # Queries whose source row is in this block: noisy copies of it.
             lo, hi = np.searchsorted(sources, [start, stop])
@@ -181,7 +199,8 @@ def generate(path: Path, n_db: int, n_q: int, dim: int, seed: int) -> Path:
                 noise *= QUERY_NOISE / np.sqrt(dim)
                 q = rows[sources[lo:hi] - start] + noise
                 q /= np.linalg.norm(q, axis=1, keepdims=True)
-                writer.write("queries", 1, int(lo), q, {"count": np.full(hi - lo, COUNT)})
+                writer.write("queries", 1, int(lo), q.astype(dtype),
+                             {"count": np.full(hi - lo, COUNT)})
         writer.commit_rows("queries", [1], n_q)
         return writer.finalize(path)
     finally:
@@ -194,7 +213,8 @@ def copy_head(source: Path, target: Path, rows: int) -> Path:
         n_q, dim = src.num("queries"), src.dim
         names = {"database": src.names("database")[:rows], "queries": src.names("queries")}
         utm = {"database": src.utm("database")[:rows], "queries": src.utm("queries")}
-        writer = DescriptorWriter.create(partial_path(target), header(rows, n_q, dim), names, utm)
+        writer = DescriptorWriter.create(partial_path(target), header(rows, n_q, dim, src.dtype),
+                                         names, utm)
         try:
             writer.add_scale(1, dim, STATS, None)
             block = max(1, GENERATOR_BLOCK_BYTES // (4 * dim))
@@ -283,6 +303,10 @@ def parse_args(argv=None):
     parser.add_argument("--block-rows", type=int, default=None,
                         help="database rows per search block (default: evaluate's own, "
                              "256 MiB of float32 rows)")
+    parser.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                        help="storage type of the generated file")
+    parser.add_argument("--pca", type=int, default=None,
+                        help="also time a PCA combine of the file to this many dimensions")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dir", type=Path, default=None,
                         help="parent folder of the temporary folder (default: the system's)")
@@ -304,22 +328,24 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     n_db, n_q, dim = args.database, args.queries, args.dim
+    itemsize = np.dtype(args.dtype).itemsize
     db_bytes = n_db * dim * 4
     parent = args.dir or Path(tempfile.gettempdir())
     free = shutil.disk_usage(parent).free
-    needed = int((n_db + n_q) * (dim * 4 + 64) * 1.05) + (
+    needed = int((n_db + n_q) * (dim * itemsize + 64) * 1.05) + (
         0 if args.no_check else min(db_bytes, args.check_rows * dim * 4, args.check_max_bytes))
     if needed > free:
         raise SystemExit(f"{parent} has {human_bytes(free)} free; about {human_bytes(needed)} "
                          "needed (use --dir)")
-    console.print(f"database {n_db} x {dim} float32 ({human_bytes(db_bytes)}), {n_q} queries; "
+    console.print(f"database {n_db} x {dim} {args.dtype} ({human_bytes(n_db * dim * itemsize)}), "
+                  f"{n_q} queries; "
                   f"{os.cpu_count()} CPUs; faiss {faiss.__version__} with "
                   f"{faiss.omp_get_max_threads()} threads")
     tmp = Path(tempfile.mkdtemp(prefix="vprkit-bench-evaluate-", dir=parent))
     try:
         path = tmp / "descriptors.h5"
         started = time.perf_counter()
-        generate(path, n_db, n_q, dim, args.seed)
+        generate(path, n_db, n_q, dim, args.seed, args.dtype)
         gen_seconds = time.perf_counter() - started
         gen_peak = max_rss_bytes()  # this process so far: imports + generator
         file_bytes = path.stat().st_size
@@ -330,6 +356,7 @@ def main(argv=None) -> int:
         child = evaluate_in_child(path, args.block_rows)
         result = child["result"]
         check = None if args.no_check else check_blocked_search(path, tmp, block_rows, args)
+        pca = None if args.pca is None else evaluate_in_child(path, None, pca=args.pca)
 
         table = Table(title="vprkit evaluate_file: time and peak memory")
         table.add_column("measure")
@@ -338,7 +365,8 @@ def main(argv=None) -> int:
         rows = [
             ("database x dim", f"{n_db} x {dim}"),
             ("queries", str(n_q)),
-            ("database float32 bytes", f"{db_bytes} ({human_bytes(db_bytes)})"),
+            ("database float32 bytes (as read)", f"{db_bytes} ({human_bytes(db_bytes)})"),
+            ("storage dtype", args.dtype),
             ("HDF5 file bytes", f"{file_bytes} ({human_bytes(file_bytes)})"),
             ("block rows (blocks)", f"{block_rows} ({blocks})"
              + (" [evaluate default]" if args.block_rows is None else "")),
@@ -358,6 +386,13 @@ def main(argv=None) -> int:
             ("Recall@" + ",".join(result["recalls"]),
              ", ".join(f"{v:.1f}" for v in result["recalls"].values())),
         ]
+        if pca:
+            rows += [
+                (f"PCA combine to {args.pca} dims: wall seconds", f"{pca['wall']:.2f}"),
+                ("PCA combine: method", pca["result"]["method"]),
+                ("PCA combine: peak RSS (VmHWM)", human_bytes(pca["peak"])),
+                ("PCA combine: peak RSS / database bytes", f"{pca['peak'] / db_bytes:.2f}"),
+            ]
         if check:
             verdict = "PASS" if check["passed"] else "FAIL"
             rows += [

@@ -213,6 +213,11 @@ class TestCli:
         assert [r["dim"] for r in table] == [256, 2048, 2304, 32]
         bad = runner.invoke(main, ["combine", str(gem_file), "-o", str(tmp_path / "z.h5")])
         assert bad.exit_code != 0 and "at least two" in bad.output and "Traceback" not in bad.output
+        one = runner.invoke(main, ["combine", str(netvlad_file), "--pca", "16", "-o",
+                                   str(tmp_path / "one.h5"), "--quiet"])
+        assert one.exit_code == 0, one.output
+        with DescriptorFile(tmp_path / "one.h5") as f:  # a PCA-reduced NetVLAD alone
+            assert f.dim == 16
 
 
 def test_duplicate_names_refused(tmp_path):

@@ -214,8 +214,8 @@ def combine(
     """
     inputs = [Path(p) for p in inputs]
     output = Path(output)
-    if len(inputs) < 2:
-        raise VprkitError("combine needs at least two descriptor files")
+    if len(inputs) < 2 and pca is None:
+        raise VprkitError("combine needs at least two descriptor files (or one with --pca)")
     if output.exists() and not overwrite:
         raise VprkitError(f"{output} exists; pass --overwrite to replace it")
     if output.resolve() in [p.resolve() for p in inputs]:
