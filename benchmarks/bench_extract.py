@@ -19,9 +19,12 @@ load (``ModelConfig(weights="none", checkpoint=...)``), so k-means is not timed.
 The timed runs are interleaved (benchmark loop, then vprkit, for each scale set and each of
 ``--repeat`` rounds) so that a change of the machine's load affects both; the fastest is shown.
 
+With ``--half`` it also times ``vprkit extract --half`` (bfloat16 autocast on a CPU, float16 on
+CUDA) and prints how far its descriptors are from float32 ones.
+
 Example::
 
-    python benchmarks/bench_extract.py --images 64 --size 480 640 --aggregation netvlad
+    python benchmarks/bench_extract.py --images 64 --size 480 640 --aggregation netvlad --half
 """
 
 from __future__ import annotations
@@ -172,10 +175,10 @@ def synchronize(device: torch.device) -> None:
 
 
 def run_extract(root: Path, output: Path, config: ModelConfig, scales: tuple[int, ...],
-                args, overwrite: bool, cluster_features: int = 100) -> float:
+                args, overwrite: bool, cluster_features: int = 100, half: bool = False) -> float:
     options = ExtractOptions(
         split="test", scales=scales, resize=tuple(args.size), batch_size=args.batch_size,
-        workers=args.workers, device=args.device, overwrite=overwrite,
+        workers=args.workers, device=args.device, overwrite=overwrite, half=half,
         cluster_features_per_image=cluster_features,
     )
     started = time.perf_counter()
@@ -218,6 +221,9 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--no-baseline", action="store_true",
                         help="time vprkit extract only (skip the benchmark's loop)")
+    parser.add_argument("--half", action="store_true",
+                        help="also time vprkit extract --half (bfloat16 on CPU, float16 on CUDA) "
+                             "and compare its descriptors with float32")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args(argv)
     if args.images < 5:
@@ -285,6 +291,8 @@ def main(argv=None) -> int:
         # Warm-ups: the same code path and image sizes, on about one batch.
         for scales in scale_sets:
             run_extract(warm_root, output, config, scales, args, overwrite=True)
+            if args.half:
+                run_extract(warm_root, output, config, scales, args, overwrite=True, half=True)
         bench_model = same_network = None
         if not args.no_baseline:
             # The same network as extract (same seed or checkpoint), NCHW float32.
@@ -301,8 +309,9 @@ def main(argv=None) -> int:
 
         # Timed runs, interleaved so that a change in the machine's load hits both methods.
         extract_times = {scales: [] for scales in scale_sets}
+        half_times = {scales: [] for scales in scale_sets}
         baseline_times = {scales: [] for scales in scale_sets}
-        stored, computed = {}, {}
+        stored, computed, stored_half = {}, {}, {}
         for _ in range(args.repeat):
             for scales in scale_sets:
                 if bench_model is not None:
@@ -315,11 +324,20 @@ def main(argv=None) -> int:
                     stored[scales] = [np.concatenate([h5[f"scales/{s}/database"][:],
                                                       h5[f"scales/{s}/queries"][:]])
                                       for s in scales]
+                if args.half:
+                    half_times[scales].append(run_extract(root, output, config, scales, args,
+                                                          overwrite=True, half=True))
+                    with h5py.File(output, "r") as h5:
+                        stored_half[scales] = [np.concatenate([h5[f"scales/{s}/database"][:],
+                                                               h5[f"scales/{s}/queries"][:]])
+                                               for s in scales]
         extract_seconds = {k: min(v) for k, v in extract_times.items()}
         baseline_seconds = {k: min(v) for k, v in baseline_times.items() if v}
         for scales in scale_sets:
             name = "+".join(map(str, scales))
             rows.append(("vprkit extract", name, args.images, extract_seconds[scales]))
+            if args.half:
+                rows.append(("vprkit extract --half", name, args.images, min(half_times[scales])))
             if scales in baseline_seconds:
                 method = "benchmark test loop" + (" (1 pass per scale)" if len(scales) > 1
                                                   else "")
@@ -335,7 +353,7 @@ def main(argv=None) -> int:
                        "speed-up vs benchmark loop"):
             table.add_column(column, justify="left" if column == "method" else "right")
         order = {"benchmark": 0, "vprkit": 1}
-        rows.sort(key=lambda r: (len(r[1]), order[r[0].split()[0]]))
+        rows.sort(key=lambda r: (len(r[1]), order[r[0].split()[0]], r[0]))
         for method, name, images, seconds in rows:
             scales = tuple(int(s) for s in name.split("+"))
             base = baseline_seconds.get(scales)
@@ -360,6 +378,14 @@ def main(argv=None) -> int:
             text = ", ".join(f"{d:.2e}" for d in diffs)
             console.print(f"max |benchmark loop - vprkit extract| descriptor difference, scales "
                           f"{name}: {text}")
+        for scales, halves in stored_half.items():
+            cosines = [float(((a * b).sum(1) / np.linalg.norm(a, axis=1)
+                              / np.linalg.norm(b, axis=1)).min())
+                       for a, b in zip(halves, stored[scales], strict=True)]
+            diffs = [float(np.abs(a - b).max()) for a, b in zip(halves, stored[scales], strict=True)]
+            console.print(f"--half vs float32, scales {'+'.join(map(str, scales))}: max |difference| "
+                          + ", ".join(f"{d:.2e}" for d in diffs) + "; min cosine similarity "
+                          + ", ".join(f"{c:.5f}" for c in cosines))
         if not args.no_baseline and not checks:
             console.print("[yellow]descriptor check skipped: the baseline network differs from "
                           "the one extract built (fingerprint)[/yellow]")

@@ -244,11 +244,20 @@ class TestOptions:
             np.testing.assert_allclose(half.read_rows("database", (1,), 0, 24),
                                        full.read_rows("database", (1,), 0, 24), atol=2e-3)
 
-    def test_half_needs_cuda(self, small_root, tmp_path):
-        if torch.cuda.is_available():
-            pytest.skip("CUDA present")
-        with pytest.raises(VprkitError, match="--half needs a CUDA device"):
-            extract(small_root, tmp_path / "x.h5", config(), options(half=True), progress=False)
+    def test_half_on_cpu_is_bfloat16_close_to_float32(self, small_root, tmp_path, gem_file):
+        out = extract(small_root, tmp_path / "bf16.h5", config(), options(half=True),
+                      progress=False)
+        with DescriptorFile(out) as half, DescriptorFile(gem_file) as full:
+            assert half.preprocessing["precision"] == "bfloat16"
+            assert full.preprocessing["precision"] == "float32"
+            a = half.read_rows("database", (1,), 0, 24)
+            b = full.read_rows("database", (1,), 0, 24)
+        cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+        assert cosine.min() > 0.999 and np.abs(a - b).max() > 0  # close, and really bfloat16
+        copy = tmp_path / "gem.h5"
+        shutil.copyfile(gem_file, copy)
+        with pytest.raises(VprkitError, match="preprocessing differs"):  # never mixed in a file
+            extract(small_root, copy, config(), options(half=True, scales=(1, 4)), progress=False)
 
     def test_native_size_with_mixed_sizes_grey_and_rgba(self, tmp_path):
         root = tmp_path / "mixed"

@@ -79,7 +79,9 @@ def main() -> None:
 @click.option("--batch-size", default=16, show_default=True, help="Images per inference batch.")
 @click.option("--workers", default=2, show_default=True, help="Image decoding processes.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--half", is_flag=True, help="float16 inference (CUDA only).  [default: off]")
+@click.option("--half", is_flag=True,
+              help="Reduced-precision inference: float16 on CUDA, bfloat16 on CPU (fast on "
+                   "AVX512-BF16/AMX processors); recorded in the file.  [default: off]")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32",
               show_default=True, help="Storage type of the descriptors.")
 @click.option("--seed", default=0, show_default=True,

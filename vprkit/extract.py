@@ -76,18 +76,32 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def _preprocessing(options: ExtractOptions) -> dict:
+def _preprocessing(options: ExtractOptions, device: torch.device) -> dict:
     return {
         "resize": list(options.resize) if options.resize else None,
         "normalize": {"mean": list(MEAN), "std": list(STD)},
         "interpolation": "bilinear-antialias",
-        "precision": "float16" if options.half else "float32",
+        "precision": str(_half_dtype(device)).removeprefix("torch.") if options.half else "float32",
     }
+
+
+def _half_dtype(device: torch.device) -> torch.dtype:
+    """--half: float16 on CUDA, bfloat16 on CPUs (native on AVX512-BF16 / AMX processors)."""
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+def cpu_has_bf16() -> bool | None:
+    """Whether this CPU computes bfloat16 natively (None where unknown: not Linux)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
 def _autocast(device: torch.device, half: bool):
     if half:
-        return torch.autocast(device_type=device.type, dtype=torch.float16)
+        return torch.autocast(device_type=device.type, dtype=_half_dtype(device))
     return nullcontext()
 
 
@@ -219,7 +233,7 @@ def _init_netvlad(model: VPRModel, root: Path, split: Split, output: Path,
                 same = (stored.model.get("backbone_fingerprint") == backbone_fp
                         and stored.model.get("clusters") == model.config.clusters
                         and all(init.get(k) == v for k, v in wanted.items())
-                        and stored.preprocessing == _preprocessing(options))
+                        and stored.preprocessing == _preprocessing(options, device))
                 arrays = ({k: v[()] for k, v in stored.h5["model/aggregation"].items()}
                           if same else {})
         except Exception:
@@ -256,8 +270,9 @@ def extract(
     if options.batch_size < 1:
         raise VprkitError("--batch-size must be at least 1")
     device = resolve_device(options.device)
-    if options.half and device.type != "cuda":
-        raise VprkitError("--half needs a CUDA device (half precision is slow or unsupported on CPU)")
+    if options.half and device.type == "cpu" and cpu_has_bf16() is False:
+        warnings.warn("--half on this CPU means bfloat16 without native support (no AVX512-BF16 "
+                      "or AMX): expect it to be slower than float32", stacklevel=2)
     if options.resize is not None and min(options.resize) < 1:
         raise VprkitError(f"bad --resize {options.resize}: height and width must be positive")
     if output.is_dir():
@@ -285,7 +300,7 @@ def extract(
             "dataset": {"root": str(root.resolve()), "split": split.name,
                         "skipped_unparsable": len(split.database.skipped) + len(split.queries.skipped),
                         **({"shard": shard_info} if shard_info else {})},
-            "preprocessing": _preprocessing(options),
+            "preprocessing": _preprocessing(options, device),
             "dtype": options.dtype,
         }
         writer = _open_existing(partial)
