@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -326,7 +327,8 @@ def train(root, out, resume, backbone, aggregation, clusters, weights, checkpoin
             patience=patience, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
             scheduler=scheduler, augment=list(augment), seed=seed, workers=workers, device=device)
         path = run_train(config, out, progress=not quiet)
-    console.print(f"[green]best model[/]: {path}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: process 0 only
+        console.print(f"[green]best model[/]: {path}")
 
 
 # --------------------------------------------------------------------------- report

@@ -101,8 +101,8 @@ class NetVLAD(nn.Module):
         if d != self.dim:
             raise ValueError(f"NetVLAD built for {self.dim} channels got {d}")
         x = F.normalize(x, p=2.0, dim=1)
-        soft_assign = F.softmax(self.conv(x).reshape(n, self.clusters, -1), dim=1)  # (N, K, L)
-        x_flat = x.reshape(n, d, -1)  # (N, D, L)
+        soft_assign = F.softmax(self.conv(x).flatten(2), dim=1)  # (N, K, L); N may be 0
+        x_flat = x.flatten(2)  # (N, D, L)
         weighted = torch.bmm(soft_assign, x_flat.transpose(1, 2))  # (N, K, D)
         return weighted - soft_assign.sum(dim=2, keepdim=True) * self.centroids.unsqueeze(0)
 

@@ -16,6 +16,29 @@ model and trained on in batches of ``batch_size`` triplet groups with the triple
 (margin 0.1, summed over the negatives and averaged over the batch). ``last.pth`` is written after
 every refresh, so a stopped run resumed with ``train(..., resume=True)`` loses at most one refresh
 and continues exactly (same RNG states) where it stopped.
+
+Several processes (``torchrun --nproc_per_node N -m vprkit.cli train ...``; ``WORLD_SIZE`` > 1):
+one process per GPU (``cuda:LOCAL_RANK``, NCCL) or several CPU processes (gloo), see
+``vprkit.train.distributed``. The model is wrapped in DistributedDataParallel; each step's global
+batch is still ``batch_size`` triplet groups, split into contiguous shares (a process may get none
+when a step has fewer groups than processes), each process's loss is its groups' share of the
+global loss times the number of processes, so DDP's averaged gradient is the gradient of the
+global batch, and BatchNorm normalises with the statistics of the whole batch (SyncBatchNorm on
+GPUs, ``GlobalBatchNorm2d`` on CPUs). Cache descriptors and validation descriptors are computed
+in whole ``infer_batch_size`` batches split among the processes and gathered; every process then
+mines the same triplets from the same descriptors and RNG state (checked against process 0's).
+Only process 0 writes the run folder and prints; checkpoints hold the unwrapped model's state dict
+and the number of processes (``world_size``).
+
+What is guaranteed: without ``--augment``, N processes train the weights of one process with the
+same configuration, up to floating-point rounding (sums in another order; a near tie in mining
+could then pick another negative; Adam turns rounding noise in gradient elements that are
+themselves about 0 into steps of up to ~lr for those few weights). Augmentation draws its random
+factors from each process's own torch RNG, so with ``--augment`` runs with different numbers of
+processes differ. A run can be resumed with any number of processes, one included: model, optimizer,
+scheduler, mining RNG and progress continue; the torch RNG of every process is stored, so a resume
+with the same number of processes continues exactly, and with another number only augmentation
+draws differ from an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -40,6 +63,7 @@ from ..plotting import pyplot
 from ..progress import console, progress_bar
 from ..search import exact_search
 from .augment import build_augmentation
+from .distributed import Processes
 from .mining import MINING, TripletSource, mine
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "asgd")
@@ -136,15 +160,18 @@ class TripletImages(Dataset):
             raise VprkitError("training images differ in size; give --resize H W") from None
 
 
-def triplet_loss(features: torch.Tensor, groups: int, negatives: int, margin: float) -> torch.Tensor:
+def triplet_loss(features: torch.Tensor, groups: int, negatives: int, margin: float,
+                 total_groups: int | None = None) -> torch.Tensor:
     """Triplet margin loss of ``groups`` blocks of (query, positive, negatives...) features,
-    summed over negatives and divided by groups x negatives (the benchmark's normalisation)."""
+    summed over negatives and divided by groups x negatives (the benchmark's normalisation);
+    divided by ``total_groups`` x negatives instead when given (one process's share of the loss
+    of a batch of ``total_groups`` groups)."""
     feats = features.view(groups, 2 + negatives, -1)
     q = feats[:, :1].expand(-1, negatives, -1).reshape(-1, feats.shape[-1])
     p = feats[:, 1:2].expand(-1, negatives, -1).reshape(-1, feats.shape[-1])
     n = feats[:, 2:].reshape(-1, feats.shape[-1])
     loss = torch.nn.functional.triplet_margin_loss(q, p, n, margin=margin, p=2, reduction="sum")
-    return loss / (groups * negatives)
+    return loss / ((groups if total_groups is None else total_groups) * negatives)
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -186,15 +213,46 @@ class RunLog:
             f.write(json.dumps(row) + "\n")
 
 
-def validate(model: VPRModel, split: Split, config: TrainConfig, device) -> dict[int, float]:
-    """Recall@N on the validation split (positives within 25 m)."""
+class _Silent:
+    """The log of processes other than 0: they write and print nothing."""
+
+    def say(self, text: str) -> None:
+        pass
+
+    def metric(self, **row) -> None:
+        pass
+
+
+def validate(model: VPRModel, split: Split, config: TrainConfig, device,
+             procs: Processes | None = None) -> dict[int, float]:
+    """Recall@N on the validation split (positives within 25 m); with several processes, each
+    computes a share of the descriptors and every process gets process 0's recalls."""
+    procs = procs or Processes()
     options = _inference_options(config)
     model.eval()
-    db = compute_descriptors(model, split.database.paths(), options, device, label="val database")
-    q = compute_descriptors(model, split.queries.paths(), options, device, label="val queries")
-    _, predictions = exact_search(q, db, min(max(config.recalls), len(db)))
-    values = recall_at_n(predictions, split.positives(EVAL_POSITIVE_RADIUS), config.recalls)
-    return {n: float(v) for n, v in zip(config.recalls, values, strict=True)}
+    db = _descriptors(model, split.database.paths(), options, device, procs, "val database",
+                      to_all=False)
+    q = _descriptors(model, split.queries.paths(), options, device, procs, "val queries",
+                     to_all=False)
+
+    def recalls() -> dict[int, float]:
+        _, predictions = exact_search(q, db, min(max(config.recalls), len(db)))
+        values = recall_at_n(predictions, split.positives(EVAL_POSITIVE_RADIUS), config.recalls)
+        return {n: float(v) for n, v in zip(config.recalls, values, strict=True)}
+
+    return procs.on_main(recalls)
+
+
+def _descriptors(model: VPRModel, paths: list[Path], options: ExtractOptions, device,
+                 procs: Processes, label: str, to_all: bool = True) -> np.ndarray | None:
+    """compute_descriptors, split among the processes in whole batches and gathered (on every
+    process, or on process 0 only when not ``to_all``)."""
+    if procs.world == 1:
+        return compute_descriptors(model, paths, options, device, label=label)
+    start, stop = procs.batch_slice(len(paths), options.batch_size)
+    local = procs.each(lambda: compute_descriptors(model, paths[start:stop], options, device,
+                                                   label=label))
+    return procs.gather_rows(local, len(paths), options.batch_size, to_all=to_all)
 
 
 def _inference_options(config: TrainConfig) -> ExtractOptions:
@@ -238,46 +296,86 @@ def _adapted(config: TrainConfig, source: TripletSource, log: RunLog) -> TrainCo
 
 def train(config: TrainConfig, run_dir: str | Path, resume: bool = False,
           progress: bool = True) -> Path:
-    """Train (or resume) a run; returns the path of ``best.pth``."""
-    run_dir = Path(run_dir)
+    """Train (or resume) a run; returns the path of ``best.pth``.
+
+    Under torchrun (``WORLD_SIZE`` > 1) every process calls this with the same arguments; see the
+    module docstring for what several processes compute and guarantee."""
+    procs = Processes.from_env()
+    try:
+        return _train(config, Path(run_dir), resume, progress and procs.main, procs)
+    finally:
+        procs.close()
+
+
+def _prepare_run_dir(config: TrainConfig | None, run_dir: Path, resume: bool) -> TrainConfig:
     config_path = run_dir / "config.json"
     if resume:
         if not (run_dir / "last.pth").is_file():
             raise VprkitError(f"{run_dir} has no last.pth to resume from")
-        config = TrainConfig.load(config_path)
-    else:
-        if (run_dir / "last.pth").exists():
-            raise VprkitError(f"{run_dir} already holds a run; use --resume {run_dir} or "
-                              "another --out")
-        for stale in ("config.json", "train.log", "metrics.jsonl"):  # a run stopped before
-            (run_dir / stale).unlink(missing_ok=True)                # its first checkpoint
-        config.check()
-        run_dir.mkdir(parents=True, exist_ok=True)
+        return TrainConfig.load(config_path)
+    if (run_dir / "last.pth").exists():
+        raise VprkitError(f"{run_dir} already holds a run; use --resume {run_dir} or "
+                          "another --out")
+    for stale in ("config.json", "train.log", "metrics.jsonl"):  # a run stopped before
+        (run_dir / stale).unlink(missing_ok=True)                # its first checkpoint
+    config.check()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return config
+
+
+def _train(config: TrainConfig | None, run_dir: Path, resume: bool, progress: bool,
+           procs: Processes) -> Path:
+    config = procs.on_main(lambda: _prepare_run_dir(config, run_dir, resume))
     root = Path(config.root)
-    device = resolve_device(config.device)
-    log = RunLog(run_dir)
-    split = load_split(root, config.train_split)
-    val_split = load_split(root, config.val_split)  # read once; fails now, not after an epoch
-    source = TripletSource.from_split(split)
+    device = procs.each(lambda: procs.pin(resolve_device(config.device)))
+    log = RunLog(run_dir) if procs.main else _Silent()
+
+    def load():
+        split = load_split(root, config.train_split)
+        val_split = load_split(root, config.val_split)  # read once; fails now, not after an epoch
+        return split, val_split, TripletSource.from_split(split)
+
+    split, val_split, source = procs.each(load)
     if not resume:
-        if source.dropped:
-            log.say(f"{source.dropped} {config.train_split} queries have no database image within "
-                    "10 m and are not used")
-        config = _adapted(config, source, log)
-        config_path.write_text(json.dumps(asdict(config), indent=2) + "\n")
+        def adapt() -> TrainConfig:
+            if source.dropped:
+                log.say(f"{source.dropped} {config.train_split} queries have no database image "
+                        "within 10 m and are not used")
+            adapted = _adapted(config, source, log)
+            (run_dir / "config.json").write_text(json.dumps(asdict(adapted), indent=2) + "\n")
+            return adapted
+
+        config = procs.on_main(adapt)
     refreshes = math.ceil(config.queries_per_epoch / config.cache_refresh)
 
-    model = _init_model(config, source, device, log, kmeans=not resume)  # resume: from last.pth
+    # resume: weights from last.pth; several processes: the same init everywhere, and DDP
+    # starts from process 0's weights anyway
+    model = procs.each(lambda: _init_model(config, source, device, log, kmeans=not resume))
+    if procs.world > 1:
+        model = procs.synchronize_batchnorm(model, device)
+        if procs.rank > 0:
+            torch.manual_seed(_process_seed(config.seed, procs.rank))  # own augmentation draws
+        per = config.batch_size / procs.world
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        log.say(f"{procs.world} processes ({backend} on {device.type}): {config.batch_size} "
+                f"triplet groups per step in all, {per:g} per process"
+                + (" (some processes idle in every step: use a --batch-size of at least the "
+                   "number of processes)" if per < 1 else ""))
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, refreshes)
     rng = np.random.default_rng(config.seed)
     state = {"epoch": 0, "refresh": 0, "best_r5": -1.0, "not_improved": 0, "neg_cache": {}}
     if resume:
-        state = _restore(run_dir / "last.pth", model, optimizer, scheduler, rng)
+        data = procs.on_main(lambda: torch.load(run_dir / "last.pth", map_location="cpu",
+                                                weights_only=False))
+        state = _restore(data, model, optimizer, scheduler, rng, procs, config.seed)
+        saved = data.get("world_size", 1)
         log.say(f"resuming {run_dir} at epoch {state['epoch'] + 1}, refresh "
-                f"{state['refresh'] + 1}")
-    elif config.epochs:
-        recalls = validate(model, val_split, config, device)
+                f"{state['refresh'] + 1}" + (f" ({saved} process(es) before, {procs.world} now)"
+                                             if saved != procs.world else ""))
+    net = procs.wrap(model, device)  # the model itself for one process
+    if not resume and config.epochs:
+        recalls = validate(model, val_split, config, device, procs)
         log.say(f"untrained model: validation {_fmt(recalls)}")
         log.metric(epoch=0, val_recalls=recalls, time=time.time())
 
@@ -286,8 +384,10 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False,
     db_paths, q_paths = split.database.paths(), split.queries.paths()
 
     def features(db_idx, q_idx):
-        return (compute_descriptors(model, [db_paths[i] for i in db_idx], options, device),
-                compute_descriptors(model, [q_paths[i] for i in q_idx], options, device))
+        return (_descriptors(model, [db_paths[i] for i in db_idx], options, device, procs,
+                             "descriptors"),
+                _descriptors(model, [q_paths[i] for i in q_idx], options, device, procs,
+                             "descriptors"))
 
     while state["epoch"] < config.epochs:
         epoch = state["epoch"]
@@ -298,9 +398,10 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False,
             model.eval()
             groups = mine(source, query_ids, features, config.mining, config.negatives,
                           config.neg_samples, rng, state["neg_cache"])
-            loss = _train_groups(model, optimizer, source, groups, config, augment, device,
+            _check_same(groups, procs)
+            loss = _train_groups(net, optimizer, source, groups, config, augment, device,
                                  progress, f"epoch {epoch + 1}/{config.epochs} refresh "
-                                           f"{r + 1}/{refreshes}")
+                                           f"{r + 1}/{refreshes}", procs=procs)
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 scheduler.step(loss)
             elif scheduler is not None:
@@ -309,24 +410,41 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False,
             log.metric(epoch=epoch + 1, refresh=r + 1, loss=loss, lr=lr, time=time.time())
             log.say(f"epoch {epoch + 1} refresh {r + 1}/{refreshes}: loss {loss:.4f}, lr {lr:.3g}")
             state["refresh"] = r + 1
-            _save(run_dir / "last.pth", model, optimizer, scheduler, rng, state, config)
-        recalls = validate(model, val_split, config, device)
+            _save(run_dir / "last.pth", model, optimizer, scheduler, rng, state, config, procs)
+        recalls = validate(model, val_split, config, device, procs)
         r5 = recalls.get(5, next(iter(recalls.values())))
         improved = r5 > state["best_r5"]
         state.update(epoch=epoch + 1, refresh=0)
         if improved:
             state.update(best_r5=r5, not_improved=0)
-            _save(run_dir / "best.pth", model, optimizer, scheduler, rng, state, config)
+            _save(run_dir / "best.pth", model, optimizer, scheduler, rng, state, config, procs)
         else:
             state["not_improved"] += 1
-        _save(run_dir / "last.pth", model, optimizer, scheduler, rng, state, config)
+        _save(run_dir / "last.pth", model, optimizer, scheduler, rng, state, config, procs)
         log.metric(epoch=epoch + 1, val_recalls=recalls, best=improved, time=time.time())
         log.say(f"epoch {epoch + 1}: validation {_fmt(recalls)}" + (" (best)" if improved else ""))
         if state["not_improved"] >= config.patience:
             log.say(f"no better validation R@5 for {config.patience} epochs: stopping early")
             break
-    plot_run(run_dir)
+    procs.on_main(lambda: plot_run(run_dir))
     return run_dir / "best.pth"
+
+
+def _process_seed(seed: int, rank: int, *more: int) -> int:
+    """Seed of the torch RNG of process ``rank`` > 0 (augmentation draws)."""
+    return int(np.random.SeedSequence([seed, rank, *more]).generate_state(1)[0])
+
+
+def _check_same(groups: np.ndarray, procs: Processes) -> None:
+    """Every process must train on the triplets of process 0."""
+    if procs.world == 1:
+        return
+    reference = procs.broadcast(groups)
+    error = None
+    if not np.array_equal(reference, groups):
+        error = VprkitError(f"process {procs.rank} mined other triplets than process 0 "
+                            "(descriptors differ between processes)")
+    procs.agree(error)
 
 
 def _fmt(recalls: dict[int, float]) -> str:
@@ -334,42 +452,87 @@ def _fmt(recalls: dict[int, float]) -> str:
 
 
 def _train_groups(model, optimizer, source, groups, config: TrainConfig, augment, device,
-                  progress: bool, label: str) -> float:
-    loader = DataLoader(TripletImages(source, groups, config.resize, augment),
-                        batch_size=config.batch_size, num_workers=config.workers,
-                        drop_last=False)
+                  progress: bool, label: str, procs: Processes | None = None) -> float:
+    """Train on the groups in steps of ``batch_size`` groups; the mean loss of the steps. With
+    several processes ``model`` is the DDP-wrapped model and each process takes its share of
+    every step."""
+    procs = procs or Processes()
+    dataset = TripletImages(source, groups, config.resize, augment)
+    steps = [np.arange(start, min(start + config.batch_size, len(groups)))
+             for start in range(0, len(groups), config.batch_size)]
+    if procs.world == 1:
+        loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.workers,
+                            drop_last=False)
+    else:
+        loader = DataLoader(dataset, batch_sampler=[procs.share(s).tolist() for s in steps],
+                            num_workers=config.workers, collate_fn=_stack_or_none)
     model.train()
     total, batches = 0.0, 0
     with progress_bar(progress) as bar:
         task = bar.add_task(label, total=len(groups), rate="")
-        for images in loader:
-            n = images.shape[0]
-            x = images.flatten(0, 1).to(device)
-            loss = triplet_loss(model(x), n, config.negatives, config.margin)
+        for step, images in zip(steps, procs.guarded(loader), strict=True):
+            n = len(step)
+            if procs.world == 1:
+                x = images.flatten(0, 1).to(device)
+                loss = triplet_loss(model(x), n, config.negatives, config.margin)
+            else:
+                if images is None:  # no group for this process in this step: an empty batch
+                    images = _no_images(dataset, config, int(step[0]))
+                own = images.shape[0]
+                features = model(images.flatten(0, 1).to(device))
+                loss = (triplet_loss(features, own, config.negatives, config.margin,
+                                     total_groups=n) if own else features.sum() * 0.0)
             optimizer.zero_grad()
-            loss.backward()
+            # DDP averages the processes' gradients: scaled by their number, the average is
+            # the gradient of the sum of the shares, which is the loss of the whole step
+            (loss if procs.world == 1 else loss * procs.world).backward()
             optimizer.step()
-            total += float(loss.detach())
+            total += procs.sum(float(loss.detach()))
             batches += 1
             bar.update(task, advance=n, rate=f"loss {total / batches:.4f}")
     return total / max(batches, 1)
 
 
-def _save(path: Path, model, optimizer, scheduler, rng, state, config: TrainConfig) -> None:
-    save_checkpoint(model, path, optimizer_state_dict=optimizer.state_dict(),
-                    scheduler_state_dict=scheduler.state_dict() if scheduler else None,
-                    rng_numpy=rng.bit_generator.state, rng_torch=torch.get_rng_state(),
-                    state=state, train_config=asdict(config))
+def _stack_or_none(items: list) -> torch.Tensor | None:
+    return torch.stack(items) if items else None
 
 
-def _restore(path: Path, model, optimizer, scheduler, rng) -> dict:
-    data = torch.load(path, map_location="cpu", weights_only=False)
+def _no_images(dataset: TripletImages, config: TrainConfig, group: int) -> torch.Tensor:
+    """A batch of zero groups with the shape of the others."""
+    if config.resize is not None:
+        return torch.empty((0, 2 + config.negatives, 3, *config.resize))
+    return dataset[group].unsqueeze(0)[:0]
+
+
+def _save(path: Path, model, optimizer, scheduler, rng, state, config: TrainConfig,
+          procs: Processes | None = None) -> None:
+    """Process 0 writes the checkpoint (with the torch RNG state of every process)."""
+    procs = procs or Processes()
+    extra = {}
+    if procs.world > 1:
+        extra["rng_torch_ranks"] = procs.gather(torch.get_rng_state())
+    if procs.main:
+        save_checkpoint(model, path, optimizer_state_dict=optimizer.state_dict(),
+                        scheduler_state_dict=scheduler.state_dict() if scheduler else None,
+                        rng_numpy=rng.bit_generator.state, rng_torch=torch.get_rng_state(),
+                        state=state, train_config=asdict(config), world_size=procs.world,
+                        **extra)
+
+
+def _restore(data: dict, model, optimizer, scheduler, rng, procs: Processes, seed: int) -> dict:
     model.load_state_dict(data["model_state_dict"])
     optimizer.load_state_dict(data["optimizer_state_dict"])
     if scheduler is not None and data.get("scheduler_state_dict"):
         scheduler.load_state_dict(data["scheduler_state_dict"])
     rng.bit_generator.state = data["rng_numpy"]
-    torch.set_rng_state(data["rng_torch"])
+    per_process = data.get("rng_torch_ranks")
+    if per_process is not None and len(per_process) == procs.world:
+        torch.set_rng_state(per_process[procs.rank])
+    elif procs.main:
+        torch.set_rng_state(data["rng_torch"])
+    else:  # more processes than the run had: a seed of their own
+        torch.manual_seed(_process_seed(seed, procs.rank, data["state"]["epoch"],
+                                        data["state"]["refresh"]))
     return data["state"]
 
 
