@@ -228,3 +228,22 @@ def test_duplicate_names_refused(tmp_path):
         f["database/names"][:] = ["@1@0@.jpg", "@0@0@.jpg", "@1@0@.jpg", "@3@0@.jpg"]
     with pytest.raises(VprkitError, match=r"b.h5 lists the database image @1@0@.jpg more than once"):
         combine([a, b], tmp_path / "c.h5", progress=False)
+
+
+def test_streamed_exact_pca_equals_full_svd(tmp_path):
+    """Rows that do not fit the memory budget but whose D x D covariance does: exact PCA by the
+    streamed covariance, equal to scikit-learn's full-SVD PCA (same signs)."""
+    from helpers import write_file
+
+    rng = np.random.default_rng(3)
+    basis = rng.normal(size=(12, 48))
+    db = rng.normal(size=(700, 12)) * np.linspace(4, 0.5, 12) @ basis + 3.0  # large mean
+    q = rng.normal(size=(50, 12)) @ basis + 3.0
+    a = write_file(tmp_path / "a.h5", db, q)
+    out = combine([a], tmp_path / "p.h5", pca=6, block_rows=128, pca_memory_bytes=48 * 48 * 8,
+                  whiten=True, progress=False)
+    sk = PCA(n_components=6, whiten=True, svd_solver="full").fit(db.astype(np.float32))
+    with DescriptorFile(out) as f:
+        assert f.model["inputs"][0]["pca"]["method"].startswith("exact, streamed")
+        got = f.read_rows("queries", (1,), 0, 50)
+    np.testing.assert_allclose(got, sk.transform(q.astype(np.float32)), rtol=1e-3, atol=1e-3)

@@ -174,6 +174,8 @@ def fit_pca(scales, dim: int, sources: list[tuple[DescriptorFile, str]],
         data = np.concatenate([f.read_rows(role, scales, 0, f.num(role)) for f, role in sources])
         model = PCA(n_components=dim, whiten=whiten, svd_solver="full").fit(data)
         method = "exact (scikit-learn PCA, full SVD)"
+    elif in_dim * in_dim * 8 <= memory_bytes:
+        return _streamed_covariance_pca(scales, dim, sources, whiten, block_rows, label)
     else:
         batch = max(block_rows, dim)
         model = IncrementalPCA(n_components=dim, whiten=whiten, batch_size=batch)
@@ -191,6 +193,44 @@ def fit_pca(scales, dim: int, sources: list[tuple[DescriptorFile, str]],
         explained_variance=model.explained_variance_.astype(np.float32),
         whiten=whiten, fitted_on=", ".join(f"{f.path.name}:{r}" for f, r in sources), rows=rows,
         method=method)
+
+
+def _streamed_covariance_pca(scales, dim: int, sources: list[tuple[DescriptorFile, str]],
+                             whiten: bool, block_rows: int, label: str) -> PCAParams:
+    """Exact PCA of any number of rows in memory independent of them: the covariance is
+    accumulated block by block (a D x D float64 sum of float32 block products, 3 GiB at
+    D = 16384), then its top ``dim`` eigenvectors are taken. Rows are shifted by the first
+    block's mean before the products (no cancellation when the mean is large). Signs as
+    scikit-learn's (largest absolute entry of each component positive)."""
+    from scipy.linalg import eigh
+
+    in_dim = sources[0][0].dim
+    shift = None
+    total = np.zeros(in_dim, dtype=np.float64)
+    gram = np.zeros((in_dim, in_dim), dtype=np.float64)
+    rows = 0
+    for f, role in sources:
+        for _, block in f.iter_blocks(role, scales, block_rows):
+            if shift is None:
+                shift = block.mean(axis=0, dtype=np.float64).astype(np.float32)
+            block = block - shift
+            total += block.sum(axis=0, dtype=np.float64)
+            gram += block.T @ block
+            rows += len(block)
+    centre = total / rows  # mean of the shifted rows
+    gram -= rows * np.outer(centre, centre)
+    gram /= max(rows - 1, 1)
+    mean = centre + shift
+    values, vectors = eigh(gram, subset_by_index=[in_dim - dim, in_dim - 1], overwrite_a=True)
+    values, vectors = values[::-1].clip(min=0), vectors[:, ::-1].T
+    signs = np.sign(vectors[np.arange(dim), np.abs(vectors).argmax(axis=1)])
+    vectors *= np.where(signs == 0, 1, signs)[:, None]
+    return PCAParams(
+        mean=mean.astype(np.float32), components=vectors.astype(np.float32),
+        explained_variance=values.astype(np.float32), whiten=whiten,
+        fitted_on=", ".join(f"{f.path.name}:{r}" for f, r in sources), rows=rows,
+        method=f"exact, streamed (covariance of {rows} rows accumulated in blocks of "
+               f"{block_rows}, scipy eigh)")
 
 
 def combine(
