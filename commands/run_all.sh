@@ -8,8 +8,8 @@
 #   MODELS ["efficientnet_lite0:imagenet resnet18conv4:none"], or with SIZE=full
 #          ["resnet18conv4:imagenet"]: BACKBONE:WEIGHTS pairs, one OUT/<backbone> folder each
 #   QUERIES [500] EPOCHS [2] for every training recipe (fig45 included); anything the recipes take.
-# Measured (SIZE=small, 2 CPU cores): efficientnet_lite0 29 min, resnet18conv4 (random weights:
-# no ImageNet ResNet offline) see commands/README.md.
+# Measured (SIZE=small, 2 idle CPU cores): efficientnet_lite0 29 min, resnet18conv4 (random
+# weights: no ImageNet ResNet offline) 24 min.
 set -euo pipefail
 default_out=results/all
 # shellcheck source=commands/common.sh

@@ -47,9 +47,11 @@ def test_unique_labels_lengthen_only_where_names_collide():
 
     paths = [Path("/r/effnet/table1/table1.json"), Path("/r/resnet/table1/table1.json"),
              Path("/r/effnet/table2/table2.json"), Path("/r/effnet/night/vanilla"),
-             Path("/r/effnet/occlusion/vanilla")]
+             Path("/r/effnet/occlusion/vanilla"), Path("/r/adamw_lr0.0001_wd0"),
+             Path("/r/adamw_lr0.0001_wd0.001")]
     assert unique_labels(paths) == ["effnet/table1/table1", "resnet/table1/table1", "table2",
-                                    "night/vanilla", "occlusion/vanilla"]
+                                    "night/vanilla", "occlusion/vanilla", "adamw_lr0.0001_wd0",
+                                    "adamw_lr0.0001_wd0.001"]  # run folders keep their dots
 
 
 def test_two_models_same_table_names_and_notes(gem_file, tmp_path):

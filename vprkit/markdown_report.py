@@ -19,7 +19,7 @@ from .plotting import pyplot
 
 def unique_labels(paths: list[Path]) -> list[str]:
     """Short distinct names: the file stems, lengthened by parent folders where they collide."""
-    parts = [p.with_suffix("").parts for p in paths]
+    parts = [p.parts[:-1] + (p.stem if p.suffix == ".json" else p.name,) for p in paths]
     depth = [1] * len(paths)
     while True:
         labels = ["/".join(q[-d:]) for q, d in zip(parts, depth, strict=True)]
