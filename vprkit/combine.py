@@ -268,52 +268,53 @@ def combine(
     if pca is not None and pca < 1:
         raise VprkitError(f"--pca must be a positive number of dimensions, got {pca}")
 
-    stores = [DescriptorFile(p) for p in inputs]
-    extra: list[DescriptorFile] = []
-    try:
-        for st in stores:
-            refuse_shard(st)
-        spec_of = [s if s else (st.scales[0],) for s, st in zip(specs, stores, strict=True)]
-        for st, sp in zip(stores, spec_of, strict=True):
-            st.check_spec(sp)
-        ref = stores[0]
-        orders = {(i, role): _alignment(ref, st, role)
-                  for i, st in enumerate(stores) for role in ROLES if i > 0}
-        dims = [st.dim for st in stores]
-        reduce = [pca is not None and d > pca for d in dims]
-        fit_files = _fit_files(pca_fit, sum(reduce))
-        pcas: list[PCAParams | None] = []
-        fit_index = 0
-        for i, (st, sp) in enumerate(zip(stores, spec_of, strict=True)):
-            if not reduce[i]:
-                pcas.append(None)
-                continue
-            if fit_files is None:
-                sources = [(st, r) for r in _fit_roles(str(pca_fit))]
-            else:
-                fit_store = DescriptorFile(fit_files[fit_index])
-                extra.append(fit_store)
-                fit_index += 1
-                if fit_store.model.get("fingerprint") != st.model.get("fingerprint"):
-                    raise VprkitError(f"--pca-fit file {fit_store.path} was made by another model "
-                                      f"than {st.path}")
-                fit_store.check_spec(sp)
-                sources = [(fit_store, r) for r in ("queries", "database")]
-            if progress:
-                console.print(f"fitting PCA {st.dim} -> {pca} on "
-                              f"{', '.join(f'{f.path.name}:{r}' for f, r in sources)}")
-            pcas.append(fit_pca(sp, pca, sources, whiten, block_rows, pca_memory_bytes,
-                                str(st.path)))
-        info = [{"file": str(st.path.resolve()), "scale": spec_name(sp), "dim": st.dim,
-                 "model": st.model, "dataset": st.dataset,
-                 "pca": None if p is None else {"dim": pca, "whiten": whiten, "rows": p.rows,
-                                                 "fitted_on": p.fitted_on, "method": p.method}}
-                for st, sp, p in zip(stores, spec_of, pcas, strict=True)]
-        transform = EnsembleTransform(dims=dims, pcas=pcas, weights=weights, info=info)
-        return _write(stores, spec_of, orders, transform, output, block_rows, progress)
-    finally:
-        for st in stores + extra:
-            st.close()
+    with output_lock(output):  # before any work: a second combine into it is refused at once
+        stores = [DescriptorFile(p) for p in inputs]
+        extra: list[DescriptorFile] = []
+        try:
+            for st in stores:
+                refuse_shard(st)
+            spec_of = [s if s else (st.scales[0],) for s, st in zip(specs, stores, strict=True)]
+            for st, sp in zip(stores, spec_of, strict=True):
+                st.check_spec(sp)
+            ref = stores[0]
+            orders = {(i, role): _alignment(ref, st, role)
+                      for i, st in enumerate(stores) for role in ROLES if i > 0}
+            dims = [st.dim for st in stores]
+            reduce = [pca is not None and d > pca for d in dims]
+            fit_files = _fit_files(pca_fit, sum(reduce))
+            pcas: list[PCAParams | None] = []
+            fit_index = 0
+            for i, (st, sp) in enumerate(zip(stores, spec_of, strict=True)):
+                if not reduce[i]:
+                    pcas.append(None)
+                    continue
+                if fit_files is None:
+                    sources = [(st, r) for r in _fit_roles(str(pca_fit))]
+                else:
+                    fit_store = DescriptorFile(fit_files[fit_index])
+                    extra.append(fit_store)
+                    fit_index += 1
+                    if fit_store.model.get("fingerprint") != st.model.get("fingerprint"):
+                        raise VprkitError(f"--pca-fit file {fit_store.path} was made by another model "
+                                          f"than {st.path}")
+                    fit_store.check_spec(sp)
+                    sources = [(fit_store, r) for r in ("queries", "database")]
+                if progress:
+                    console.print(f"fitting PCA {st.dim} -> {pca} on "
+                                  f"{', '.join(f'{f.path.name}:{r}' for f, r in sources)}")
+                pcas.append(fit_pca(sp, pca, sources, whiten, block_rows, pca_memory_bytes,
+                                    str(st.path)))
+            info = [{"file": str(st.path.resolve()), "scale": spec_name(sp), "dim": st.dim,
+                     "model": st.model, "dataset": st.dataset,
+                     "pca": None if p is None else {"dim": pca, "whiten": whiten, "rows": p.rows,
+                                                     "fitted_on": p.fitted_on, "method": p.method}}
+                    for st, sp, p in zip(stores, spec_of, pcas, strict=True)]
+            transform = EnsembleTransform(dims=dims, pcas=pcas, weights=weights, info=info)
+            return _write(stores, spec_of, orders, transform, output, block_rows, progress)
+        finally:
+            for st in stores + extra:
+                st.close()
 
 
 def _scale_specs(scales, n: int) -> list[tuple[int, ...] | None]:
@@ -351,7 +352,7 @@ def _write(stores, spec_of, orders, transform: EnsembleTransform, output: Path,
         "dtype": "float32",
     }
     part = partial_path(output)
-    with output_lock(output), guarded_write(part, output):
+    with guarded_write(part, output):  # (combine holds the output lock)
         part.unlink(missing_ok=True)
         writer = DescriptorWriter.create(
             part, header, names={r: ref.names(r) for r in ROLES}, utm={r: ref.utm(r) for r in ROLES})
