@@ -161,3 +161,19 @@ def test_demo_runs_and_prints_a_table(tmp_path):
     for name in ("gem.h5", "netvlad.h5", "gem_trained.h5", "concat.h5", "pca.h5", "1+2"):
         assert name in result.output, name
     assert (tmp_path / "demo/runs/gem/curves.png").exists()
+
+
+def test_train_option_defaults_are_trainconfig_defaults():
+    """The CLI repeats TrainConfig's defaults (to keep `vprkit --help` free of torch): same values."""
+    import dataclasses
+
+    from vprkit.train import TrainConfig
+
+    fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)
+              if f.default is not dataclasses.MISSING}
+    options = {p.name: p.default for p in main.commands["train"].params}
+    shared = sorted(set(options) & set(fields) - {"augment", "checkpoint"})
+    assert len(shared) >= 20
+    for name in shared:
+        value = tuple(options[name]) if name == "resize" else options[name]
+        assert value == fields[name], name
