@@ -72,3 +72,21 @@ def test_two_models_same_table_names_and_notes(gem_file, tmp_path):
     result = runner.invoke(main, ["report", str(tmp_path / "a/table1.json"), "-o",
                                   str(tmp_path / "r.md"), "--notes", str(tmp_path / "none.md")])
     assert result.exit_code != 0 and "cannot read the notes" in result.output
+
+
+def test_runs_grouped_by_their_folder(tmp_path):
+    def make_run(folder):
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps({
+            "backbone": "resnet18conv4", "aggregation": "gem", "optimizer": "adam", "lr": 1e-5,
+            "weight_decay": 0, "scheduler": "none", "augment": []}))
+        (folder / "metrics.jsonl").write_text(json.dumps({"epoch": 0, "val_recalls": {"5": 1.0}}))
+        return folder
+
+    runs = [make_run(tmp_path / m / r / "vanilla") for m in ("effnet", "resnet")
+            for r in ("night", "occlusion")]
+    text = write_report(runs, tmp_path / "r.md").read_text()
+    for title in ("effnet/night", "effnet/occlusion", "resnet/night", "resnet/occlusion"):
+        assert f"## Training runs: {title}\n" in text
+        assert (tmp_path / f"r_training_{title.replace('/', '_')}.png").exists()
+    assert text.count("| vanilla | resnet18conv4+gem |") == 4

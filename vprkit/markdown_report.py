@@ -160,11 +160,19 @@ def write_report(inputs: list[str | Path], output: str | Path, title: str = "vpr
         plot = _plot_recalls(rows, output.with_name(f"{output.stem}_{slug}.png"), label)
         if plot:
             lines += [f"![Recall@N, {label}]({plot.name})", ""]
-    if runs:
-        lines += ["## Training runs", ""] + _run_table(runs) + [""]
-        plot = _plot_runs(runs, output.with_name(f"{output.stem}_training.png"))
+    groups: dict[Path, list[dict]] = {}  # runs by the folder that holds them (one per recipe)
+    for run in runs:
+        groups.setdefault(run["path"].parent, []).append(run)
+    names = unique_labels(list(groups)) if len(groups) > 1 else [""] * len(groups)
+    for (_, members), name in zip(groups.items(), names, strict=True):
+        for run in members:
+            run["label"] = run["path"].name if len(groups) > 1 else run["label"]
+        title = f"Training runs: {name}" if name else "Training runs"
+        lines += [f"## {title}", ""] + _run_table(members) + [""]
+        slug = f"_{name.replace('/', '_')}" if name else ""
+        plot = _plot_runs(members, output.with_name(f"{output.stem}_training{slug}.png"))
         if plot:
-            lines += [f"![validation R@5 per epoch]({plot.name})", ""]
+            lines += [f"![validation R@5 per epoch, {name or 'all runs'}]({plot.name})", ""]
     tmp = output.with_name(output.name + ".partial")
     tmp.write_text("\n".join(lines))
     tmp.replace(output)
