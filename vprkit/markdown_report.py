@@ -47,7 +47,7 @@ def _load_run(folder: Path) -> dict:
     if not metrics.is_file() or not config.is_file():
         raise VprkitError(f"{folder} is not a training run folder (no config.json/metrics.jsonl)")
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    return {"name": folder.name, "config": json.loads(config.read_text()),
+    return {"name": folder.name, "path": folder.resolve(), "config": json.loads(config.read_text()),
             "val": [r for r in rows if "val_recalls" in r],
             "loss": [r for r in rows if "loss" in r]}
 
@@ -83,7 +83,7 @@ def _run_table(runs: list[dict]) -> list[str]:
                 f"{v['val_recalls'].get('1', 0):.1f} / {v['val_recalls'].get('5', 0):.1f}"
 
         lines.append(
-            f"| {run['label']} | {c['backbone']}+{c['aggregation']} | {c['optimizer']} | {c['lr']:g} "
+            f"| {run['name']} | {c['backbone']}+{c['aggregation']} | {c['optimizer']} | {c['lr']:g} "
             f"| {c['weight_decay']:g} | {c['scheduler']} | {', '.join(c['augment']) or '-'} "
             f"| {len(trained)} | {pair(untrained)} | {pair(best)}"
             + (f" ({best['epoch']})" if best else "") + " |")
@@ -114,7 +114,7 @@ def _plot_runs(runs: list[dict], out: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for run in runs:
         ax.plot([v["epoch"] for v in run["val"]], [v["val_recalls"].get("5", 0) for v in run["val"]],
-                marker="o", label=run["label"])
+                marker="o", label=run["name"])
     ax.set(xlabel="epoch (0 = untrained)", ylabel="validation R@5 (%)", title="training runs")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -136,15 +136,12 @@ def write_report(inputs: list[str | Path], output: str | Path, title: str = "vpr
     for item in map(Path, inputs):
         if item.is_dir():
             runs.append(_load_run(item))
-            runs[-1]["path"] = item.resolve()
         elif item.is_file():
             evaluations.append((item, _load_evaluation(item)))
         else:
             raise VprkitError(f"{item} does not exist")
     if not evaluations and not runs:
         raise VprkitError("nothing to report: give evaluation JSON files or run folders")
-    for run, label in zip(runs, unique_labels([r["path"] for r in runs]), strict=True):
-        run["label"] = label
     lines = [f"# {title}", ""]
     if notes is not None:
         try:
@@ -165,8 +162,6 @@ def write_report(inputs: list[str | Path], output: str | Path, title: str = "vpr
         groups.setdefault(run["path"].parent, []).append(run)
     names = unique_labels(list(groups)) if len(groups) > 1 else [""] * len(groups)
     for (_, members), name in zip(groups.items(), names, strict=True):
-        for run in members:
-            run["label"] = run["path"].name if len(groups) > 1 else run["label"]
         title = f"Training runs: {name}" if name else "Training runs"
         lines += [f"## {title}", ""] + _run_table(members) + [""]
         slug = f"_{name.replace('/', '_')}" if name else ""
