@@ -159,8 +159,9 @@ def _fit_roles(fit: str) -> list[str]:
 
 def fit_pca(scales, dim: int, sources: list[tuple[DescriptorFile, str]],
             whiten: bool, block_rows: int, memory_bytes: int, label: str) -> PCAParams:
-    """PCA of the rows of ``sources`` [(file, role)], exact in memory when they fit in
-    ``memory_bytes``, otherwise streamed with scikit-learn's IncrementalPCA."""
+    """PCA of the rows of ``sources`` [(file, role)]: exact in memory when they fit in
+    ``memory_bytes``, else exact by a streamed covariance when a D x D float64 matrix fits,
+    else streamed with scikit-learn's IncrementalPCA."""
     from sklearn.decomposition import PCA, IncrementalPCA
 
     rows = sum(f.num(role) for f, role in sources)
@@ -173,9 +174,12 @@ def fit_pca(scales, dim: int, sources: list[tuple[DescriptorFile, str]],
     if rows * in_dim * 4 <= memory_bytes:
         data = np.concatenate([f.read_rows(role, scales, 0, f.num(role)) for f, role in sources])
         model = PCA(n_components=dim, whiten=whiten, svd_solver="full").fit(data)
+        fitted = model.mean_, model.components_, model.explained_variance_
         method = "exact (scikit-learn PCA, full SVD)"
     elif in_dim * in_dim * 8 <= memory_bytes:
-        return _streamed_covariance_pca(scales, dim, sources, whiten, block_rows, label)
+        fitted = _streamed_covariance_pca(scales, dim, sources, block_rows)
+        method = (f"exact, streamed (covariance of {rows} rows accumulated in blocks of "
+                  f"{block_rows}, scipy eigh)")
     else:
         batch = max(block_rows, dim)
         model = IncrementalPCA(n_components=dim, whiten=whiten, batch_size=batch)
@@ -186,22 +190,23 @@ def fit_pca(scales, dim: int, sources: list[tuple[DescriptorFile, str]],
                 if stop - start < dim:  # IncrementalPCA needs >= n_components rows per batch
                     start = max(0, stop - dim)
                 model.partial_fit(f.read_rows(role, scales, start, stop))
+        fitted = model.mean_, model.components_, model.explained_variance_
         method = f"incremental (scikit-learn IncrementalPCA, batches of {batch} rows)"
+    mean, components, variance = (a.astype(np.float32) for a in fitted)
     return PCAParams(
-        mean=model.mean_.astype(np.float32),
-        components=model.components_.astype(np.float32),
-        explained_variance=model.explained_variance_.astype(np.float32),
-        whiten=whiten, fitted_on=", ".join(f"{f.path.name}:{r}" for f, r in sources), rows=rows,
+        mean=mean, components=components, explained_variance=variance, whiten=whiten,
+        fitted_on=", ".join(f"{f.path.name}:{r}" for f, r in sources), rows=rows,
         method=method)
 
 
 def _streamed_covariance_pca(scales, dim: int, sources: list[tuple[DescriptorFile, str]],
-                             whiten: bool, block_rows: int, label: str) -> PCAParams:
+                             block_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact PCA of any number of rows in memory independent of them: the covariance is
     accumulated block by block (a D x D float64 sum of float32 block products, 3 GiB at
     D = 16384), then its top ``dim`` eigenvectors are taken. Rows are shifted by the first
     block's mean before the products (no cancellation when the mean is large). Signs as
-    scikit-learn's (largest absolute entry of each component positive)."""
+    scikit-learn's (largest absolute entry of each component positive). Returns the mean, the
+    components (dim x D) and their variances."""
     from scipy.linalg import eigh
 
     in_dim = sources[0][0].dim
@@ -225,12 +230,7 @@ def _streamed_covariance_pca(scales, dim: int, sources: list[tuple[DescriptorFil
     values, vectors = values[::-1].clip(min=0), vectors[:, ::-1].T
     signs = np.sign(vectors[np.arange(dim), np.abs(vectors).argmax(axis=1)])
     vectors *= np.where(signs == 0, 1, signs)[:, None]
-    return PCAParams(
-        mean=mean.astype(np.float32), components=vectors.astype(np.float32),
-        explained_variance=values.astype(np.float32), whiten=whiten,
-        fitted_on=", ".join(f"{f.path.name}:{r}" for f, r in sources), rows=rows,
-        method=f"exact, streamed (covariance of {rows} rows accumulated in blocks of "
-               f"{block_rows}, scipy eigh)")
+    return mean, vectors, values
 
 
 def combine(
