@@ -145,6 +145,7 @@ def _write_merged(files: list[DescriptorFile], output: Path, progress: bool) -> 
                           "cut from (a shard file was altered or renamed)")
     utm = {r: np.concatenate([f.utm(r) for f in files]) for r in ROLES}
     total = sum(f.num(r) for f in files for r in ROLES) * len(first.scales)
+    block = first.default_block_rows(64 << 20)
     partial = partial_path(output)
     with output_lock(output), guarded_write(partial, output):
         partial.unlink(missing_ok=True)
@@ -167,7 +168,6 @@ def _write_merged(files: list[DescriptorFile], output: Path, progress: bool) -> 
                         for f in files:
                             src = f.h5[f"scales/{s}"]
                             n = f.num(role)
-                            block = max(1, (64 << 20) // max(1, src[role].dtype.itemsize * first.dim))
                             for start in range(0, n, block):
                                 stop = min(n, start + block)
                                 writer.write(role, s, row + start, src[role][start:stop],
