@@ -45,3 +45,20 @@ def identical(a: np.ndarray, b: np.ndarray) -> bool:
     if a.dtype == object:
         return a.tolist() == b.tolist()
     return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def interrupt_training_at(monkeypatch, call: int) -> None:
+    """Make the trainer's ``call``-th batch of triplet steps raise KeyboardInterrupt (a Ctrl-C
+    between cache refreshes)."""
+    from vprkit.train import trainer
+
+    real = trainer._train_groups
+    calls = {"n": 0}
+
+    def interrupted(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(trainer, "_train_groups", interrupted)

@@ -10,6 +10,7 @@ import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from click.testing import CliRunner
+from helpers import interrupt_training_at
 
 from vprkit.cli import main
 from vprkit.datasets import load_split
@@ -17,7 +18,6 @@ from vprkit.errors import VprkitError
 from vprkit.models import ModelConfig, VPRModel, load_model_from_checkpoint
 from vprkit.synthetic import generate_dataset
 from vprkit.train import TrainConfig, TripletSource, build_preset, mine, train, triplet_loss
-from vprkit.train import trainer as trainer_module
 
 SIZE = (32, 40)
 
@@ -171,16 +171,7 @@ class TestRun:
         config = small_config(train_root, augment=["occlusion:M4"], scheduler="cosine",
                               optimizer="adamw", weight_decay=0.01)
         train(config, tmp_path / "a", progress=False)
-        real = trainer_module._train_groups
-        calls = {"n": 0}
-
-        def stop_on_third(*args, **kw):
-            calls["n"] += 1
-            if calls["n"] == 3:
-                raise KeyboardInterrupt
-            return real(*args, **kw)
-
-        monkeypatch.setattr(trainer_module, "_train_groups", stop_on_third)
+        interrupt_training_at(monkeypatch, 3)
         with pytest.raises(KeyboardInterrupt):
             train(small_config(train_root, augment=["occlusion:M4"], scheduler="cosine",
                                optimizer="adamw", weight_decay=0.01), tmp_path / "b",

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import interrupt_training_at
 
 from vprkit.cli import main
 from vprkit.datasets import load_split
@@ -30,7 +31,6 @@ from vprkit.models import load_model_from_checkpoint
 from vprkit.models.checkpoints import read_checkpoint
 from vprkit.synthetic import generate_dataset
 from vprkit.train import TrainConfig, train
-from vprkit.train import trainer as trainer_module
 
 REPO = Path(__file__).resolve().parents[1]  # the processes import this checkout's vprkit
 SIZE = (32, 40)
@@ -136,16 +136,7 @@ def test_two_processes_train_what_one_process_trains(root, one_process, tmp_path
 def test_resume_a_one_process_run_with_two(root, one_process, tmp_path, monkeypatch):
     """Stopped after its first cache refresh in one process, finished by two under torchrun."""
     run = tmp_path / "run"
-    real = trainer_module._train_groups
-    calls = {"n": 0}
-
-    def stop_on_second(*args, **kw):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kw)
-
-    monkeypatch.setattr(trainer_module, "_train_groups", stop_on_second)
+    interrupt_training_at(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt), one_thread():
         train(TrainConfig(root=str(root), **OPTIONS), run, progress=False)
     monkeypatch.undo()
