@@ -222,11 +222,13 @@ class DescriptorFile:
         if self.dtype not in ("float32", "float16"):
             raise ValueError(f"unknown storage dtype {self.dtype!r}")
         counts = {}
+        self._utm = {}  # read once here (checked finite); utm() hands out copies
         for role in ROLES:
             names, utm = self.h5[f"{role}/names"], self.h5[f"{role}/utm"]
             if names.ndim != 1 or utm.shape != (names.shape[0], 2) or utm.dtype.kind != "f":
                 raise ValueError(f"{role}/names {names.shape} and {role}/utm {utm.shape} do not match")
-            bad = ~np.isfinite(utm[()]).all(axis=1)
+            self._utm[role] = utm[()]
+            bad = ~np.isfinite(self._utm[role]).all(axis=1)
             if bad.any():
                 raise ValueError(f"{role} row {int(np.flatnonzero(bad)[0])} has non-finite coordinates")
             counts[role] = names.shape[0]
@@ -282,8 +284,7 @@ class DescriptorFile:
             return names
 
     def utm(self, role: str) -> np.ndarray:
-        with self._damaged(f"the {role} coordinates"):
-            return self.h5[f"{role}/utm"][:]
+        return self._utm[role].copy()
 
     def check_spec(self, scales: Sequence[int]) -> tuple[int, ...]:
         missing = [s for s in scales if s not in self.scales]
