@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from conftest import config, options
 from helpers import datasets_of, identical, write_file
 
+import vprkit.files as files
 import vprkit.store as store
 from vprkit.cli import main
 from vprkit.combine import combine
@@ -59,7 +60,7 @@ class TestFullDisk:
         out = extract(small_root, tmp_path / "gem.h5", config(), options(scales=(1,)),
                       progress=False)
         before = digest(out)
-        monkeypatch.setattr(store, "free_bytes", FreeSpace(writes=5))
+        monkeypatch.setattr(files, "free_bytes", FreeSpace(writes=5))
         with pytest.raises(VprkitError, match=r"disk full: 10\.0 MiB free where .*gem\.h5\.partial"):
             extract(small_root, out, config(), options(scales=(1, 2)), progress=False)
         assert digest(out) == before  # the complete file is untouched
@@ -72,12 +73,12 @@ class TestFullDisk:
                                                     monkeypatch):
         out = combine([gem_file, netvlad_file], tmp_path / "c.h5", progress=False)
         before = digest(out)
-        monkeypatch.setattr(store, "free_bytes", FreeSpace(writes=1))
+        monkeypatch.setattr(files, "free_bytes", FreeSpace(writes=1))
         with pytest.raises(VprkitError, match="disk full"):
             combine([gem_file, netvlad_file], out, overwrite=True, progress=False)
         assert digest(out) == before
         runner = CliRunner()
-        monkeypatch.setattr(store, "free_bytes", FreeSpace(writes=0))
+        monkeypatch.setattr(files, "free_bytes", FreeSpace(writes=0))
         result = runner.invoke(main, ["combine", str(gem_file), str(netvlad_file), "-o", str(out),
                                       "--overwrite", "--quiet"])
         assert result.exit_code == 1 and result.output.startswith("Error: disk full")
@@ -88,7 +89,7 @@ class TestFullDisk:
                           progress=False) for i in range(2)]
         out = tmp_path / "merged.h5"
         out.write_bytes(b"old")
-        monkeypatch.setattr(store, "free_bytes", FreeSpace(writes=1))
+        monkeypatch.setattr(files, "free_bytes", FreeSpace(writes=1))
         with pytest.raises(VprkitError, match="disk full"):
             merge(shards, out, overwrite=True, progress=False)
         assert out.read_bytes() == b"old"
@@ -129,7 +130,7 @@ class TestConcurrent:
     def test_combine_into_an_output_being_written_is_refused(self, gem_file, netvlad_file,
                                                             tmp_path):
         out = tmp_path / "c.h5"
-        with store.output_lock(out):
+        with files.output_lock(out):
             with pytest.raises(VprkitError, match="another vprkit process is writing"):
                 combine([gem_file, netvlad_file], out, progress=False)
         assert not out.exists() and not partial_path(out).exists()

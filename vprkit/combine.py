@@ -25,17 +25,10 @@ import numpy as np
 
 from .datasets import ROLES
 from .errors import VprkitError
+from .files import guarded_write, output_lock, partial_path
 from .progress import console, progress_bar
 from .shards import refuse_shard
-from .store import (
-    DescriptorFile,
-    DescriptorWriter,
-    guarded_write,
-    output_lock,
-    parse_scale_spec,
-    partial_path,
-    spec_name,
-)
+from .store import DescriptorFile, DescriptorWriter, parse_scale_spec, spec_name
 
 PCA_FITS = ("database", "queries+database")
 

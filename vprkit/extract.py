@@ -10,7 +10,6 @@ new scales only when it was made by the same model, preprocessing and images.
 from __future__ import annotations
 
 import hashlib
-import shutil
 import time
 import warnings
 from contextlib import nullcontext
@@ -24,21 +23,13 @@ from torch.utils.data import DataLoader
 
 from .datasets import ROLES, Split, load_split
 from .errors import VprkitError
+from .files import copy_exclusive, guarded_write, output_lock, partial_path, require_space
 from .images import MEAN, STD, ImageScalesDataset, collate_items, scale_size
 from .models import ModelConfig, NetVLAD, VPRModel, build_model, fingerprint
 from .models.aggregations import stat_names
 from .progress import console, progress_bar
 from .shards import parse_shard, shard_path, take_shard
-from .store import (
-    DescriptorFile,
-    DescriptorWriter,
-    guarded_write,
-    output_lock,
-    parse_scales,
-    partial_path,
-    require_space,
-    spec_name,
-)
+from .store import DescriptorFile, DescriptorWriter, parse_scales, spec_name
 
 DTYPES = ("float32", "float16")
 
@@ -184,12 +175,14 @@ def _fold_batch_norm(model: VPRModel) -> VPRModel:
 
 def _open_existing(path: Path) -> DescriptorWriter | None:
     """An unfinished .partial file, or None (a damaged one is reported and removed)."""
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return None
     try:
         writer = DescriptorWriter.open(path)
         writer.header()
         return writer
+    except VprkitError:
+        raise  # a link or not a regular file: refused, left as it is
     except Exception as err:
         warnings.warn(f"{path} is damaged ({type(err).__name__}); starting it again", stacklevel=2)
         path.unlink()
@@ -345,10 +338,10 @@ def extract(
                 return output
             require_space(partial, output.stat().st_size)
             with guarded_write(partial, output):
-                shutil.copyfile(output, partial)
+                copy_exclusive(output, partial)
                 writer = DescriptorWriter.open(partial)
                 writer.h5.attrs["complete"] = False
-        with guarded_write(partial, output):
+        with guarded_write(partial, output, resumable=True):
             try:
                 if writer is None:
                     writer = DescriptorWriter.create(

@@ -24,8 +24,9 @@ import numpy as np
 
 from .datasets import ROLES, ImageList, Split
 from .errors import VprkitError
+from .files import guarded_write, output_lock, partial_path
 from .progress import console, progress_bar
-from .store import DescriptorFile, DescriptorWriter, guarded_write, output_lock, partial_path
+from .store import DescriptorFile, DescriptorWriter
 
 SHARD_SUFFIX = re.compile(r"\.shard(\d+)of(\d+)$")
 

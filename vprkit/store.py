@@ -21,12 +21,10 @@ attributes ``rows_done_database`` and ``rows_done_queries`` of ``/scales/<s>``.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import math
 import os
 import re
-import shutil
+import stat
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -38,91 +36,16 @@ import numpy as np
 from . import __version__
 from .datasets import ROLES
 from .errors import VprkitError
+from .files import human_bytes, partial_path, refuse_link, require_space, reserve
 from .pyramid import pyramid, stat_names
 
-SPACE_MARGIN = 64 << 20  # writers stop cleanly when a write would leave less free disk space
+__all__ = ["DescriptorFile", "DescriptorWriter", "human_bytes", "parse_scale_spec", "parse_scales",
+           "partial_path", "spec_name"]
+
 FORMAT = "vprkit.descriptors"
 FORMAT_VERSION = 1
 CHUNK_BYTES = 1 << 20
 STRINGS = h5py.string_dtype("utf-8")
-
-
-@contextmanager
-def output_lock(output: Path) -> Iterator[None]:
-    """Refuse a second extraction into the same output while one is running."""
-    lock_path = output.with_name(output.name + ".lock")
-    try:
-        handle = open(lock_path, "w")
-    except OSError as err:
-        raise VprkitError(f"cannot write next to {output}: {err.strerror}") from None
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        # another process may have unlinked the lock file between our open and flock
-        if os.fstat(handle.fileno()).st_ino != os.stat(lock_path).st_ino:
-            raise BlockingIOError
-    except (BlockingIOError, FileNotFoundError):
-        handle.close()
-        raise VprkitError(f"another vprkit process is writing {output}") from None
-    try:
-        yield
-    finally:
-        lock_path.unlink(missing_ok=True)
-        handle.close()
-
-
-def _write_failure(err: BaseException) -> str | None:
-    """The operating system's reason when ``err`` is a failed write (disk full, too large...)."""
-    if isinstance(err, OSError) and err.errno:
-        return os.strerror(err.errno)
-    match = re.search(r"errno = (\d+)", str(err))  # HDF5 reports write errors in its message
-    if isinstance(err, (OSError, RuntimeError)) and match:
-        return os.strerror(int(match[1]))
-    return None
-
-
-@contextmanager
-def guarded_write(partial: Path, output: Path) -> Iterator[None]:
-    """Turn a failed write into one clear error, removing the half-written ``partial``.
-
-    The file at ``output`` (if any) is never touched: it is replaced only by the final rename.
-    """
-    try:
-        yield
-    except (OSError, RuntimeError) as err:
-        reason = _write_failure(err)
-        if reason is None:
-            raise
-        try:
-            partial.unlink(missing_ok=True)
-        except OSError:
-            pass
-        kept = f"; {output} is untouched" if output.exists() else ""
-        raise VprkitError(f"cannot write {partial}: {reason} (disk full or not writable?); "
-                          f"removed the unfinished file{kept}") from None
-
-
-def free_bytes(path: Path) -> int:
-    """Free bytes on the file system that holds ``path``."""
-    return shutil.disk_usage(path.parent).free
-
-
-def require_space(path: Path, nbytes: int) -> None:
-    """Stop with a clear error, before HDF5 meets a full disk, when ``nbytes`` do not fit.
-
-    (A write that fails inside HDF5 can leave the file inconsistent or crash the library;
-    stopping before it keeps every committed row, so an extraction resumes once there is space.)
-    """
-    free = free_bytes(path)
-    if free < nbytes + SPACE_MARGIN:
-        raise VprkitError(
-            f"disk full: {human_bytes(free)} free where {path} is written (next block "
-            f"{human_bytes(nbytes)}, margin {human_bytes(SPACE_MARGIN)}); stopped before "
-            "writing it. Free some space and run the same command again (an extraction "
-            "resumes where it stopped)")
-
-
-def partial_path(path: Path) -> Path:
-    return path.with_name(path.name + ".partial")
 
 
 def parse_scales(text: str) -> tuple[int, ...]:
@@ -347,6 +270,7 @@ class DescriptorWriter:
     def __init__(self, h5: h5py.File, path: Path):
         self.h5 = h5
         self.path = path
+        self._open: dict[str, h5py.Dataset] = {}
 
     @classmethod
     def create(
@@ -356,8 +280,13 @@ class DescriptorWriter:
         names: dict[str, list[str]],
         utm: dict[str, np.ndarray],
     ) -> DescriptorWriter:
-        """A new file at ``path`` (a .partial path) with the header and image lists."""
-        h5 = h5py.File(path, "w")
+        """A new file at ``path`` (a .partial path, which must not exist: not even as a link)."""
+        refuse_link(path)
+        try:
+            h5 = h5py.File(path, "x")  # O_CREAT | O_EXCL: never through a planted link
+        except FileExistsError:
+            raise VprkitError(f"{path} exists already (left by another process?); remove it") \
+                from None
         attrs = h5.attrs
         attrs["format"] = FORMAT
         attrs["format_version"] = FORMAT_VERSION
@@ -377,7 +306,21 @@ class DescriptorWriter:
 
     @classmethod
     def open(cls, path: Path) -> DescriptorWriter:
-        return cls(h5py.File(path, "r+"), path)
+        """An unfinished file to resume or extend (a regular file: a link there is refused)."""
+        refuse_link(path)
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            raise VprkitError(f"{path} is not a regular file; remove it")
+        try:
+            return cls(h5py.File(path, "r+"), path)
+        except OSError as err:
+            # A write that failed inside HDF5 (see _failing_write) can leave the superblock
+            # pointing past the end of the file: the blocks it never wrote are beyond every
+            # committed row, so the file is extended to the size it records and opened again.
+            found = re.search(r"truncated file: eof = (\d+).*stored_eof = (\d+)", str(err))
+            if not found or not 0 < int(found[2]) - int(found[1]) <= 1 << 30:
+                raise
+            os.truncate(path, int(found[2]))
+            return cls(h5py.File(path, "r+"), path)
 
     def header(self) -> dict:
         a = self.h5.attrs
@@ -416,6 +359,7 @@ class DescriptorWriter:
         self.h5.flush()
 
     def drop_scale(self, scale: int) -> None:
+        self._open = {k: v for k, v in self._open.items() if not k.startswith(f"scales/{scale}/")}
         del self.h5[f"scales/{scale}"]
         self.h5.flush()
 
@@ -425,21 +369,51 @@ class DescriptorWriter:
     def write(self, role: str, scale: int, start: int, desc: np.ndarray,
               stats: dict[str, np.ndarray]) -> None:
         self.ensure_space(desc.nbytes + sum(v.nbytes for v in stats.values()))
-        group = self.h5[f"scales/{scale}"]
-        stop = start + len(desc)
-        group[role][start:stop] = desc
-        for name, values in stats.items():
-            group[f"stats/{role}/{name}"][start:stop] = values
+        with self._failing_write():
+            stop = start + len(desc)
+            self._dataset(f"scales/{scale}/{role}")[start:stop] = desc
+            for name, values in stats.items():
+                self._dataset(f"scales/{scale}/stats/{role}/{name}")[start:stop] = values
+
+    def _dataset(self, key: str) -> h5py.Dataset:
+        """Datasets stay open while the file is written: closing one flushes its chunks, and a
+        write failing there could not be reported (it happens in a destructor)."""
+        if key not in self._open:
+            self._open[key] = self.h5[key]
+        return self._open[key]
+
+    @contextmanager
+    def _failing_write(self) -> Iterator[None]:
+        """A write that fails inside HDF5 anyway (an I/O error that no check foresees) poisons
+        the open file: closing it would fail again, print errors at exit or crash the library.
+        Instead HDF5's file descriptor is pointed at /dev/null and the file closed, so the file
+        on disk keeps what the last flush committed, and the error goes on to the caller."""
+        try:
+            yield
+        except (OSError, RuntimeError):
+            try:
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, self.h5.id.get_vfd_handle())
+                os.close(null)
+                self._open.clear()
+                self.h5.close()
+            except Exception:  # noqa: S110  (the original error is what the caller reports)
+                pass
+            raise
 
     def ensure_space(self, nbytes: int) -> None:
+        """Stop with one clear line, before HDF5 writes, where ``nbytes`` more would not fit:
+        the free-space margin, then a reservation of the blocks (quota, file-size limit)."""
         require_space(self.path, nbytes)
+        reserve(self.h5.id.get_vfd_handle(), self.path, self.h5.id.get_filesize(), nbytes)
 
     def commit_rows(self, role: str, scales: Sequence[int], rows: int) -> None:
         """Record that rows [0, rows) of ``scales`` are written: data first, then the counter."""
-        self.h5.flush()
-        for s in scales:
-            self.h5[f"scales/{s}"].attrs[f"rows_done_{role}"] = rows
-        self.h5.flush()
+        with self._failing_write():
+            self.h5.flush()
+            for s in scales:
+                self.h5[f"scales/{s}"].attrs[f"rows_done_{role}"] = rows
+            self.h5.flush()
 
     def store_arrays(self, group: str, arrays: dict[str, np.ndarray]) -> None:
         for name, value in arrays.items():
@@ -459,19 +433,20 @@ class DescriptorWriter:
             n = int(self.h5[f"{role}/utm"].shape[0])
             if self.scales and self.rows_done(role, self.scales) != n:
                 raise VprkitError(f"internal error: {self.path} has unwritten {role} rows")
-        self.h5.attrs["complete"] = True
+        with self._failing_write():
+            self.h5.attrs["complete"] = True
+            self.h5.flush()
+        size = self.h5.id.get_filesize()
+        self._open.clear()
         self.h5.close()
+        if os.stat(self.path).st_size > size:  # blocks reserved by ensure_space, never used
+            os.truncate(self.path, size)
         self.path.replace(final_path)
         return final_path
 
     def close(self) -> None:
+        self._open.clear()
         try:
             self.h5.close()
         except Exception:  # already closed
             pass
-
-
-def human_bytes(n: float) -> str:
-    units = ["B", "KiB", "MiB", "GiB", "TiB"]
-    i = min(len(units) - 1, int(math.log(max(n, 1), 1024)))
-    return f"{n / 1024 ** i:.1f} {units[i]}"

@@ -15,6 +15,7 @@ import torchvision
 from torch import nn
 
 from ..errors import VprkitError
+from .serialization import load_safely
 
 BACKBONES = {
     # name: (output channels, stride)
@@ -72,10 +73,7 @@ def _load_state_dict_file(path: str) -> dict:
     file = Path(path)
     if not file.is_file():
         raise VprkitError(f"weights file {file} does not exist (use imagenet, none or a path)")
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise VprkitError(f"cannot read weights file {file}: {err}") from None
+    state = load_safely(file, "weights file")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

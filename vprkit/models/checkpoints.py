@@ -3,34 +3,25 @@
 Accepted: a bare state dict, or a dict with ``model_state_dict`` (benchmark) or
 ``state_dict``; keys with or without the ``module.`` prefix (DataParallel). vprkit's own
 checkpoints also carry ``model_config``, so no other option is needed to rebuild the network.
+Files are read with ``serialization.load_safely`` (``weights_only=True``): a checkpoint cannot
+run code.
 """
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import torch
 
 from ..errors import VprkitError
 from .network import ModelConfig, VPRModel
+from .serialization import load_safely, save_atomically
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | None]:
     """The model state dict (prefix stripped) and the stored model config, if any."""
     path = Path(path)
-    if not path.is_file():
-        raise VprkitError(f"checkpoint {path} does not exist")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        # Benchmark checkpoints also pickle numpy recall arrays, which weights_only refuses.
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                data = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:
-            raise VprkitError(f"cannot read checkpoint {path}: {err}") from None
+    data = load_safely(path, "checkpoint")
     config = None
     if isinstance(data, dict) and "model_state_dict" in data:
         config = data.get("model_config")
@@ -39,7 +30,10 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | N
         state = data["state_dict"]
     else:
         state = data
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+    if config is not None and not isinstance(config, dict):
+        raise VprkitError(f"checkpoint {path} has a damaged model_config")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v)
+                                              for k, v in state.items()):
         raise VprkitError(f"checkpoint {path} does not hold a model state dict")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     if not any(k.startswith("backbone.") for k in state):
@@ -80,6 +74,8 @@ def load_model_from_checkpoint(
     to fine-tune). Explicit options must agree with what the checkpoint holds."""
     state, stored = read_checkpoint(path)
     arch = dict(stored) if stored else infer_architecture(state)
+    if not isinstance(arch.get("backbone"), str) or not isinstance(arch.get("aggregation"), str):
+        raise VprkitError(f"checkpoint {path} has a damaged model_config (no backbone/aggregation)")
     for key, given in (("backbone", backbone), ("aggregation", aggregation)):
         if given is not None and given != arch[key]:
             raise VprkitError(
@@ -93,7 +89,12 @@ def load_model_from_checkpoint(
         checkpoint=str(Path(path).resolve()),
     )
     model = VPRModel(config)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # tensors of other shapes
+        detail = str(err).strip().splitlines()[-1].strip()
+        raise VprkitError(f"checkpoint {path} does not fit a {arch['backbone']} + "
+                          f"{arch['aggregation']} model: {detail}") from None
     if missing or unexpected:
         detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
         raise VprkitError(f"checkpoint {path} does not fit a {arch['backbone']} + "
@@ -103,11 +104,7 @@ def load_model_from_checkpoint(
 
 def save_checkpoint(model: VPRModel, path: str | Path, **extra) -> Path:
     """Save a vprkit checkpoint: state dict plus the model config (written atomically)."""
-    path = Path(path)
     config = model.config.to_dict()
     config["checkpoint"] = None
     payload = {"model_state_dict": model.state_dict(), "model_config": config, **extra}
-    tmp = path.with_name(path.name + ".partial")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return path
+    return save_atomically(payload, path)
