@@ -198,8 +198,8 @@ class TestKilled:
         result = subprocess.run([*cli, "--resume", str(run)], capture_output=True, text=True)
         assert result.returncode == 0, result.stdout + result.stderr
         for name in ("last.pth", "best.pth"):
-            a = torch.load(tmp_path / "clean" / name, weights_only=False)
-            b = torch.load(run / name, weights_only=False)
+            a = torch.load(tmp_path / "clean" / name, weights_only=True)
+            b = torch.load(run / name, weights_only=True)
             for key, value in a["model_state_dict"].items():
                 torch.testing.assert_close(b["model_state_dict"][key], value, rtol=0, atol=0,
                                            msg=f"{name} {key}")

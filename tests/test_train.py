@@ -178,8 +178,8 @@ class TestRun:
                   progress=False)
         monkeypatch.undo()
         train(None, tmp_path / "b", resume=True, progress=False)
-        a = torch.load(tmp_path / "a/last.pth", weights_only=False)
-        b = torch.load(tmp_path / "b/last.pth", weights_only=False)
+        a = torch.load(tmp_path / "a/last.pth", weights_only=True)
+        b = torch.load(tmp_path / "b/last.pth", weights_only=True)
         for key, value in a["model_state_dict"].items():
             torch.testing.assert_close(b["model_state_dict"][key], value, rtol=0, atol=0, msg=key)
         assert a["state"]["epoch"] == b["state"]["epoch"] == 2

@@ -61,7 +61,7 @@ def torchrun(*args: str, timeout: float = 150) -> subprocess.CompletedProcess:
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=False)["model_state_dict"]
+    return torch.load(path, map_location="cpu", weights_only=True)["model_state_dict"]
 
 
 def assert_same_weights(got: Path, expected: Path) -> None:
@@ -115,7 +115,7 @@ def test_two_processes_train_what_one_process_trains(root, one_process, tmp_path
     assert json.loads((run / "config.json").read_text())["batch_size"] == 3
 
     # checkpoints: the unwrapped model, loadable and usable as before
-    data = torch.load(run / "best.pth", map_location="cpu", weights_only=False)
+    data = torch.load(run / "best.pth", map_location="cpu", weights_only=True)
     assert data["world_size"] == 2 and len(data["rng_torch_ranks"]) == 2
     assert not any(k.startswith("module.") for k in data["model_state_dict"])
     state, stored = read_checkpoint(run / "best.pth")

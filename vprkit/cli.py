@@ -12,7 +12,8 @@ import click
 
 from . import __version__
 from .errors import VprkitError
-from .progress import console, results_console
+from .files import write_text
+from .progress import console, inert, results_console, styled
 
 SCALE_HELP = "a scale such as 1, or a pyramid such as 1+2+3"
 
@@ -24,19 +25,19 @@ class VprkitGroup(click.Group):
         try:
             return super().invoke(ctx)
         except VprkitError as err:
-            raise click.ClickException(str(err)) from None
+            raise click.ClickException(inert(err)) from None
         except KeyboardInterrupt:
-            console.print("[red]interrupted[/]: rerun the same command to resume")
+            console.print(styled("interrupted", "red", ": rerun the same command to resume"))
             sys.exit(130)
         except OSError as err:
             if err.errno is None:
                 raise
             where = f" ({err.filename})" if err.filename else ""
-            raise click.ClickException(f"{err.strerror or err}{where}") from None
+            raise click.ClickException(inert(f"{err.strerror or err}{where}")) from None
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
-    console.print(f"[yellow]Warning:[/] {message}")
+    console.print(styled("Warning:", "yellow", f" {message}"))
 
 
 @click.group(cls=VprkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -165,10 +166,14 @@ def merge(shards, output, overwrite, quiet):
               help="Inverted lists visited per query by IVF indexes.")
 def evaluate(files, scales, recalls, threshold, json_path, predictions, block_rows, index, nprobe):
     """Recall@N of stored descriptors: one row per FILE and --scale."""
-    from .evaluate import evaluate_file, parse_recalls, results_json
+    from .evaluate import check_search_options, evaluate_file, parse_recalls, results_json
     from .report import recall_table
+    from .store import parse_scale_spec
 
     ns = parse_recalls(recalls)
+    check_search_options(threshold, block_rows, nprobe)
+    for spec in scales:
+        parse_scale_spec(spec)
     specs = list(scales) or [None]
     if predictions and (len(files) > 1 or len(specs) > 1):
         raise VprkitError("--predictions needs a single file and a single --scale")
@@ -182,7 +187,7 @@ def evaluate(files, scales, recalls, threshold, json_path, predictions, block_ro
         return
     results_console.print(recall_table(results))
     if json_path:
-        Path(json_path).write_text(results_json(results) + "\n")
+        write_text(json_path, results_json(results) + "\n")
         console.print(f"wrote {json_path}")
 
 
@@ -328,7 +333,7 @@ def train(root, out, resume, backbone, aggregation, clusters, weights, checkpoin
             scheduler=scheduler, augment=list(augment), seed=seed, workers=workers, device=device)
         path = run_train(config, out, progress=not quiet)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: process 0 only
-        console.print(f"[green]best model[/]: {path}")
+        console.print(styled("best model", "green", f": {path}"))
 
 
 # --------------------------------------------------------------------------- report
@@ -345,7 +350,7 @@ def report(inputs, output, title, notes):
     from .markdown_report import write_report
 
     path = write_report(list(inputs), output, title, notes=notes)
-    console.print(f"[green]wrote[/] {path}")
+    console.print(styled("wrote", "green", f" {path}"))
 
 
 # --------------------------------------------------------------------------- info
@@ -403,9 +408,9 @@ def dataset_import_cmd(images, root, split, role, coordinates, copy, skip_missin
     from .dataset_import import import_images
 
     done = import_images(images, root, split, role, coordinates, copy, skip_missing)
-    console.print(f"[green]wrote[/] {done['written']} images to {done['folder']}"
+    console.print(styled("wrote", "green", f" {done['written']} images to {done['folder']}"
                   + (f"; skipped {done['skipped']} without coordinates (e.g. "
-                     f"{done['first_skipped']})" if done["skipped"] else ""))
+                     f"{done['first_skipped']})" if done["skipped"] else "")))
 
 
 # --------------------------------------------------------------------------- demo

@@ -16,6 +16,7 @@ descriptors (``EnsembleTransform.from_file``).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ import numpy as np
 from .datasets import ROLES
 from .errors import VprkitError
 from .files import guarded_write, output_lock, partial_path
-from .progress import console, progress_bar
+from .progress import console, progress_bar, styled
 from .shards import refuse_shard
 from .store import DescriptorFile, DescriptorWriter, parse_scale_spec, spec_name
 
@@ -256,8 +257,11 @@ def combine(
     specs = _scale_specs(scales, len(inputs))
     if weights is not None:
         weights = [float(w) for w in weights]
-        if len(weights) != len(inputs) or min(weights) < 0 or sum(weights) == 0:
-            raise VprkitError(f"--weights needs {len(inputs)} non-negative values, not all zero")
+        if len(weights) != len(inputs) or not all(math.isfinite(w) and w > 0 for w in weights):
+            raise VprkitError(f"--weights needs {len(inputs)} positive numbers, one per input, "
+                              f"got {','.join(f'{w:g}' for w in weights)}")
+    if block_rows < 1:
+        raise VprkitError(f"--block-rows must be at least 1, got {block_rows}")
     if pca is not None and pca < 1:
         raise VprkitError(f"--pca must be a positive number of dimensions, got {pca}")
 
@@ -378,8 +382,8 @@ def _write(stores, spec_of, orders, transform: EnsembleTransform, output: Path,
         finally:
             writer.close()
     if progress:
-        console.print(f"[green]wrote[/] {path}: {transform.output_dim} dims from "
+        console.print(styled("wrote", "green", f" {path}: {transform.output_dim} dims from "
                       + " + ".join(f"{Path(i['file']).name}[{i['scale']}]"
                                    + (f"->PCA {i['pca']['dim']}" if i["pca"] else "")
-                                   for i in transform.info))
+                                   for i in transform.info)))
     return path

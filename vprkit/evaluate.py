@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -18,6 +20,7 @@ import numpy as np
 
 from .datasets import EVAL_POSITIVE_RADIUS, positives_within
 from .errors import VprkitError
+from .files import atomic_output
 from .search import blocked_search
 from .shards import refuse_shard
 from .store import DescriptorFile, parse_scale_spec, spec_name
@@ -47,13 +50,24 @@ class EvaluationResult:
 
 
 def parse_recalls(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in str(text).split(",") if v.strip())
-    except ValueError:
-        raise VprkitError(f"bad recall list {text!r}: expected integers like 1,5,10,20") from None
-    if not values or min(values) < 1 or list(values) != sorted(set(values)):
-        raise VprkitError(f"bad recall list {text!r}: expected increasing integers >= 1")
+    """``"1,5,10,20"`` -> (1, 5, 10, 20): the N of Recall@N, increasing integers >= 1."""
+    if not re.fullmatch(r"\s*\d{1,9}(\s*,\s*\d{1,9})*\s*", str(text)):
+        raise VprkitError(f"bad recall list {str(text)!r}: expected increasing integers "
+                          "separated by commas, like 1,5,10,20")
+    values = tuple(int(v) for v in str(text).split(","))
+    if min(values) < 1 or list(values) != sorted(set(values)):
+        raise VprkitError(f"bad recall list {str(text)!r}: expected increasing integers >= 1")
     return values
+
+
+def check_search_options(threshold: float, block_rows: int | None, nprobe: int) -> None:
+    """One clear line for a threshold, block size or nprobe that would give a wrong number."""
+    if not math.isfinite(threshold) or threshold <= 0:
+        raise VprkitError(f"--threshold must be a positive number of metres, got {threshold}")
+    if block_rows is not None and block_rows < 1:
+        raise VprkitError(f"--block-rows must be at least 1, got {block_rows}")
+    if nprobe < 1:
+        raise VprkitError(f"--nprobe must be at least 1, got {nprobe}")
 
 
 def recall_at_n(predictions: np.ndarray, positives: Sequence[np.ndarray],
@@ -87,8 +101,10 @@ def evaluate_file(
     approximate index built once and stored next to the file (see ``vprkit.index``).
     """
     started = time.perf_counter()
-    if threshold <= 0:
-        raise VprkitError(f"--threshold must be positive, got {threshold}")
+    check_search_options(threshold, block_rows, nprobe)
+    recalls = tuple(recalls)
+    if not recalls or min(recalls) < 1:
+        raise VprkitError(f"bad recalls {recalls}: expected integers >= 1")
     with DescriptorFile(path) as store:
         refuse_shard(store)
         scales = parse_scale_spec(scale) if scale else (store.scales[0],)
@@ -97,6 +113,9 @@ def evaluate_file(
         if n_db == 0 or n_q == 0:
             raise VprkitError(f"{path} has {n_db} database and {n_q} query rows; need both")
         k = max(recalls)
+        if k > n_db:
+            raise VprkitError(f"Recall@{k} asks for more predictions than the {n_db} database "
+                              f"images of {path}; choose --recalls up to {n_db}")
         queries = store.read_rows("queries", scales, 0, n_q)
         block = block_rows or store.default_block_rows()
         if index:
@@ -152,8 +171,7 @@ def write_predictions(path: str | Path, store: DescriptorFile, predictions: np.n
     path = Path(path)
     q_names, db_names = store.names("queries"), store.names("database")
     q_utm, db_utm = store.utm("queries"), store.utm("database")
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w", newline="") as handle:
+    with atomic_output(path, "w", newline="", encoding="utf-8") as handle:
         out = csv.writer(handle)
         out.writerow(["query", "rank", "database", "distance", "metres", "positive"])
         for qi, (pred, dist) in enumerate(zip(predictions, distances, strict=True)):
@@ -164,7 +182,6 @@ def write_predictions(path: str | Path, store: DescriptorFile, predictions: np.n
                 metres = float(np.linalg.norm(q_utm[qi] - db_utm[di]))
                 out.writerow([q_names[qi], rank, db_names[di], f"{d:.6g}", f"{metres:.1f}",
                               int(di in pos)])
-    tmp.replace(path)
     return path
 
 

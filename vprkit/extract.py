@@ -27,7 +27,7 @@ from .files import copy_exclusive, guarded_write, output_lock, partial_path, req
 from .images import MEAN, STD, ImageScalesDataset, collate_items, scale_size
 from .models import ModelConfig, NetVLAD, VPRModel, build_model, fingerprint
 from .models.aggregations import stat_names
-from .progress import console, progress_bar
+from .progress import console, progress_bar, styled
 from .shards import parse_shard, shard_path, take_shard
 from .store import DescriptorFile, DescriptorWriter, parse_scales, spec_name
 
@@ -276,6 +276,13 @@ def extract(
         raise VprkitError(f"unknown storage dtype {options.dtype!r}; use float32 or float16")
     if options.batch_size < 1:
         raise VprkitError("--batch-size must be at least 1")
+    if options.workers < 0 or options.seed < 0:
+        raise VprkitError(f"--workers and --seed must not be negative (got {options.workers}, "
+                          f"{options.seed})")
+    if options.cluster_images < 1 or options.cluster_features_per_image < 1:
+        raise VprkitError("NetVLAD's k-means needs at least 1 image and 1 feature per image")
+    if model_config.clusters < 1:
+        raise VprkitError(f"--clusters must be at least 1, got {model_config.clusters}")
     device = resolve_device(options.device)
     if options.half and device.type == "cpu" and cpu_has_bf16() is False:
         warnings.warn("--half on this CPU means bfloat16 without native support (no AVX512-BF16 "
@@ -360,9 +367,9 @@ def extract(
                     writer.close()
     if progress:
         with DescriptorFile(path) as f:
-            console.print(f"[green]wrote[/] {path}: {f.num('database')} database + "
+            console.print(styled("wrote", "green", f" {path}: {f.num('database')} database + "
                           f"{f.num('queries')} queries, {f.dim} dims, scales "
-                          f"{', '.join(map(str, f.scales))}")
+                          f"{', '.join(map(str, f.scales))}"))
     return path
 
 

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 
 import faiss
 import numpy as np
 
 from .errors import VprkitError
+from .files import atomic_output, write_text
 from .store import DescriptorFile, spec_name
 
 
@@ -63,10 +65,14 @@ def build_or_load(store: DescriptorFile, scales, spec: str, block_rows: int,
         del sample
     for _, rows in store.iter_blocks("database", scales, block_rows):
         index.add(np.ascontiguousarray(rows, dtype=np.float32))
-    tmp = path.with_name(path.name + ".partial")
-    faiss.write_index(index, str(tmp))
-    tmp.replace(path)
-    meta_path.write_text(json.dumps(identity, indent=2) + "\n")
+    try:
+        with atomic_output(path, "wb") as handle:
+            faiss.write_index(index, faiss.PyCallbackIOWriter(handle.write))
+        write_text(meta_path, json.dumps(identity, indent=2) + "\n")
+    except (VprkitError, OSError) as err:
+        reason = str(err) if isinstance(err, VprkitError) else f"cannot write {path}: {err.strerror}"
+        warnings.warn(f"the index was built but not stored ({reason}); it is built again next "
+                      "time", stacklevel=2)
     return index, False
 
 

@@ -1,7 +1,15 @@
-"""Shared rich console and progress bar (on stderr, so stdout stays clean for JSON)."""
+"""Shared rich consoles and progress bar (on stderr, so stdout stays clean for JSON), and
+``inert``: text from files, names and stored attributes shown as it is, never interpreted.
+
+Both consoles print strings literally: no rich markup (a ``[`` in a folder name is just a
+bracket), no highlighting, and control or escape characters shown escaped (``\\x1b``), so a
+crafted file name cannot restyle, rewrite or hide what the terminal shows. Deliberate styling
+goes through ``styled``.
+"""
 
 from __future__ import annotations
 
+import re
 import sys
 
 from rich.console import Console
@@ -13,18 +21,48 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
-console = Console(stderr=True)  # progress, messages
+# C0 controls but tab, DEL, C1 controls, and the invisible or reordering format characters
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
+MAX_SHOWN = 2000  # characters of one text shown at most (the rest is counted, not printed)
+
+
+def inert(text: object, limit: int = MAX_SHOWN) -> str:
+    """``text`` safe to show on a terminal: undecodable bytes and control characters escaped,
+    cut to ``limit`` characters with the length of the rest said."""
+    text = str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+    text = _CONTROL.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), text)
+    if len(text) > limit:
+        text = f"{text[:limit]}... ({len(text) - limit} more characters)"
+    return text
+
+
+def styled(label: str, style: str, text: object = "") -> Text:
+    """``label`` in ``style`` followed by ``text`` shown as it is (see ``inert``)."""
+    return Text.assemble((label, style), inert(text))
+
+
+class InertConsole(Console):
+    """A rich Console whose ``print`` shows strings literally (see the module docstring)."""
+
+    def print(self, *objects, **kwargs) -> None:  # type: ignore[override]
+        kwargs.setdefault("markup", False)
+        kwargs.setdefault("highlight", False)
+        super().print(*(Text(inert(o)) if isinstance(o, str) else o for o in objects), **kwargs)
+
+
+console = InertConsole(stderr=True)  # progress, messages
 # Tables of results go to stdout; when it is a file or a pipe, don't wrap them at 80 columns.
-results_console = Console(width=None if sys.stdout.isatty() else 160)
+results_console = InertConsole(width=None if sys.stdout.isatty() else 160)
 
 
 def progress_bar(enabled: bool = True) -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
+        TextColumn("{task.fields[rate]}", markup=False),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,

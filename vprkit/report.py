@@ -6,29 +6,38 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rich.table import Table
+from rich.text import Text
 
 from .evaluate import EvaluationResult
+from .progress import inert
 from .store import DescriptorFile, human_bytes
+
+SHOWN_VALUE = 300  # characters of a stored attribute shown in ``vprkit info``
+
+
+def cell(value: object, limit: int = SHOWN_VALUE) -> Text:
+    """A table cell showing ``value`` as it is (no markup, control characters escaped)."""
+    return Text(inert(value, limit))
 
 
 def recall_table(results: Sequence[EvaluationResult], title: str | None = None) -> Table:
     """One row per (file, scale); the image counts of each dataset go to the caption."""
     ns = list(results[0].recalls)
     first = results[0]
-    table = Table(title=title or f"Recall@N (positives within {first.threshold:g} m)")
+    table = Table(title=cell(title or f"Recall@N (positives within {first.threshold:g} m)"))
     table.add_column("file", overflow="fold")
     table.add_column("model (weights)", overflow="fold")
     for col in ("scale", "dim", *(f"R@{n}" for n in ns)):
         table.add_column(col, justify="right")
     for r in results:
-        table.add_row(Path(r.file).name, r.model, r.scale, str(r.dim),
+        table.add_row(cell(Path(r.file).name), cell(r.model), cell(r.scale), str(r.dim),
                       *(f"{r.recalls[n]:.1f}" for n in ns))
     counts = {r.dataset: (r.queries, r.queries_without_positives, r.database) for r in results}
     searches = sorted({r.search for r in results})
-    table.caption = "; ".join(
+    table.caption = cell("; ".join(
         f"{name}: {q} queries ({w} without positive), {d} database images"
         for name, (q, w, d) in counts.items()
-    ) + f"; {', '.join(searches)} search"
+    ) + f"; {', '.join(searches)} search")
     return table
 
 
@@ -60,7 +69,7 @@ def describe_file(path) -> dict:
 
 
 def describe_table(desc: dict) -> Table:
-    table = Table(title=desc["file"], show_header=False)
+    table = Table(title=cell(desc["file"]), show_header=False)
     table.add_column("key", style="bold")
     table.add_column("value")
     for key, value in desc.items():
@@ -68,12 +77,12 @@ def describe_table(desc: dict) -> Table:
             continue
         if isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items() if v is not None)
-        table.add_row(key, str(value))
+        table.add_row(key, cell(value))
     return table
 
 
 def dataset_table(rows: list[dict], root, threshold: float) -> Table:
-    table = Table(title=f"{root}")
+    table = Table(title=cell(root))
     for col in ("split", "role", "images", f"queries without positive (<= {threshold:g} m)",
                 "image sizes"):
         table.add_column(col, justify="right" if col == "images" else "left")
@@ -83,5 +92,5 @@ def dataset_table(rows: list[dict], root, threshold: float) -> Table:
             sizes += f", ... {len(row['sizes'])} sizes"
         without = row["queries_without_positives"]
         table.add_row(row["split"], row["role"], str(row["images"]),
-                      "" if without is None else str(without), sizes)
+                      "" if without is None else str(without), cell(sizes))
     return table

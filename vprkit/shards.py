@@ -25,7 +25,7 @@ import numpy as np
 from .datasets import ROLES, ImageList, Split
 from .errors import VprkitError
 from .files import guarded_write, output_lock, partial_path
-from .progress import console, progress_bar
+from .progress import console, progress_bar, styled
 from .store import DescriptorFile, DescriptorWriter
 
 SHARD_SUFFIX = re.compile(r"\.shard(\d+)of(\d+)$")
@@ -180,8 +180,8 @@ def _write_merged(files: list[DescriptorFile], output: Path, progress: bool) -> 
         finally:
             writer.close()
     if progress:
-        console.print(f"[green]wrote[/] {path}: {len(files)} shards, "
-                      f"{len(names['database'])} database + {len(names['queries'])} queries")
+        console.print(styled("wrote", "green", f" {path}: {len(files)} shards, "
+                      f"{len(names['database'])} database + {len(names['queries'])} queries"))
     return path
 
 

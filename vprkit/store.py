@@ -45,22 +45,32 @@ __all__ = ["DescriptorFile", "DescriptorWriter", "human_bytes", "parse_scale_spe
 FORMAT = "vprkit.descriptors"
 FORMAT_VERSION = 1
 CHUNK_BYTES = 1 << 20
+HEADER_ATTRS = ("model", "aggregation", "dataset", "preprocessing", "dtype", "vprkit_version",
+                "created")
+MAX_ATTR_CHARS = 1 << 20  # a header attribute longer than this is damage, not a header
 STRINGS = h5py.string_dtype("utf-8")
 
 
+_SCALE_LIST = re.compile(r"\s*[1-9]\d{0,3}(\s*,\s*[1-9]\d{0,3})*\s*")
+_SCALE_SPEC = re.compile(r"\s*[1-9]\d{0,3}(\s*\+\s*[1-9]\d{0,3})*\s*")
+
+
 def parse_scales(text: str) -> tuple[int, ...]:
-    """``"1,2,3"`` -> (1, 2, 3): the scales to extract (positive integers, no repeats)."""
-    try:
-        scales = tuple(int(s) for s in str(text).replace(" ", "").split(",") if s)
-    except ValueError:
-        raise VprkitError(f"bad scale list {text!r}: expected integers like 1,2,3") from None
-    if not scales or min(scales) < 1 or len(set(scales)) != len(scales):
-        raise VprkitError(f"bad scale list {text!r}: expected distinct integers >= 1, like 1,2,3")
+    """``"1,2,3"`` -> (1, 2, 3): the scales to extract (distinct integers 1..9999)."""
+    if not _SCALE_LIST.fullmatch(str(text)):
+        raise VprkitError(f"bad scale list {str(text)!r}: expected distinct integers >= 1 "
+                          "separated by commas, like 1,2,3")
+    scales = tuple(int(s) for s in str(text).split(","))
+    if len(set(scales)) != len(scales):
+        raise VprkitError(f"bad scale list {str(text)!r}: a scale is repeated")
     return scales
 
 
 def parse_scale_spec(text: str) -> tuple[int, ...]:
     """``"1+2+3"`` -> (1, 2, 3): one scale or a pyramid of several."""
+    if not _SCALE_SPEC.fullmatch(str(text)):
+        raise VprkitError(f"bad scale list {str(text)!r}: expected one scale such as 2 or a "
+                          "pyramid of distinct scales such as 1+2+3")
     return parse_scales(str(text).replace("+", ","))
 
 
@@ -121,6 +131,11 @@ class DescriptorFile:
         if require_complete and not complete:
             raise VprkitError(f"{self.path} is incomplete (its extraction did not finish)")
         with self._damaged("its header"):
+            for key in HEADER_ATTRS:
+                value = attrs.get(key)
+                if isinstance(value, (str, bytes)) and len(value) > MAX_ATTR_CHARS:
+                    raise ValueError(f"attribute {key} holds {len(value)} characters, more than "
+                                     f"{MAX_ATTR_CHARS}")
             self.model = _json_dict(attrs["model"])
             self.aggregation = _json_dict(attrs["aggregation"])
             self.dataset = _json_dict(attrs["dataset"])

@@ -50,22 +50,38 @@ def load_safely(path: str | Path, what: str = "checkpoint") -> Any:
     try:
         with torch.serialization.safe_globals(_numpy_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        try:
-            found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        except Exception:
-            found = []
-        names = f" ({', '.join(found[:3])}{', ...' if len(found) > 3 else ''})" if found else ""
+    except pickle.UnpicklingError as err:
+        found = _refused_globals(path, err)
+        if not found:
+            raise VprkitError(f"cannot read {what} {path}: {_first_line(err)} (damaged or not a "
+                              "torch file?)") from None
+        names = f"{', '.join(found[:3])}{', ...' if len(found) > 3 else ''}"
         raise VprkitError(
-            f"{what} {path} holds Python objects{names} that vprkit does not load: only tensors, "
+            f"{what} {path} holds Python objects ({names}) that vprkit does not load: only tensors, "
             "numbers, strings, numpy arrays and containers are read, since anything else can "
             "run code from the file (to convert a file you trust, see the README's "
             "'Checkpoints')") from None
     except Exception as err:
-        text = _ANSI.sub("", str(err)).strip()
-        detail = text.splitlines()[0] if text else type(err).__name__
-        raise VprkitError(f"cannot read {what} {path}: {detail} (damaged or not a torch file?)") \
-            from None
+        raise VprkitError(f"cannot read {what} {path}: {_first_line(err)} (damaged or not a "
+                          "torch file?)") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = _ANSI.sub("", str(err)).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _refused_globals(path: Path, err: BaseException) -> list[str]:
+    """The Python globals that the safe loader refused (none where the file is damaged)."""
+    text = _ANSI.sub("", str(err))
+    if "Weights only load failed" not in text:
+        return []
+    try:
+        found = list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # not a zip checkpoint: the names are in the error
+        found = []
+    found = found or re.findall(r"Unsupported global: GLOBAL (\S+)", text)
+    return sorted({name for name in found if not name.startswith("numpy.")})
 
 
 def save_atomically(payload: Any, path: str | Path) -> Path:

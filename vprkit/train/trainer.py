@@ -43,9 +43,12 @@ draws differ from an uninterrupted run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -57,8 +60,10 @@ from ..datasets import EVAL_POSITIVE_RADIUS, Split, load_split
 from ..errors import VprkitError
 from ..evaluate import recall_at_n
 from ..extract import ExtractOptions, compute_descriptors, resolve_device, sample_local_features
+from ..files import atomic_output, open_append, output_lock, refuse_link, write_text
 from ..images import load_image, normalize, resize
 from ..models import ModelConfig, NetVLAD, VPRModel, build_model, save_checkpoint
+from ..models.serialization import load_safely
 from ..plotting import pyplot
 from ..progress import console, progress_bar
 from ..search import exact_search
@@ -113,17 +118,38 @@ class TrainConfig:
                      "epochs", "patience", "infer_batch_size"):
             if getattr(self, name) < 1:
                 raise VprkitError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.lr <= 0 or self.weight_decay < 0 or self.margin <= 0:
-            raise VprkitError("--lr and --margin must be positive, --weight-decay not negative")
+        if not (math.isfinite(self.lr) and math.isfinite(self.weight_decay)
+                and math.isfinite(self.margin)) \
+                or self.lr <= 0 or self.weight_decay < 0 or self.margin <= 0:
+            raise VprkitError("--lr and --margin must be positive, --weight-decay not negative "
+                              f"(got {self.lr}, {self.margin}, {self.weight_decay})")
+        if self.workers < 0 or self.seed < 0 or self.clusters < 1:
+            raise VprkitError("--workers and --seed must not be negative, --clusters at least 1")
+        if self.resize is not None and (len(self.resize) != 2 or min(self.resize) < 1):
+            raise VprkitError(f"bad --resize {self.resize}: height and width must be positive")
+        if not self.recalls or min(self.recalls) < 1:
+            raise VprkitError(f"bad recalls {self.recalls}: expected integers >= 1")
         build_augmentation(self.augment)  # refuses unknown presets
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
-        data = json.loads(path.read_text())
-        for key in ("resize", "recalls"):
-            if data.get(key) is not None:
-                data[key] = tuple(data[key])
-        return cls(**data)
+        """The config of a run folder; one clear line where it is missing or damaged."""
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError(f"a JSON {type(data).__name__}, not an object")
+            for key in ("resize", "recalls"):
+                if data.get(key) is not None:
+                    data[key] = tuple(data[key])
+            config = cls(**data)
+            if not isinstance(config.root, str):
+                raise ValueError("'root' is not a path")
+        except FileNotFoundError:
+            raise VprkitError(f"{path} does not exist: not a run folder") from None
+        except (OSError, ValueError, TypeError) as err:  # JSONDecodeError, unknown or missing keys
+            detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise VprkitError(f"{path} is damaged ({detail}); it cannot be resumed") from None
+        return config
 
 
 class TripletImages(Dataset):
@@ -204,12 +230,12 @@ class RunLog:
 
     def say(self, text: str) -> None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        with open(self.log, "a") as f:
+        with open_append(self.log) as f:
             f.write(f"{stamp} {text}\n")
         console.print(text)
 
     def metric(self, **row) -> None:
-        with open(self.metrics, "a") as f:
+        with open_append(self.metrics) as f:
             f.write(json.dumps(row) + "\n")
 
 
@@ -301,10 +327,25 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False,
     Under torchrun (``WORLD_SIZE`` > 1) every process calls this with the same arguments; see the
     module docstring for what several processes compute and guarantee."""
     procs = Processes.from_env()
+    run_dir = Path(run_dir)
     try:
-        return _train(config, Path(run_dir), resume, progress and procs.main, procs)
+        with ExitStack() as stack:
+            procs.on_main(lambda: stack.enter_context(_run_lock(run_dir, resume)))
+            return _train(config, run_dir, resume, progress and procs.main, procs)
     finally:
         procs.close()
+
+
+@contextmanager
+def _run_lock(run_dir: Path, resume: bool) -> Iterator[None]:
+    """Held by process 0 while it trains: a second ``train`` into the same folder is refused."""
+    if not resume:
+        refuse_link(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    elif not run_dir.is_dir():
+        raise VprkitError(f"{run_dir} has no last.pth to resume from (the folder does not exist)")
+    with output_lock(run_dir / "train", what=f"the run folder {run_dir} (another vprkit train)"):
+        yield
 
 
 def _prepare_run_dir(config: TrainConfig | None, run_dir: Path, resume: bool) -> TrainConfig:
@@ -342,7 +383,7 @@ def _train(config: TrainConfig | None, run_dir: Path, resume: bool, progress: bo
                 log.say(f"{source.dropped} {config.train_split} queries have no database image "
                         "within 10 m and are not used")
             adapted = _adapted(config, source, log)
-            (run_dir / "config.json").write_text(json.dumps(asdict(adapted), indent=2) + "\n")
+            write_text(run_dir / "config.json", json.dumps(asdict(adapted), indent=2) + "\n")
             return adapted
 
         config = procs.on_main(adapt)
@@ -364,10 +405,10 @@ def _train(config: TrainConfig | None, run_dir: Path, resume: bool, progress: bo
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, refreshes)
     rng = np.random.default_rng(config.seed)
-    state = {"epoch": 0, "refresh": 0, "best_r5": -1.0, "not_improved": 0, "neg_cache": {}}
+    state = {"epoch": 0, "refresh": 0, "best_r5": -1.0, "not_improved": 0, "neg_cache": {},
+             "dataset": _dataset_identity(split, val_split)}
     if resume:
-        data = procs.on_main(lambda: torch.load(run_dir / "last.pth", map_location="cpu",
-                                                weights_only=False))
+        data = procs.on_main(lambda: _read_last(run_dir / "last.pth", split, val_split))
         state = _restore(data, model, optimizer, scheduler, rng, procs, config.seed)
         saved = data.get("world_size", 1)
         log.say(f"resuming {run_dir} at epoch {state['epoch'] + 1}, refresh "
@@ -512,19 +553,53 @@ def _save(path: Path, model, optimizer, scheduler, rng, state, config: TrainConf
     if procs.world > 1:
         extra["rng_torch_ranks"] = procs.gather(torch.get_rng_state())
     if procs.main:
+        stored = {**state, "neg_cache": {int(q): torch.from_numpy(np.asarray(negs))
+                                         for q, negs in state["neg_cache"].items()}}
         save_checkpoint(model, path, optimizer_state_dict=optimizer.state_dict(),
                         scheduler_state_dict=scheduler.state_dict() if scheduler else None,
                         rng_numpy=rng.bit_generator.state, rng_torch=torch.get_rng_state(),
-                        state=state, train_config=asdict(config), world_size=procs.world,
+                        state=stored, train_config=asdict(config), world_size=procs.world,
                         **extra)
 
 
+LAST_KEYS = ("model_state_dict", "optimizer_state_dict", "rng_numpy", "rng_torch", "state")
+
+
+def _dataset_identity(split: Split, val_split: Split) -> dict:
+    """What a resumed run checks: the image lists of the training and validation splits."""
+    return {s.name + "_" + role: hashlib.sha256("\n".join(s.role(role).names).encode()).hexdigest()
+            for s in (split, val_split) for role in ("database", "queries")}
+
+
+def _read_last(path: Path, split: Split, val_split: Split) -> dict:
+    """``last.pth`` read safely and checked: its keys, and that the dataset is the one it was
+    trained on; one clear line otherwise."""
+    data = load_safely(path, "run state")
+    missing = [k for k in LAST_KEYS if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise VprkitError(f"{path} is not a vprkit run state (no {', '.join(missing)}); "
+                          "it cannot be resumed")
+    stored = data["state"].get("dataset") if isinstance(data["state"], dict) else None
+    if stored is not None and stored != _dataset_identity(split, val_split):
+        changed = [k for k, v in _dataset_identity(split, val_split).items() if stored.get(k) != v]
+        raise VprkitError(f"the images of {split.root} changed since {path.parent} was started "
+                          f"({', '.join(changed)} differ); start a new run with another --out")
+    return data
+
+
 def _restore(data: dict, model, optimizer, scheduler, rng, procs: Processes, seed: int) -> dict:
-    model.load_state_dict(data["model_state_dict"])
-    optimizer.load_state_dict(data["optimizer_state_dict"])
-    if scheduler is not None and data.get("scheduler_state_dict"):
-        scheduler.load_state_dict(data["scheduler_state_dict"])
-    rng.bit_generator.state = data["rng_numpy"]
+    try:
+        model.load_state_dict(data["model_state_dict"])
+        optimizer.load_state_dict(data["optimizer_state_dict"])
+        if scheduler is not None and data.get("scheduler_state_dict"):
+            scheduler.load_state_dict(data["scheduler_state_dict"])
+        rng.bit_generator.state = data["rng_numpy"]
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise VprkitError(f"the run state last.pth does not fit this run's config ({detail}); "
+                          "it cannot be resumed") from None
+    data["state"]["neg_cache"] = {int(q): np.asarray(negs)
+                                  for q, negs in data["state"].get("neg_cache", {}).items()}
     per_process = data.get("rng_torch_ranks")
     if per_process is not None and len(per_process) == procs.world:
         torch.set_rng_state(per_process[procs.rank])
@@ -558,6 +633,7 @@ def plot_run(run_dir: Path) -> Path | None:
         ax2.legend()
     fig.tight_layout()
     out = run_dir / "curves.png"
-    fig.savefig(out, dpi=100)
+    with atomic_output(out, "wb") as handle:
+        fig.savefig(handle, dpi=100, format="png")
     plt.close(fig)
     return out
