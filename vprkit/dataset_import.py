@@ -1,71 +1,152 @@
 """Build a benchmark-layout dataset from your own geotagged photos.
 
-Coordinates come from a CSV file (columns ``name,lat,lon``; ``name`` relative to the image folder)
-or from the photos' EXIF GPS tags, and are converted to UTM with the ``utm`` package. Each image
-is linked (or copied) to ``ROOT/images/SPLIT/ROLE/@east@north@zone@letter@lat@lon@@@@@@@stem@.ext``.
+Coordinates come from a CSV file (UTF-8, columns ``name,lat,lon``; ``name`` relative to the image
+folder) or from the photos' EXIF GPS tags, and are converted to UTM with the ``utm`` package. Each
+image is linked (or copied) to ``ROOT/images/SPLIT/ROLE/@east@north@zone@letter@lat@lon@@@@@@@stem@.ext``.
+
+An import is planned whole before anything is written: every photo's coordinates are read and
+checked, every destination name is computed, and collisions (two photos mapping to one name, or a
+file already there) are refused. A write that still fails removes what the import wrote (and the
+folders it created), so a failed import leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import csv
+import io
+import math
 import os
 import shutil
+from numbers import Real
 from pathlib import Path
 
 import utm
 from PIL import Image
 
 from .datasets import IMAGE_EXTENSIONS, ROLES, list_images
-from .errors import VprkitError
+from .errors import VprkitError, shown
+from .files import copy_exclusive
 
 GPS_IFD = 0x8825
+NAME_MAX = 255  # bytes in one file name on the common file systems
+
+
+class GpsTagError(VprkitError):
+    """A photo's EXIF GPS tags are there but cannot be read as a position."""
+
+
+def _brief(value, limit: int = 60) -> str:
+    """``repr(value)`` for a message: printable, and cut where long."""
+    text = shown(repr(value))
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _rational(value) -> float:
-    return float(value[0]) / float(value[1]) if isinstance(value, tuple) else float(value)
+    """One EXIF number (a rational, an integer or a float) as a float; ValueError otherwise."""
+    if isinstance(value, tuple) and len(value) == 2:  # (numerator, denominator), older Pillow
+        value = (float(value[0]) / float(value[1])) if float(value[1]) else math.nan
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise ValueError(f"{_brief(value)} is not a number")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError("a value is not finite (zero denominator?)")
+    return number
+
+
+def _degrees(dms, ref, ref_values: str, limit: float) -> float:
+    if isinstance(dms, Real) and not isinstance(dms, bool):
+        dms = (dms,)
+    if not isinstance(dms, tuple) or len(dms) != 3:
+        raise ValueError(f"expected 3 numbers (degrees, minutes, seconds), got {_brief(dms)}")
+    d, m, s = (_rational(v) for v in dms)
+    if min(d, m, s) < 0 or m > 60 or s > 60:
+        raise ValueError(f"degrees, minutes, seconds {d:g}, {m:g}, {s:g} out of range")
+    value = d + m / 60 + s / 3600
+    if value > limit:
+        raise ValueError(f"{value:g} degrees is beyond {limit:g}")
+    if isinstance(ref, bytes):
+        ref = ref.decode("latin-1")
+    letter = ref.strip().rstrip("\0").upper() if isinstance(ref, str) else None
+    if letter is None or len(letter) != 1 or letter not in ref_values:
+        raise ValueError(f"reference {_brief(ref)} is not one of {', '.join(ref_values)}")
+    return -value if letter == ref_values[1] else value
 
 
 def exif_latlon(path: Path) -> tuple[float, float] | None:
-    """(lat, lon) in degrees from a photo's EXIF GPS tags, or None when it has none."""
+    """(lat, lon) in degrees from a photo's EXIF GPS tags, or None when it has none.
+
+    Tags that are there but malformed (zero denominators, wrong counts, text, NaN, a latitude
+    beyond 90 degrees, an unknown N/S/E/W reference) raise ``GpsTagError`` naming the photo.
+    """
     try:
         with Image.open(path) as im:
             gps = im.getexif().get_ifd(GPS_IFD)
     except Exception as err:
-        raise VprkitError(f"cannot read image {path}: {err}") from None
+        raise VprkitError(f"cannot read image {shown(path)}: {shown(err)}") from None
     if not gps or 2 not in gps or 4 not in gps:
         return None
+    try:
+        lat = _degrees(gps[2], gps.get(1, "N"), "NS", 90.0)
+    except (ValueError, TypeError, ZeroDivisionError, OverflowError) as err:
+        raise GpsTagError(f"{shown(path)}: malformed EXIF GPS latitude: {err}") from None
+    try:
+        lon = _degrees(gps[4], gps.get(3, "E"), "EW", 180.0)
+    except (ValueError, TypeError, ZeroDivisionError, OverflowError) as err:
+        raise GpsTagError(f"{shown(path)}: malformed EXIF GPS longitude: {err}") from None
+    return lat, lon
 
-    def degrees(dms, ref) -> float:
-        d, m, s = (_rational(v) for v in dms)
-        value = d + m / 60 + s / 3600
-        return -value if ref in ("S", "W") else value
 
-    return degrees(gps[2], gps.get(1, "N")), degrees(gps[4], gps.get(3, "E"))
+def _valid_latlon(lat: float, lon: float) -> bool:
+    return math.isfinite(lat) and math.isfinite(lon) and abs(lat) <= 90 and abs(lon) <= 180
 
 
 def read_coordinates_csv(path: Path) -> dict[str, tuple[float, float]]:
-    """name -> (lat, lon) from a CSV with a header naming name, lat and lon columns."""
+    """name -> (lat, lon) from a UTF-8 CSV (a BOM is fine) with a header naming name, lat and
+    lon columns."""
     aliases = {"name": ("name", "file", "filename", "image", "path"),
                "lat": ("lat", "latitude"), "lon": ("lon", "lng", "long", "longitude")}
+    where = shown(path)
     try:
-        handle = open(path, newline="")
+        data = path.read_bytes()
     except OSError as err:
-        raise VprkitError(f"cannot read coordinates file {path}: {err.strerror}") from None
-    with handle:
-        reader = csv.DictReader(handle)
+        raise VprkitError(f"cannot read coordinates file {where}: {err.strerror}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise VprkitError(f"coordinates file {where} is not UTF-8 text (byte 0x{data[err.start]:02x}"
+                          f" on line {line}); save it as UTF-8") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
         fields = {f.strip().lower(): f for f in reader.fieldnames or []}
         cols = {}
         for key, names in aliases.items():
             found = [fields[n] for n in names if n in fields]
             if not found:
-                raise VprkitError(f"{path}: no {key} column (expected one of {', '.join(names)})")
+                raise VprkitError(f"{where}: no {key} column (expected one of {', '.join(names)})")
             cols[key] = found[0]
-        out = {}
-        for line, row in enumerate(reader, start=2):
+        out: dict[str, tuple[float, float]] = {}
+        first_line: dict[str, int] = {}
+        for row in reader:
+            line = reader.line_num
+            name, lat, lon = (row.get(cols[k]) for k in ("name", "lat", "lon"))
+            if not isinstance(name, str) or not name.strip():
+                raise VprkitError(f"{where} line {line}: no image name")
             try:
-                out[row[cols["name"]].strip()] = (float(row[cols["lat"]]), float(row[cols["lon"]]))
+                latlon = (float(lat), float(lon))
             except (TypeError, ValueError):
-                raise VprkitError(f"{path} line {line}: bad latitude/longitude") from None
+                raise VprkitError(f"{where} line {line}: bad latitude/longitude") from None
+            if not _valid_latlon(*latlon):
+                raise VprkitError(f"{where} line {line}: latitude/longitude {_brief(lat)}, {_brief(lon)} "
+                                  "out of range (expected -90..90, -180..180)")
+            name = name.strip()
+            if name in out and out[name] != latlon:
+                raise VprkitError(f"{where} line {line}: {shown(name)} already has other coordinates "
+                                  f"on line {first_line[name]}")
+            out[name] = latlon
+            first_line.setdefault(name, line)
+    except csv.Error as err:
+        raise VprkitError(f"{where} line {reader.line_num}: {shown(err)}") from None
     return out
 
 
@@ -73,6 +154,83 @@ def benchmark_name(lat: float, lon: float, stem: str, suffix: str) -> str:
     east, north, zone, letter = utm.from_latlon(lat, lon)
     stem = stem.replace("@", "_")
     return f"@{east:.2f}@{north:.2f}@{zone}@{letter}@{lat:.6f}@{lon:.6f}@@@@@@@{stem}@{suffix}"
+
+
+def check_split_name(split: str) -> str:
+    """``split`` as one plain folder name under ROOT/images (nothing that escapes it)."""
+    if (not isinstance(split, str) or not split or split in (".", "..")
+            or any(sep in split for sep in ("/", "\\", os.sep, os.altsep or "/"))
+            or Path(split).is_absolute() or not split.isprintable()):
+        raise VprkitError(f"bad split {_brief(split)}: expected a plain folder name such as "
+                          "train, val or test")
+    return split
+
+
+def _folders_to_create(target: Path) -> list[Path]:
+    """The folders of ``target`` (and above) that do not exist yet, outermost first; refuses a
+    path where a file is in the way."""
+    missing = []
+    folder = target
+    while not folder.is_dir():
+        if folder.exists() or folder.is_symlink():
+            raise VprkitError(f"{shown(folder)} exists and is not a folder")
+        missing.append(folder)
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    return missing[::-1]
+
+
+def _plan(images: Path, names: list[str], table, coordinates, target: Path,
+          skip_missing: bool) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """(source, destination) for every photo to write, and the names skipped; raises before
+    anything is written."""
+    plan, skipped, sources = [], [], {}
+    for name in names:
+        src = images / name
+        try:
+            latlon = table.get(name) if table is not None else exif_latlon(src)
+        except GpsTagError as err:
+            if not skip_missing:
+                raise GpsTagError(f"{err} (use --skip-missing to skip such photos)") from None
+            skipped.append(name)
+            continue
+        if latlon is None:
+            if not skip_missing:
+                where = f"in {shown(coordinates)}" if table is not None else "in its EXIF GPS tags"
+                raise VprkitError(f"no coordinates for {shown(src)} {where} "
+                                  "(use --skip-missing to skip)")
+            skipped.append(name)
+            continue
+        try:
+            dest_name = benchmark_name(*latlon, Path(name).stem, Path(name).suffix.lower())
+        except utm.error.OutOfRangeError as err:
+            raise VprkitError(f"{shown(src)}: coordinates {latlon} out of range ({err})") from None
+        if len(dest_name.encode("utf-8")) > NAME_MAX:
+            raise VprkitError(f"{shown(src)}: its name in the dataset would be longer than {NAME_MAX} "
+                              "bytes; shorten the photo's name")
+        dest = target / dest_name
+        if dest_name in sources:
+            raise VprkitError(f"{shown(sources[dest_name])} and {shown(src)} would both be "
+                              f"{shown(dest)} (same place and name); rename one")
+        if dest.exists() or dest.is_symlink():
+            raise VprkitError(f"{shown(dest)} already exists (imported before?)")
+        sources[dest_name] = src
+        plan.append((src, dest))
+    return plan, skipped
+
+
+def _remove(written: list[Path], created: list[Path]) -> None:
+    for path in reversed(written):
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass
+    for folder in reversed(created):
+        try:
+            folder.rmdir()  # only where empty
+        except OSError:
+            pass
 
 
 def import_images(
@@ -84,39 +242,49 @@ def import_images(
     copy: bool = False,
     skip_missing: bool = False,
 ) -> dict:
-    """Link or copy the photos under ``images`` into the benchmark layout; returns counts."""
+    """Link or copy the photos under ``images`` into the benchmark layout; returns counts.
+
+    Photos with malformed EXIF GPS tags count as missing (``skip_missing`` skips them). Nothing
+    is written before every photo is planned; a failed write removes what was written.
+    """
     images, root = Path(images), Path(root)
+    check_split_name(split)
     if role not in ROLES:
-        raise VprkitError(f"unknown role {role!r}; expected database or queries")
+        raise VprkitError(f"unknown role {_brief(role)}; expected database or queries")
     if not images.is_dir():
-        raise VprkitError(f"image folder {images} does not exist")
+        raise VprkitError(f"image folder {shown(images)} does not exist")
     names = list_images(images)
     if not names:
-        raise VprkitError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {images}")
+        raise VprkitError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {shown(images)}")
     table = read_coordinates_csv(Path(coordinates)) if coordinates else None
     target = root / "images" / split / role
-    target.mkdir(parents=True, exist_ok=True)
-    written, skipped = 0, []
-    for name in names:
-        src = images / name
-        latlon = table.get(name) if table is not None else exif_latlon(src)
-        if latlon is None:
-            if not skip_missing:
-                where = f"in {coordinates}" if table is not None else "in its EXIF GPS tags"
-                raise VprkitError(f"no coordinates for {src} {where} (use --skip-missing to skip)")
-            skipped.append(name)
-            continue
+    created = _folders_to_create(target)
+    plan, skipped = _plan(images, names, table, coordinates, target, skip_missing)
+    written: list[Path] = []
+    made: list[Path] = []
+    if plan:
+        dest = target
         try:
-            dest_name = benchmark_name(*latlon, Path(name).stem, Path(name).suffix.lower())
-        except utm.error.OutOfRangeError as err:
-            raise VprkitError(f"{src}: coordinates {latlon} out of range ({err})") from None
-        dest = target / dest_name
-        if dest.exists() or dest.is_symlink():
-            raise VprkitError(f"{dest} already exists (two photos at the same place and name?)")
-        if copy:
-            shutil.copy2(src, dest)
-        else:
-            os.symlink(src.resolve(), dest)
-        written += 1
-    return {"written": written, "skipped": len(skipped), "folder": str(target),
+            for folder in created:
+                dest = folder
+                folder.mkdir()
+                made.append(folder)
+            for src, dest in plan:
+                if copy:
+                    copy_exclusive(src, dest)
+                    written.append(dest)
+                    shutil.copystat(src, dest)
+                else:
+                    os.symlink(src.resolve(), dest)
+                    written.append(dest)
+        except (OSError, VprkitError) as err:
+            _remove(written, made)
+            what = shown(err) if isinstance(err, VprkitError) else \
+                f"cannot write {shown(dest)}: {shown(err.strerror or err)}"
+            raise VprkitError(f"{what}; nothing was imported (removed the {len(written)} file(s) "
+                              "and the new folders it had written)") from None
+        except BaseException:
+            _remove(written, made)
+            raise
+    return {"written": len(written), "skipped": len(skipped), "folder": str(target),
             "first_skipped": skipped[0] if skipped else None}

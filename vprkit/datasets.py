@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
-from .errors import VprkitError
+from .errors import VprkitError, shown
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 ROLES = ("database", "queries")
@@ -41,13 +41,45 @@ def parse_utm(name: str) -> tuple[float, float]:
     return east, north
 
 
+def _image_problem(path: Path) -> str | None:
+    """Why an entry with an image extension cannot be read as an image, or None."""
+    if path.is_symlink() and not path.exists():
+        return "is a broken symbolic link (its target does not exist)"
+    if path.is_dir():
+        return "has an image extension but is a folder"
+    if not path.is_file():
+        return "has an image extension but is not a regular file"
+    return None
+
+
 def list_images(folder: Path) -> list[str]:
-    """Image paths under ``folder`` (recursively), relative to it, in sorted order."""
-    names = [
-        p.relative_to(folder).as_posix()
-        for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-    ]
+    """Image paths under ``folder`` (recursively), relative to it, in sorted order.
+
+    Refused with one line naming the entry (nothing is skipped silently): a name that is not
+    valid UTF-8 (descriptor files store names as UTF-8), and an entry with an image extension
+    that is not a readable file (a broken symbolic link, a folder, a device). Symbolic links to
+    image files are listed like the files.
+    """
+    names, problems = [], []
+    for path in folder.rglob("*"):
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        name = path.relative_to(folder).as_posix()
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            problems.append((name, f"image name {shown(folder / name)} is not valid UTF-8; "
+                                   "rename it (descriptor files store names as UTF-8)"))
+            continue
+        why = _image_problem(path)
+        if why is not None:
+            problems.append((name, f"{shown(folder / name)} {why}; fix or remove it"))
+            continue
+        names.append(name)
+    if problems:
+        problems.sort()
+        more = f" (and {len(problems) - 1} more such entries)" if len(problems) > 1 else ""
+        raise VprkitError(problems[0][1] + more)
     return sorted(names)
 
 
@@ -75,7 +107,7 @@ class ImageList:
                 names.append(name)
             except VprkitError as err:
                 if not skip_unparsable:
-                    raise VprkitError(f"{err} (in {folder})") from None
+                    raise VprkitError(f"{err} (in {shown(folder)})") from None
                 skipped.append(name)
         if skipped:
             warnings.warn(

@@ -1,4 +1,13 @@
-"""The one exception type that the CLI turns into a single clear error line."""
+"""The one exception type that the CLI turns into a single clear error line, and ``shown``,
+which makes text from files and names safe to put in such a line or on a terminal."""
+
+from __future__ import annotations
+
+import re
+
+# C0 controls but tab, DEL, C1 controls, and the invisible or reordering format characters
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class VprkitError(Exception):
@@ -6,3 +15,21 @@ class VprkitError(Exception):
 
     The message must say what is wrong and where (a file, a row, an option), in one line.
     """
+
+
+def _escape_surrogate(match: re.Match) -> str:
+    code = ord(match[0])
+    if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte, as os.fsdecode gives it
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\u{code:04x}"
+
+
+def shown(value: object, limit: int | None = None) -> str:
+    """``value`` as printable one-line text: bytes that are not valid UTF-8 (surrogate escapes)
+    and control or invisible characters are shown as ``\\xff``, ``\\x1b``, ``\\n``; with
+    ``limit``, cut to that many characters with the length of the rest said."""
+    text = _SURROGATE.sub(_escape_surrogate, str(value))
+    text = _CONTROL.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), text)
+    if limit is not None and len(text) > limit:
+        text = f"{text[:limit]}... ({len(text) - limit} more characters)"
+    return text

@@ -3,6 +3,20 @@
 Preprocessing follows the benchmark's test loop: ``ToTensor``, ImageNet ``Normalize``, then a
 bilinear (antialiased) resize to ``resize`` = (H, W); scale ``l`` is that image resized to
 (H // l, W // l). With ``resize=None`` each image keeps its native size.
+
+``load_image`` gives RGB in [0, 1] for every image that Pillow opens (by content, whatever the
+file's extension). 8-bit images (grey, palette, RGB, RGBA, CMYK, ...) go through Pillow's
+``convert("RGB")`` and are divided by 255; 16-bit RGB PNGs are read by Pillow as 8-bit RGB. The
+wide grey modes, where ``convert("RGB")`` would clip most values to white or black, are scaled:
+
+- ``I;16`` (16-bit grey, e.g. a 16-bit PNG or TIFF): divided by 65535;
+- ``I`` (32-bit integers): divided by 65535 when every value lies in 0..65535, else by the
+  maximum value (negative values become 0);
+- ``F`` (32-bit floats, e.g. a float TIFF): used as they are when every value lies in [0, 1],
+  else divided by the maximum value (negative values become 0); NaN or infinite pixels are an
+  error.
+
+Grey is replicated to the three channels.
 """
 
 from __future__ import annotations
@@ -10,18 +24,46 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
+WIDE_GREY_MODES = ("I", "F")  # and every "I;16..." mode
+
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 
+def _wide_grey(im: Image.Image) -> torch.Tensor:
+    """A 16-bit, 32-bit integer or float grey image as float RGB (3, H, W) in [0, 1]."""
+    values = np.asarray(im).astype(np.float32, copy=True)
+    if values.ndim != 2:
+        raise ValueError(f"unexpected pixel array of shape {values.shape} for mode {im.mode}")
+    if im.mode.startswith("I;16"):
+        values /= 65535.0
+    elif values.size:
+        if not np.isfinite(values).all():
+            raise ValueError(f"mode {im.mode} image has NaN or infinite pixel values")
+        low, high = float(values.min()), float(values.max())
+        top = 65535.0 if im.mode == "I" else 1.0
+        if low < 0 or high > top:
+            np.maximum(values, 0.0, out=values)
+            if high > 0:
+                values /= high
+        elif im.mode == "I":
+            values /= 65535.0
+    grey = torch.from_numpy(values)
+    return grey.unsqueeze(0).expand(3, -1, -1).contiguous()
+
+
 def load_image(path: Path) -> torch.Tensor:
-    """RGB image as a float tensor (3, H, W) in [0, 1]; grey, palette and RGBA are converted."""
+    """RGB image as a float tensor (3, H, W) in [0, 1]; grey, palette and RGBA are converted,
+    16-bit and float grey are scaled (see the module's docstring)."""
     with Image.open(path) as im:
+        if im.mode in WIDE_GREY_MODES or im.mode.startswith("I;16"):
+            return _wide_grey(im)
         im = im.convert("RGB")
         data = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
         tensor = data.view(im.height, im.width, 3).permute(2, 0, 1)

@@ -9,7 +9,6 @@ goes through ``styled``.
 
 from __future__ import annotations
 
-import re
 import sys
 
 from rich.console import Console
@@ -23,19 +22,14 @@ from rich.progress import (
 )
 from rich.text import Text
 
-# C0 controls but tab, DEL, C1 controls, and the invisible or reordering format characters
-_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
+from .errors import shown
+
 MAX_SHOWN = 2000  # characters of one text shown at most (the rest is counted, not printed)
 
 
 def inert(text: object, limit: int = MAX_SHOWN) -> str:
-    """``text`` safe to show on a terminal: undecodable bytes and control characters escaped,
-    cut to ``limit`` characters with the length of the rest said."""
-    text = str(text).encode("utf-8", "backslashreplace").decode("utf-8")
-    text = _CONTROL.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), text)
-    if len(text) > limit:
-        text = f"{text[:limit]}... ({len(text) - limit} more characters)"
-    return text
+    """``text`` safe to show on a terminal (``errors.shown``), cut to ``limit`` characters."""
+    return shown(text, limit)
 
 
 def styled(label: str, style: str, text: object = "") -> Text:
