@@ -378,3 +378,123 @@ class TestInertText:
         with h5py.File(f, "r+") as h5:
             h5.attrs.create("dataset", json.dumps({"x": "z" * (2 << 20)}))
         one_line_error(cli("info", f), "is damaged: cannot read its header .*more than")
+
+
+def _interrupted_extract(root: Path, out: Path, monkeypatch, after_commits: int = 2) -> None:
+    """An extraction stopped (Ctrl-C) after ``after_commits`` committed batches."""
+    from vprkit.store import DescriptorWriter
+
+    real = DescriptorWriter.commit_rows
+    calls = {"n": 0}
+
+    def commit(self, role, scales, rows):
+        real(self, role, scales, rows)
+        calls["n"] += 1
+        if calls["n"] == after_commits:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(DescriptorWriter, "commit_rows", commit)
+    with pytest.raises(KeyboardInterrupt):
+        extract(root, out, config(), options(), progress=False)
+    monkeypatch.undo()
+
+
+def _replace_bytes(image: Path, seed: int) -> None:
+    """Other pixels under the same name (the size and name stay)."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    with Image.open(image) as im:
+        size = im.size
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(image)
+
+
+class TestImagesChecked:
+    """Resumed and extended extractions check the images' bytes, not only their names."""
+
+    @pytest.fixture
+    def root(self, small_root, tmp_path) -> Path:
+        root = tmp_path / "data"
+        shutil.copytree(small_root, root)
+        return root
+
+    def test_hashes_stored_and_equal_to_the_files(self, gem_file, small_root):
+        import hashlib
+
+        from vprkit.datasets import load_split
+        from vprkit.store import DescriptorFile
+        split = load_split(small_root, "test")
+        with DescriptorFile(gem_file) as f:
+            for role in ("database", "queries"):
+                expected = [hashlib.sha256(p.read_bytes()).digest() for p in split.role(role).paths()]
+                assert [row.tobytes() for row in f.hashes(role)] == expected
+
+    def test_resume_with_a_changed_image_is_refused(self, root, tmp_path, monkeypatch):
+        out = tmp_path / "gem.h5"
+        _interrupted_extract(root, out, monkeypatch)
+        image = sorted((root / "images/test/database").iterdir())[1]  # a row already written
+        _replace_bytes(image, 1)
+        with pytest.raises(VprkitError, match=f"database image {image.name} has other bytes"):
+            extract(root, out, config(), options(), progress=False)
+        assert partial_path(out).exists() and not out.exists()
+
+    def test_changing_a_row_not_yet_extracted_is_not_a_difference(self, root, tmp_path,
+                                                                 monkeypatch):
+        out = tmp_path / "gem.h5"
+        _interrupted_extract(root, out, monkeypatch)
+        _replace_bytes(sorted((root / "images/test/queries").iterdir())[-1], 2)
+        extract(root, out, config(), options(), progress=False)
+        assert out.exists()
+
+    def test_extend_with_a_changed_image_keeps_the_file(self, root, tmp_path):
+        out = extract(root, tmp_path / "gem.h5", config(), options(), progress=False)
+        before = out.read_bytes()
+        image = sorted((root / "images/test/queries").iterdir())[3]
+        _replace_bytes(image, 3)
+        one_line_error(cli("extract", root, "-o", out, *FAST, "--scales", "1,2"),
+                       f"was made differently .*queries image {image.name} has other bytes")
+        assert out.read_bytes() == before and not partial_path(out).exists()
+
+    def test_another_root_with_the_same_images_extends(self, root, tmp_path):
+        out = extract(root, tmp_path / "gem.h5", config(), options(), progress=False)
+        moved = tmp_path / "moved"
+        shutil.copytree(root, moved)  # new modification times, same bytes
+        extract(moved, out, config(), options(scales=(1, 2)), progress=False)
+        from vprkit.store import DescriptorFile
+        with DescriptorFile(out) as f:
+            assert f.scales == [1, 2]
+
+    def test_another_root_with_other_images_is_refused(self, root, tmp_path):
+        out = extract(root, tmp_path / "gem.h5", config(), options(), progress=False)
+        other = tmp_path / "other"
+        shutil.copytree(root, other)
+        _replace_bytes(sorted((other / "images/test/database").iterdir())[0], 4)
+        with pytest.raises(VprkitError, match="has other bytes"):
+            extract(other, out, config(), options(scales=(1, 2)), progress=False)
+
+    def test_combine_refuses_files_of_other_bytes(self, root, tmp_path):
+        gem = extract(root, tmp_path / "gem.h5", config(), options(), progress=False)
+        _replace_bytes(sorted((root / "images/test/database").iterdir())[5], 5)
+        vlad = extract(root, tmp_path / "vlad.h5", config("netvlad", clusters=4), options(),
+                       progress=False)
+        one_line_error(cli("combine", gem, vlad, "-o", tmp_path / "c.h5", "--quiet"),
+                       "were extracted from different images under the same names "
+                       r"\(1 database images differ")
+
+    def test_merged_shards_keep_the_hashes(self, gem_file, small_root, tmp_path):
+        from vprkit.shards import merge
+        from vprkit.store import DescriptorFile
+        shards = [extract(small_root, tmp_path / "g.h5", config(), options(shard=(i, 3)),
+                          progress=False) for i in range(3)]
+        merged = merge(shards, tmp_path / "m.h5", progress=False)
+        with DescriptorFile(merged) as m, DescriptorFile(gem_file) as g:
+            for role in ("database", "queries"):
+                assert np.array_equal(m.hashes(role), g.hashes(role))
+
+    def test_files_from_before_hashes_still_extend_with_a_warning(self, root, tmp_path):
+        import h5py
+        out = extract(root, tmp_path / "gem.h5", config(), options(), progress=False)
+        with h5py.File(out, "r+") as f:
+            del f["database/sha256"], f["queries/sha256"]
+        assert cli("evaluate", out).exit_code == 0
+        with pytest.warns(UserWarning, match="made before vprkit kept image hashes"):
+            extract(root, out, config(), options(scales=(1, 2)), progress=False)

@@ -121,6 +121,7 @@ def _alignment(ref: DescriptorFile, other: DescriptorFile, role: str) -> np.ndar
         if not np.array_equal(ref.utm(role), other.utm(role)):
             raise VprkitError(f"{ref.path.name} and {other.path.name} give different coordinates "
                               f"to the same {role} images")
+        _same_bytes(ref, other, role, None)
         return None
     a, b = set(ref_names), set(names)
     if a != b or len(names) != len(ref_names):
@@ -137,7 +138,25 @@ def _alignment(ref: DescriptorFile, other: DescriptorFile, role: str) -> np.ndar
     if not np.array_equal(ref.utm(role), other.utm(role)[index]):
         raise VprkitError(f"{ref.path.name} and {other.path.name} give different coordinates "
                           f"to the same {role} images")
+    _same_bytes(ref, other, role, index)
     return index
+
+
+def _same_bytes(ref: DescriptorFile, other: DescriptorFile, role: str,
+                index: np.ndarray | None) -> None:
+    """Refuse inputs whose images had other bytes under the same names (where both files kept
+    the images' SHA-256)."""
+    a, b = ref.hashes(role), other.hashes(role)
+    if a is None or b is None:
+        return
+    b = b if index is None else b[index]
+    known = a.any(axis=1) & b.any(axis=1)
+    differ = np.flatnonzero(known & (a != b).any(axis=1))
+    if len(differ):
+        name = ref.names(role)[int(differ[0])]
+        raise VprkitError(f"{ref.path.name} and {other.path.name} were extracted from different "
+                          f"images under the same names ({len(differ)} {role} images differ, "
+                          f"e.g. {name})")
 
 
 def _read(store: DescriptorFile, role: str, scales, start: int, stop: int,
@@ -351,8 +370,10 @@ def _write(stores, spec_of, orders, transform: EnsembleTransform, output: Path,
     part = partial_path(output)
     with guarded_write(part, output):  # (combine holds the output lock)
         part.unlink(missing_ok=True)
+        hashes = {r: ref.hashes(r) for r in ROLES}
         writer = DescriptorWriter.create(
-            part, header, names={r: ref.names(r) for r in ROLES}, utm={r: ref.utm(r) for r in ROLES})
+            part, header, names={r: ref.names(r) for r in ROLES}, utm={r: ref.utm(r) for r in ROLES},
+            hashes=None if any(h is None for h in hashes.values()) else hashes)
         try:
             writer.add_scale(1, transform.output_dim, {}, None)
             spec = {"inputs": transform.info, "weights": transform.weights}

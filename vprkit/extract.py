@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from torch.utils.data import DataLoader
 from .datasets import ROLES, Split, load_split
 from .errors import VprkitError
 from .files import copy_exclusive, guarded_write, output_lock, partial_path, require_space
-from .images import MEAN, STD, ImageScalesDataset, collate_items, scale_size
+from .images import MEAN, STD, ImageScalesDataset, collate_items, file_sha256, scale_size
 from .models import ModelConfig, NetVLAD, VPRModel, build_model, fingerprint
 from .models.aggregations import stat_names
 from .progress import console, progress_bar, styled
@@ -119,7 +120,7 @@ def _loader(paths: list[Path], options: ExtractOptions, scales, device) -> DataL
 
 
 def _check_items(items: list) -> None:
-    for _, _, error in items:
+    for _, _, error, _ in items:
         if error:
             raise VprkitError(error)
 
@@ -200,6 +201,49 @@ def _same_images(writer_or_file, split: Split) -> str | None:
             first = next(i for i, (a, b) in enumerate(zip(stored, current, strict=True)) if a != b)
             return f"{role} row {first}: {stored[first]!r} stored, {current[first]!r} in the dataset"
     return None
+
+
+def _changed_image(stored, split: Split, rows: dict[str, int], progress: bool) -> str | None:
+    """None if the first ``rows[role]`` images of each role still have the bytes whose SHA-256
+    ``stored`` (a descriptor file or writer) kept, else the first image that changed. Files made
+    before vprkit kept hashes cannot be checked (a warning says so)."""
+    checks = []
+    for role in ROLES:
+        hashes = stored.hashes(role)
+        if hashes is None:
+            warnings.warn(f"{stored.path} was made before vprkit kept image hashes: its images "
+                          "cannot be checked against the dataset's", stacklevel=3)
+            return None
+        checks += [(role, i, hashes[i].tobytes()) for i in range(rows[role])]
+    if not checks:
+        return None
+    paths = {role: split.role(role).paths() for role in ROLES}
+    with progress_bar(progress) as bar, ThreadPoolExecutor(max_workers=8) as pool:
+        task = bar.add_task("check images", total=len(checks), rate="")
+        for start in range(0, len(checks), 1024):  # in blocks: stop soon after a difference
+            block = checks[start:start + 1024]
+            digests = pool.map(_sha256_or_none, [paths[role][i] for role, i, _ in block])
+            for (role, i, kept), digest in zip(block, digests, strict=True):
+                name = split.role(role).names[i]
+                if digest is None:
+                    return f"{role} image {name} cannot be read"
+                if digest != kept and any(kept):
+                    return f"{role} image {name} has other bytes than when it was extracted"
+            bar.update(task, advance=len(block))
+    return None
+
+
+def _sha256_or_none(path: Path) -> bytes | None:
+    try:
+        return file_sha256(path)
+    except OSError:
+        return None
+
+
+def _rows_with_descriptors(writer: DescriptorWriter) -> dict[str, int]:
+    """Per role, the rows that some scale of an unfinished file already holds."""
+    return {role: max((writer.rows_done(role, [s]) for s in writer.scales), default=0)
+            for role in ROLES}
 
 
 def _difference(stored: dict, current: dict) -> str | None:
@@ -320,7 +364,8 @@ def extract(
         model = _fold_batch_norm(model)  # after the fingerprint: the weights it hashes are kept
         writer = _open_existing(partial)
         if writer is not None:
-            problem = _difference(writer.header(), header) or _same_images(writer, split)
+            problem = (_difference(writer.header(), header) or _same_images(writer, split)
+                       or _changed_image(writer, split, _rows_with_descriptors(writer), progress))
             if problem:
                 writer.close()
                 raise VprkitError(
@@ -329,10 +374,13 @@ def extract(
                 )
         elif output.exists() and not options.overwrite:
             with DescriptorFile(output) as existing:
+                have = existing.scales
                 problem = _difference(
                     {"model": existing.model, "preprocessing": existing.preprocessing,
                      "dtype": existing.dtype}, header) or _same_images(existing, split)
-                have = existing.scales
+                if not problem and not all(s in have for s in scales):
+                    problem = _changed_image(existing, split, {r: len(split.role(r)) for r in ROLES},
+                                             progress)
             if problem:
                 raise VprkitError(
                     f"{output} was made differently ({problem}); choose another output or "
@@ -404,6 +452,7 @@ def _run(model: VPRModel, split: Split, writer: DescriptorWriter, scales: tuple[
             row = start
             for items in _loader(paths, options, pending, device):
                 _check_items(items)
+                writer.write_hashes(role, row, [it[3] for it in items])
                 outputs = _infer(model, items, pending, device, options.half)
                 for s, (desc, stats) in zip(pending, outputs, strict=True):
                     writer.write(role, s, row, desc.astype(options.dtype), stats)

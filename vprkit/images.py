@@ -21,8 +21,11 @@ Grey is replicated to the three channels.
 
 from __future__ import annotations
 
+import hashlib
+import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -58,7 +61,7 @@ def _wide_grey(im: Image.Image) -> torch.Tensor:
     return grey.unsqueeze(0).expand(3, -1, -1).contiguous()
 
 
-def load_image(path: Path) -> torch.Tensor:
+def load_image(path: str | Path | IO[bytes]) -> torch.Tensor:
     """RGB image as a float tensor (3, H, W) in [0, 1]; grey, palette and RGBA are converted,
     16-bit and float grey are scaled (see the module's docstring)."""
     with Image.open(path) as im:
@@ -68,6 +71,22 @@ def load_image(path: Path) -> torch.Tensor:
         data = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
         tensor = data.view(im.height, im.width, 3).permute(2, 0, 1)
     return tensor.float().div_(255.0)
+
+
+def read_image(path: Path) -> tuple[torch.Tensor, bytes]:
+    """``load_image`` of the file and the SHA-256 of its bytes (read once for both), which the
+    descriptor file keeps so that a resumed or extended extraction can check its images."""
+    data = Path(path).read_bytes()
+    return load_image(io.BytesIO(data)), hashlib.sha256(data).digest()
+
+
+def file_sha256(path: Path) -> bytes:
+    """SHA-256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.digest()
 
 
 def normalize(image: torch.Tensor) -> torch.Tensor:
@@ -101,7 +120,7 @@ def preprocess(image: torch.Tensor, size: tuple[int, int] | None,
 
 
 class ImageScalesDataset(Dataset):
-    """Items are (index, [image at each scale], error message or None).
+    """Items are (index, [image at each scale], error message or None, SHA-256 of the file).
 
     A corrupt image does not raise inside a DataLoader worker (which would print a worker
     traceback); it returns its error so that the caller can report it in one line.
@@ -119,10 +138,10 @@ class ImageScalesDataset(Dataset):
     def __getitem__(self, index: int):
         path = self.paths[index]
         try:
-            image = load_image(path)
+            image, digest = read_image(path)
         except Exception as err:
-            return index, None, f"cannot read image {path}: {type(err).__name__}: {err}"
-        return index, preprocess(image, self.size, self.scales), None
+            return index, None, f"cannot read image {path}: {type(err).__name__}: {err}", None
+        return index, preprocess(image, self.size, self.scales), None, digest
 
 
 def collate_items(batch):

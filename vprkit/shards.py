@@ -145,12 +145,15 @@ def _write_merged(files: list[DescriptorFile], output: Path, progress: bool) -> 
         raise VprkitError(f"the {len(files)} shards do not hold the images of the split they were "
                           "cut from (a shard file was altered or renamed)")
     utm = {r: np.concatenate([f.utm(r) for f in files]) for r in ROLES}
+    kept = {r: [f.hashes(r) for f in files] for r in ROLES}
+    hashes = None if any(h is None for r in ROLES for h in kept[r]) else \
+        {r: np.concatenate(kept[r]) for r in ROLES}
     total = sum(f.num(r) for f in files for r in ROLES) * len(first.scales)
     block = first.default_block_rows(64 << 20)
     partial = partial_path(output)
     with output_lock(output), guarded_write(partial, output):
         partial.unlink(missing_ok=True)
-        writer = DescriptorWriter.create(partial, header, names, utm)
+        writer = DescriptorWriter.create(partial, header, names, utm, hashes)
         try:
             aggregation = first.h5.get("model/aggregation")
             if aggregation is not None:

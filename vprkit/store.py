@@ -8,6 +8,9 @@ Layout (``format = "vprkit.descriptors"``, ``format_version = 1``)::
     /database/names           (N,) UTF-8 paths relative to the split's database folder
     /database/utm             (N, 2) float64 east, north (metres)
     /queries/names, /queries/utm
+    /database/sha256          (N, 32) uint8 SHA-256 of each image file's bytes (since vprkit
+    /queries/sha256           0.2; absent in older files), checked when an extraction resumes
+                              or adds scales
     /scales/<s>/database      (N, D) descriptors of scale s (image at H/s x W/s), row-chunked
     /scales/<s>/queries       (M, D)
     /scales/<s>/stats/<role>/<name>   per-image statistics for the pyramid (see models.aggregations)
@@ -47,7 +50,8 @@ FORMAT_VERSION = 1
 CHUNK_BYTES = 1 << 20
 HEADER_ATTRS = ("model", "aggregation", "dataset", "preprocessing", "dtype", "vprkit_version",
                 "created")
-MAX_ATTR_CHARS = 1 << 20  # a header attribute longer than this is damage, not a header
+MAX_ATTR_CHARS = 1 << 20
+HASH_BYTES = 32  # SHA-256 of each image file  # a header attribute longer than this is damage, not a header
 STRINGS = h5py.string_dtype("utf-8")
 
 
@@ -93,6 +97,12 @@ def _json_attr(obj) -> str:
 
 def chunk_rows(dim: int, itemsize: int, rows: int) -> int:
     return max(1, min(rows, CHUNK_BYTES // max(1, dim * itemsize)))
+
+
+def image_hashes(h5: h5py.File, role: str) -> np.ndarray | None:
+    """The (N, 32) SHA-256 rows of ``role``, or None where the file has none."""
+    ds = h5.get(f"{role}/sha256")
+    return None if ds is None else ds[()]
 
 
 class DescriptorFile:
@@ -165,6 +175,10 @@ class DescriptorFile:
             names, utm = self.h5[f"{role}/names"], self.h5[f"{role}/utm"]
             if names.ndim != 1 or utm.shape != (names.shape[0], 2) or utm.dtype.kind != "f":
                 raise ValueError(f"{role}/names {names.shape} and {role}/utm {utm.shape} do not match")
+            hashes = self.h5.get(f"{role}/sha256")
+            if hashes is not None and (hashes.shape != (names.shape[0], HASH_BYTES)
+                                       or hashes.dtype != np.uint8):
+                raise ValueError(f"{role}/sha256 has shape {hashes.shape}, type {hashes.dtype}")
             self._utm[role] = utm[()]
             bad = ~np.isfinite(self._utm[role]).all(axis=1)
             if bad.any():
@@ -223,6 +237,10 @@ class DescriptorFile:
 
     def utm(self, role: str) -> np.ndarray:
         return self._utm[role].copy()
+
+    def hashes(self, role: str) -> np.ndarray | None:
+        """(N, 32) SHA-256 of each image file, or None for files made before they were kept."""
+        return image_hashes(self.h5, role)
 
     def check_spec(self, scales: Sequence[int]) -> tuple[int, ...]:
         missing = [s for s in scales if s not in self.scales]
@@ -294,6 +312,7 @@ class DescriptorWriter:
         header: dict,
         names: dict[str, list[str]],
         utm: dict[str, np.ndarray],
+        hashes: dict[str, np.ndarray] | None = None,
     ) -> DescriptorWriter:
         """A new file at ``path`` (a .partial path, which must not exist: not even as a link)."""
         refuse_link(path)
@@ -315,6 +334,12 @@ class DescriptorWriter:
             h5.create_dataset(f"{role}/names", data=np.array(names[role], dtype=object),
                               dtype=STRINGS)
             h5.create_dataset(f"{role}/utm", data=np.asarray(utm[role], dtype=np.float64))
+            rows = len(names[role])
+            if hashes is not None:
+                h5.create_dataset(f"{role}/sha256", data=np.asarray(hashes[role], dtype=np.uint8)
+                                  .reshape(rows, HASH_BYTES))
+            else:
+                h5.create_dataset(f"{role}/sha256", shape=(rows, HASH_BYTES), dtype=np.uint8)
         h5.create_group("scales")
         h5.flush()
         return cls(h5, path)
@@ -352,6 +377,18 @@ class DescriptorWriter:
 
     def utm(self, role: str) -> np.ndarray:
         return self.h5[f"{role}/utm"][:]
+
+    def hashes(self, role: str) -> np.ndarray | None:
+        return image_hashes(self.h5, role)
+
+    def write_hashes(self, role: str, start: int, digests: Sequence[bytes]) -> None:
+        """SHA-256 of the image files of rows [start, start + len(digests)) (files made before
+        hashes were kept have nowhere to put them: nothing is written)."""
+        if f"{role}/sha256" not in self.h5 or not len(digests):
+            return
+        rows = np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(-1, HASH_BYTES)
+        with self._failing_write():
+            self._dataset(f"{role}/sha256")[start:start + len(rows)] = rows
 
     @property
     def scales(self) -> list[int]:
