@@ -315,7 +315,7 @@ class TestWideImages:
         Image.fromarray(values).save(tmp_path / "n.tiff")
         with pytest.raises(ValueError, match="NaN"):
             load_image(tmp_path / "n.tiff")
-        _, images, error = ImageScalesDataset([tmp_path / "n.tiff"], None, (1,))[0]
+        _, images, error, _ = ImageScalesDataset([tmp_path / "n.tiff"], None, (1,))[0]
         assert images is None and "n.tiff" in error and "\n" not in error
 
     @pytest.mark.parametrize("top, divisor", [(65535, 65535), (1000, 65535), (1_000_000, 1_000_000)])

@@ -90,3 +90,39 @@ def test_runs_grouped_by_their_folder(tmp_path):
         assert f"## Training runs: {title}\n" in text
         assert (tmp_path / f"r_training_{title.replace('/', '_')}.png").exists()
     assert text.count("| vanilla | resnet18conv4+gem |") == 4
+
+
+def test_plots_tick_n_and_epoch_axes_at_integers(gem_file, tmp_path, monkeypatch):
+    """Recall@N against N and recalls against epochs: whole-number tick labels only (epochs 0..2
+    would otherwise be ticked 0.00, 0.25, ...)."""
+    from vprkit import markdown_report
+    from vprkit.train import trainer
+
+    labels = {}
+    for module in (markdown_report, trainer):
+        def drawn(fig, path, real=module.save_figure):
+            fig.canvas.draw()
+            labels[path.name] = [[t.get_text() for t in ax.get_xticklabels()] for ax in fig.axes]
+            return real(fig, path)
+
+        monkeypatch.setattr(module, "save_figure", drawn)
+    result = CliRunner().invoke(main, ["evaluate", str(gem_file), "--json", str(tmp_path / "eval.json")])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({
+        "backbone": "resnet18conv4", "aggregation": "gem", "optimizer": "adam", "lr": 1e-5,
+        "weight_decay": 0, "scheduler": "none", "augment": []}))
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in [
+        {"epoch": 0, "val_recalls": {"1": 10.0, "5": 20.0}},
+        {"epoch": 1, "refresh": 1, "loss": 0.3}, {"epoch": 1, "refresh": 2, "loss": 0.2},
+        {"epoch": 1, "val_recalls": {"1": 12.5, "5": 30.0}},
+        {"epoch": 2, "refresh": 1, "loss": 0.1}, {"epoch": 2, "refresh": 2, "loss": 0.1},
+        {"epoch": 2, "val_recalls": {"1": 11.0, "5": 25.0}}]))
+    write_report([tmp_path / "eval.json", run], tmp_path / "report.md")
+    trainer.plot_run(run)
+    assert [len(axes) for axes in labels.values()] == [1, 1, 2]  # report_eval, report_training, curves
+    for name, axes in labels.items():
+        for texts in axes:
+            assert len(texts) >= 2 and all(float(t.replace("\N{MINUS SIGN}", "-")).is_integer()
+                                           for t in texts), (name, texts)

@@ -165,6 +165,15 @@ class TestDamagedRunFolders:
             cfg.unlink()
         one_line_error(cli("train", "--resume", run, "--quiet"), pattern)
 
+    def test_a_line_cut_by_a_kill_is_dropped_on_resume(self, run):
+        metrics = run / "metrics.jsonl"
+        before = metrics.read_text()
+        with open(metrics, "a") as f:
+            f.write('{"epoch": 3, "refresh": 1, "lo')  # killed in the middle of a line
+        result = cli("train", "--resume", run, "--quiet")
+        assert result.exit_code == 0, result.output
+        assert metrics.read_text() == before and (run / "curves.png").is_file()
+
     def test_changed_dataset_refused(self, run, train_root, tmp_path):
         root = tmp_path / "copy"
         shutil.copytree(train_root, root)

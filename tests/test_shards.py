@@ -52,7 +52,8 @@ class TestShardArithmetic:
 
 class TestMerge:
     @pytest.fixture(scope="class")
-    def sharded(self, small_root, tmp_path_factory):
+    @classmethod
+    def sharded(cls, small_root, tmp_path_factory):
         folder = tmp_path_factory.mktemp("shards")
         whole = extract(small_root, folder / "whole.h5", config(), options(scales=(1, 2)),
                         progress=False)

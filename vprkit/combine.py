@@ -264,6 +264,38 @@ def combine(
     ``scales``: one spec for every input (``"1+2+3"``) or one per input (None: the first scale).
     ``pca_fit``: ``database``, ``queries+database``, or descriptor files (one per input that PCA
     reduces, in input order) made by the same model, e.g. of the train split.
+
+    For every image the ensemble row is the concatenation of the inputs' rows ``(N, D_i)`` at
+    their scale or pyramid, each input wider than ``pca`` first reduced to ``(N, pca)``: the
+    output has ``sum_i min(D_i, pca)`` dimensions (``sum_i D_i`` without ``pca``). The output is
+    an ordinary descriptor file with one scale, ``1``, that records its inputs and the fitted PCA
+    (``vprkit.combine.EnsembleTransform.from_file`` applies the same transform to new rows).
+
+    Args:
+        inputs: descriptor files of the same images (rows are aligned by name); at least two,
+            or one with ``pca``.
+        output: the ensemble descriptor file to write.
+        scales: a scale spec for all inputs, or one per input (None entries: that file's first
+            scale).
+        pca: reduce each input wider than this many dimensions to it by PCA (None: no PCA).
+        pca_fit: rows the PCA is fitted on (see above).
+        whiten: whiten the PCA output (divide by the square root of the explained variance).
+        weights: one positive weight per input: each part is L2-normalised and weighted, and
+            the concatenation L2-normalised again (None: raw concatenation, as in the paper).
+        block_rows: rows read and written at a time.
+        pca_memory_bytes: fitting rows up to this size (as float32) get an exact in-memory
+            PCA; beyond, an exact streamed covariance when the ``D x D`` float64 covariance
+            fits in this size, else scikit-learn's IncrementalPCA.
+        overwrite: replace an existing ``output``.
+        progress: show progress bars and a summary line.
+
+    Returns:
+        The path of the ensemble file (``output``).
+
+    Raises:
+        VprkitError: too few inputs, ``output`` existing (without ``overwrite``) or being an
+            input, inputs of different images, a shard as input, bad weights, ``pca`` larger
+            than an input's dimensions or than the fitting rows, or a bad ``pca_fit``.
     """
     inputs = [Path(p) for p in inputs]
     output = Path(output)

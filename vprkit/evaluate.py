@@ -30,6 +30,26 @@ DEFAULT_RECALLS = (1, 5, 10, 20)
 
 @dataclass
 class EvaluationResult:
+    """Recall@N of one descriptor file at one scale or pyramid (what ``evaluate_file`` returns).
+
+    Attributes:
+        file: the descriptor file, as given.
+        scale: the scale or pyramid evaluated, e.g. ``"1"`` or ``"1+2"``.
+        recalls: ``{N: Recall@N}`` in percent (0-100), for each requested N.
+        queries: number of query images (the denominator, queries without positives included).
+        database: number of database images.
+        dim: descriptor dimension D.
+        threshold: metres within which a database image counted as a positive.
+        queries_without_positives: queries with no database image within ``threshold``.
+        seconds: wall time of the evaluation.
+        model: label of the model (``backbone+aggregation weights``, or the ensemble's parts).
+        dataset: ``<root folder name>/<split>``.
+        search: ``"exact"`` or ``"approximate (<spec>, nprobe <n>)"``.
+
+    ``to_dict()`` gives the JSON form (``vprkit evaluate --json``), with string keys in
+    ``recalls``.
+    """
+
     file: str
     scale: str
     recalls: dict[int, float]
@@ -99,6 +119,32 @@ def evaluate_file(
 
     Exact search by default; ``index`` (a faiss factory string such as ``"IVF1024,PQ32"``) uses an
     approximate index built once and stored next to the file (see ``vprkit.index``).
+
+    The ``(N_q, D)`` query rows are read whole; the ``(N_db, D)`` database rows are searched
+    ``block_rows`` at a time (squared L2, running top-``max(recalls)``), so memory stays bounded
+    by one block plus the queries. Recall@N is the percentage of all queries with a database
+    image within ``threshold`` metres among their first N predictions; queries without any
+    positive stay in the denominator, as in the benchmark.
+
+    Args:
+        path: a complete descriptor file (made by extract, combine or merge; not a lone shard).
+        scale: ``"2"`` for one stored scale, ``"1+2+3"`` for the pyramid of several; None: the
+            file's first scale.
+        recalls: the N of Recall@N, integers >= 1, at most the number of database images.
+        threshold: metres (UTM) within which a database image is a positive.
+        block_rows: database rows searched at a time (None: about 256 MiB of rows).
+        predictions_path: if given, each query's top ``max(recalls)`` are written there as CSV
+            (query, rank, database, distance, metres, positive).
+        index: faiss factory string for approximate search (None: exact).
+        nprobe: inverted lists visited per query by IVF indexes.
+
+    Returns:
+        An ``EvaluationResult``: ``recalls`` maps each N to Recall@N in percent, with the counts,
+        dimension, model and dataset labels, kind of search and time taken.
+
+    Raises:
+        VprkitError: a missing, incomplete or damaged file, a shard, a scale the file lacks, no
+            database or query rows, bad recalls, threshold, block size or nprobe.
     """
     started = time.perf_counter()
     check_search_options(threshold, block_rows, nprobe)

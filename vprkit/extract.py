@@ -37,7 +37,27 @@ DTYPES = ("float32", "float16")
 
 @dataclass
 class ExtractOptions:
-    """How to run the network; everything that changes the descriptors is stored in the file."""
+    """How to run the network; everything that changes the descriptors is stored in the file.
+
+    Attributes:
+        split: split of the dataset to extract (``images/<split>``).
+        scales: scales to extract; scale ``s`` is the (resized) image at ``H/s x W/s``.
+        resize: ``(H, W)`` every image is resized to before the scales are made; None keeps
+            each image's own size (images of different sizes are batched by size).
+        batch_size: images per inference batch.
+        workers: image-decoding processes (0: decode in this process).
+        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        half: reduced-precision inference (float16 on CUDA, bfloat16 on a CPU).
+        dtype: storage type of the descriptors, ``"float32"`` or ``"float16"``.
+        seed: seed of random weights (``weights="none"``) and of NetVLAD's k-means sampling.
+        cluster_split: split whose database images initialise NetVLAD's clusters (None: ``split``).
+        cluster_images: at most this many images sampled for NetVLAD's k-means.
+        cluster_features_per_image: local features sampled per image for the k-means.
+        skip_unparsable: skip (and count) file names without coordinates instead of failing.
+        overwrite: replace an existing or unfinished output instead of resuming or extending it.
+        shard: ``(index, count)`` with index from 0: extract that contiguous slice of the rows
+            only, into ``vprkit.shards.shard_path(output, index, count)``.
+    """
 
     split: str = "test"
     scales: tuple[int, ...] = (1,)
@@ -308,8 +328,40 @@ def extract(
 ) -> Path:
     """Extract descriptors of a split at every scale of ``options.scales``; returns the file.
 
+    Runs the network once over the database and query images of ``options.split`` and writes
+    one HDF5 descriptor file (``vprkit.store``): for every scale ``s`` the descriptors
+    ``scales/<s>/database`` ``(N_db, D)`` and ``scales/<s>/queries`` ``(N_q, D)`` (``D`` =
+    ``model.output_dim``, e.g. 256 for ResNet-18 conv4 + GeM, ``clusters x 256`` for NetVLAD),
+    stored as ``options.dtype``, plus the per-image statistics (GeM: ``(N,)`` location counts;
+    NetVLAD: ``(N, clusters)`` residual norms) from which any pyramid of the stored scales is
+    formed later without the network. An untrained NetVLAD layer is initialised by k-means on
+    local features of ``options.cluster_split``'s database images, stored in the file.
+
+    The file is written as ``output.partial`` and renamed to ``output`` when complete; running
+    again after an interruption resumes from the last committed batch, and an existing complete
+    ``output`` made by the same model, preprocessing and images (same bytes, checked by SHA-256)
+    is extended with the missing scales only.
+
     With ``options.shard = (i, n)`` only slice i of n is extracted, into
     ``vprkit.shards.shard_path(output, i, n)`` (join the n files with ``vprkit.shards.merge``).
+
+    Args:
+        root: dataset root in the benchmark layout (``root/images/<split>/{database,queries}``).
+        output: descriptor file to write (``.h5``); its folder must exist.
+        model_config: the network (backbone, aggregation, clusters, weights or checkpoint).
+        options: how to run it (split, scales, resize, batch size, device, storage dtype, ...);
+            ``ExtractOptions()`` when None.
+        progress: show progress bars and a summary line.
+
+    Returns:
+        The path of the complete descriptor file: ``output``, or the shard's path with
+        ``options.shard``. When ``output`` already holds every requested scale it is returned
+        untouched.
+
+    Raises:
+        VprkitError: bad options, an unreadable dataset or image, an output made differently
+            (another model, preprocessing or images; pass ``options.overwrite``), an output
+            locked by another process, or a full disk (committed rows are kept: rerun to resume).
     """
     options = options or ExtractOptions()
     root, output = Path(root), Path(output)

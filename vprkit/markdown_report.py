@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .errors import VprkitError, shown
 from .files import write_text
-from .plotting import pyplot
+from .plotting import pyplot, save_figure
 
 
 def unique_labels(paths: list[Path]) -> list[str]:
@@ -248,6 +248,8 @@ def _run_table(runs: list[dict]) -> list[str]:
 
 
 def _plot_recalls(rows: list[dict], out: Path, title: str) -> Path | None:
+    from .plotting import integer_ticks
+
     plt = pyplot()
     if plt is None:
         return None
@@ -257,14 +259,15 @@ def _plot_recalls(rows: list[dict], out: Path, title: str) -> Path | None:
         ax.plot(ns, list(r["recalls"].values()), marker="o",
                 label=_plot_text(f"{Path(r['file']).stem} [{r['scale']}]"))
     ax.set(xlabel="N", ylabel="Recall@N (%)", title=_plot_text(title))
+    integer_ticks(ax.xaxis)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def _plot_runs(runs: list[dict], out: Path) -> Path | None:
+    from .plotting import integer_ticks
+
     plt = pyplot()
     if plt is None:
         return None
@@ -273,11 +276,10 @@ def _plot_runs(runs: list[dict], out: Path) -> Path | None:
         ax.plot([v["epoch"] for v in run["val"]], [v["val_recalls"].get("5", 0) for v in run["val"]],
                 marker="o", label=_plot_text(run["name"]))
     ax.set(xlabel="epoch (0 = untrained)", ylabel="validation R@5 (%)", title="training runs")
+    integer_ticks(ax.xaxis)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def write_report(inputs: list[str | Path], output: str | Path, title: str = "vprkit report",

@@ -14,7 +14,22 @@ from .backbones import backbone_channels, build_backbone
 
 @dataclass
 class ModelConfig:
-    """Everything that defines a network's architecture and where its weights came from."""
+    """Everything that defines a network's architecture and where its weights came from.
+
+    The descriptor dimension D is the backbone's channels C for GeM and ``clusters x C`` for
+    NetVLAD (ResNet-18 conv4: C = 256, so GeM 256-D and NetVLAD with 64 clusters 16384-D).
+
+    Attributes:
+        backbone: ``"resnet18conv4"`` (256 channels, stride 16), ``"resnet18conv5"`` (512),
+            ``"resnet50conv4"`` (1024), ``"resnet50conv5"`` (2048), ``"vgg16"`` (512) or
+            ``"efficientnet_lite0"`` (112; extra ``vprkit[efficientnet]``).
+        aggregation: ``"gem"`` or ``"netvlad"``.
+        clusters: NetVLAD clusters K (unused by GeM).
+        weights: ``"imagenet"`` (torchvision's pretrained weights), ``"none"`` (random, seeded)
+            or the path of a torchvision state dict of the backbone.
+        checkpoint: a benchmark or vprkit checkpoint; when set, its weights (and the
+            architecture it holds) are used instead of ``weights``.
+    """
 
     backbone: str = "resnet18conv4"
     aggregation: str = "gem"

@@ -46,6 +46,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -60,11 +61,11 @@ from ..datasets import EVAL_POSITIVE_RADIUS, Split, load_split
 from ..errors import VprkitError
 from ..evaluate import recall_at_n
 from ..extract import ExtractOptions, compute_descriptors, resolve_device, sample_local_features
-from ..files import atomic_output, open_append, output_lock, refuse_link, write_text
+from ..files import open_append, output_lock, refuse_link, write_text
 from ..images import load_image, normalize, resize
 from ..models import ModelConfig, NetVLAD, VPRModel, build_model, save_checkpoint
 from ..models.serialization import load_safely
-from ..plotting import pyplot
+from ..plotting import pyplot, save_figure
 from ..progress import console, progress_bar
 from ..search import exact_search
 from .augment import build_augmentation
@@ -77,7 +78,39 @@ SCHEDULERS = ("none", "plateau", "cosine")
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run (stored as RUN_DIR/config.json)."""
+    """Everything that defines a training run (stored as RUN_DIR/config.json).
+
+    Attributes:
+        root: dataset root in the benchmark layout.
+        backbone: backbone name, as ``ModelConfig.backbone``.
+        aggregation: ``"gem"`` or ``"netvlad"``.
+        clusters: NetVLAD clusters (initialised by k-means on training images).
+        weights: backbone weights: ``"imagenet"``, ``"none"`` or a state-dict path.
+        checkpoint: a benchmark or vprkit checkpoint to start from instead (its architecture).
+        resize: ``(H, W)`` of training and validation images; None keeps their own size.
+        train_split: split the triplets are mined from.
+        val_split: split validated on after every epoch.
+        mining: ``"partial"`` (``neg_samples`` database images per refresh), ``"full"`` or
+            ``"random"``.
+        negatives: hard negatives per query (each triplet group is 2 + ``negatives`` images).
+        neg_samples: database images sampled per cache refresh by partial mining.
+        margin: triplet margin loss margin.
+        queries_per_epoch: training queries per epoch.
+        cache_refresh: queries mined at a time with the current model.
+        batch_size: triplet groups per optimisation step (all processes together).
+        infer_batch_size: images per batch when computing cache and validation descriptors.
+        epochs: at most this many epochs.
+        patience: stop after this many epochs without a better validation R@5.
+        optimizer: ``"sgd"`` (momentum 0.9), ``"adam"``, ``"adamw"`` or ``"asgd"``.
+        lr: learning rate.
+        weight_decay: weight decay.
+        scheduler: ``"none"``, ``"plateau"`` or ``"cosine"``.
+        augment: augmentation presets for training queries (``"night:M1"`` ... ``"occlusion:M6"``).
+        recalls: the N of the validation Recall@N.
+        seed: seed of the weights, the mining and the augmentation.
+        workers: image-decoding processes.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    """
 
     root: str
     backbone: str = "resnet18conv4"
@@ -239,6 +272,16 @@ class RunLog:
             f.write(json.dumps(row) + "\n")
 
 
+def _drop_partial_line(path: Path) -> None:
+    """A process killed while appending a line leaves half of it: cut it before appending more."""
+    refuse_link(path)
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        os.truncate(path, data.rfind(b"\n") + 1)
+
+
 class _Silent:
     """The log of processes other than 0: they write and print nothing."""
 
@@ -325,7 +368,33 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False,
     """Train (or resume) a run; returns the path of ``best.pth``.
 
     Under torchrun (``WORLD_SIZE`` > 1) every process calls this with the same arguments; see the
-    module docstring for what several processes compute and guarantee."""
+    module docstring for what several processes compute and guarantee.
+
+    Triplet training as in the benchmark: per epoch ``config.queries_per_epoch`` training
+    queries, mined ``config.cache_refresh`` at a time with the current model, trained on in
+    steps of ``config.batch_size`` triplet groups; validation Recall@N on ``config.val_split``
+    after every epoch, ``best.pth`` kept by R@5, early stop after ``config.patience`` epochs
+    without improvement. ``run_dir`` receives ``config.json``, ``train.log``, ``metrics.jsonl``,
+    ``last.pth`` (after every cache refresh), ``best.pth`` and ``curves.png``.
+
+    Args:
+        config: the run's configuration (ignored with ``resume``: the run folder's
+            ``config.json`` is used). Sampling sizes larger than the dataset are clipped.
+        run_dir: the run folder, created if needed; it must not already hold a run unless
+            ``resume``.
+        resume: continue the run of ``run_dir`` from its ``last.pth`` (model, optimizer,
+            scheduler, RNG states and progress), losing at most one cache refresh.
+        progress: show progress bars and log lines on the terminal.
+
+    Returns:
+        The path of ``run_dir/best.pth``: the model with the best validation R@5 and its config
+        (``extract_split(..., ModelConfig(checkpoint=str(path)))`` needs nothing else).
+
+    Raises:
+        VprkitError: a bad configuration, a dataset or image that cannot be read, a run folder
+            that already holds a run (or, with ``resume``, holds none or a damaged one), or a
+            run folder that another ``train`` is using.
+    """
     procs = Processes.from_env()
     run_dir = Path(run_dir)
     try:
@@ -370,6 +439,9 @@ def _train(config: TrainConfig | None, run_dir: Path, resume: bool, progress: bo
     root = Path(config.root)
     device = procs.each(lambda: procs.pin(resolve_device(config.device)))
     log = RunLog(run_dir) if procs.main else _Silent()
+    if resume and procs.main:
+        for name in ("train.log", "metrics.jsonl"):
+            _drop_partial_line(run_dir / name)
 
     def load():
         split = load_split(root, config.train_split)
@@ -613,10 +685,17 @@ def _restore(data: dict, model, optimizer, scheduler, rng, procs: Processes, see
 
 def plot_run(run_dir: Path) -> Path | None:
     """curves.png: training loss per cache refresh and validation recalls per epoch."""
+    from ..plotting import integer_ticks
+
     plt = pyplot()
     if plt is None:
         return None
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = []
+    for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:  # a line cut by a killed process (resume drops it): not plotted
+            continue
     losses = [r for r in rows if "loss" in r]
     vals = [r for r in rows if "val_recalls" in r]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -625,15 +704,14 @@ def plot_run(run_dir: Path) -> Path | None:
         x = [(r["epoch"] - 1) + r["refresh"] / refreshes for r in losses]
         ax1.plot(x, [r["loss"] for r in losses], marker="o")
     ax1.set(xlabel="epoch", ylabel="triplet loss", title="training loss per cache refresh")
+    integer_ticks(ax1.xaxis)  # ticks at epoch ends (the points between them are cache refreshes)
     for n in (vals[0]["val_recalls"] if vals else {}):
         ax2.plot([r["epoch"] for r in vals], [r["val_recalls"][n] for r in vals], marker="o",
                  label=f"R@{n}")
     ax2.set(xlabel="epoch (0 = untrained)", ylabel="recall (%)", title="validation Recall@N")
+    integer_ticks(ax2.xaxis)
     if vals:
         ax2.legend()
     fig.tight_layout()
     out = run_dir / "curves.png"
-    with atomic_output(out, "wb") as handle:
-        fig.savefig(handle, dpi=100, format="png")
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
