@@ -177,3 +177,120 @@ def test_train_option_defaults_are_trainconfig_defaults():
     for name in shared:
         value = tuple(options[name]) if name == "resize" else options[name]
         assert value == fields[name], name
+
+
+def test_extract_option_defaults_are_extractoptions_defaults():
+    from vprkit.extract import ExtractOptions
+
+    defaults = ExtractOptions()
+    options = {p.name: p.default for p in main.commands["extract"].params}
+    for name in ("split", "batch_size", "workers", "device", "half", "dtype", "seed",
+                 "cluster_split", "skip_unparsable", "overwrite"):
+        assert options[name] == getattr(defaults, name), name
+    assert tuple(int(s) for s in options["scales"].split(",")) == defaults.scales
+    assert options["resize"] is None and defaults.resize == (480, 640)  # None: see image_size_for
+
+
+class TestVocabulary:
+    """One vocabulary across commands (issue: a CLI and a Python API that feel like one tool)."""
+
+    def test_choices_equal_the_registries(self):
+        from vprkit import choices
+        from vprkit.datasets import SPLITS
+        from vprkit.models import AGGREGATIONS, BACKBONES
+        from vprkit.train.augment import PRESETS
+
+        assert choices.BACKBONES == tuple(BACKBONES) and choices.AGGREGATIONS == tuple(AGGREGATIONS)
+        assert choices.SPLITS == SPLITS and set(choices.AUGMENT_PRESETS) == set(PRESETS)
+
+    def test_every_command_takes_json_and_writers_take_output(self):
+        writers = {("extract",), ("merge",), ("combine",), ("train",), ("report",), ("demo",)}
+        for path, cmd in all_commands(main):
+            if isinstance(cmd, click.Group):
+                continue
+            names = {opt for p in cmd.params if isinstance(p, click.Option) for opt in p.opts}
+            assert "--json" in names, path
+            if path in writers:
+                assert {"-o", "--output"} <= names, path
+
+    def test_closed_sets_list_their_choices_in_help(self):
+        text = run("extract", "--help").output
+        for name in ("resnet18conv4", "efficientnet_lite0", "netvlad", "train|val|test"):
+            assert name in text, name
+        assert "night:M1" in run("train", "--help").output
+
+    def test_out_is_a_deprecated_alias(self, tmp_path):
+        result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "d"), "--no-train",
+                                           "--scales", "1", "--quiet", "--json", "-"])
+        assert result.exit_code == 0, result.output
+        assert "--out is deprecated" in result.output and (tmp_path / "d" / "gem.h5").is_file()
+
+    def test_json_path_or_stdout_for_info(self, gem_file, tmp_path):
+        alone = json.loads(run("info", gem_file, "--json", "-").output)
+        assert json.loads(run("info", gem_file, "--json").output) == alone
+        result = run("info", gem_file, "--json", tmp_path / "i.json")
+        assert "scales" in result.output and json.loads((tmp_path / "i.json").read_text()) == alone
+
+    def test_predictions_to_stdout(self, gem_file):
+        result = run("evaluate", gem_file, "--predictions", "-")
+        lines = result.output.splitlines()
+        assert lines[0] == "query,rank,database,distance,metres,positive"
+        assert len(lines) == 1 + 12 * 20 and "Recall@N" not in result.output
+        assert run("evaluate", gem_file, "--predictions", "-", "--json", "-").exit_code == 1
+
+    def test_part_weights_and_the_old_name(self, gem_file, netvlad_file, tmp_path):
+        new = run("combine", gem_file, netvlad_file, "-o", tmp_path / "a.h5", "--part-weights",
+                  "2,1", "--quiet", "--json", "-")
+        old = CliRunner().invoke(main, ["combine", str(gem_file), str(netvlad_file), "-o",
+                                        str(tmp_path / "b.h5"), "--weights", "2,1", "--quiet"])
+        assert new.exit_code == 0 and json.loads(new.output)["model"]["weights"] == [2.0, 1.0]
+        assert old.exit_code == 0 and "deprecated" in old.output
+
+    def test_dataset_sizes_are_h_by_w(self, small_root):
+        rows = json.loads(run("dataset", "info", small_root, "--json").output)
+        assert rows[0]["sizes"] == {f"{SIZE[0]}x{SIZE[1]}": rows[0]["images"]}
+        assert "image sizes (H x W)" in run("dataset", "info", small_root).output
+
+
+class TestCheckpointPreprocessing:
+    """A vprkit checkpoint's training size is the default size of extract."""
+
+    @pytest.fixture(scope="class")
+    def native_run(self, tmp_path_factory):
+        root = generate_dataset(tmp_path_factory.mktemp("native"), {"train": (20, 10),
+                                                                    "val": (16, 8),
+                                                                    "test": (16, 8)},
+                                size=(32, 40), seed=3)
+        run_dir = root.parent / "run"
+        result = run("train", root, "-o", run_dir, "--native-size", "--weights", "none",
+                     "--queries-per-epoch", "4", "--cache-refresh", "4", "--batch-size", "2",
+                     "--negatives", "2", "--neg-samples", "8", "--epochs", "1", "--workers", "0",
+                     "--device", "cpu", "--quiet")
+        assert result.exit_code == 0, result.output
+        return root, run_dir / "best.pth"
+
+    def test_native_size_run_extracts_at_native_size(self, native_run, tmp_path):
+        root, best = native_run
+        result = run("extract", root, "-o", tmp_path / "f.h5", "--checkpoint", best,
+                     "--workers", "0", "--quiet")
+        said = " ".join(result.output.split())
+        assert result.exit_code == 0 and "extracting at the images' native size, the size" in said
+        info = run("info", tmp_path / "f.h5")
+        assert "resize=native" in info.output
+        assert json.loads(run("info", tmp_path / "f.h5", "--json").output)["preprocessing"]["resize"] \
+            is None
+
+    def test_another_size_asked_for_is_allowed_with_a_note(self, native_run, tmp_path):
+        root, best = native_run
+        result = run("extract", root, "-o", tmp_path / "f.h5", "--checkpoint", best, "--resize",
+                     "64", "80", "--workers", "0", "--quiet", "--json", "-")
+        assert result.exit_code == 0
+        assert "was trained at the images' native size; extracting at 64x80" in \
+            " ".join(result.output.split())
+        assert json.loads(result.output[result.output.index("{"):])["preprocessing"]["resize"] \
+            == [64, 80]
+
+    def test_both_sizes_refused(self, native_run, tmp_path):
+        root, best = native_run
+        assert_one_line_error(run("extract", root, "-o", tmp_path / "f.h5", "--native-size",
+                                  "--resize", "4", "4"), "not both")

@@ -192,7 +192,7 @@ class TestRefusals:
         with pytest.raises(VprkitError, match="exists; pass --overwrite"):
             combine([gem_file, netvlad_file], tmp_path / "x.h5", progress=False)
         assert (tmp_path / "x.h5").read_text() == "keep me"
-        with pytest.raises(VprkitError, match="--weights needs 2"):
+        with pytest.raises(VprkitError, match="--part-weights needs 2"):
             combine([gem_file, netvlad_file], tmp_path / "y.h5", weights=[1.0], progress=False)
         assert not partial_path(tmp_path / "y.h5").exists()
 

@@ -318,8 +318,8 @@ class TestOptionValues:
 
     @pytest.mark.parametrize("weights", ["nan,1", "inf,1", "0,1", "-1,2", "1"])
     def test_combine_weights(self, gem_file, netvlad_file, tmp_path, weights):
-        one_line_error(cli("combine", gem_file, netvlad_file, "-o", tmp_path / "c.h5", "--weights",
-                           weights), "--weights needs 2 positive numbers")
+        one_line_error(cli("combine", gem_file, netvlad_file, "-o", tmp_path / "c.h5",
+                           "--part-weights", weights), "--part-weights needs 2 positive numbers")
         assert not (tmp_path / "c.h5").exists()
 
     def test_combine_block_rows(self, gem_file, netvlad_file, tmp_path):

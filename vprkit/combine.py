@@ -309,7 +309,7 @@ def combine(
     if weights is not None:
         weights = [float(w) for w in weights]
         if len(weights) != len(inputs) or not all(math.isfinite(w) and w > 0 for w in weights):
-            raise VprkitError(f"--weights needs {len(inputs)} positive numbers, one per input, "
+            raise VprkitError(f"--part-weights needs {len(inputs)} positive numbers, one per input, "
                               f"got {','.join(f'{w:g}' for w in weights)}")
     if block_rows < 1:
         raise VprkitError(f"--block-rows must be at least 1, got {block_rows}")

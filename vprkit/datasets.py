@@ -209,7 +209,7 @@ def dataset_info(
                 for path in images.paths():
                     try:
                         with Image.open(path) as im:
-                            sizes[f"{im.width}x{im.height}"] += 1
+                            sizes[f"{im.height}x{im.width}"] += 1  # H x W, as --resize
                     except Exception as err:
                         raise VprkitError(f"cannot read image {path}: {err}") from None
             rows.append(

@@ -19,6 +19,7 @@ from .synthetic import generate_dataset
 DEMO_SIZE = (120, 160)
 DEMO_SPLITS = {"train": (150, 75), "val": (60, 30), "test": (150, 75)}
 DEMO_PCA = 128
+DEMO_TRAIN_QUERIES = 70  # of the 73 training queries with a positive within 10 m: nothing clipped
 
 
 def run_demo(out: str | Path = "vprkit_demo", backbone: str = "resnet18conv4",
@@ -46,7 +47,8 @@ def run_demo(out: str | Path = "vprkit_demo", backbone: str = "resnet18conv4",
                     f.unlink()
             console.print(f"training GeM for one epoch in {run}")
             run_train(TrainConfig(root=str(root.resolve()), backbone=backbone, weights=weights,
-                                  resize=DEMO_SIZE, queries_per_epoch=100, cache_refresh=100,
+                                  resize=DEMO_SIZE, queries_per_epoch=DEMO_TRAIN_QUERIES,
+                                  cache_refresh=DEMO_TRAIN_QUERIES,
                                   neg_samples=150, epochs=1, lr=1e-4, workers=1), run,
                       progress=progress)
         models["gem_trained"] = ModelConfig(checkpoint=str(run / "best.pth"))
@@ -62,3 +64,22 @@ def run_demo(out: str | Path = "vprkit_demo", backbone: str = "resnet18conv4",
                        progress=False, **kwargs)
         results.append(evaluate_file(path))
     return results
+
+
+def next_steps(out: str | Path, results: list[EvaluationResult]) -> list[str]:
+    """Where the demo's files are and what to try next (printed after its table)."""
+    out = Path(out)
+    files = sorted({Path(r.file).name for r in results})
+    netvlad = out / "netvlad.h5"
+    lines = [
+        f"The demo's files are in {out}/: the generated dataset (dataset/), "
+        + ("the training run (runs/gem/), " if (out / "runs" / "gem").is_dir() else "")
+        + f"and the descriptor files {', '.join(files)}.",
+        "Try next:",
+        f"  vprkit info {netvlad}                          # what a descriptor file holds",
+        f"  vprkit evaluate {netvlad} --scale 1+3          # any pyramid of the stored scales",
+        f"  vprkit combine {out / 'gem.h5'} {netvlad} --pca 64 -o {out / 'ens64.h5'}",
+        f"  vprkit extract {out / 'dataset'} -o {out / 'mine.h5'} --weights none --resize 120 160",
+        "  vprkit --help                                   # every command",
+    ]
+    return lines

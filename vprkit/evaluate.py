@@ -11,8 +11,10 @@ import csv
 import json
 import math
 import re
+import sys
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -213,11 +215,13 @@ def model_label(model: dict) -> str:
 
 def write_predictions(path: str | Path, store: DescriptorFile, predictions: np.ndarray,
                       distances: np.ndarray, positives: Sequence[np.ndarray]) -> Path:
-    """CSV: query, rank, database image, squared L2 distance, metres apart, positive or not."""
-    path = Path(path)
+    """CSV: query, rank, database image, squared L2 distance, metres apart, positive or not;
+    ``path`` ``"-"`` writes it to stdout."""
     q_names, db_names = store.names("queries"), store.names("database")
     q_utm, db_utm = store.utm("queries"), store.utm("database")
-    with atomic_output(path, "w", newline="", encoding="utf-8") as handle:
+    target = nullcontext(sys.stdout) if str(path) == "-" else \
+        atomic_output(path, "w", newline="", encoding="utf-8")
+    with target as handle:
         out = csv.writer(handle)
         out.writerow(["query", "rank", "database", "distance", "metres", "positive"])
         for qi, (pred, dist) in enumerate(zip(predictions, distances, strict=True)):
@@ -228,7 +232,7 @@ def write_predictions(path: str | Path, store: DescriptorFile, predictions: np.n
                 metres = float(np.linalg.norm(q_utm[qi] - db_utm[di]))
                 out.writerow([q_names[qi], rank, db_names[di], f"{d:.6g}", f"{metres:.1f}",
                               int(di in pos)])
-    return path
+    return Path(path)
 
 
 def results_json(results: Sequence[EvaluationResult]) -> str:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from .choices import DEFAULT_RESIZE
 from .datasets import ROLES, Split, load_split
 from .errors import VprkitError
 from .files import copy_exclusive, guarded_write, output_lock, partial_path, require_space
@@ -61,7 +62,7 @@ class ExtractOptions:
 
     split: str = "test"
     scales: tuple[int, ...] = (1,)
-    resize: tuple[int, int] | None = (480, 640)  # None: native image size
+    resize: tuple[int, int] | None = DEFAULT_RESIZE  # (H, W); None: native image size
     batch_size: int = 16
     workers: int = 2
     device: str = "auto"
@@ -74,6 +75,34 @@ class ExtractOptions:
     skip_unparsable: bool = False
     overwrite: bool = False
     shard: tuple[int, int] | None = None  # (index from 0, count): extract that slice only
+
+
+def image_size_for(checkpoint: str | Path | None, resize: tuple[int, int] | None,
+                   native_size: bool) -> tuple[tuple[int, int] | None, str | None]:
+    """The ``resize`` to extract at (None: native size) and a note for the user.
+
+    Explicit options win (``resize`` or ``native_size``); without them a vprkit checkpoint's
+    recorded training size is used, else the benchmark's 480 x 640. A size other than the one
+    the checkpoint was trained at is allowed, with a note."""
+    from .models.checkpoints import NOT_RECORDED, trained_image_size
+
+    if resize is not None and native_size:
+        raise VprkitError("give --resize H W or --native-size, not both")
+    recorded = trained_image_size(checkpoint) if checkpoint else NOT_RECORDED
+    if resize is None and not native_size:
+        if recorded == NOT_RECORDED:
+            return DEFAULT_RESIZE, None
+        return recorded, (f"extracting at {_size_text(recorded)}, the size {checkpoint} was "
+                          "trained at (--resize H W or --native-size to choose another)")
+    asked = None if native_size else resize
+    if recorded != NOT_RECORDED and recorded != asked:
+        return asked, (f"note: {checkpoint} was trained at {_size_text(recorded)}; extracting "
+                       f"at {_size_text(asked)} as asked")
+    return asked, None
+
+
+def _size_text(size) -> str:
+    return "the images' native size" if size is None else f"{size[0]}x{size[1]} (H x W)"
 
 
 def resolve_device(device: str) -> torch.device:

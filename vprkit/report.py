@@ -75,6 +75,11 @@ def describe_table(desc: dict) -> Table:
     for key, value in desc.items():
         if key == "file":
             continue
+        if key == "preprocessing" and isinstance(value, dict) and "resize" in value:
+            size = value["resize"]
+            value = {**value, "resize": "native size (each image's own)" if size is None
+                     else f"{size[0]}x{size[1]} (H x W)" if isinstance(size, list) and len(size) == 2
+                     else size}
         if isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items() if v is not None)
         table.add_row(key, cell(value))
@@ -84,7 +89,7 @@ def describe_table(desc: dict) -> Table:
 def dataset_table(rows: list[dict], root, threshold: float) -> Table:
     table = Table(title=cell(root))
     for col in ("split", "role", "images", f"queries without positive (<= {threshold:g} m)",
-                "image sizes"):
+                "image sizes (H x W)"):
         table.add_column(col, justify="right" if col == "images" else "left")
     for row in rows:
         sizes = ", ".join(f"{k} ({v})" for k, v in list(row["sizes"].items())[:3])

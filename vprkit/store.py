@@ -106,7 +106,34 @@ def image_hashes(h5: h5py.File, role: str) -> np.ndarray | None:
 
 
 class DescriptorFile:
-    """Read access to a descriptor file; rows are read lazily, block by block."""
+    """Read access to a descriptor file; rows are read lazily, block by block.
+
+    Opening checks the format, version, completeness and layout; the header is parsed then,
+    the descriptors are read only by ``read_rows``, ``read_index`` and ``iter_blocks``, as
+    float32 whatever the storage type. A role is ``"database"`` or ``"queries"``; a scale
+    spec is a sequence of stored scales: ``(2,)`` for one scale, ``(1, 2, 3)`` for the pyramid
+    of several (formed from the stored per-image statistics, without the network). Use it as a
+    context manager (``with DescriptorFile(path) as f:``) or call ``close()``.
+
+    Args:
+        path: the descriptor file (``.h5``).
+        require_complete: refuse a file whose extraction did not finish (False reads the
+            committed rows of a ``.partial`` file).
+
+    Attributes:
+        path: the file's path.
+        model: the model header (backbone, aggregation, clusters, weights, ``output_dim``,
+            ``fingerprint``, ...); for an ensemble, ``type = "ensemble"`` and its inputs.
+        aggregation: the pyramid rule and its parameters (e.g. GeM's ``p``).
+        dataset: dataset root and split (and ``shard`` for a shard file).
+        preprocessing: resize (or None), normalisation, interpolation, precision.
+        dtype: storage type of the descriptors, ``"float32"`` or ``"float16"``.
+        h5: the open ``h5py.File``, read-only.
+
+    Raises:
+        VprkitError: the file does not exist, is not HDF5, is not a vprkit descriptor file of
+            this format version, is incomplete (with ``require_complete``) or is damaged.
+    """
 
     def __init__(self, path: str | Path, require_complete: bool = True):
         self.path = Path(path)
@@ -214,21 +241,30 @@ class DescriptorFile:
         self.close()
 
     def close(self) -> None:
+        """Close the HDF5 file (also done on leaving a ``with`` block)."""
         self.h5.close()
 
     @property
     def scales(self) -> list[int]:
+        """The stored scales, sorted, e.g. ``[1, 2, 3]``."""
         return sorted(int(s) for s in self.h5["scales"].keys())
 
     @property
     def dim(self) -> int:
+        """The descriptor dimension D (the same at every scale and for every pyramid)."""
         first = str(self.scales[0])
         return int(self.h5[f"scales/{first}/database"].shape[1])
 
     def num(self, role: str) -> int:
+        """Number of images (rows) N of ``role`` (``"database"`` or ``"queries"``)."""
         return int(self.h5[f"{role}/utm"].shape[0])
 
     def names(self, role: str) -> list[str]:
+        """The N image paths of ``role``, relative to its folder, in row order.
+
+        Raises:
+            VprkitError: the stored names are damaged (not valid UTF-8).
+        """
         with self._damaged(f"the {role} names"):
             names = [n.decode() if isinstance(n, bytes) else str(n)
                      for n in self.h5[f"{role}/names"][:]]
@@ -236,6 +272,7 @@ class DescriptorFile:
             return names
 
     def utm(self, role: str) -> np.ndarray:
+        """UTM coordinates of ``role``'s images: a copy, ``(N, 2)`` float64 east, north (m)."""
         return self._utm[role].copy()
 
     def hashes(self, role: str) -> np.ndarray | None:
@@ -243,6 +280,17 @@ class DescriptorFile:
         return image_hashes(self.h5, role)
 
     def check_spec(self, scales: Sequence[int]) -> tuple[int, ...]:
+        """Check that every scale of a spec is stored.
+
+        Args:
+            scales: a scale spec, e.g. ``(2,)`` or ``(1, 2, 3)``.
+
+        Returns:
+            The spec as a tuple.
+
+        Raises:
+            VprkitError: a scale is not in the file (the message lists the stored ones).
+        """
         missing = [s for s in scales if s not in self.scales]
         if missing:
             have = ", ".join(str(s) for s in self.scales)
@@ -252,11 +300,38 @@ class DescriptorFile:
         return tuple(scales)
 
     def read_rows(self, role: str, scales: Sequence[int], start: int, stop: int) -> np.ndarray:
-        """Rows [start, stop) of a scale or of the pyramid of several scales, as float32."""
+        """Rows [start, stop) of a scale or of the pyramid of several scales, as float32.
+
+        Args:
+            role: ``"database"`` or ``"queries"``.
+            scales: a scale spec: ``(2,)`` for one stored scale, ``(1, 2)`` for the pyramid.
+            start: first row.
+            stop: row after the last (at most ``num(role)``).
+
+        Returns:
+            ``(stop - start, D)`` float32 descriptors, in row order (a pyramid is formed from
+            the stored scales' rows and statistics: the same D).
+
+        Raises:
+            VprkitError: a scale is not stored, the rows cannot be read (damaged file), or a
+                descriptor is not finite (the message names its row and image).
+        """
         return self._read(role, scales, slice(start, stop), np.arange(start, stop))
 
     def read_index(self, role: str, scales: Sequence[int], index: np.ndarray) -> np.ndarray:
-        """Rows at arbitrary (distinct) positions ``index``, in that order, as float32."""
+        """Rows at arbitrary (distinct) positions ``index``, in that order, as float32.
+
+        Args:
+            role: ``"database"`` or ``"queries"``.
+            scales: a scale spec, as in ``read_rows``.
+            index: ``(M,)`` distinct row numbers, in any order.
+
+        Returns:
+            ``(M, D)`` float32 descriptors; row ``i`` is row ``index[i]`` of the file.
+
+        Raises:
+            VprkitError: as ``read_rows``.
+        """
         index = np.asarray(index, dtype=np.int64)
         order = np.argsort(index, kind="stable")
         rows = self._read(role, scales, index[order], index[order])
@@ -289,11 +364,23 @@ class DescriptorFile:
     def iter_blocks(
         self, role: str, scales: Sequence[int], block_rows: int
     ) -> Iterator[tuple[int, np.ndarray]]:
+        """All rows of ``role``, ``block_rows`` at a time (bounded memory).
+
+        Args:
+            role: ``"database"`` or ``"queries"``.
+            scales: a scale spec, as in ``read_rows``.
+            block_rows: rows per block (the last block may be shorter).
+
+        Yields:
+            ``(start, rows)``: the first row number and the ``(n, D)`` float32 rows
+            ``[start, start + n)``, with ``n <= block_rows``.
+        """
         n = self.num(role)
         for start in range(0, n, block_rows):
             yield start, self.read_rows(role, scales, start, min(n, start + block_rows))
 
     def default_block_rows(self, budget_bytes: int = 256 << 20) -> int:
+        """Rows of float32 descriptors that fit in ``budget_bytes`` (at least 1024)."""
         return max(1024, budget_bytes // (4 * self.dim))
 
 

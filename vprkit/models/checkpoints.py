@@ -108,3 +108,21 @@ def save_checkpoint(model: VPRModel, path: str | Path, **extra) -> Path:
     config["checkpoint"] = None
     payload = {"model_state_dict": model.state_dict(), "model_config": config, **extra}
     return save_atomically(payload, path)
+
+
+NOT_RECORDED = "not recorded"
+
+
+def trained_image_size(path: str | Path) -> tuple[int, int] | None | str:
+    """The image size (H, W) a vprkit checkpoint was trained at, None where it was trained at
+    the images' native size, or ``NOT_RECORDED`` (a benchmark checkpoint, a bare state dict)."""
+    data = load_safely(Path(path), "checkpoint")
+    config = data.get("train_config") if isinstance(data, dict) else None
+    if not isinstance(config, dict) or "resize" not in config:
+        return NOT_RECORDED
+    size = config["resize"]
+    if size is None:
+        return None
+    if isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) for v in size):
+        return int(size[0]), int(size[1])
+    return NOT_RECORDED

@@ -57,6 +57,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..choices import DEFAULT_RESIZE
 from ..datasets import EVAL_POSITIVE_RADIUS, Split, load_split
 from ..errors import VprkitError
 from ..evaluate import recall_at_n
@@ -118,7 +119,7 @@ class TrainConfig:
     clusters: int = 64
     weights: str = "imagenet"
     checkpoint: str | None = None  # start from these weights instead
-    resize: tuple[int, int] | None = (480, 640)
+    resize: tuple[int, int] | None = DEFAULT_RESIZE  # (H, W); None: native size
     train_split: str = "train"
     val_split: str = "val"
     mining: str = "partial"
@@ -681,6 +682,23 @@ def _restore(data: dict, model, optimizer, scheduler, rng, procs: Processes, see
         torch.manual_seed(_process_seed(seed, procs.rank, data["state"]["epoch"],
                                         data["state"]["refresh"]))
     return data["state"]
+
+
+def run_summary(run_dir: str | Path) -> dict:
+    """A run folder at a glance: its paths and the best validation recalls (``--json``)."""
+    run_dir = Path(run_dir)
+    best = None
+    for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if row.get("best") and "val_recalls" in row:
+            best = row
+    return {"run_dir": str(run_dir), "best_checkpoint": str(run_dir / "best.pth"),
+            "last_checkpoint": str(run_dir / "last.pth"),
+            "best_epoch": best["epoch"] if best else None,
+            "best_val_recalls": best["val_recalls"] if best else None}
 
 
 def plot_run(run_dir: Path) -> Path | None:
