@@ -71,7 +71,7 @@ train_model() {  # NAME [extra vprkit train options...]: OUT/NAME/best.pth, trai
   shift
   if [ ! -f "$out/$name/best.pth" ]; then
     [ "${DRY_RUN:-0}" = 1 ] || rm -rf -- "${out:?}/$name"
-    run vprkit train "$data/$train_dataset" --out "$out/$name" --backbone "$BACKBONE" \
+    run vprkit train "$data/$train_dataset" -o "$out/$name" --backbone "$BACKBONE" \
       --weights "$WEIGHTS" --aggregation "$AGGREGATION" "${size_args[@]}" \
       --queries-per-epoch "$QUERIES" --cache-refresh "$CACHE_REFRESH" --epochs "$EPOCHS" \
       --patience "$PATIENCE" --device "${DEVICE:-auto}" --workers "${WORKERS:-2}" --quiet "$@"

@@ -130,6 +130,7 @@ class TestResume:
         for key in ref:
             assert identical(ref[key], got[key]), key
 
+    @pytest.mark.slow
     def test_kill_9_then_rerun(self, tmp_path):
         # ~1 GFLOP per image so that the run lasts seconds, long enough to be killed mid-way
         root = generate_dataset(tmp_path / "data", {"test": (300, 100)}, size=SIZE, seed=2)

@@ -256,6 +256,7 @@ def _kill_at_random_points(cmd: list[str], out: Path, rounds: int, seconds: floa
 
 
 class TestKilled:
+    @pytest.mark.slow
     def test_combine_killed_at_random_points_then_rerun(self, tmp_path):
         rng = np.random.default_rng(0)
         gem = write_file(tmp_path / "gem.h5", rng.normal(size=(4000, 64)),
@@ -274,6 +275,7 @@ class TestKilled:
         same_datasets(tmp_path / "c.h5", tmp_path / "reference.h5")
         assert not partial_path(tmp_path / "c.h5").exists()
 
+    @pytest.mark.slow
     def test_train_killed_at_random_points_then_resumed(self, tmp_path):
         root = generate_dataset(tmp_path / "data", {"train": (30, 16), "val": (20, 10)},
                                 size=(32, 40), seed=4)

@@ -123,6 +123,7 @@ class TestMerge:
         assert_same_database(merged, whole)
 
 
+@pytest.mark.slow
 def test_two_processes_then_merge_cli(small_root, tmp_path):
     """Two concurrent `vprkit extract --shard` processes, then `vprkit merge` (the CLI path)."""
     common = ["extract", str(small_root), "-o", str(tmp_path / "gem.h5"), "--weights", "none",

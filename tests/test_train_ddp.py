@@ -101,6 +101,7 @@ def one_process(root, tmp_path_factory) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_two_processes_train_what_one_process_trains(root, one_process, tmp_path):
     run = tmp_path / "run"
     result = torchrun(str(root), "--out", str(run), "--quiet", *cli_options(OPTIONS))
@@ -133,6 +134,7 @@ def test_two_processes_train_what_one_process_trains(root, one_process, tmp_path
     assert_same_weights(run / "best.pth", one_process / "best.pth")
 
 
+@pytest.mark.slow
 def test_resume_a_one_process_run_with_two(root, one_process, tmp_path, monkeypatch):
     """Stopped after its first cache refresh in one process, finished by two under torchrun."""
     run = tmp_path / "run"
@@ -149,6 +151,7 @@ def test_resume_a_one_process_run_with_two(root, one_process, tmp_path, monkeypa
     assert_same_weights(run / "last.pth", one_process / "last.pth")
 
 
+@pytest.mark.slow
 def test_an_error_in_one_process_stops_both(tmp_path):
     root = generate_dataset(tmp_path / "d", {"train": (30, 16), "val": (20, 10)}, size=SIZE,
                             seed=4)
