@@ -113,8 +113,8 @@ class TestNetVLAD:
 
 
 def test_unknown_aggregation():
-    with pytest.raises(VprkitError, match="unknown aggregation 'mac'"):
-        build_aggregation("mac", 16)
+    with pytest.raises(VprkitError, match="unknown aggregation 'crn'"):
+        build_aggregation("crn", 16)
 
 
 @pytest.mark.parametrize("layer", [GeM(p=2.5), NetVLAD(clusters=6, dim=12)], ids=["gem", "netvlad"])

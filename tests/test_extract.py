@@ -21,7 +21,8 @@ from PIL import Image
 
 from vprkit.datasets import load_split
 from vprkit.errors import VprkitError
-from vprkit.extract import extract, output_lock
+from vprkit.extract import extract
+from vprkit.files import output_lock
 from vprkit.images import load_image, preprocess
 from vprkit.models import VPRModel
 from vprkit.store import DescriptorFile, DescriptorWriter, partial_path

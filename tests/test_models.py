@@ -15,8 +15,8 @@ from vprkit.models import (
 
 
 class TestBackbones:
-    @pytest.mark.parametrize("name", list(BACKBONES))
-    def test_channels_and_stride(self, name):
+    @pytest.mark.parametrize("name", [n for n in BACKBONES if n != "alexnet"])  # alexnet:
+    def test_channels_and_stride(self, name):  # no padding, tests/test_registry.py
         channels, stride = BACKBONES[name]
         net = build_backbone(name, "none").eval()
         with torch.no_grad():
@@ -49,7 +49,7 @@ class TestBackbones:
 
     def test_unknown(self):
         with pytest.raises(VprkitError, match="unknown backbone"):
-            build_backbone("alexnet", "none")
+            build_backbone("resnet34conv4", "none")
 
 
 class TestCheckpoints:

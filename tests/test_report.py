@@ -96,10 +96,10 @@ def test_plots_tick_n_and_epoch_axes_at_integers(gem_file, tmp_path, monkeypatch
     """Recall@N against N and recalls against epochs: whole-number tick labels only (epochs 0..2
     would otherwise be ticked 0.00, 0.25, ...)."""
     from vprkit import markdown_report
-    from vprkit.train import trainer
+    from vprkit.train import plots
 
     labels = {}
-    for module in (markdown_report, trainer):
+    for module in (markdown_report, plots):
         def drawn(fig, path, real=module.save_figure):
             fig.canvas.draw()
             labels[path.name] = [[t.get_text() for t in ax.get_xticklabels()] for ax in fig.axes]
@@ -120,7 +120,7 @@ def test_plots_tick_n_and_epoch_axes_at_integers(gem_file, tmp_path, monkeypatch
         {"epoch": 2, "refresh": 1, "loss": 0.1}, {"epoch": 2, "refresh": 2, "loss": 0.1},
         {"epoch": 2, "val_recalls": {"1": 11.0, "5": 25.0}}]))
     write_report([tmp_path / "eval.json", run], tmp_path / "report.md")
-    trainer.plot_run(run)
+    plots.plot_run(run)
     assert [len(axes) for axes in labels.values()] == [1, 1, 2]  # report_eval, report_training, curves
     for name, axes in labels.items():
         for texts in axes:

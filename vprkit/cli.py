@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .choices import AGGREGATIONS, AUGMENT_PRESETS, BACKBONES, SPLITS
+from .choices import AGGREGATIONS, AUGMENT_PRESETS, BACKBONES, L2_PLACEMENTS, SPLITS
 from .errors import VprkitError
 from .files import write_text
 from .progress import console, inert, results_console, styled
@@ -111,10 +111,12 @@ def main() -> None:
     """
     warnings.showwarning = _show_warning
     for stream in (sys.stdout, sys.stderr):  # text from damaged files: escaped, never a crash
-        try:
-            stream.reconfigure(errors="backslashreplace")
-        except (AttributeError, ValueError):
-            pass
+        reconfigure = getattr(stream, "reconfigure", None)  # absent on some replaced streams
+        if reconfigure is not None:
+            try:
+                reconfigure(errors="backslashreplace")
+            except ValueError:
+                pass
 
 
 # --------------------------------------------------------------------------- extract
@@ -130,6 +132,12 @@ def main() -> None:
               help="The aggregation.  [default: gem, or what --checkpoint holds]")
 @click.option("--clusters", type=click.IntRange(min=1), default=64, show_default=True,
               help="NetVLAD clusters.")
+@click.option("--l2", type=NamedChoice("--l2", L2_PLACEMENTS), default=None,
+              help="Where gem, mac, spoc and rmac L2-normalise (the benchmark's --l2).  "
+                   "[default: before_pool, or what --checkpoint holds]")
+@click.option("--fc-output-dim", type=click.IntRange(min=1), default=None,
+              help="A fully connected layer to this dimension, then L2, after the aggregation "
+                   "(the benchmark's --fc_output_dim; no pyramid).  [default: none]")
 @click.option("--weights", default="imagenet", show_default=True,
               help="Backbone weights: imagenet (torchvision's weights API; efficientnet_lite0 "
                    "from its offline package), none (random, seeded by --seed), or a state dict path.")
@@ -166,7 +174,8 @@ def main() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing or unfinished output.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @json_option("what the file holds (as vprkit info --json)")
-def extract(root, output, split, backbone, aggregation, clusters, weights, checkpoint, scales,
+def extract(root, output, split, backbone, aggregation, clusters, l2, fc_output_dim, weights,
+            checkpoint, scales,
             resize, native_size, batch_size, workers, device, half, dtype, seed, cluster_split,
             shard, skip_unparsable, overwrite, quiet, json_path):
     """Run a model over a dataset split and write its descriptors at every scale.
@@ -183,10 +192,12 @@ def extract(root, output, split, backbone, aggregation, clusters, weights, check
 
     if checkpoint is None:
         config = ModelConfig(backbone=backbone or "resnet18conv4",
-                             aggregation=aggregation or "gem", clusters=clusters, weights=weights)
+                             aggregation=aggregation or "gem", clusters=clusters, weights=weights,
+                             l2=l2, fc_output_dim=fc_output_dim)
     else:
         config = ModelConfig(backbone=backbone, aggregation=aggregation, clusters=clusters,
-                             weights="none", checkpoint=str(checkpoint))
+                             weights="none", checkpoint=str(checkpoint), l2=l2,
+                             fc_output_dim=fc_output_dim)
     size, note = image_size_for(checkpoint, tuple(resize) if resize else None, native_size)
     if note:
         console.print(note)
@@ -351,6 +362,12 @@ def _list_augments(ctx, param, value):
               show_default=True, help="The aggregation to train.")
 @click.option("--clusters", type=click.IntRange(min=1), default=64, show_default=True,
               help="NetVLAD clusters.")
+@click.option("--l2", type=NamedChoice("--l2", L2_PLACEMENTS), default=None,
+              help="Where gem, mac, spoc and rmac L2-normalise (the benchmark's --l2).  "
+                   "[default: before_pool, or what --checkpoint holds]")
+@click.option("--fc-output-dim", type=click.IntRange(min=1), default=None,
+              help="A fully connected layer to this dimension, then L2, after the aggregation "
+                   "(the benchmark's --fc_output_dim; no pyramid).  [default: none]")
 @click.option("--weights", default="imagenet", show_default=True,
               help="Initial backbone weights: imagenet, none or a state dict path.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
@@ -395,7 +412,8 @@ def _list_augments(ctx, param, value):
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @json_option("the run's folder, best checkpoint and best validation recalls")
-def train(root, output, deprecated_out, resume, backbone, aggregation, clusters, weights,
+def train(root, output, deprecated_out, resume, backbone, aggregation, clusters, l2,
+          fc_output_dim, weights,
           checkpoint, resize, native_size, mining, negatives, neg_samples, margin,
           queries_per_epoch, cache_refresh, batch_size, infer_batch_size, epochs, patience,
           optimizer, lr, weight_decay, scheduler, augment, train_split, val_split, seed, workers,
@@ -406,18 +424,19 @@ def train(root, output, deprecated_out, resume, backbone, aggregation, clusters,
     RUN_DIR/best.pth, ready for vprkit extract --checkpoint.
     """
     from .train import TrainConfig
+    from .train import resume as resume_run
     from .train import train as run_train
     from .train.trainer import run_summary
 
     out = resolve_output(output, deprecated_out)
     if resume:
-        path = run_train(None, resume, resume=True, progress=not quiet)
+        path = resume_run(resume, progress=not quiet)
     else:
         if root is None or out is None:
-            raise VprkitError("give ROOT and -o/--output RUN_DIR (or --resume RUN_DIR)")
+            raise VprkitError("give ROOT and --output RUN_DIR (-o RUN_DIR), or --resume RUN_DIR")
         config = TrainConfig(
             root=str(Path(root).resolve()), backbone=backbone, aggregation=aggregation,
-            clusters=clusters, weights=weights,
+            clusters=clusters, l2=l2, fc_output_dim=fc_output_dim, weights=weights,
             checkpoint=str(Path(checkpoint).resolve()) if checkpoint else None,
             resize=None if native_size else tuple(resize), train_split=train_split,
             val_split=val_split, mining=mining, negatives=negatives, neg_samples=neg_samples,

@@ -15,21 +15,18 @@ descriptors (``EnsembleTransform.from_file``).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from .datasets import ROLES
 from .errors import VprkitError
-from .files import guarded_write, output_lock, partial_path
 from .progress import console, progress_bar, styled
 from .shards import refuse_shard
-from .store import DescriptorFile, DescriptorWriter, parse_scale_spec, spec_name
+from .store import DescriptorFile, Header, Output, parse_scale_spec, spec_name, writing
 
 PCA_FITS = ("database", "queries+database")
 
@@ -85,21 +82,12 @@ class EnsembleTransform:
     @classmethod
     def from_file(cls, path: str | Path) -> EnsembleTransform:
         """The transform stored in a combined descriptor file."""
-        with h5py.File(path, "r") as f:
-            if "combine" not in f:
-                raise VprkitError(f"{path} is not a combined descriptor file")
-            spec = json.loads(f["combine"].attrs["spec"])
-            pcas = []
-            for i in range(len(spec["inputs"])):
-                key = f"combine/pca/{i}"
-                if key in f:
-                    g = f[key]
-                    pcas.append(PCAParams(g["mean"][:], g["components"][:],
-                                          g["explained_variance"][:], bool(g.attrs["whiten"]),
-                                          str(g.attrs["fitted_on"]), int(g.attrs["rows"]),
-                                          str(g.attrs["method"])))
-                else:
-                    pcas.append(None)
+        with DescriptorFile(path) as f:
+            record = f.combine_record()
+        if record is None:
+            raise VprkitError(f"{path} is not a combined descriptor file")
+        spec, stored = record
+        pcas = [None if p is None else PCAParams(**p) for p in stored]
         return cls(dims=[inp["dim"] for inp in spec["inputs"]], pcas=pcas,
                    weights=spec["weights"], info=spec["inputs"])
 
@@ -114,7 +102,12 @@ def _alignment(ref: DescriptorFile, other: DescriptorFile, role: str) -> np.ndar
     for f, listed in ((ref, ref_names), (other, names)):
         if len(set(listed)) != len(listed):
             seen: set[str] = set()
-            twice = next(n for n in listed if n in seen or seen.add(n))
+            twice = ""
+            for n in listed:
+                if n in seen:
+                    twice = n
+                    break
+                seen.add(n)
             raise VprkitError(f"{f.path.name} lists the {role} image {twice} more than once: rows "
                               "cannot be matched by name")
     if ref_names == names:
@@ -235,6 +228,7 @@ def _streamed_covariance_pca(scales, dim: int, sources: list[tuple[DescriptorFil
             total += block.sum(axis=0, dtype=np.float64)
             gram += block.T @ block
             rows += len(block)
+    assert shift is not None  # set by the first block (there are rows: dim <= rows)
     centre = total / rows  # mean of the shifted rows
     gram -= rows * np.outer(centre, centre)
     gram /= max(rows - 1, 1)
@@ -297,27 +291,28 @@ def combine(
             input, inputs of different images, a shard as input, bad weights, ``pca`` larger
             than an input's dimensions or than the fitting rows, or a bad ``pca_fit``.
     """
-    inputs = [Path(p) for p in inputs]
+    paths = [Path(p) for p in inputs]
     output = Path(output)
-    if len(inputs) < 2 and pca is None:
+    if len(paths) < 2 and pca is None:
         raise VprkitError("combine needs at least two descriptor files (or one with --pca)")
     if output.exists() and not overwrite:
         raise VprkitError(f"{output} exists; pass --overwrite to replace it")
-    if output.resolve() in [p.resolve() for p in inputs]:
+    if output.resolve() in [p.resolve() for p in paths]:
         raise VprkitError(f"output {output} is also an input")
-    specs = _scale_specs(scales, len(inputs))
+    specs = _scale_specs(scales, len(paths))
     if weights is not None:
         weights = [float(w) for w in weights]
-        if len(weights) != len(inputs) or not all(math.isfinite(w) and w > 0 for w in weights):
-            raise VprkitError(f"--part-weights needs {len(inputs)} positive numbers, one per input, "
+        if len(weights) != len(paths) or not all(math.isfinite(w) and w > 0 for w in weights):
+            raise VprkitError(f"--part-weights needs {len(paths)} positive numbers, one per input, "
                               f"got {','.join(f'{w:g}' for w in weights)}")
     if block_rows < 1:
         raise VprkitError(f"--block-rows must be at least 1, got {block_rows}")
     if pca is not None and pca < 1:
         raise VprkitError(f"--pca must be a positive number of dimensions, got {pca}")
 
-    with output_lock(output):  # before any work: a second combine into it is refused at once
-        stores = [DescriptorFile(p) for p in inputs]
+    # the lock before any work: a second combine into the same output is refused at once
+    with writing(output, overwrite=overwrite) as out:
+        stores = [DescriptorFile(p) for p in paths]
         extra: list[DescriptorFile] = []
         try:
             for st in stores:
@@ -351,6 +346,7 @@ def combine(
                 if progress:
                     console.print(f"fitting PCA {st.dim} -> {pca} on "
                                   f"{', '.join(f'{f.path.name}:{r}' for f, r in sources)}")
+                assert pca is not None  # reduce[i] needs it
                 pcas.append(fit_pca(sp, pca, sources, whiten, block_rows, pca_memory_bytes,
                                     str(st.path)))
             info = [{"file": str(st.path.resolve()), "scale": spec_name(sp), "dim": st.dim,
@@ -359,10 +355,17 @@ def combine(
                                                      "fitted_on": p.fitted_on, "method": p.method}}
                     for st, sp, p in zip(stores, spec_of, pcas, strict=True)]
             transform = EnsembleTransform(dims=dims, pcas=pcas, weights=weights, info=info)
-            return _write(stores, spec_of, orders, transform, output, block_rows, progress)
+            _write(stores, spec_of, orders, transform, out, block_rows, progress)
         finally:
             for st in stores + extra:
                 st.close()
+    if progress:
+        console.print(styled("wrote", "green", f" {out.written}: {transform.output_dim} dims from "
+                      + " + ".join(f"{Path(i['file']).name}[{i['scale']}]"
+                                   + (f"->PCA {i['pca']['dim']}" if i["pca"] else "")
+                                   for i in transform.info)))
+    assert out.written is not None  # the block ended without error
+    return out.written
 
 
 def _scale_specs(scales, n: int) -> list[tuple[int, ...] | None]:
@@ -387,56 +390,34 @@ def _fit_files(pca_fit, needed: int) -> list[Path] | None:
     return files
 
 
-def _write(stores, spec_of, orders, transform: EnsembleTransform, output: Path,
-           block_rows: int, progress: bool) -> Path:
+def _write(stores, spec_of, orders, transform: EnsembleTransform, out: Output,
+           block_rows: int, progress: bool) -> None:
     ref = stores[0]
-    header = {
-        "model": {"type": "ensemble", "inputs": [
+    header = Header(
+        model={"type": "ensemble", "inputs": [
             {k: v for k, v in inp.items() if k != "dataset"} for inp in transform.info],
             "weights": transform.weights, "output_dim": transform.output_dim},
-        "aggregation": {"type": "ensemble"},
-        "dataset": ref.dataset,
-        "preprocessing": {"inputs": [st.preprocessing for st in stores]},
-        "dtype": "float32",
-    }
-    part = partial_path(output)
-    with guarded_write(part, output):  # (combine holds the output lock)
-        part.unlink(missing_ok=True)
-        hashes = {r: ref.hashes(r) for r in ROLES}
-        writer = DescriptorWriter.create(
-            part, header, names={r: ref.names(r) for r in ROLES}, utm={r: ref.utm(r) for r in ROLES},
-            hashes=None if any(h is None for h in hashes.values()) else hashes)
-        try:
-            writer.add_scale(1, transform.output_dim, {}, None)
-            spec = {"inputs": transform.info, "weights": transform.weights}
-            group = writer.h5.create_group("combine")
-            group.attrs["spec"] = json.dumps(spec, sort_keys=True)
-            for i, p in enumerate(transform.pcas):
-                if p is None:
-                    continue
-                g = group.create_group(f"pca/{i}")
-                g["mean"], g["components"] = p.mean, p.components
-                g["explained_variance"] = p.explained_variance
-                for key in ("whiten", "fitted_on", "rows", "method"):
-                    g.attrs[key] = getattr(p, key)
-            total = sum(ref.num(r) for r in ROLES)
-            with progress_bar(progress) as bar:
-                task = bar.add_task("combine", total=total, rate="")
-                for role in ROLES:
-                    n = ref.num(role)
-                    for start in range(0, n, block_rows):
-                        stop = min(n, start + block_rows)
-                        parts = [_read(st, role, sp, start, stop, orders.get((i, role)))
-                                 for i, (st, sp) in enumerate(zip(stores, spec_of, strict=True))]
-                        writer.write(role, 1, start, transform.apply(parts), {})
-                        writer.commit_rows(role, [1], stop)
-                        bar.update(task, advance=stop - start)
-            path = writer.finalize(output)
-        finally:
-            writer.close()
-    if progress:
-        console.print(styled("wrote", "green", f" {path}: {transform.output_dim} dims from "
-                      + " + ".join(f"{Path(i['file']).name}[{i['scale']}]"
-                                   + (f"->PCA {i['pca']['dim']}" if i["pca"] else "")
-                                   for i in transform.info)))
-    return path
+        aggregation={"type": "ensemble"},
+        dataset=ref.dataset,
+        preprocessing={"inputs": [st.preprocessing for st in stores]},
+        dtype="float32",
+    )
+    hashes = {r: ref.hashes(r) for r in ROLES}
+    writer = out.create(header, names={r: ref.names(r) for r in ROLES},
+                        utm={r: ref.utm(r) for r in ROLES},
+                        hashes=None if any(h is None for h in hashes.values()) else hashes)
+    writer.add_scale(1, transform.output_dim, {}, None)
+    writer.write_combine_record({"inputs": transform.info, "weights": transform.weights},
+                                [None if p is None else asdict(p) for p in transform.pcas])
+    total = sum(ref.num(r) for r in ROLES)
+    with progress_bar(progress) as bar:
+        task = bar.add_task("combine", total=total, rate="")
+        for role in ROLES:
+            n = ref.num(role)
+            for start in range(0, n, block_rows):
+                stop = min(n, start + block_rows)
+                parts = [_read(st, role, sp, start, stop, orders.get((i, role)))
+                         for i, (st, sp) in enumerate(zip(stores, spec_of, strict=True))]
+                writer.write(role, 1, start, transform.apply(parts), {})
+                writer.commit_rows(role, [1], stop)
+                bar.update(task, advance=stop - start)

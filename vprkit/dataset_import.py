@@ -133,7 +133,7 @@ def read_coordinates_csv(path: Path) -> dict[str, tuple[float, float]]:
             if not isinstance(name, str) or not name.strip():
                 raise VprkitError(f"{where} line {line}: no image name")
             try:
-                latlon = (float(lat), float(lon))
+                latlon = (float(lat), float(lon))  # type: ignore[arg-type]  # None: TypeError
             except (TypeError, ValueError):
                 raise VprkitError(f"{where} line {line}: bad latitude/longitude") from None
             if not _valid_latlon(*latlon):
@@ -185,7 +185,9 @@ def _plan(images: Path, names: list[str], table, coordinates, target: Path,
           skip_missing: bool) -> tuple[list[tuple[Path, Path]], list[str]]:
     """(source, destination) for every photo to write, and the names skipped; raises before
     anything is written."""
-    plan, skipped, sources = [], [], {}
+    plan: list[tuple[Path, Path]] = []
+    skipped: list[str] = []
+    sources: dict[str, Path] = {}
     for name in names:
         src = images / name
         try:
@@ -203,7 +205,8 @@ def _plan(images: Path, names: list[str], table, coordinates, target: Path,
             skipped.append(name)
             continue
         try:
-            dest_name = benchmark_name(*latlon, Path(name).stem, Path(name).suffix.lower())
+            lat, lon = latlon
+            dest_name = benchmark_name(lat, lon, Path(name).stem, Path(name).suffix.lower())
         except utm.error.OutOfRangeError as err:
             raise VprkitError(f"{shown(src)}: coordinates {latlon} out of range ({err})") from None
         if len(dest_name.encode("utf-8")) > NAME_MAX:

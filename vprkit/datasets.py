@@ -18,9 +18,9 @@ import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
 from .errors import VprkitError, shown
+from .roles import ROLES
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-ROLES = ("database", "queries")
 SPLITS = ("train", "val", "test")
 EVAL_POSITIVE_RADIUS = 25.0
 TRAIN_POSITIVE_RADIUS = 10.0

@@ -59,9 +59,9 @@ def run_demo(out: str | Path = "vprkit_demo", backbone: str = "resnet18conv4",
         for spec in [str(scale_list[0]), *pyramid]:
             results.append(evaluate_file(files[name], spec))
     gem = files.get("gem_trained", files["gem"])
-    for name, kwargs in (("concat", {}), ("pca", {"pca": DEMO_PCA})):
-        path = combine([gem, files["netvlad"]], out / f"{name}.h5", overwrite=True,
-                       progress=False, **kwargs)
+    for name, pca in (("concat", None), ("pca", DEMO_PCA)):
+        path = combine([gem, files["netvlad"]], out / f"{name}.h5", pca=pca, overwrite=True,
+                       progress=False)
         results.append(evaluate_file(path))
     return results
 

@@ -13,25 +13,27 @@ import hashlib
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from .choices import DEFAULT_RESIZE
 from .datasets import ROLES, Split, load_split
 from .errors import VprkitError
-from .files import copy_exclusive, guarded_write, output_lock, partial_path, require_space
-from .images import MEAN, STD, ImageScalesDataset, collate_items, file_sha256, scale_size
+from .files import partial_path
+from .images import MEAN, STD, file_sha256, scale_size
+from .inference import check_items as _check_items
+from .inference import cpu_has_bf16, inference_options, resolve_device, sample_local_features
+from .inference import fold_batch_norm as _fold_batch_norm
+from .inference import half_dtype as _half_dtype
+from .inference import image_loader as _loader
+from .inference import infer_batch as _infer
 from .models import ModelConfig, NetVLAD, VPRModel, build_model, fingerprint
 from .models.aggregations import stat_names
 from .progress import console, progress_bar, styled
 from .shards import parse_shard, shard_path, take_shard
-from .store import DescriptorFile, DescriptorWriter, parse_scales, spec_name
+from .store import DescriptorFile, DescriptorWriter, Header, parse_scales, spec_name, writing
 
 DTYPES = ("float32", "float16")
 
@@ -90,7 +92,7 @@ def image_size_for(checkpoint: str | Path | None, resize: tuple[int, int] | None
         raise VprkitError("give --resize H W or --native-size, not both")
     recorded = trained_image_size(checkpoint) if checkpoint else NOT_RECORDED
     if resize is None and not native_size:
-        if recorded == NOT_RECORDED:
+        if isinstance(recorded, str):  # NOT_RECORDED
             return DEFAULT_RESIZE, None
         return recorded, (f"extracting at {_size_text(recorded)}, the size {checkpoint} was "
                           "trained at (--resize H W or --native-size to choose another)")
@@ -105,18 +107,6 @@ def _size_text(size) -> str:
     return "the images' native size" if size is None else f"{size[0]}x{size[1]} (H x W)"
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise VprkitError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise VprkitError(f"device {device} requested but CUDA is not available")
-    return dev
-
-
 def _preprocessing(options: ExtractOptions, device: torch.device) -> dict:
     return {
         "resize": list(options.resize) if options.resize else None,
@@ -124,76 +114,6 @@ def _preprocessing(options: ExtractOptions, device: torch.device) -> dict:
         "interpolation": "bilinear-antialias",
         "precision": str(_half_dtype(device)).removeprefix("torch.") if options.half else "float32",
     }
-
-
-def _half_dtype(device: torch.device) -> torch.dtype:
-    """--half: float16 on CUDA, bfloat16 on CPUs (native on AVX512-BF16 / AMX processors)."""
-    return torch.float16 if device.type == "cuda" else torch.bfloat16
-
-
-def cpu_has_bf16() -> bool | None:
-    """Whether this CPU computes bfloat16 natively (None where unknown: not Linux)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None
-    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
-
-
-def _autocast(device: torch.device, half: bool):
-    if half:
-        return torch.autocast(device_type=device.type, dtype=_half_dtype(device))
-    return nullcontext()
-
-
-def _runs_of_same_size(items: list) -> list[list]:
-    """Consecutive items whose scale-1 images have the same size (batchable together)."""
-    runs: list[list] = []
-    for item in items:
-        if runs and runs[-1][0][1][0].shape == item[1][0].shape:
-            runs[-1].append(item)
-        else:
-            runs.append([item])
-    return runs
-
-
-def _loader(paths: list[Path], options: ExtractOptions, scales, device) -> DataLoader:
-    dataset = ImageScalesDataset(paths, options.resize, scales)
-    return DataLoader(
-        dataset,
-        batch_size=options.batch_size,
-        num_workers=options.workers,
-        collate_fn=collate_items,
-        prefetch_factor=4 if options.workers > 0 else None,
-    )
-
-
-def _check_items(items: list) -> None:
-    for _, _, error, _ in items:
-        if error:
-            raise VprkitError(error)
-
-
-@torch.inference_mode()
-def sample_local_features(model: VPRModel, paths: list[Path], options: ExtractOptions,
-                          device: torch.device) -> np.ndarray:
-    """L2-normalised local features sampled from images, for NetVLAD's k-means (benchmark)."""
-    rng = np.random.default_rng(options.seed)
-    count = min(options.cluster_images, len(paths))
-    chosen = sorted(rng.choice(len(paths), size=count, replace=False).tolist())
-    per_image = options.cluster_features_per_image
-    samples = []
-    for items in _loader([paths[i] for i in chosen], options, (1,), device):
-        _check_items(items)
-        for run in _runs_of_same_size(items):
-            x = torch.stack([it[1][0] for it in run]).to(device)
-            with _autocast(device, options.half):
-                feats = model.backbone(x.contiguous(memory_format=torch.channels_last))
-            feats = F.normalize(feats.float(), p=2.0, dim=1).flatten(2).transpose(1, 2)
-            for f in feats.cpu().numpy():
-                take = rng.choice(len(f), size=min(per_image, len(f)), replace=False)
-                samples.append(f[np.sort(take)])
-    return np.concatenate(samples).astype(np.float32)
 
 
 def _model_header(model: VPRModel, netvlad_init: dict | None) -> dict:
@@ -207,36 +127,6 @@ def _model_header(model: VPRModel, netvlad_init: dict | None) -> dict:
         "backbone_fingerprint": fingerprint(model.backbone),
         "netvlad_init": netvlad_init,
     }
-
-
-def _fold_batch_norm(model: VPRModel) -> VPRModel:
-    """Fold eval-mode BatchNorm layers into the convolutions before them (torch.fx): the same
-    descriptors to float rounding, 10-20% faster on CPU. A backbone that torch.fx cannot trace
-    (EfficientNet's size-dependent padding) is kept as it is."""
-    from torch.fx.experimental.optimization import fuse
-
-    try:
-        backbone = fuse(model.backbone)
-    except Exception:  # not traceable: keep the eager module
-        return model
-    model.backbone = backbone.to(memory_format=torch.channels_last)
-    return model
-
-
-def _open_existing(path: Path) -> DescriptorWriter | None:
-    """An unfinished .partial file, or None (a damaged one is reported and removed)."""
-    if not path.exists() and not path.is_symlink():
-        return None
-    try:
-        writer = DescriptorWriter.open(path)
-        writer.header()
-        return writer
-    except VprkitError:
-        raise  # a link or not a regular file: refused, left as it is
-    except Exception as err:
-        warnings.warn(f"{path} is damaged ({type(err).__name__}); starting it again", stacklevel=2)
-        path.unlink()
-        return None
 
 
 def _same_images(writer_or_file, split: Split) -> str | None:
@@ -295,13 +185,14 @@ def _rows_with_descriptors(writer: DescriptorWriter) -> dict[str, int]:
             for role in ROLES}
 
 
-def _difference(stored: dict, current: dict) -> str | None:
+def _difference(stored: Header, current: Header) -> str | None:
     for key in ("model", "preprocessing", "dtype"):
-        if stored[key] != current[key]:
+        mine, asked = getattr(stored, key), getattr(current, key)
+        if mine != asked:
             if key == "model":
-                changed = [k for k in current[key] if stored[key].get(k) != current[key][k]]
+                changed = [k for k in asked if mine.get(k) != asked[k]]
                 return f"model differs in {', '.join(changed)}"
-            return f"{key} differs ({stored[key]} stored, {current[key]} asked)"
+            return f"{key} differs ({mine} stored, {asked} asked)"
     return None
 
 
@@ -313,7 +204,8 @@ def _init_netvlad(model: VPRModel, root: Path, split: Split, output: Path,
     that output, if they were made from the same backbone, preprocessing, images and k-means
     options, so that every row of the file comes from exactly the same model.
     """
-    if not isinstance(model.aggregation, NetVLAD) or model.config.checkpoint:
+    if not isinstance(getattr(model.aggregation, "inner", model.aggregation), NetVLAD) \
+            or model.config.checkpoint:
         return None
     cluster_split = options.cluster_split or options.split
     source = split if cluster_split == split.name else load_split(root, cluster_split)
@@ -334,8 +226,7 @@ def _init_netvlad(model: VPRModel, root: Path, split: Split, output: Path,
                         and stored.model.get("clusters") == model.config.clusters
                         and all(init.get(k) == v for k, v in wanted.items())
                         and stored.preprocessing == _preprocessing(options, device))
-                arrays = ({k: v[()] for k, v in stored.h5["model/aggregation"].items()}
-                          if same else {})
+                arrays = stored.aggregation_arrays() if same else {}
         except Exception:
             continue
         if arrays:
@@ -343,7 +234,7 @@ def _init_netvlad(model: VPRModel, root: Path, split: Split, output: Path,
             return init
     console.print(f"NetVLAD: k-means on local features of {wanted['images']} {cluster_split} "
                   "database images")
-    features = sample_local_features(model, paths, options, device)
+    features = sample_local_features(model, paths, inference_options(options), device)
     model.aggregation.init_from_descriptors(features, seed=options.seed)
     return {**wanted, "features": int(len(features))}
 
@@ -426,74 +317,58 @@ def extract(
     torch.manual_seed(options.seed)
     model = build_model(model_config).eval()
 
-    with output_lock(output):
-        partial = partial_path(output)
-        if options.overwrite:
-            partial.unlink(missing_ok=True)
+    with writing(output, resumable=True, overwrite=options.overwrite) as out:
         model = model.to(device)
         netvlad_init = _init_netvlad(model, root, full_split, output, options, device)
         model = model.to(memory_format=torch.channels_last)
-        header = {
-            "model": _model_header(model, netvlad_init),
-            "aggregation": model.aggregation.pyramid_params(),
-            "dataset": {"root": str(root.resolve()), "split": split.name,
-                        "skipped_unparsable": len(split.database.skipped) + len(split.queries.skipped),
-                        **({"shard": shard_info} if shard_info else {})},
-            "preprocessing": _preprocessing(options, device),
-            "dtype": options.dtype,
-        }
+        header = Header(
+            model=_model_header(model, netvlad_init),
+            aggregation=model.aggregation.pyramid_params(),
+            dataset={"root": str(root.resolve()), "split": split.name,
+                     "skipped_unparsable": len(split.database.skipped) + len(split.queries.skipped),
+                     **({"shard": shard_info} if shard_info else {})},
+            preprocessing=_preprocessing(options, device),
+            dtype=options.dtype,
+        )
         model = _fold_batch_norm(model)  # after the fingerprint: the weights it hashes are kept
-        writer = _open_existing(partial)
+        writer = out.resume()
         if writer is not None:
             problem = (_difference(writer.header(), header) or _same_images(writer, split)
                        or _changed_image(writer, split, _rows_with_descriptors(writer), progress))
             if problem:
-                writer.close()
                 raise VprkitError(
-                    f"{partial} is an unfinished extraction of something else ({problem}); "
+                    f"{out.partial} is an unfinished extraction of something else ({problem}); "
                     "pass --overwrite to start again"
                 )
-        elif output.exists() and not options.overwrite:
-            with DescriptorFile(output) as existing:
-                have = existing.scales
-                problem = _difference(
-                    {"model": existing.model, "preprocessing": existing.preprocessing,
-                     "dtype": existing.dtype}, header) or _same_images(existing, split)
-                if not problem and not all(s in have for s in scales):
-                    problem = _changed_image(existing, split, {r: len(split.role(r)) for r in ROLES},
-                                             progress)
-            if problem:
-                raise VprkitError(
-                    f"{output} was made differently ({problem}); choose another output or "
-                    "pass --overwrite"
-                )
-            if all(s in have for s in scales):
-                if progress:
-                    console.print(f"{output} already holds scales {spec_name(scales)}: "
-                                  "nothing to do")
-                return output
-            require_space(partial, output.stat().st_size)
-            with guarded_write(partial, output):
-                copy_exclusive(output, partial)
-                writer = DescriptorWriter.open(partial)
-                writer.h5.attrs["complete"] = False
-        with guarded_write(partial, output, resumable=True):
-            try:
-                if writer is None:
-                    writer = DescriptorWriter.create(
-                        partial, header,
-                        names={r: split.role(r).names for r in ROLES},
-                        utm={r: split.role(r).utm for r in ROLES},
+        else:
+            existing = out.complete_file()
+            if existing is not None:
+                with existing:
+                    have = existing.scales
+                    problem = _difference(existing.header, header) or _same_images(existing, split)
+                    if not problem and not all(s in have for s in scales):
+                        problem = _changed_image(existing, split,
+                                                 {r: len(split.role(r)) for r in ROLES}, progress)
+                if problem:
+                    raise VprkitError(
+                        f"{output} was made differently ({problem}); choose another output or "
+                        "pass --overwrite"
                     )
-                    if netvlad_init is not None:
-                        writer.store_arrays("model/aggregation", {
-                            k: v.detach().cpu().numpy()
-                            for k, v in model.aggregation.state_dict().items()})
-                _run(model, split, writer, scales, options, device, progress)
-                path = writer.finalize(output)
-            finally:
-                if writer is not None:
-                    writer.close()
+                if all(s in have for s in scales):
+                    if progress:
+                        console.print(f"{output} already holds scales {spec_name(scales)}: "
+                                      "nothing to do")
+                    return output
+                writer = out.extend()
+        if writer is None:
+            writer = out.create(header, names={r: split.role(r).names for r in ROLES},
+                                utm={r: split.role(r).utm for r in ROLES})
+            if netvlad_init is not None:
+                writer.write_aggregation_arrays({k: v.detach().cpu().numpy()
+                                                 for k, v in model.aggregation.state_dict().items()})
+        _run(model, split, writer, scales, options, device, progress)
+    path = out.written
+    assert path is not None  # the block ended without error
     if progress:
         with DescriptorFile(path) as f:
             console.print(styled("wrote", "green", f" {path}: {f.num('database')} database + "
@@ -531,7 +406,7 @@ def _run(model: VPRModel, split: Split, writer: DescriptorWriter, scales: tuple[
             if not paths:
                 continue
             row = start
-            for items in _loader(paths, options, pending, device):
+            for items in _loader(paths, inference_options(options), pending, device):
                 _check_items(items)
                 writer.write_hashes(role, row, [it[3] for it in items])
                 outputs = _infer(model, items, pending, device, options.half)
@@ -545,57 +420,5 @@ def _run(model: VPRModel, split: Split, writer: DescriptorWriter, scales: tuple[
 
 
 def _stats_spec(model: VPRModel) -> dict:
-    params = model.aggregation.pyramid_params()
-    spec = {"count": ((), "int64"), "cluster_norms": ((getattr(model.aggregation, "clusters", 0),),
-                                                       "float32")}
-    return {name: spec[name] for name in stat_names(params)}
-
-
-@torch.inference_mode()
-def _infer(model: VPRModel, items: list, scales, device, half: bool):
-    """Descriptors and stats of a batch at every scale: [(desc (B, D), {stat: (B, ...)})]."""
-    per_scale = []
-    for si, _ in enumerate(scales):
-        descs, stats = [], []
-        for run in _runs_of_same_size(items):
-            x = torch.stack([it[1][si] for it in run])
-            if device.type == "cuda":
-                x = x.pin_memory()
-            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            try:
-                with _autocast(device, half):
-                    desc, stat = model.forward_with_stats(x)
-            except RuntimeError as err:
-                first = str(err).strip().splitlines()[0]
-                raise VprkitError(
-                    f"{model.config.backbone} failed on {len(run)} image(s) of "
-                    f"{x.shape[-2]}x{x.shape[-1]} pixels at scale {scales[si]} "
-                    f"(too small?): {first}") from None
-            descs.append(desc.float().cpu().numpy())
-            stats.append({k: v.float().cpu().numpy() if v.is_floating_point() else v.cpu().numpy()
-                          for k, v in stat.items()})
-        merged = {k: np.concatenate([s[k] for s in stats]) for k in stats[0]}
-        desc = np.concatenate(descs)
-        if not np.isfinite(desc).all():
-            bad = int(np.flatnonzero(~np.isfinite(desc).all(axis=1))[0])
-            raise VprkitError(f"the network produced non-finite descriptors for image "
-                              f"{items[bad][0]} of the batch at scale {scales[si]}")
-        per_scale.append((desc, merged))
-    return per_scale
-
-
-def compute_descriptors(model: VPRModel, paths: list[Path], options: ExtractOptions,
-                        device: torch.device, progress: bool = False,
-                        label: str = "descriptors") -> np.ndarray:
-    """Descriptors (N, D) of images at scale 1, in memory (training caches, validation)."""
-    out = np.empty((len(paths), model.output_dim), dtype=np.float32)
-    row = 0
-    with progress_bar(progress) as bar:
-        task = bar.add_task(label, total=len(paths), rate="")
-        for items in _loader(paths, options, (1,), device):
-            _check_items(items)
-            desc, _ = _infer(model, items, (1,), device, options.half)[0]
-            out[row: row + len(desc)] = desc
-            row += len(desc)
-            bar.update(task, advance=len(desc))
-    return out
+    spec = model.aggregation.stats_spec()  # what its pyramid rule needs (vprkit.pyramid)
+    return {name: spec[name] for name in stat_names(model.aggregation.pyramid_params())}

@@ -30,7 +30,7 @@ def index_path(store: DescriptorFile, scales, spec: str) -> Path:
 
 
 def _identity(store: DescriptorFile, scales, spec: str) -> dict:
-    return {"descriptor_file": store.path.name, "created": str(store.h5.attrs["created"]),
+    return {"descriptor_file": store.path.name, "created": str(store.created),
             "fingerprint": store.model.get("fingerprint"), "rows": store.num("database"),
             "scale": spec_name(scales), "factory": spec}
 
@@ -67,7 +67,7 @@ def build_or_load(store: DescriptorFile, scales, spec: str, block_rows: int,
         index.add(np.ascontiguousarray(rows, dtype=np.float32))
     try:
         with atomic_output(path, "wb") as handle:
-            faiss.write_index(index, faiss.PyCallbackIOWriter(handle.write))
+            faiss.write_index(index, faiss.PyCallbackIOWriter(handle.write))  # type: ignore[attr-defined]
         write_text(meta_path, json.dumps(identity, indent=2) + "\n")
     except (VprkitError, OSError) as err:
         reason = str(err) if isinstance(err, VprkitError) else f"cannot write {path}: {err.strerror}"

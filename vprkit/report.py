@@ -48,13 +48,12 @@ def _text(value) -> str:
 
 def describe_file(path) -> dict:
     with DescriptorFile(path, require_complete=False) as f:
-        attrs = f.h5.attrs
         return {
             "file": str(path),
-            "complete": bool(attrs.get("complete", False)),
-            "format_version": int(attrs["format_version"]),
-            "vprkit_version": _text(attrs.get("vprkit_version", "?")),
-            "created": _text(attrs.get("created", "?")),
+            "complete": f.complete,
+            "format_version": f.format_version,
+            "vprkit_version": _text(f.vprkit_version or "?"),
+            "created": _text(f.created or "?"),
             "database": f.num("database"),
             "queries": f.num("queries"),
             "scales": f.scales,

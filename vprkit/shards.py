@@ -15,7 +15,6 @@ complete, as extract does. The merged file equals an unsharded extraction row fo
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -24,9 +23,8 @@ import numpy as np
 
 from .datasets import ROLES, ImageList, Split
 from .errors import VprkitError
-from .files import guarded_write, output_lock, partial_path
 from .progress import console, progress_bar, styled
-from .store import DescriptorFile, DescriptorWriter
+from .store import DescriptorFile, Header, writing
 
 SHARD_SUFFIX = re.compile(r"\.shard(\d+)of(\d+)$")
 
@@ -138,50 +136,43 @@ def _write_merged(files: list[DescriptorFile], output: Path, progress: bool) -> 
     first = files[0]
     dataset = {k: v for k, v in first.dataset.items() if k != "shard"}
     dataset["merged_shards"] = len(files)
-    header = {"model": first.model, "aggregation": first.aggregation, "dataset": dataset,
-              "preprocessing": first.preprocessing, "dtype": first.dtype}
+    header = Header(model=first.model, aggregation=first.aggregation, dataset=dataset,
+                    preprocessing=first.preprocessing, dtype=first.dtype)
     names = {r: [n for f in files for n in f.names(r)] for r in ROLES}
     if names_sha256(names) != first.dataset["shard"]["names_sha256"]:
         raise VprkitError(f"the {len(files)} shards do not hold the images of the split they were "
                           "cut from (a shard file was altered or renamed)")
     utm = {r: np.concatenate([f.utm(r) for f in files]) for r in ROLES}
     kept = {r: [f.hashes(r) for f in files] for r in ROLES}
-    hashes = None if any(h is None for r in ROLES for h in kept[r]) else \
-        {r: np.concatenate(kept[r]) for r in ROLES}
+    hashes: dict[str, np.ndarray] | None = None
+    if all(h is not None for r in ROLES for h in kept[r]):
+        hashes = {r: np.concatenate([h for h in kept[r] if h is not None]) for r in ROLES}
     total = sum(f.num(r) for f in files for r in ROLES) * len(first.scales)
     block = first.default_block_rows(64 << 20)
-    partial = partial_path(output)
-    with output_lock(output), guarded_write(partial, output):
-        partial.unlink(missing_ok=True)
-        writer = DescriptorWriter.create(partial, header, names, utm, hashes)
-        try:
-            aggregation = first.h5.get("model/aggregation")
-            if aggregation is not None:
-                writer.store_arrays("model/aggregation", {k: v[()] for k, v in aggregation.items()})
-            with progress_bar(progress) as bar:
-                task = bar.add_task(f"merge {len(files)} shards", total=total, rate="")
-                for s in first.scales:
-                    group = first.h5[f"scales/{s}"]
-                    stats = {name: (ds.shape[1:], ds.dtype.str)
-                             for name, ds in group["stats/database"].items()} \
-                        if "stats/database" in group else {}
-                    size = group.attrs.get("image_size")
-                    writer.add_scale(s, first.dim, stats, json.loads(size) if size else None)
-                    for role in ROLES:
-                        row = 0
-                        for f in files:
-                            src = f.h5[f"scales/{s}"]
-                            n = f.num(role)
-                            for start in range(0, n, block):
-                                stop = min(n, start + block)
-                                writer.write(role, s, row + start, src[role][start:stop],
-                                             {k: src[f"stats/{role}/{k}"][start:stop] for k in stats})
-                                bar.update(task, advance=stop - start)
-                            row += n
-                        writer.commit_rows(role, [s], row)
-            path = writer.finalize(output)
-        finally:
-            writer.close()
+    with writing(output) as out:
+        writer = out.create(header, names, utm, hashes)
+        aggregation = first.aggregation_arrays()
+        if aggregation:
+            writer.write_aggregation_arrays(aggregation)
+        with progress_bar(progress) as bar:
+            task = bar.add_task(f"merge {len(files)} shards", total=total, rate="")
+            for s in first.scales:
+                stats = first.stat_specs(s)
+                writer.add_scale(s, first.dim, stats, first.image_size(s))
+                for role in ROLES:
+                    row = 0
+                    for f in files:
+                        n = f.num(role)
+                        for start in range(0, n, block):
+                            stop = min(n, start + block)
+                            desc, values = f.read_raw(role, s, start, stop)
+                            writer.write(role, s, row + start, desc,
+                                         {k: values[k] for k in stats})
+                            bar.update(task, advance=stop - start)
+                        row += n
+                    writer.commit_rows(role, [s], row)
+    path = out.written
+    assert path is not None  # the block ended without error
     if progress:
         console.print(styled("wrote", "green", f" {path}: {len(files)} shards, "
                       f"{len(names['database'])} database + {len(names['queries'])} queries"))

@@ -1,25 +1,73 @@
 """The HDF5 descriptor file: one file per model, self-describing, written atomically.
 
-Layout (``format = "vprkit.descriptors"``, ``format_version = 1``)::
+This module is the only code that reads or writes the HDF5 layout; every other part of vprkit
+goes through ``DescriptorFile`` (reading), ``writing`` / ``DescriptorWriter`` (writing) and the
+``Header`` they share. Importing it loads numpy and h5py, not torch nor scikit-learn.
 
-    /                         attrs: format, format_version, vprkit_version, created, complete,
-                              model (JSON), aggregation (JSON), dataset (JSON),
-                              preprocessing (JSON), dtype
-    /database/names           (N,) UTF-8 paths relative to the split's database folder
-    /database/utm             (N, 2) float64 east, north (metres)
-    /queries/names, /queries/utm
-    /database/sha256          (N, 32) uint8 SHA-256 of each image file's bytes (since vprkit
-    /queries/sha256           0.2; absent in older files), checked when an extraction resumes
-                              or adds scales
-    /scales/<s>/database      (N, D) descriptors of scale s (image at H/s x W/s), row-chunked
-    /scales/<s>/queries       (M, D)
-    /scales/<s>/stats/<role>/<name>   per-image statistics for the pyramid (see models.aggregations)
-    /model/aggregation/<name> aggregation weights that the file's descriptors were made with
-                              (NetVLAD clusters initialised by k-means)
+File format (``format = "vprkit.descriptors"``, ``format_version = 1``)
+-----------------------------------------------------------------------
 
-A file is written as ``<name>.partial`` and renamed to ``<name>`` once ``complete`` is true, so a
-file at the final path is always whole. Progress of an unfinished file is kept per scale in the
-attributes ``rows_done_database`` and ``rows_done_queries`` of ``/scales/<s>``.
+Root attributes:
+
+=================  ==========================================================================
+``format``         ``"vprkit.descriptors"``
+``format_version`` ``1`` (a reader refuses any other version)
+``vprkit_version`` the vprkit that wrote the file
+``created``        creation time, ISO 8601 UTC (``2024-05-01T12:00:00+00:00``); a copy extended
+                   with new scales keeps it. Indexes built from the file record it.
+``complete``       false while the file is written (``<name>.partial``), true once renamed
+``model``          JSON: backbone, aggregation, clusters, weights or checkpoint, ``output_dim``,
+                   ``fingerprint`` (hash of the weights), ``backbone_fingerprint``,
+                   ``netvlad_init`` (how k-means made NetVLAD's clusters, or null); for an
+                   ensemble ``type = "ensemble"``, its ``inputs``, ``weights``, ``output_dim``
+``aggregation``    JSON: the pyramid rule and its parameters (``{"type": "gem", "p": 3.0, ...}``,
+                   ``{"type": "netvlad", ...}``, ``{"type": "ensemble"}``)
+``dataset``        JSON: ``root``, ``split``, ``skipped_unparsable``; a shard adds ``shard =
+                   {index, count, names_sha256, database_rows, database_total, queries_rows,
+                   queries_total}``, a merged file ``merged_shards``
+``preprocessing``  JSON: ``resize`` ([H, W] or null for each image's own size), ``normalize``
+                   (mean, std), ``interpolation``, ``precision`` of inference
+``dtype``          storage type of the descriptors: ``"float32"`` or ``"float16"``
+=================  ==========================================================================
+
+The five header attributes ``model``, ``aggregation``, ``dataset``, ``preprocessing`` and
+``dtype`` are ``Header`` (``Header.to_attrs`` / ``Header.from_attrs``); a header attribute longer
+than ``MAX_ATTR_CHARS`` characters is damage.
+
+Datasets and groups (``<role>`` is ``database`` or ``queries``, N and M their image counts):
+
+=====================================  ==============================================================
+``/<role>/names``                      (N,) UTF-8 image paths relative to the role's folder
+``/<role>/utm``                        (N, 2) float64 east, north (metres), finite
+``/<role>/sha256``                     (N, 32) uint8 SHA-256 of each image file's bytes (since
+                                       vprkit 0.2; absent in older files; an all-zero row is not
+                                       known yet), checked when an extraction resumes or adds
+                                       scales and when combine aligns inputs
+``/scales/<s>/``                       one group per stored scale s >= 1 (image at H/s x W/s);
+                                       attributes ``scale``, ``image_size`` (JSON [h, w] at that
+                                       scale, or null at native size), ``rows_done_database`` and
+                                       ``rows_done_queries`` (rows committed so far)
+``/scales/<s>/<role>``                 (N, D) descriptors, ``dtype``, chunked by rows (about 1 MiB
+                                       a chunk); D is the same at every scale
+``/scales/<s>/stats/<role>/<name>``    (N, ...) per-image statistics from which a pyramid of
+                                       several scales is formed (GeM: ``count`` (N,) int64 local
+                                       features; NetVLAD: ``cluster_norms`` (N, K) float32)
+``/model/aggregation/<name>``          aggregation weights the descriptors were made with
+                                       (NetVLAD clusters initialised by k-means), optional
+``/combine``                           ensembles only: attribute ``spec`` (JSON ``{"inputs":
+                                       [{file, scale, dim, model, dataset, pca}], "weights"}``)
+``/combine/pca/<i>/``                  the PCA fitted for input i (absent: input kept as it is):
+                                       datasets ``mean`` (D_i,), ``components`` (d, D_i),
+                                       ``explained_variance`` (d,) float32; attributes ``whiten``,
+                                       ``fitted_on``, ``rows``, ``method``
+=====================================  ==============================================================
+
+Writing: a file is written as ``<name>.partial`` while ``<name>.lock`` is held (a second writer
+is refused), and renamed to ``<name>`` once ``complete`` is true, so a file at the final path is
+always whole. Rows are written block by block; after each block the data is flushed, then the
+``rows_done_<role>`` counters of its scales, so an unfinished file holds exactly the committed
+rows and an extraction resumes from them. A complete file is extended with new scales by
+copying it to ``<name>.partial``. No step writes through a symbolic link.
 """
 
 from __future__ import annotations
@@ -28,8 +76,10 @@ import json
 import os
 import re
 import stat
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -37,22 +87,33 @@ import h5py
 import numpy as np
 
 from . import __version__
-from .datasets import ROLES
 from .errors import VprkitError
-from .files import human_bytes, partial_path, refuse_link, require_space, reserve
+from .files import (
+    copy_exclusive,
+    guarded_write,
+    human_bytes,
+    output_lock,
+    partial_path,
+    refuse_link,
+    require_space,
+    reserve,
+)
 from .pyramid import pyramid, stat_names
+from .roles import ROLES
 
-__all__ = ["DescriptorFile", "DescriptorWriter", "human_bytes", "parse_scale_spec", "parse_scales",
-           "partial_path", "spec_name"]
+__all__ = ["ROLES", "DescriptorFile", "DescriptorWriter", "Header", "Output", "human_bytes",
+           "parse_scale_spec", "parse_scales", "partial_path", "spec_name", "writing"]
 
 FORMAT = "vprkit.descriptors"
 FORMAT_VERSION = 1
 CHUNK_BYTES = 1 << 20
 HEADER_ATTRS = ("model", "aggregation", "dataset", "preprocessing", "dtype", "vprkit_version",
                 "created")
-MAX_ATTR_CHARS = 1 << 20
-HASH_BYTES = 32  # SHA-256 of each image file  # a header attribute longer than this is damage, not a header
+MAX_ATTR_CHARS = 1 << 20  # a header attribute longer than this is damage, not a header
+HASH_BYTES = 32  # SHA-256 of each image file
 STRINGS = h5py.string_dtype("utf-8")
+PCA_ARRAYS = ("mean", "components", "explained_variance")
+PCA_ATTRS = {"whiten": bool, "fitted_on": str, "rows": int, "method": str}
 
 
 _SCALE_LIST = re.compile(r"\s*[1-9]\d{0,3}(\s*,\s*[1-9]\d{0,3})*\s*")
@@ -95,6 +156,13 @@ def _json_attr(obj) -> str:
     return json.dumps(obj, sort_keys=True)
 
 
+def _text_attr(value) -> str | None:
+    """A root attribute as text (None where it is absent)."""
+    if value is None:
+        return None
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value)
+
+
 def chunk_rows(dim: int, itemsize: int, rows: int) -> int:
     return max(1, min(rows, CHUNK_BYTES // max(1, dim * itemsize)))
 
@@ -103,6 +171,60 @@ def image_hashes(h5: h5py.File, role: str) -> np.ndarray | None:
     """The (N, 32) SHA-256 rows of ``role``, or None where the file has none."""
     ds = h5.get(f"{role}/sha256")
     return None if ds is None else ds[()]
+
+
+@dataclass(frozen=True)
+class Header:
+    """What a descriptor file's rows were made with: its five header attributes.
+
+    Attributes:
+        model: the model (backbone, aggregation, clusters, weights, ``output_dim``,
+            ``fingerprint``, ...); for an ensemble, ``type = "ensemble"`` and its inputs.
+        aggregation: the pyramid rule and its parameters (e.g. GeM's ``p``).
+        dataset: dataset root and split (and ``shard`` for a shard file).
+        preprocessing: resize (or None), normalisation, interpolation, precision.
+        dtype: storage type of the descriptors, ``"float32"`` or ``"float16"``.
+    """
+
+    model: dict
+    aggregation: dict
+    dataset: dict
+    preprocessing: dict
+    dtype: str
+
+    JSON_FIELDS = ("model", "aggregation", "dataset", "preprocessing")
+
+    def to_attrs(self) -> dict[str, str]:
+        """The HDF5 root attributes: the four dicts as sorted JSON, ``dtype`` as it is."""
+        attrs = {key: _json_attr(getattr(self, key)) for key in self.JSON_FIELDS}
+        attrs["dtype"] = str(self.dtype)
+        return attrs
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping) -> Header:
+        """The header stored in ``attrs``.
+
+        Raises:
+            KeyError, ValueError, UnicodeError: an attribute is missing, too long, not a JSON
+                object or not valid UTF-8 (``DescriptorFile`` reports these as damage).
+        """
+        for key in ("model", "aggregation", "dataset", "preprocessing", "dtype"):
+            value = attrs.get(key)
+            if isinstance(value, (str, bytes)) and len(value) > MAX_ATTR_CHARS:
+                raise ValueError(f"attribute {key} holds {len(value)} characters, more than "
+                                 f"{MAX_ATTR_CHARS}")
+        return cls(**{key: _json_dict(attrs[key]) for key in cls.JSON_FIELDS},
+                   dtype=str(attrs["dtype"]))
+
+    @classmethod
+    def of(cls, header: Header | Mapping) -> Header:
+        """``header`` as a Header (a mapping with the five keys is converted)."""
+        if isinstance(header, Header):
+            return header
+        return cls(**{f.name: header[f.name] for f in fields(cls)})
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 class DescriptorFile:
@@ -122,13 +244,15 @@ class DescriptorFile:
 
     Attributes:
         path: the file's path.
+        header: the ``Header``; its fields are also attributes of their own:
         model: the model header (backbone, aggregation, clusters, weights, ``output_dim``,
             ``fingerprint``, ...); for an ensemble, ``type = "ensemble"`` and its inputs.
         aggregation: the pyramid rule and its parameters (e.g. GeM's ``p``).
         dataset: dataset root and split (and ``shard`` for a shard file).
         preprocessing: resize (or None), normalisation, interpolation, precision.
         dtype: storage type of the descriptors, ``"float32"`` or ``"float16"``.
-        h5: the open ``h5py.File``, read-only.
+        h5: the open ``h5py.File``, read-only (for tests and inspection: vprkit itself reads
+            through the methods).
 
     Raises:
         VprkitError: the file does not exist, is not HDF5, is not a vprkit descriptor file of
@@ -167,17 +291,22 @@ class DescriptorFile:
             )
         if require_complete and not complete:
             raise VprkitError(f"{self.path} is incomplete (its extraction did not finish)")
+        self.complete = complete
+        self.format_version = version
         with self._damaged("its header"):
             for key in HEADER_ATTRS:
                 value = attrs.get(key)
                 if isinstance(value, (str, bytes)) and len(value) > MAX_ATTR_CHARS:
                     raise ValueError(f"attribute {key} holds {len(value)} characters, more than "
                                      f"{MAX_ATTR_CHARS}")
-            self.model = _json_dict(attrs["model"])
-            self.aggregation = _json_dict(attrs["aggregation"])
-            self.dataset = _json_dict(attrs["dataset"])
-            self.preprocessing = _json_dict(attrs["preprocessing"])
-            self.dtype = str(attrs["dtype"])
+            self.header = Header.from_attrs(attrs)
+            self.model = self.header.model
+            self.aggregation = self.header.aggregation
+            self.dataset = self.header.dataset
+            self.preprocessing = self.header.preprocessing
+            self.dtype = self.header.dtype
+            self.vprkit_version = _text_attr(attrs.get("vprkit_version"))
+            self.created = _text_attr(attrs.get("created"))
         with self._damaged("its layout"):
             self._check_layout(require_complete)
 
@@ -278,6 +407,71 @@ class DescriptorFile:
     def hashes(self, role: str) -> np.ndarray | None:
         """(N, 32) SHA-256 of each image file, or None for files made before they were kept."""
         return image_hashes(self.h5, role)
+
+    def aggregation_arrays(self) -> dict[str, np.ndarray]:
+        """The stored aggregation weights (``/model/aggregation/*``: NetVLAD's k-means
+        clusters), by name; empty where the file has none."""
+        with self._damaged("its aggregation weights"):
+            group = self.h5.get("model/aggregation")
+            return {} if group is None else {name: ds[()] for name, ds in group.items()}
+
+    def _scale(self, scale: int) -> h5py.Group:
+        self.check_spec((scale,))
+        return self.h5[f"scales/{scale}"]
+
+    def image_size(self, scale: int) -> tuple[int, int] | None:
+        """(h, w) of the images at ``scale`` (None: each image's own size)."""
+        with self._damaged(f"the attributes of scale {scale}"):
+            size = self._scale(scale).attrs.get("image_size")
+            size = json.loads(size) if size else None
+            return None if size is None else (int(size[0]), int(size[1]))
+
+    def rows_done(self, role: str, scale: int) -> int:
+        """Rows of ``role`` committed at ``scale`` (all of them in a complete file)."""
+        with self._damaged(f"the attributes of scale {scale}"):
+            return int(self._scale(scale).attrs.get(f"rows_done_{role}", 0))
+
+    def stat_specs(self, scale: int) -> dict[str, tuple[tuple[int, ...], str]]:
+        """The per-image statistics stored at ``scale``: name -> (shape of one row, dtype),
+        as ``DescriptorWriter.add_scale`` takes them."""
+        with self._damaged(f"the statistics of scale {scale}"):
+            group = self._scale(scale).get("stats/database")
+            return {} if group is None else {name: (tuple(ds.shape[1:]), ds.dtype.str)
+                                             for name, ds in group.items()}
+
+    def read_stats(self, role: str, scale: int, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Rows [start, stop) of every per-image statistic of ``role`` at ``scale``."""
+        names = self.stat_specs(scale)
+        with self._damaged(f"the {role} statistics of scale {scale}"):
+            group = self._scale(scale)
+            return {name: group[f"stats/{role}/{name}"][start:stop] for name in names}
+
+    def read_raw(self, role: str, scale: int, start: int, stop: int
+                 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Rows [start, stop) of one stored scale as they are stored (storage dtype, no pyramid,
+        no check), with their statistics: for copying them into another file."""
+        stats = self.read_stats(role, scale, start, stop)
+        with self._damaged(f"{role} rows at scale {scale}"):
+            return self._scale(scale)[role][start:stop], stats
+
+    def combine_record(self) -> tuple[dict, list[dict | None]] | None:
+        """An ensemble's record (``/combine``): its spec (``{"inputs": [...], "weights"}``) and,
+        per input, its PCA (``mean``, ``components``, ``explained_variance``, ``whiten``,
+        ``fitted_on``, ``rows``, ``method``) or None; None for a file that is no ensemble."""
+        with self._damaged("its combine record"):
+            group = self.h5.get("combine")
+            if group is None:
+                return None
+            spec = _json_dict(group.attrs["spec"])
+            pcas: list[dict | None] = []
+            for i in range(len(spec["inputs"])):
+                g = group.get(f"pca/{i}")
+                if g is None:
+                    pcas.append(None)
+                    continue
+                pcas.append({**{k: g[k][:] for k in PCA_ARRAYS},
+                             **{k: kind(g.attrs[k]) for k, kind in PCA_ATTRS.items()}})
+            return spec, pcas
 
     def check_spec(self, scales: Sequence[int]) -> tuple[int, ...]:
         """Check that every scale of a spec is stored.
@@ -385,7 +579,10 @@ class DescriptorFile:
 
 
 class DescriptorWriter:
-    """Creates or resumes a ``.partial`` descriptor file and finalises it by renaming."""
+    """Creates or resumes a ``.partial`` descriptor file and finalises it by renaming.
+
+    Commands write through ``writing`` (lock, guarded writes, finalisation); the writer holds
+    the open file: ``add_scale``, ``write`` then ``commit_rows`` block by block, ``finalize``."""
 
     def __init__(self, h5: h5py.File, path: Path):
         self.h5 = h5
@@ -396,12 +593,13 @@ class DescriptorWriter:
     def create(
         cls,
         path: Path,
-        header: dict,
+        header: Header | Mapping,
         names: dict[str, list[str]],
         utm: dict[str, np.ndarray],
         hashes: dict[str, np.ndarray] | None = None,
     ) -> DescriptorWriter:
         """A new file at ``path`` (a .partial path, which must not exist: not even as a link)."""
+        header = Header.of(header)
         refuse_link(path)
         try:
             h5 = h5py.File(path, "x")  # O_CREAT | O_EXCL: never through a planted link
@@ -414,9 +612,8 @@ class DescriptorWriter:
         attrs["vprkit_version"] = __version__
         attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         attrs["complete"] = False
-        for key in ("model", "aggregation", "dataset", "preprocessing"):
-            attrs[key] = _json_attr(header[key])
-        attrs["dtype"] = header["dtype"]
+        for key, value in header.to_attrs().items():
+            attrs[key] = value
         for role in ROLES:
             h5.create_dataset(f"{role}/names", data=np.array(names[role], dtype=object),
                               dtype=STRINGS)
@@ -449,15 +646,9 @@ class DescriptorWriter:
             os.truncate(path, int(found[2]))
             return cls(h5py.File(path, "r+"), path)
 
-    def header(self) -> dict:
-        a = self.h5.attrs
-        return {
-            "model": json.loads(a["model"]),
-            "aggregation": json.loads(a["aggregation"]),
-            "dataset": json.loads(a["dataset"]),
-            "preprocessing": json.loads(a["preprocessing"]),
-            "dtype": str(a["dtype"]),
-        }
+    def header(self) -> Header:
+        """The file's header (raises KeyError, ValueError... where it is damaged)."""
+        return Header.from_attrs(self.h5.attrs)
 
     def names(self, role: str) -> list[str]:
         return [n.decode() if isinstance(n, bytes) else n for n in self.h5[f"{role}/names"][:]]
@@ -467,6 +658,11 @@ class DescriptorWriter:
 
     def hashes(self, role: str) -> np.ndarray | None:
         return image_hashes(self.h5, role)
+
+    def mark_incomplete(self) -> None:
+        """A copy of a complete file that is to be extended: ``complete`` false until done."""
+        self.h5.attrs["complete"] = False
+        self.h5.flush()
 
     def write_hashes(self, role: str, start: int, digests: Sequence[bytes]) -> None:
         """SHA-256 of the image files of rows [start, start + len(digests)) (files made before
@@ -554,17 +750,35 @@ class DescriptorWriter:
                 self.h5[f"scales/{s}"].attrs[f"rows_done_{role}"] = rows
             self.h5.flush()
 
-    def store_arrays(self, group: str, arrays: dict[str, np.ndarray]) -> None:
+    def write_aggregation_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Store the aggregation weights the rows are made with (``/model/aggregation``)."""
+        self._store_arrays("model/aggregation", arrays)
+
+    def aggregation_arrays(self) -> dict[str, np.ndarray]:
+        """The stored aggregation weights, by name (empty where none are stored)."""
+        group = self.h5.get("model/aggregation")
+        return {} if group is None else {name: ds[()] for name, ds in group.items()}
+
+    def _store_arrays(self, group: str, arrays: Mapping[str, np.ndarray]) -> None:
         for name, value in arrays.items():
             key = f"{group}/{name}"
             if key in self.h5:
                 del self.h5[key]
             self.h5.create_dataset(key, data=value)
 
-    def read_arrays(self, group: str) -> dict[str, np.ndarray]:
-        if group not in self.h5:
-            return {}
-        return {name: ds[()] for name, ds in self.h5[group].items()}
+    def write_combine_record(self, spec: dict, pcas: Sequence[Mapping | None]) -> None:
+        """An ensemble's record (see ``DescriptorFile.combine_record``): the spec, and for each
+        input reduced by PCA its arrays and attributes."""
+        group = self.h5.create_group("combine")
+        group.attrs["spec"] = _json_attr(spec)
+        for i, pca in enumerate(pcas):
+            if pca is None:
+                continue
+            g = group.create_group(f"pca/{i}")
+            for key in PCA_ARRAYS:
+                g[key] = np.asarray(pca[key])
+            for key, kind in PCA_ATTRS.items():
+                g.attrs[key] = kind(pca[key])
 
     def finalize(self, final_path: Path) -> Path:
         """Mark complete, close, and atomically rename onto ``final_path``."""
@@ -589,3 +803,131 @@ class DescriptorWriter:
             self.h5.close()
         except Exception:  # already closed
             pass
+
+
+class Output:
+    """One descriptor file being written by ``writing``: the steps between taking its lock and
+    renaming the finished file onto it.
+
+    Start the writer with one of ``create`` (a new file), ``resume`` (the ``.partial`` an
+    earlier run left) or ``extend`` (a copy of the complete file, to add scales to); leaving the
+    ``with writing(...)`` block without error finalises it and renames it onto ``path``
+    (``written`` is then that path). Without a writer nothing is written.
+
+    Attributes:
+        path: the final path.
+        partial: where the file is written until it is complete (``<path>.partial``).
+        resumable: an error keeps the ``.partial`` for a rerun (extract) instead of removing it.
+        overwrite: an existing output is replaced (``complete_file`` returns None).
+        writer: the started ``DescriptorWriter``, or None.
+        written: the finished file's path once the block has ended, else None.
+    """
+
+    def __init__(self, path: Path, resumable: bool, overwrite: bool, stack: ExitStack):
+        self.path = path
+        self.partial = partial_path(path)
+        self.resumable = resumable
+        self.overwrite = overwrite
+        self.writer: DescriptorWriter | None = None
+        self.written: Path | None = None
+        self._stack = stack
+
+    def _start(self, writer: DescriptorWriter) -> DescriptorWriter:
+        if self.writer is not None:
+            writer.close()
+            raise VprkitError(f"internal error: {self.path} is written twice")
+        self.writer = writer
+        self._stack.enter_context(guarded_write(self.partial, self.path, resumable=self.resumable))
+        self._stack.callback(writer.close)
+        return writer
+
+    def create(self, header: Header | Mapping, names: dict[str, list[str]],
+               utm: dict[str, np.ndarray], hashes: dict[str, np.ndarray] | None = None
+               ) -> DescriptorWriter:
+        """A new file (a ``.partial`` left there is removed first, unless ``resumable``: a
+        resumable output resumes it or refuses)."""
+        with guarded_write(self.partial, self.path, resumable=self.resumable):
+            if not self.resumable:
+                self.partial.unlink(missing_ok=True)
+            writer = DescriptorWriter.create(self.partial, header, names, utm, hashes)
+        return self._start(writer)
+
+    def resume(self) -> DescriptorWriter | None:
+        """The unfinished file an earlier run left at ``partial``, to go on with; None where
+        there is none. A damaged one is reported (a warning) and removed, to start again; a
+        link or anything but a regular file there is refused."""
+        path = self.partial
+        if not path.exists() and not path.is_symlink():
+            return None
+        try:
+            writer = DescriptorWriter.open(path)
+        except VprkitError:
+            raise  # a link or not a regular file: refused, left as it is
+        except Exception as err:
+            self._restart(err)
+            return None
+        try:
+            writer.header()
+        except Exception as err:
+            writer.close()
+            self._restart(err)
+            return None
+        return self._start(writer)
+
+    def _restart(self, err: Exception) -> None:
+        warnings.warn(f"{self.partial} is damaged ({type(err).__name__}); starting it again",
+                      stacklevel=4)
+        self.partial.unlink()
+        return None
+
+    def complete_file(self) -> DescriptorFile | None:
+        """The complete file at ``path`` (to compare with, or to extend), None where there is
+        none or it is to be overwritten. The caller closes it."""
+        if self.overwrite or not self.path.exists():
+            return None
+        return DescriptorFile(self.path)
+
+    def extend(self) -> DescriptorWriter:
+        """A writer on a copy of the complete file at ``path``, to add scales to (the copy is
+        removed if it fails; ``path`` is replaced only by the final rename)."""
+        require_space(self.partial, self.path.stat().st_size)
+        with guarded_write(self.partial, self.path):
+            copy_exclusive(self.path, self.partial)
+            writer = DescriptorWriter.open(self.partial)
+            try:
+                writer.mark_incomplete()
+            except BaseException:
+                writer.close()
+                raise
+        return self._start(writer)
+
+
+@contextmanager
+def writing(output: str | Path, *, resumable: bool = False, overwrite: bool = False
+            ) -> Iterator[Output]:
+    """The whole write sequence of one descriptor file, for extract, combine and merge.
+
+    Holds ``<output>.lock`` (a second writer is refused at once, and so is a link planted
+    there); with ``overwrite`` an earlier ``.partial`` is removed. The block starts a writer
+    with ``Output.create``, ``resume`` or ``extend``; from then on a failed write becomes one
+    clear error (disk full, read-only...), the ``.partial`` being kept for a rerun when
+    ``resumable``, else removed. Leaving the block without error finalises the file (marked
+    complete, renamed onto ``output``; ``Output.written``); an error leaves ``output`` as it
+    was. Nothing is ever written through a symbolic link.
+
+    Example::
+
+        with writing(path, overwrite=True) as out:
+            writer = out.create(header, names, utm, hashes)
+            writer.add_scale(1, dim, {}, None)
+            ...
+        print(out.written)
+    """
+    output = Path(output)
+    with output_lock(output), ExitStack() as stack:
+        out = Output(output, resumable, overwrite, stack)
+        if overwrite:
+            out.partial.unlink(missing_ok=True)  # a link there included: only the link goes
+        yield out
+        if out.writer is not None:
+            out.written = out.writer.finalize(output)

@@ -20,7 +20,7 @@ STEP_M = 10.0
 def _panorama(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
     """Low-frequency colour noise with random shapes: locally distinctive texture."""
     small = rng.random((max(2, height // 16), max(2, width // 16), 3))
-    base = Image.fromarray((small * 255).astype(np.uint8)).resize((width, height), Image.BICUBIC)
+    base = Image.fromarray((small * 255).astype(np.uint8)).resize((width, height), Image.Resampling.BICUBIC)
     draw = ImageDraw.Draw(base)
     for _ in range(width // 6):
         x, y = int(rng.integers(0, width)), int(rng.integers(0, height))

@@ -1,7 +1,7 @@
 """Backbones, aggregations, the network, and checkpoint loading."""
 
-from .aggregations import AGGREGATIONS, GeM, NetVLAD, pyramid
-from .backbones import BACKBONES, build_backbone
+from .aggregations import AGGREGATIONS, GeM, NetVLAD, build_aggregation, get_aggregation, pyramid
+from .backbones import BACKBONES, build_backbone, get_backbone
 from .checkpoints import infer_architecture, load_model_from_checkpoint, save_checkpoint
 from .network import ModelConfig, VPRModel, fingerprint
 
@@ -12,9 +12,12 @@ __all__ = [
     "ModelConfig",
     "NetVLAD",
     "VPRModel",
+    "build_aggregation",
     "build_backbone",
     "build_model",
     "fingerprint",
+    "get_aggregation",
+    "get_backbone",
     "infer_architecture",
     "load_model_from_checkpoint",
     "pyramid",
@@ -25,5 +28,6 @@ __all__ = [
 def build_model(config: ModelConfig) -> VPRModel:
     """A network from its config; from the checkpoint when ``config.checkpoint`` is set."""
     if config.checkpoint:
-        return load_model_from_checkpoint(config.checkpoint, config.backbone, config.aggregation)
+        return load_model_from_checkpoint(config.checkpoint, config.backbone, config.aggregation,
+                                          config.l2, config.fc_output_dim)
     return VPRModel(config)

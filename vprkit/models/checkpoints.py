@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 
 from ..errors import VprkitError
+from .aggregations import AGGREGATIONS, get_aggregation, recognise_aggregation
+from .backbones import recognise_backbone
 from .network import ModelConfig, VPRModel
 from .serialization import load_safely, save_atomically
 
@@ -43,43 +45,70 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | N
     return state, config
 
 
-def infer_architecture(state: dict[str, torch.Tensor]) -> dict:
-    """Backbone, aggregation and cluster count from the keys and shapes of a state dict."""
-    if "aggregation.centroids" in state:
-        aggregation, clusters = "netvlad", int(state["aggregation.centroids"].shape[0])
-    elif "aggregation.1.p" in state:
-        aggregation, clusters = "gem", 64
-    else:
+def infer_architecture(state: dict[str, torch.Tensor], aggregation: str | None = None,
+                       l2: str | None = None) -> dict:
+    """Backbone, aggregation and cluster count (plus ``l2`` and ``fc_output_dim`` where not the
+    defaults) from the keys and shapes of a state dict, by the registries' key signatures.
+
+    Parameter-free aggregations (mac, spoc, rmac) have no keys, nor has the placement of their
+    L2 norm: ``aggregation`` and ``l2`` choose among the layouts that fit (``l2`` defaults to the
+    benchmark's ``before_pool`` where that fits)."""
+    backbones = recognise_backbone(state)
+    if len(backbones) != 1:
+        raise VprkitError("cannot tell the backbone from the checkpoint keys"
+                          + (f" (it fits {', '.join(backbones)})" if backbones else ""))
+    layer = {k[len("aggregation."):]: v for k, v in state.items() if k.startswith("aggregation.")}
+    found = recognise_aggregation(layer)
+    if not found:
         raise VprkitError(
             "cannot tell the aggregation from the checkpoint keys (expected "
-            "'aggregation.centroids' for NetVLAD or 'aggregation.1.p' for GeM)"
-        )
-    if "backbone.4.0.conv1.weight" in state:
-        depth = "resnet50" if "backbone.4.0.conv3.weight" in state else "resnet18"
-        stage = "conv5" if any(k.startswith("backbone.7.") for k in state) else "conv4"
-        backbone = depth + stage
-    elif "backbone.1.block._depthwise_conv.weight" in state:
-        backbone = "efficientnet_lite0"
-    elif "backbone.0.weight" in state and state["backbone.0.weight"].shape[:2] == (64, 3):
-        backbone = "vgg16"
-    else:
-        raise VprkitError("cannot tell the backbone from the checkpoint keys")
-    return {"backbone": backbone, "aggregation": aggregation, "clusters": clusters}
+            "'aggregation.centroids' for NetVLAD, 'aggregation.1.p' for GeM or none for "
+            f"{', '.join(n for n in AGGREGATIONS if get_aggregation(n).recognise({}))})")
+    names = sorted({f["aggregation"] for f in found})
+    if aggregation is not None:
+        if aggregation not in names:
+            raise VprkitError(f"checkpoint holds a {' or '.join(names)} aggregation, but "
+                              f"--aggregation {aggregation} was given")
+        found = [f for f in found if f["aggregation"] == aggregation]
+    elif len(names) > 1:
+        raise VprkitError(f"the checkpoint's aggregation has no weights: it may be "
+                          f"{', '.join(names)}; give --aggregation")
+    if "l2" in found[0]:
+        placements = [f["l2"] for f in found]
+        wanted = l2 or "before_pool"
+        if wanted not in placements:
+            how = " or ".join(f"--l2 {p}" for p in placements)
+            raise VprkitError(f"the checkpoint's {found[0]['aggregation']} has its L2 norm "
+                              f"{' or '.join(placements)}, not {wanted}: give {how}")
+        found = [f for f in found if f["l2"] == wanted]
+    arch = {"backbone": backbones[0], "aggregation": found[0]["aggregation"],
+            "clusters": int(found[0].get("clusters", 64))}
+    if found[0].get("l2", "before_pool") != "before_pool":
+        arch["l2"] = found[0]["l2"]
+    if found[0].get("fc_output_dim") is not None:
+        arch["fc_output_dim"] = found[0]["fc_output_dim"]
+    return arch
 
 
 def load_model_from_checkpoint(
-    path: str | Path, backbone: str | None = None, aggregation: str | None = None
+    path: str | Path, backbone: str | None = None, aggregation: str | None = None,
+    l2: str | None = None, fc_output_dim: int | None = None,
 ) -> VPRModel:
     """Rebuild a network from a checkpoint, in eval mode (ready for inference; call ``.train()``
-    to fine-tune). Explicit options must agree with what the checkpoint holds."""
+    to fine-tune). Explicit options must agree with what the checkpoint holds; ``aggregation``
+    and ``l2`` choose where its keys cannot tell (see ``infer_architecture``)."""
     state, stored = read_checkpoint(path)
-    arch = dict(stored) if stored else infer_architecture(state)
+    arch = dict(stored) if stored else infer_architecture(state, aggregation, l2)
     if not isinstance(arch.get("backbone"), str) or not isinstance(arch.get("aggregation"), str):
         raise VprkitError(f"checkpoint {path} has a damaged model_config (no backbone/aggregation)")
-    for key, given in (("backbone", backbone), ("aggregation", aggregation)):
-        if given is not None and given != arch[key]:
+    held = {"backbone": arch["backbone"], "aggregation": arch["aggregation"],
+            "l2": arch.get("l2") or "before_pool", "fc_output_dim": arch.get("fc_output_dim")}
+    for key, given in (("backbone", backbone), ("aggregation", aggregation), ("l2", l2),
+                       ("fc_output_dim", fc_output_dim)):
+        if given is not None and given != held[key]:
+            option = key.replace("_", "-")
             raise VprkitError(
-                f"checkpoint {path} holds a {arch[key]} {key}, but --{key} {given} was given"
+                f"checkpoint {path} holds a {held[key]} {key}, but --{option} {given} was given"
             )
     config = ModelConfig(
         backbone=arch["backbone"],
@@ -87,6 +116,8 @@ def load_model_from_checkpoint(
         clusters=int(arch.get("clusters", 64)),
         weights="none",
         checkpoint=str(Path(path).resolve()),
+        l2=arch.get("l2"),
+        fc_output_dim=arch.get("fc_output_dim"),
     )
     model = VPRModel(config)
     try:

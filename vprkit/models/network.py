@@ -23,8 +23,15 @@ class ModelConfig:
         backbone: ``"resnet18conv4"`` (256 channels, stride 16), ``"resnet18conv5"`` (512),
             ``"resnet50conv4"`` (1024), ``"resnet50conv5"`` (2048), ``"vgg16"`` (512) or
             ``"efficientnet_lite0"`` (112; extra ``vprkit[efficientnet]``).
-        aggregation: ``"gem"`` or ``"netvlad"``.
-        clusters: NetVLAD clusters K (unused by GeM).
+            Also ``"resnet101conv4"`` (1024), ``"resnet101conv5"`` (2048), ``"alexnet"`` (256).
+            The registry: ``vprkit.models.backbones``.
+        aggregation: ``"gem"``, ``"netvlad"``, ``"mac"``, ``"spoc"`` or ``"rmac"`` (the registry:
+            ``vprkit.models.aggregations``).
+        clusters: NetVLAD clusters K (unused by the others).
+        l2: the benchmark's ``--l2`` for gem, mac, spoc and rmac: ``"before_pool"`` (per location,
+            the default; None means it too), ``"after_pool"`` or ``"none"``.
+        fc_output_dim: the benchmark's ``--fc_output_dim``: a Linear layer to this dimension, then
+            L2, after the aggregation (None: no such layer).
         weights: ``"imagenet"`` (torchvision's pretrained weights), ``"none"`` (random, seeded)
             or the path of a torchvision state dict of the backbone.
         checkpoint: a benchmark or vprkit checkpoint; when set, its weights (and the
@@ -36,9 +43,18 @@ class ModelConfig:
     clusters: int = 64
     weights: str = "imagenet"  # imagenet | none | path to a backbone state dict
     checkpoint: str | None = None  # a benchmark or vprkit checkpoint (overrides weights)
+    l2: str | None = None  # before_pool (None) | after_pool | none
+    fc_output_dim: int | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields; ``l2`` and ``fc_output_dim`` only where they are not the defaults, so that
+        configs (and descriptor file headers) made before these options existed are unchanged."""
+        data = asdict(self)
+        if data["l2"] in (None, "before_pool"):
+            del data["l2"]
+        if data["fc_output_dim"] is None:
+            del data["fc_output_dim"]
+        return data
 
 
 class VPRModel(nn.Module):
@@ -50,7 +66,8 @@ class VPRModel(nn.Module):
         weights = "none" if config.checkpoint else config.weights
         self.backbone = build_backbone(config.backbone, weights)
         self.channels = backbone_channels(config.backbone)
-        self.aggregation = build_aggregation(config.aggregation, self.channels, config.clusters)
+        self.aggregation = build_aggregation(config.aggregation, self.channels, config.clusters,
+                                             config.l2, config.fc_output_dim)
 
     @property
     def output_dim(self) -> int:

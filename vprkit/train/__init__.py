@@ -1,8 +1,19 @@
-"""Triplet training: mining, the paper's augmentation presets, optimisers and schedulers."""
+"""Triplet training: mining, the paper's augmentation presets, optimisers and schedulers.
+
+Modules: ``config`` (``TrainConfig``), ``trainer`` (the loop: ``train``, ``resume``), ``steps``
+(triplet images, loss, optimiser, scheduler, optimisation steps), ``validation`` (cache and
+validation descriptors, Recall@N), ``checkpoint_io`` (run state written and restored,
+``run_summary``), ``plots`` (``plot_run``), ``mining``, ``augment``, ``distributed``. Inference is
+``vprkit.inference``'s, shared with extraction; training does not import ``vprkit.extract``.
+"""
 
 from .augment import PRESETS, build_augmentation, build_preset
+from .checkpoint_io import run_summary
+from .config import OPTIMIZERS, SCHEDULERS, TrainConfig
 from .mining import MINING, TripletSource, mine
-from .trainer import OPTIMIZERS, SCHEDULERS, TrainConfig, train, triplet_loss
+from .steps import triplet_loss
+from .trainer import resume, train
 
 __all__ = ["MINING", "OPTIMIZERS", "PRESETS", "SCHEDULERS", "TrainConfig", "TripletSource",
-           "build_augmentation", "build_preset", "mine", "train", "triplet_loss"]
+           "build_augmentation", "build_preset", "mine", "resume", "run_summary", "train",
+           "triplet_loss"]

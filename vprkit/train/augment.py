@@ -16,6 +16,7 @@ ImageNet normalisation), with every random factor drawn anew for each image.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torchvision.transforms as T
@@ -23,7 +24,7 @@ import torchvision.transforms.functional as TF
 
 from ..errors import VprkitError
 
-NIGHT = {
+NIGHT: dict[str, dict[str, Any]] = {
     "M1": {"tool": "ColorJitter", "brightness": 1.0, "contrast": 1.0, "saturation": 2.0, "hue": 0.0},
     "M2": {"tool": "ColorJitter", "brightness": (0.2, 3.0), "contrast": (0.2, 3.0),
            "saturation": (0.2, 3.0), "hue": (0.0, 0.5)},
@@ -34,7 +35,7 @@ NIGHT = {
     "M6": {"tool": "functional adjust, factors drawn per image", "brightness": (0.0, 1.0),
            "contrast": (0.0, 1.0), "saturation": (0.0, 1.0), "hue": (0.0, 0.5)},
 }
-OCCLUSION = {
+OCCLUSION: dict[str, dict[str, Any]] = {
     "M1": {"pRP": 0.33, "dRP": 0.4, "fRP": 0, "pRE": 0.33},
     "M2": {"pRP": 0.33, "dRP": 0.4, "fRP": 150, "pRE": 0.33},
     "M3": {"pRP": 0.33, "dRP": 0.4, "fRP": 300, "pRE": 0.33},
@@ -43,7 +44,7 @@ OCCLUSION = {
     "M6": {"pRP": 0.5, "dRP": 0.2, "fRP": 300, "pRE": 0.2},
 }
 ERASING = {"scale": (0.02, 0.33), "ratio": (0.3, 3.3), "value": 0}
-PRESETS = {f"night:{k}": v for k, v in NIGHT.items()} | {
+PRESETS: dict[str, dict[str, Any]] = {f"night:{k}": v for k, v in NIGHT.items()} | {
     f"occlusion:{k}": {**v, "erasing": ERASING} for k, v in OCCLUSION.items()}
 
 

@@ -78,6 +78,8 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         if self.affine:
             out = out * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
         if self.track_running_stats:
+            assert self.num_batches_tracked is not None and self.running_mean is not None \
+                and self.running_var is not None
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
                 m = (1.0 / float(self.num_batches_tracked) if self.momentum is None
@@ -204,10 +206,11 @@ class Processes:
             parts = [torch.empty_like(buf) for _ in range(self.world)]
             dist.all_gather(parts, buf)
         else:
-            parts = [torch.empty_like(buf) for _ in range(self.world)] if self.main else None
-            dist.gather(buf, parts, dst=0)
-            if not self.main:
+            gathered = [torch.empty_like(buf) for _ in range(self.world)] if self.main else None
+            dist.gather(buf, gathered, dst=0)
+            if gathered is None:
                 return None
+            parts = gathered
         return np.concatenate([p[:c].numpy() for p, c in zip(parts, counts, strict=True)])
 
     # ---------------------------------------------------------------- agreement

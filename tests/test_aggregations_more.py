@@ -1,0 +1,227 @@
+"""MAC, SPoC, R-MAC, the benchmark's --l2 placements and --fc_output_dim, against independent
+references written from the benchmark's definitions (plain torch), and their pyramid rules
+against the network's own multi-scale pyramid."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vprkit.errors import VprkitError
+from vprkit.models import ModelConfig, VPRModel, load_model_from_checkpoint
+from vprkit.models.aggregations import build_aggregation, pyramid
+
+
+# ----------------------------------------------------------------- references (benchmark)
+class RefL2(nn.Module):
+    def forward(self, x):
+        return F.normalize(x, p=2, dim=1)
+
+
+class RefFlatten(nn.Module):
+    def forward(self, x):
+        assert x.shape[2] == x.shape[3] == 1
+        return x[:, :, 0, 0]
+
+
+class RefMAC(nn.Module):
+    def forward(self, x):
+        return F.max_pool2d(x, (x.size(-2), x.size(-1)))
+
+
+class RefSPoC(nn.Module):
+    def forward(self, x):
+        return F.avg_pool2d(x, (x.size(-2), x.size(-1)))
+
+
+class RefGeM(nn.Module):
+    def __init__(self, p=3, eps=1e-6):
+        super().__init__()
+        self.p = nn.Parameter(torch.ones(1) * p)
+        self.eps = eps
+
+    def forward(self, x):
+        return F.avg_pool2d(x.clamp(min=self.eps).pow(self.p), (x.size(-2), x.size(-1))).pow(1. / self.p)
+
+
+def ref_rmac(x, L=3, eps=1e-6):
+    """Tolias et al.'s regions as cnnimageretrieval-pytorch (the benchmark's RMAC) loops them."""
+    ovr = 0.4
+    steps = torch.Tensor([2, 3, 4, 5, 6, 7])
+    W, H = x.size(3), x.size(2)
+    w = min(W, H)
+    b = (max(H, W) - w) / (steps - 1)
+    _, idx = torch.min(torch.abs(((w ** 2 - w * b) / w ** 2) - ovr), 0)
+    Wd = Hd = 0
+    if H < W:
+        Wd = idx.item() + 1
+    elif H > W:
+        Hd = idx.item() + 1
+    v = F.max_pool2d(x, (x.size(-2), x.size(-1)))
+    v = v / (torch.norm(v, p=2, dim=1, keepdim=True) + eps).expand_as(v)
+    for level in range(1, L + 1):
+        wl = math.floor(2 * w / (level + 1))
+        wl2 = math.floor(wl / 2 - 1)
+        b = 0 if level + Wd == 1 else (W - wl) / (level + Wd - 1)
+        cen_w = torch.floor(wl2 + torch.Tensor(range(level - 1 + Wd + 1)) * b) - wl2
+        b = 0 if level + Hd == 1 else (H - wl) / (level + Hd - 1)
+        cen_h = torch.floor(wl2 + torch.Tensor(range(level - 1 + Hd + 1)) * b) - wl2
+        for i_ in cen_h.tolist():
+            for j_ in cen_w.tolist():
+                if wl == 0:
+                    continue
+                R = x[:, :, (int(i_) + torch.Tensor(range(wl)).long()).tolist(), :]
+                R = R[:, :, :, (int(j_) + torch.Tensor(range(wl)).long()).tolist()]
+                vt = F.max_pool2d(R, (R.size(-2), R.size(-1)))
+                vt = vt / (torch.norm(vt, p=2, dim=1, keepdim=True) + eps).expand_as(vt)
+                v += vt
+    return v
+
+
+class RefRMAC(nn.Module):
+    def forward(self, x):
+        return ref_rmac(x)
+
+
+REFERENCES = {"mac": RefMAC, "spoc": RefSPoC, "rmac": RefRMAC, "gem": RefGeM}
+L2S = ("before_pool", "after_pool", "none")
+
+
+def ref_aggregation(name, l2="before_pool", fc=None, features_dim=16):
+    """The benchmark's GeoLocalizationNet wrapping of a shallow aggregation."""
+    layer = REFERENCES[name]()
+    layer = {"before_pool": lambda: nn.Sequential(RefL2(), layer, RefFlatten()),
+             "after_pool": lambda: nn.Sequential(layer, RefL2(), RefFlatten()),
+             "none": lambda: nn.Sequential(layer, RefFlatten())}[l2]()
+    if fc is not None:
+        layer = nn.Sequential(layer, nn.Linear(features_dim, fc), RefL2())
+    return layer
+
+
+def copy_from(ours, ref):
+    ours.load_state_dict(ref.state_dict(), strict=True)
+
+
+# ----------------------------------------------------------------- layers alone
+@pytest.mark.parametrize("fc", [None, 8])
+@pytest.mark.parametrize("l2", L2S)
+@pytest.mark.parametrize("name", ["mac", "spoc", "rmac", "gem"])
+def test_layer_equals_reference(name, l2, fc):
+    torch.manual_seed(0)
+    ref = ref_aggregation(name, l2, fc)
+    ours = build_aggregation(name, 16, l2=l2, fc_output_dim=fc)
+    assert list(ours.state_dict()) == list(ref.state_dict())  # the benchmark's keys
+    copy_from(ours, ref)
+    for shape in [(3, 16, 5, 9), (2, 16, 9, 5), (2, 16, 7, 7), (1, 16, 1, 3), (2, 16, 30, 40)]:
+        x = torch.randn(*shape).relu() if name != "spoc" else torch.randn(*shape)
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), ref(x), rtol=1e-4, atol=1e-5)
+        assert ours.output_dim(16) == (fc or 16)
+
+
+def test_l2_does_not_apply_to_netvlad():
+    with pytest.raises(VprkitError, match="--l2 after_pool applies to gem, mac, rmac, spoc"):
+        build_aggregation("netvlad", 16, l2="after_pool")
+    with pytest.raises(VprkitError, match="unknown --l2 'x'"):
+        build_aggregation("mac", 16, l2="x")
+
+
+# ----------------------------------------------------------------- pyramid rules
+def _model(aggregation, l2=None, fc=None):
+    torch.manual_seed(0)
+    return VPRModel(ModelConfig(backbone="resnet18conv4", aggregation=aggregation, l2=l2,
+                                fc_output_dim=fc, weights="none")).eval()
+
+
+SCALE_IMAGES = [(1, 3, 48, 64), (1, 3, 32, 48), (1, 3, 48, 32)]
+
+
+@pytest.mark.parametrize("l2", L2S)
+@pytest.mark.parametrize("name", ["mac", "spoc", "gem"])
+def test_pyramid_rule_equals_network_pyramid(name, l2):
+    """From stored descriptors + stats (numpy) == VPRModel.forward_pyramid (the network)."""
+    model = _model(name, l2)
+    torch.manual_seed(1)
+    images = [torch.rand(2, *s[1:]) for s in SCALE_IMAGES]
+    with torch.no_grad():
+        parts = [model.forward_with_stats(x) for x in images]
+        for desc, x in zip(parts, images, strict=True):
+            torch.testing.assert_close(desc[0], model(x))
+        params = model.aggregation.pyramid_params()
+        for subset in ([0, 1], [1, 2], [0, 1, 2]):
+            expected = model.forward_pyramid([images[i] for i in subset]).numpy()
+            got = pyramid(params, [parts[i][0].numpy() for i in subset],
+                          [{k: v.numpy() for k, v in parts[i][1].items()} for i in subset])
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    spec = model.aggregation.stats_spec()
+    assert set(spec) == set(parts[0][1])
+    assert ("norm" in spec) == (l2 == "after_pool")
+
+
+@pytest.mark.parametrize("name,fc", [("rmac", None), ("mac", 8), ("gem", 8), ("netvlad", 8)])
+def test_no_pyramid_rule(name, fc):
+    layer = build_aggregation(name, 16, clusters=4, fc_output_dim=fc)
+    with torch.no_grad():
+        desc, stats = layer.forward_with_stats(torch.rand(2, 16, 3, 4))
+    params = layer.pyramid_params()
+    assert params["type"] == "none" and stats == {}
+    label = f"{name}+fc" if fc else name
+    np.testing.assert_array_equal(pyramid(params, [desc.numpy()], [stats]), desc.numpy())
+    with pytest.raises(VprkitError, match=f"the {re.escape(label)} aggregation has no pyramid rule"):
+        pyramid(params, [desc.numpy()] * 2, [stats] * 2)
+
+
+# ----------------------------------------------------------------- benchmark checkpoints
+@pytest.mark.parametrize("name,l2,fc", [("mac", "before_pool", None), ("spoc", "after_pool", None),
+                                        ("rmac", "none", 32), ("gem", "none", 32),
+                                        ("gem", "after_pool", None), ("netvlad", None, 32)])
+def test_benchmark_checkpoint_loads(tmp_path, name, l2, fc):
+    """GeoLocalizationNet(resnet18conv4, name, l2, fc) saved as the benchmark saves it."""
+    import torchvision
+
+    torch.manual_seed(2)
+    backbone = nn.Sequential(*list(torchvision.models.resnet18(weights=None).children())[:-3])
+    agg = ref_aggregation(name, l2, fc, 256) if name != "netvlad" else None
+    if name == "netvlad":
+        from vprkit.models.aggregations import NetVLAD
+
+        inner = NetVLAD(clusters=4, dim=256)  # the layer's own equality: tests/test_aggregations.py
+        nn.init.normal_(inner.conv.weight)
+        agg = nn.Sequential(inner, nn.Linear(4 * 256, fc), RefL2())
+    ref = nn.Module()
+    ref.backbone, ref.aggregation = backbone, agg
+    ref.eval()
+    path = tmp_path / "best_model.pth"
+    torch.save({"epoch_num": 3, "model_state_dict": ref.state_dict(),
+                "recalls": np.array([50.0, 70.0]), "best_r5": 70.0}, path)
+    given = {"aggregation": name} if name in ("mac", "spoc", "rmac") else {}
+    model = load_model_from_checkpoint(path, l2=l2 if l2 not in (None, "before_pool") else None,
+                                       **given)
+    assert model.config.aggregation == name and model.config.fc_output_dim == fc
+    assert (model.config.l2 or "before_pool") == (l2 or "before_pool")
+    x = torch.rand(2, 3, 64, 80)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref.aggregation(ref.backbone(x)), rtol=1e-4, atol=1e-5)
+
+
+def test_ambiguous_checkpoints_ask(tmp_path):
+    path = tmp_path / "m.pth"
+    model = _model("mac")
+    state = {k: v for k, v in model.state_dict().items()}
+    torch.save({"model_state_dict": state}, path)
+    with pytest.raises(VprkitError, match="may be mac, rmac, spoc; give --aggregation"):
+        load_model_from_checkpoint(path)
+    gem = _model("gem", "none")
+    torch.save({"model_state_dict": gem.state_dict()}, path)
+    with pytest.raises(VprkitError, match="L2 norm after_pool or none, not before_pool: give "
+                                          "--l2 after_pool or --l2 none"):
+        load_model_from_checkpoint(path)
+    assert load_model_from_checkpoint(path, l2="none").config.l2 == "none"
+    with pytest.raises(VprkitError, match="holds a gem aggregation, but --aggregation mac"):
+        load_model_from_checkpoint(path, aggregation="mac")

@@ -1,0 +1,22 @@
+"""MAC: global max pooling (benchmark ``mac``). Pyramid: the element-wise max of the scales."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import ShallowAggregation
+
+
+class _MaxPool(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.amax(dim=(-2, -1), keepdim=True)
+
+
+class MAC(ShallowAggregation):
+    name = "mac"
+    help = "global max pooling"
+    pyramid_rule = "max"
+
+    def __init__(self, l2: str = "before_pool"):
+        super().__init__(_MaxPool(), l2)

@@ -1,0 +1,54 @@
+"""The backbone registry: each module of this package registers its family's backbones.
+
+To add a backbone, write ``vprkit/models/backbones/foo.py`` calling ``base.register`` with a
+``base.BackboneSpec`` (name, channels, stride, builder, checkpoint key signature). Each backbone
+is an ``nn.Sequential`` whose child indices match the Deep Visual Geo-localization Benchmark's
+(``backbone.0.weight`` is ResNet's ``conv1``), so the benchmark's checkpoints load as they are.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import torch
+from torch import nn
+
+from ...errors import VprkitError
+from .base import REGISTRY, BackboneSpec, register
+
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    if not _module.startswith("_") and _module != "base":
+        importlib.import_module(f"{__name__}.{_module}")
+
+BACKBONES: dict[str, tuple[int, int]] = {name: (spec.channels, spec.stride)
+                                         for name, spec in REGISTRY.items()}  # (channels, stride)
+
+
+def get_backbone(name: str) -> BackboneSpec:
+    if name not in REGISTRY:
+        raise VprkitError(f"unknown backbone {name!r}; choose one of {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def check_backbone(name: str) -> str:
+    return get_backbone(name).name
+
+
+def backbone_channels(name: str) -> int:
+    return get_backbone(name).channels
+
+
+def build_backbone(name: str, weights: str = "imagenet") -> nn.Sequential:
+    """Build a backbone; ``weights`` is ``imagenet``, ``none`` or a path to a state dict file."""
+    return get_backbone(name).build(weights)
+
+
+def recognise_backbone(state: dict[str, torch.Tensor]) -> list[str]:
+    """The backbones whose key signature the ``backbone.*`` entries of a state dict fit."""
+    state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    return [name for name, spec in REGISTRY.items() if spec.recognise(state)]
+
+
+__all__ = ["BACKBONES", "BackboneSpec", "backbone_channels", "build_backbone", "check_backbone",
+           "get_backbone", "recognise_backbone", "register"]

@@ -1,0 +1,55 @@
+"""Descriptors in memory for training caches and validation (split among the processes), and
+validation Recall@N; inference itself is ``vprkit.inference``'s, as for extraction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..datasets import EVAL_POSITIVE_RADIUS, Split
+from ..evaluate import recall_at_n
+from ..inference import InferenceOptions, compute_descriptors
+from ..models import VPRModel
+from ..search import exact_search
+from .config import TrainConfig
+from .distributed import Processes
+
+
+def validate(model: VPRModel, split: Split, config: TrainConfig, device,
+             procs: Processes | None = None) -> dict[int, float]:
+    """Recall@N on the validation split (positives within 25 m); with several processes, each
+    computes a share of the descriptors and every process gets process 0's recalls."""
+    procs = procs or Processes()
+    options = _inference_options(config)
+    model.eval()
+    db = _descriptors(model, split.database.paths(), options, device, procs, "val database",
+                      to_all=False)
+    q = _descriptors(model, split.queries.paths(), options, device, procs, "val queries",
+                     to_all=False)
+
+    def recalls() -> dict[int, float]:  # on process 0, which holds both
+        assert q is not None and db is not None
+        _, predictions = exact_search(q, db, min(max(config.recalls), len(db)))
+        values = recall_at_n(predictions, split.positives(EVAL_POSITIVE_RADIUS), config.recalls)
+        return {n: float(v) for n, v in zip(config.recalls, values, strict=True)}
+
+    return procs.on_main(recalls)
+
+
+def _descriptors(model: VPRModel, paths: list[Path], options: InferenceOptions, device,
+                 procs: Processes, label: str, to_all: bool = True) -> np.ndarray | None:
+    """compute_descriptors, split among the processes in whole batches and gathered (on every
+    process, or on process 0 only when not ``to_all``)."""
+    if procs.world == 1:
+        return compute_descriptors(model, paths, options, device, label=label)
+    start, stop = procs.batch_slice(len(paths), options.batch_size)
+    local = procs.each(lambda: compute_descriptors(model, paths[start:stop], options, device,
+                                                   label=label))
+    return procs.gather_rows(local, len(paths), options.batch_size, to_all=to_all)
+
+
+def _inference_options(config: TrainConfig) -> InferenceOptions:
+    """How cache and validation descriptors are computed (scale 1, float32, no BatchNorm folding)."""
+    return InferenceOptions(resize=config.resize, batch_size=config.infer_batch_size,
+                            workers=config.workers, device=config.device, seed=config.seed)
