@@ -89,7 +89,7 @@ class TestPositives:
         rows = {(r["split"], r["role"]): r for r in dataset_info(small_root)}
         assert rows[("test", "database")]["images"] == 24
         assert rows[("test", "queries")]["queries_without_positives"] == 2
-        assert rows[("test", "queries")]["sizes"] == {"80x64": 12}
+        assert rows[("test", "queries")]["sizes"] == {"64x80": 12}  # H x W, as --resize takes it
 
 
 def test_generated_dataset_is_deterministic(tmp_path):

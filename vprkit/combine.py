@@ -324,31 +324,8 @@ def combine(
             orders = {(i, role): _alignment(ref, st, role)
                       for i, st in enumerate(stores) for role in ROLES if i > 0}
             dims = [st.dim for st in stores]
-            reduce = [pca is not None and d > pca for d in dims]
-            fit_files = _fit_files(pca_fit, sum(reduce))
-            pcas: list[PCAParams | None] = []
-            fit_index = 0
-            for i, (st, sp) in enumerate(zip(stores, spec_of, strict=True)):
-                if not reduce[i]:
-                    pcas.append(None)
-                    continue
-                if fit_files is None:
-                    sources = [(st, r) for r in _fit_roles(str(pca_fit))]
-                else:
-                    fit_store = DescriptorFile(fit_files[fit_index])
-                    extra.append(fit_store)
-                    fit_index += 1
-                    if fit_store.model.get("fingerprint") != st.model.get("fingerprint"):
-                        raise VprkitError(f"--pca-fit file {fit_store.path} was made by another model "
-                                          f"than {st.path}")
-                    fit_store.check_spec(sp)
-                    sources = [(fit_store, r) for r in ("queries", "database")]
-                if progress:
-                    console.print(f"fitting PCA {st.dim} -> {pca} on "
-                                  f"{', '.join(f'{f.path.name}:{r}' for f, r in sources)}")
-                assert pca is not None  # reduce[i] needs it
-                pcas.append(fit_pca(sp, pca, sources, whiten, block_rows, pca_memory_bytes,
-                                    str(st.path)))
+            pcas = _fit_pcas(stores, spec_of, pca, pca_fit, whiten, block_rows, pca_memory_bytes,
+                             extra, progress)
             info = [{"file": str(st.path.resolve()), "scale": spec_name(sp), "dim": st.dim,
                      "model": st.model, "dataset": st.dataset,
                      "pca": None if p is None else {"dim": pca, "whiten": whiten, "rows": p.rows,
@@ -366,6 +343,36 @@ def combine(
                                    for i in transform.info)))
     assert out.written is not None  # the block ended without error
     return out.written
+
+
+def _fit_pcas(stores: list[DescriptorFile], spec_of, pca: int | None, pca_fit, whiten: bool,
+              block_rows: int, memory_bytes: int, opened: list[DescriptorFile],
+              progress: bool) -> list[PCAParams | None]:
+    """The PCA of each input wider than ``pca`` (None for the others), fitted where ``pca_fit``
+    says; ``--pca-fit`` files are opened into ``opened`` (the caller closes them)."""
+    reduce = [pca is not None and st.dim > pca for st in stores]
+    fit_files = _fit_files(pca_fit, sum(reduce))
+    pcas: list[PCAParams | None] = []
+    for i, (st, sp) in enumerate(zip(stores, spec_of, strict=True)):
+        if not reduce[i]:
+            pcas.append(None)
+            continue
+        assert pca is not None  # reduce[i] needs it
+        if fit_files is None:
+            sources = [(st, r) for r in _fit_roles(str(pca_fit))]
+        else:
+            fit_store = DescriptorFile(fit_files[sum(reduce[:i])])
+            opened.append(fit_store)
+            if fit_store.model.get("fingerprint") != st.model.get("fingerprint"):
+                raise VprkitError(f"--pca-fit file {fit_store.path} was made by another model "
+                                  f"than {st.path}")
+            fit_store.check_spec(sp)
+            sources = [(fit_store, r) for r in ("queries", "database")]
+        if progress:
+            console.print(f"fitting PCA {st.dim} -> {pca} on "
+                          f"{', '.join(f'{f.path.name}:{r}' for f, r in sources)}")
+        pcas.append(fit_pca(sp, pca, sources, whiten, block_rows, memory_bytes, str(st.path)))
+    return pcas
 
 
 def _scale_specs(scales, n: int) -> list[tuple[int, ...] | None]:

@@ -33,7 +33,7 @@ from .models import ModelConfig, NetVLAD, VPRModel, build_model, fingerprint
 from .models.aggregations import stat_names
 from .progress import console, progress_bar, styled
 from .shards import parse_shard, shard_path, take_shard
-from .store import DescriptorFile, DescriptorWriter, Header, parse_scales, spec_name, writing
+from .store import DescriptorFile, DescriptorWriter, Header, Output, parse_scales, spec_name, writing
 
 DTYPES = ("float32", "float16")
 
@@ -288,27 +288,7 @@ def extract(
     if options.shard is not None:
         output = shard_path(output, *parse_shard("{}/{}".format(*options.shard)))
     scales = parse_scales(",".join(str(s) for s in options.scales))
-    if options.dtype not in DTYPES:
-        raise VprkitError(f"unknown storage dtype {options.dtype!r}; use float32 or float16")
-    if options.batch_size < 1:
-        raise VprkitError("--batch-size must be at least 1")
-    if options.workers < 0 or options.seed < 0:
-        raise VprkitError(f"--workers and --seed must not be negative (got {options.workers}, "
-                          f"{options.seed})")
-    if options.cluster_images < 1 or options.cluster_features_per_image < 1:
-        raise VprkitError("NetVLAD's k-means needs at least 1 image and 1 feature per image")
-    if model_config.clusters < 1:
-        raise VprkitError(f"--clusters must be at least 1, got {model_config.clusters}")
-    device = resolve_device(options.device)
-    if options.half and device.type == "cpu" and cpu_has_bf16() is False:
-        warnings.warn("--half on this CPU means bfloat16 without native support (no AVX512-BF16 "
-                      "or AMX): expect it to be slower than float32", stacklevel=2)
-    if options.resize is not None and min(options.resize) < 1:
-        raise VprkitError(f"bad --resize {options.resize}: height and width must be positive")
-    if output.is_dir():
-        raise VprkitError(f"output {output} is a folder; give a file name such as gem.h5")
-    if not output.parent.exists():
-        raise VprkitError(f"output folder {output.parent} does not exist")
+    device = _check_options(options, model_config, output)
 
     full_split = split = load_split(root, options.split, skip_unparsable=options.skip_unparsable)
     shard_info = None
@@ -331,35 +311,11 @@ def extract(
             dtype=options.dtype,
         )
         model = _fold_batch_norm(model)  # after the fingerprint: the weights it hashes are kept
-        writer = out.resume()
-        if writer is not None:
-            problem = (_difference(writer.header(), header) or _same_images(writer, split)
-                       or _changed_image(writer, split, _rows_with_descriptors(writer), progress))
-            if problem:
-                raise VprkitError(
-                    f"{out.partial} is an unfinished extraction of something else ({problem}); "
-                    "pass --overwrite to start again"
-                )
-        else:
-            existing = out.complete_file()
-            if existing is not None:
-                with existing:
-                    have = existing.scales
-                    problem = _difference(existing.header, header) or _same_images(existing, split)
-                    if not problem and not all(s in have for s in scales):
-                        problem = _changed_image(existing, split,
-                                                 {r: len(split.role(r)) for r in ROLES}, progress)
-                if problem:
-                    raise VprkitError(
-                        f"{output} was made differently ({problem}); choose another output or "
-                        "pass --overwrite"
-                    )
-                if all(s in have for s in scales):
-                    if progress:
-                        console.print(f"{output} already holds scales {spec_name(scales)}: "
-                                      "nothing to do")
-                    return output
-                writer = out.extend()
+        plan, writer = _plan(out, header, split, scales, progress)
+        if plan == "done":
+            if progress:
+                console.print(f"{output} already holds scales {spec_name(scales)}: nothing to do")
+            return output
         if writer is None:
             writer = out.create(header, names={r: split.role(r).names for r in ROLES},
                                 utm={r: split.role(r).utm for r in ROLES})
@@ -375,6 +331,63 @@ def extract(
                           f"{f.num('queries')} queries, {f.dim} dims, scales "
                           f"{', '.join(map(str, f.scales))}"))
     return path
+
+
+def _check_options(options: ExtractOptions, model_config: ModelConfig, output: Path) -> torch.device:
+    """One clear line for an option that cannot work, before any work; the device to run on."""
+    if options.dtype not in DTYPES:
+        raise VprkitError(f"unknown storage dtype {options.dtype!r}; use float32 or float16")
+    if options.batch_size < 1:
+        raise VprkitError("--batch-size must be at least 1")
+    if options.workers < 0 or options.seed < 0:
+        raise VprkitError(f"--workers and --seed must not be negative (got {options.workers}, "
+                          f"{options.seed})")
+    if options.cluster_images < 1 or options.cluster_features_per_image < 1:
+        raise VprkitError("NetVLAD's k-means needs at least 1 image and 1 feature per image")
+    if model_config.clusters < 1:
+        raise VprkitError(f"--clusters must be at least 1, got {model_config.clusters}")
+    device = resolve_device(options.device)
+    if options.half and device.type == "cpu" and cpu_has_bf16() is False:
+        warnings.warn("--half on this CPU means bfloat16 without native support (no AVX512-BF16 "
+                      "or AMX): expect it to be slower than float32", stacklevel=3)
+    if options.resize is not None and min(options.resize) < 1:
+        raise VprkitError(f"bad --resize {options.resize}: height and width must be positive")
+    if output.is_dir():
+        raise VprkitError(f"output {output} is a folder; give a file name such as gem.h5")
+    if not output.parent.exists():
+        raise VprkitError(f"output folder {output.parent} does not exist")
+    return device
+
+
+def _plan(out: Output, header: Header, split: Split, scales: tuple[int, ...],
+          progress: bool) -> tuple[str, DescriptorWriter | None]:
+    """What this run does: ``("resume", writer)`` of the unfinished file, ``("extend", writer)``
+    of the complete one with the missing scales, ``("done", None)`` where it holds them all, or
+    ``("new", None)``; refuses files made by another model, preprocessing or images."""
+    writer = out.resume()
+    if writer is not None:
+        problem = (_difference(writer.header(), header) or _same_images(writer, split)
+                   or _changed_image(writer, split, _rows_with_descriptors(writer), progress))
+        if problem:
+            writer.close()
+            raise VprkitError(f"{out.partial} is an unfinished extraction of something else "
+                              f"({problem}); pass --overwrite to start again")
+        return "resume", writer
+    existing = out.complete_file()
+    if existing is None:
+        return "new", None
+    with existing:
+        have = existing.scales
+        problem = _difference(existing.header, header) or _same_images(existing, split)
+        if not problem and not all(s in have for s in scales):
+            problem = _changed_image(existing, split, {r: len(split.role(r)) for r in ROLES},
+                                     progress)
+    if problem:
+        raise VprkitError(f"{out.path} was made differently ({problem}); choose another output "
+                          "or pass --overwrite")
+    if all(s in have for s in scales):
+        return "done", None
+    return "extend", out.extend()
 
 
 def _run(model: VPRModel, split: Split, writer: DescriptorWriter, scales: tuple[int, ...],

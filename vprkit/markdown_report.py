@@ -121,7 +121,11 @@ def _evaluation_row_problem(row, ns: list[str] | None) -> str | None:
             return f"{key!r} is {shown(json.dumps(row[key]))[:40]}, not an integer >= {least}"
     if not _is_number(row["threshold"]) or row["threshold"] <= 0:
         return f"'threshold' is {shown(json.dumps(row['threshold']))[:40]}, not a positive number"
-    recalls = row["recalls"]
+    return _recalls_problem(row["recalls"], ns)
+
+
+def _recalls_problem(recalls, ns: list[str] | None) -> str | None:
+    """What is wrong with a row's ``recalls`` (N -> Recall@N %), or None."""
     if not isinstance(recalls, dict) or not recalls:
         return f"'recalls' is {_type_name(recalls)}, not an object of N -> Recall@N (%)"
     for n, value in recalls.items():

@@ -40,7 +40,7 @@ def styled(label: str, style: str, text: object = "") -> Text:
 class InertConsole(Console):
     """A rich Console whose ``print`` shows strings literally (see the module docstring)."""
 
-    def print(self, *objects, **kwargs) -> None:  # type: ignore[override]
+    def print(self, *objects, **kwargs) -> None:
         kwargs.setdefault("markup", False)
         kwargs.setdefault("highlight", False)
         super().print(*(Text(inert(o)) if isinstance(o, str) else o for o in objects), **kwargs)

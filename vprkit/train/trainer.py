@@ -281,15 +281,7 @@ def _train(config: TrainConfig | None, run_dir: Path, resume: bool, progress: bo
     # starts from process 0's weights anyway
     model = procs.each(lambda: _init_model(config, source, device, log, kmeans=not resume))
     if procs.world > 1:
-        model = procs.synchronize_batchnorm(model, device)
-        if procs.rank > 0:
-            torch.manual_seed(_process_seed(config.seed, procs.rank))  # own augmentation draws
-        per = config.batch_size / procs.world
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        log.say(f"{procs.world} processes ({backend} on {device.type}): {config.batch_size} "
-                f"triplet groups per step in all, {per:g} per process"
-                + (" (some processes idle in every step: use a --batch-size of at least the "
-                   "number of processes)" if per < 1 else ""))
+        model = _for_processes(model, config, device, procs, log)
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, refreshes)
     rng = np.random.default_rng(config.seed)
@@ -332,10 +324,7 @@ def _train(config: TrainConfig | None, run_dir: Path, resume: bool, progress: bo
             loss = _train_groups(net, optimizer, source, groups, config, augment, device,
                                  progress, f"epoch {epoch + 1}/{config.epochs} refresh "
                                            f"{r + 1}/{refreshes}", procs=procs)
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(loss)
-            elif scheduler is not None:
-                scheduler.step()
+            _step_scheduler(scheduler, loss)
             lr = optimizer.param_groups[0]["lr"]
             log.metric(epoch=epoch + 1, refresh=r + 1, loss=loss, lr=lr, time=time.time())
             log.say(f"epoch {epoch + 1} refresh {r + 1}/{refreshes}: loss {loss:.4f}, lr {lr:.3g}")
@@ -358,6 +347,32 @@ def _train(config: TrainConfig | None, run_dir: Path, resume: bool, progress: bo
             break
     procs.on_main(lambda: plot_run(run_dir))
     return run_dir / "best.pth"
+
+
+def _for_processes(model: VPRModel, config: TrainConfig, device, procs: Processes,
+                   log: Log) -> VPRModel:
+    """Several processes: BatchNorm over the whole step, a torch seed of each process's own for
+    augmentation, and a line saying how the step is shared."""
+    synchronized = procs.synchronize_batchnorm(model, device)
+    assert isinstance(synchronized, VPRModel)  # converted in place
+    model = synchronized
+    if procs.rank > 0:
+        torch.manual_seed(_process_seed(config.seed, procs.rank))  # own augmentation draws
+    per = config.batch_size / procs.world
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    log.say(f"{procs.world} processes ({backend} on {device.type}): {config.batch_size} "
+            f"triplet groups per step in all, {per:g} per process"
+            + (" (some processes idle in every step: use a --batch-size of at least the "
+               "number of processes)" if per < 1 else ""))
+    return model
+
+
+def _step_scheduler(scheduler, loss: float) -> None:
+    """Plateau steps on the refresh's loss, the others once per refresh."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(loss)
+    elif scheduler is not None:
+        scheduler.step()
 
 
 def _check_same(groups: np.ndarray, procs: Processes) -> None:
