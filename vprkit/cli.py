@@ -70,6 +70,7 @@ def output_option(help_text: str, default: Path | None = None):
 
 
 def resolve_output(output: Path | None, deprecated_out: Path | None) -> Path | None:
+    """The output asked for, by -o/--output or (with a deprecation warning) by --out."""
     if deprecated_out is not None:
         warnings.warn("--out is deprecated and will be removed in vprkit 0.3; use -o/--output",
                       DeprecationWarning, stacklevel=2)

@@ -151,6 +151,7 @@ def read_coordinates_csv(path: Path) -> dict[str, tuple[float, float]]:
 
 
 def benchmark_name(lat: float, lon: float, stem: str, suffix: str) -> str:
+    """The benchmark file name ``@east@north@zone@letter@lat@lon@...@stem@.ext`` of a photo."""
     east, north, zone, letter = utm.from_latlon(lat, lon)
     stem = stem.replace("@", "_")
     return f"@{east:.2f}@{north:.2f}@{zone}@{letter}@{lat:.6f}@{lon:.6f}@@@@@@@{stem}@{suffix}"

@@ -154,6 +154,7 @@ def positives_within(
 
 
 def split_folder(root: Path | str, split: str) -> Path:
+    """``ROOT/images/SPLIT``, or one clear error naming the splits that are there."""
     root = Path(root)
     if not root.is_dir():
         raise VprkitError(f"dataset root {root} does not exist or is not a folder")

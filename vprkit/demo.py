@@ -25,6 +25,7 @@ DEMO_TRAIN_QUERIES = 70  # of the 73 training queries with a positive within 10 
 def run_demo(out: str | Path = "vprkit_demo", backbone: str = "resnet18conv4",
              weights: str = "none", scales: str = "1,2,3", train: bool = True,
              progress: bool = True) -> list[EvaluationResult]:
+    """The whole pipeline on a generated dataset in ``out``; its Recall@N rows (one table)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     root = out / "dataset"

@@ -236,4 +236,5 @@ def write_predictions(path: str | Path, store: DescriptorFile, predictions: np.n
 
 
 def results_json(results: Sequence[EvaluationResult]) -> str:
+    """The rows as the JSON that ``vprkit evaluate --json`` writes (and ``vprkit report`` reads)."""
     return json.dumps([r.to_dict() for r in results], indent=2)

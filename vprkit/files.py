@@ -235,6 +235,7 @@ def reserve(fd: int, path: Path, size: int, nbytes: int) -> None:
 
 
 def human_bytes(n: float) -> str:
+    """``n`` bytes as ``1.5 GiB``."""
     units = ["B", "KiB", "MiB", "GiB", "TiB"]
     i = min(len(units) - 1, int(math.log(max(n, 1), 1024)))
     return f"{n / 1024 ** i:.1f} {units[i]}"

@@ -90,6 +90,7 @@ def file_sha256(path: Path) -> bytes:
 
 
 def normalize(image: torch.Tensor) -> torch.Tensor:
+    """ImageNet normalisation of a (3, H, W) image in [0, 1]."""
     mean = torch.tensor(MEAN, dtype=image.dtype).view(3, 1, 1)
     std = torch.tensor(STD, dtype=image.dtype).view(3, 1, 1)
     return (image - mean) / std
@@ -106,6 +107,7 @@ def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def scale_size(height: int, width: int, scale: int) -> tuple[int, int]:
+    """(H // scale, W // scale), at least 1 x 1: the image size of scale ``scale``."""
     return max(1, height // scale), max(1, width // scale)
 
 

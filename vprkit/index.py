@@ -25,6 +25,7 @@ from .store import DescriptorFile, spec_name
 
 
 def index_path(store: DescriptorFile, scales, spec: str) -> Path:
+    """Where the index of ``spec`` over ``scales`` of ``store`` is kept: beside the file."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", spec)
     return store.path.with_name(f"{store.path.name}.{safe}.{spec_name(scales)}.faiss")
 

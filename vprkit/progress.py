@@ -52,6 +52,7 @@ results_console = InertConsole(width=None if sys.stdout.isatty() else 160)
 
 
 def progress_bar(enabled: bool = True) -> Progress:
+    """The rich progress bar of long work, on stderr (``enabled=False``: shown nowhere)."""
     return Progress(
         TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),

@@ -101,6 +101,7 @@ def stat_spec(params: dict) -> dict[str, tuple[tuple[int, ...], str]]:
 
 
 def stat_names(params: dict) -> tuple[str, ...]:
+    """The names of the per-image statistics that ``params``' rule needs."""
     return tuple(stat_spec(params))
 
 

@@ -47,6 +47,7 @@ def _text(value) -> str:
 
 
 def describe_file(path) -> dict:
+    """What a descriptor file holds (``vprkit info``): counts, scales, model, preprocessing."""
     with DescriptorFile(path, require_complete=False) as f:
         return {
             "file": str(path),
@@ -68,6 +69,7 @@ def describe_file(path) -> dict:
 
 
 def describe_table(desc: dict) -> Table:
+    """``describe_file``'s description as a rich table, values shown inert and cut."""
     table = Table(title=cell(desc["file"]), show_header=False)
     table.add_column("key", style="bold")
     table.add_column("value")
@@ -86,6 +88,7 @@ def describe_table(desc: dict) -> Table:
 
 
 def dataset_table(rows: list[dict], root, threshold: float) -> Table:
+    """``datasets.dataset_info``'s rows as a rich table (sizes H x W)."""
     table = Table(title=cell(root))
     for col in ("split", "role", "images", f"queries without positive (<= {threshold:g} m)",
                 "image sizes (H x W)"):

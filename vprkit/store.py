@@ -140,6 +140,7 @@ def parse_scale_spec(text: str) -> tuple[int, ...]:
 
 
 def spec_name(scales: Sequence[int]) -> str:
+    """(1, 2, 3) -> ``"1+2+3"``: how a scale or pyramid is named."""
     return "+".join(str(s) for s in scales)
 
 

@@ -45,6 +45,7 @@ def generate_split(
     rng: np.random.Generator,
     unmapped_queries: int = 2,
 ) -> None:
+    """One split's database (a window every 10 m of a panorama) and queries (shifted, relit)."""
     height, width = size
     stride = max(4, width // 3)  # pixels between neighbouring places (10 m)
     extra = unmapped_queries + 2

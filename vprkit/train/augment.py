@@ -100,5 +100,6 @@ def build_augmentation(names: Sequence[str]) -> Callable[[torch.Tensor], torch.T
 
 
 def describe_presets() -> list[tuple[str, str]]:
+    """(name, parameters) of every preset, for ``vprkit train --list-augments``."""
     return [(name, ", ".join(f"{k}={v}" for k, v in params.items()))
             for name, params in PRESETS.items()]

@@ -67,6 +67,7 @@ def triplet_loss(features: torch.Tensor, groups: int, negatives: int, margin: fl
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimiser of ``config`` over the trainable parameters (SGD with momentum 0.9)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)

@@ -79,6 +79,8 @@ from .validation import _descriptors, _inference_options, validate
 
 
 class RunLog:
+    """The run folder's ``train.log`` and ``metrics.jsonl`` (process 0), appended line by line."""
+
     def __init__(self, run_dir: Path):
         self.log = run_dir / "train.log"
         self.metrics = run_dir / "metrics.jsonl"

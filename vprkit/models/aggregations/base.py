@@ -88,6 +88,7 @@ class Aggregation(nn.Module):
 
 
 def check_l2(l2: str) -> str:
+    """``l2`` when it is one of the benchmark's placements, else one clear error."""
     if l2 not in L2_PLACEMENTS:
         raise VprkitError(f"unknown --l2 {l2!r}; choose one of {', '.join(L2_PLACEMENTS)}")
     return l2

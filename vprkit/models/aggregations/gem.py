@@ -23,6 +23,8 @@ class GeMPool(nn.Module):
 
 
 class GeM(ShallowAggregation):
+    """Generalised-mean pooling with a learned exponent (benchmark ``gem``)."""
+
     name = "gem"
     help = "generalised-mean pooling, learned p"
     pyramid_rule = "gem"

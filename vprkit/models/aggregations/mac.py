@@ -14,6 +14,8 @@ class _MaxPool(nn.Module):
 
 
 class MAC(ShallowAggregation):
+    """Max pooling (benchmark ``mac``)."""
+
     name = "mac"
     help = "global max pooling"
     pyramid_rule = "max"

@@ -63,6 +63,8 @@ class _RegionMaxPool(nn.Module):
 
 
 class RMAC(ShallowAggregation):
+    """Regional max pooling (benchmark ``rmac``); no pyramid rule."""
+
     name = "rmac"
     help = "regional max pooling (no pyramid)"
     pyramid_rule = None

@@ -15,6 +15,8 @@ class _MeanPool(nn.Module):
 
 
 class SPoC(ShallowAggregation):
+    """Average pooling (benchmark ``spoc``)."""
+
     name = "spoc"
     help = "average pooling"
     pyramid_rule = "power_mean"

@@ -26,16 +26,19 @@ BACKBONES: dict[str, tuple[int, int]] = {name: (spec.channels, spec.stride)
 
 
 def get_backbone(name: str) -> BackboneSpec:
+    """The registered backbone ``name``, or one clear error listing them."""
     if name not in REGISTRY:
         raise VprkitError(f"unknown backbone {name!r}; choose one of {', '.join(REGISTRY)}")
     return REGISTRY[name]
 
 
 def check_backbone(name: str) -> str:
+    """``name`` when it is a registered backbone, else one clear error."""
     return get_backbone(name).name
 
 
 def backbone_channels(name: str) -> int:
+    """The channels of the local features that backbone ``name`` outputs."""
     return get_backbone(name).channels
 
 

@@ -39,6 +39,7 @@ REGISTRY: dict[str, BackboneSpec] = {}
 
 
 def register(spec: BackboneSpec) -> BackboneSpec:
+    """Add ``spec`` to the registry (its name must be new); returns it."""
     if spec.name in REGISTRY:
         raise ValueError(f"backbone {spec.name!r} registered twice")
     REGISTRY[spec.name] = spec
@@ -87,6 +88,7 @@ def _load_state_dict_file(path: str) -> dict:
 
 
 def freeze(modules) -> None:
+    """No gradients for the parameters of ``modules`` (the benchmark's frozen layers)."""
     for module in modules:
         for param in module.parameters():
             param.requires_grad = False
