@@ -41,11 +41,12 @@ def run_cli(*args) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-def assert_one_line_error(args, *fragments) -> str:
-    """The CLI fails with exit code 1 and exactly one line ``Error: ...`` holding ``fragments``."""
-    code, output = run_cli(*args)
+def assert_one_line_error(args, *fragments, code: int = 1) -> str:
+    """The CLI fails with exit code ``code`` (2: a value the option refuses) and exactly one line
+    ``Error: ...`` holding ``fragments``."""
+    got, output = run_cli(*args)
     lines = output.splitlines()
-    assert code == 1 and len(lines) == 1 and lines[0].startswith("Error: "), output
+    assert got == code and len(lines) == 1 and lines[0].startswith("Error: "), output
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     return lines[0]
@@ -456,7 +457,7 @@ class TestImportSplitName:
     def test_cli(self, tmp_path):
         gps_photo(tmp_path / "photos/a.jpg", good_gps())
         assert_one_line_error(["dataset", "import", tmp_path / "photos", tmp_path / "ds", "--split",
-                               "../up"], "bad split", "../up")
+                               "../up"], "unknown split", "'../up'", code=2)  # a Choice of splits
         assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
 
     def test_a_plain_new_split_is_fine(self, tmp_path):

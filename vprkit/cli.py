@@ -86,6 +86,10 @@ class VprkitGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except click.UsageError as err:  # a bad option value: one line too (exit code 2)
+            where = f" (see {err.ctx.command_path} --help)" if err.ctx is not None else ""
+            click.echo(f"Error: {inert(err.format_message())}{where}", err=True)
+            sys.exit(2)
         except VprkitError as err:
             raise click.ClickException(inert(err)) from None
         except KeyboardInterrupt:
