@@ -188,8 +188,8 @@ LIMITED = """
 import resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
 if sys.argv[1] == "no-reserve":  # a file system that cannot reserve blocks (no fallocate)
-    import vprkit.store
-    vprkit.store.reserve = lambda *args: None
+    import vprkit.store.writer
+    vprkit.store.writer.reserve = lambda *args: None
 limit = int(sys.argv[2])
 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 from vprkit.cli import main

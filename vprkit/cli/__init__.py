@@ -1,0 +1,130 @@
+"""The ``vprkit`` command line: a thin click layer over the library.
+
+This module holds the group (``main``, which turns library errors into one line) and the options
+every command shares (``-o/--output``, ``--json PATH|-``, named choices); the commands live in
+``pipeline`` (extract, merge, evaluate, combine), ``training`` (train) and ``inspect`` (report,
+info, dataset, demo)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import click
+
+from .. import __version__
+from ..errors import VprkitError
+from ..files import write_text
+from ..progress import console, inert, styled
+
+SCALE_HELP = "a scale such as 1, or a pyramid such as 1+2+3"
+SIZE_HELP = "sizes are H W (height first), as shown everywhere"
+
+
+class NamedChoice(click.Choice):
+    """``click.Choice`` whose refusal names what was asked for: "unknown backbone 'x'; choose one
+    of ..." (the list is also in ``--help``)."""
+
+    def __init__(self, what: str, choices):
+        super().__init__(list(choices))
+        self.what = what
+
+    def convert(self, value, param, ctx):
+        if value in self.choices:
+            return value
+        self.fail(f"unknown {self.what} {value!r}; choose one of {', '.join(self.choices)}",
+                  param, ctx)
+
+
+def json_option(what: str):
+    """``--json PATH|-`` as every command has it: the command's result as JSON, written to PATH
+    or, with ``-`` (or ``--json`` alone), printed alone to stdout."""
+    return click.option("--json", "json_path", is_flag=False, flag_value="-", default=None,
+                        metavar="PATH|-",
+                        help=f"Write {what} as JSON to PATH, or print it alone to stdout with - "
+                             "(also --json alone).  [default: none]")
+
+
+def emit_json(json_path: str | None, data) -> bool:
+    """Write ``data`` as ``--json`` asks; True when it went to stdout (print nothing else)."""
+    if json_path is None:
+        return False
+    text = json.dumps(data, indent=2, default=str)
+    if json_path == "-":
+        click.echo(text)
+        return True
+    write_text(json_path, text + "\n")
+    console.print(f"wrote {json_path}")
+    return False
+
+
+def output_option(help_text: str, default: Path | None = None):
+    """``-o/--output`` as every command that writes has it, with ``--out`` kept as a hidden,
+    deprecated alias (train and demo took --out before 0.2)."""
+    def decorate(function):
+        function = click.option("--out", "deprecated_out", type=click.Path(path_type=Path),
+                                default=None, hidden=True,
+                                help="Deprecated alias of -o/--output.  [default: none]")(function)
+        return click.option("-o", "--output", type=click.Path(path_type=Path), default=default,
+                            show_default=default is not None, help=help_text)(function)
+    return decorate
+
+
+def resolve_output(output: Path | None, deprecated_out: Path | None) -> Path | None:
+    """The output asked for, by -o/--output or (with a deprecation warning) by --out."""
+    if deprecated_out is not None:
+        warnings.warn("--out is deprecated and will be removed in vprkit 0.3; use -o/--output",
+                      DeprecationWarning, stacklevel=2)
+        if output is not None and output != deprecated_out:
+            raise VprkitError("give -o/--output once (--out is its deprecated alias)")
+        return deprecated_out
+    return output
+
+
+class VprkitGroup(click.Group):
+    """Turns library errors into one clear line and a non-zero exit code, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as err:  # a bad option value: one line too (exit code 2)
+            where = f" (see {err.ctx.command_path} --help)" if err.ctx is not None else ""
+            click.echo(f"Error: {inert(err.format_message())}{where}", err=True)
+            sys.exit(2)
+        except VprkitError as err:
+            raise click.ClickException(inert(err)) from None
+        except KeyboardInterrupt:
+            console.print(styled("interrupted", "red", ": rerun the same command to resume"))
+            sys.exit(130)
+        except OSError as err:
+            if err.errno is None:
+                raise
+            where = f" ({err.filename})" if err.filename else ""
+            raise click.ClickException(inert(f"{err.strerror or err}{where}")) from None
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    console.print(styled("Warning:", "yellow", f" {message}"))
+
+
+@click.group(cls=VprkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vprkit")
+def main() -> None:
+    """vprkit: visual place recognition from stored descriptor databases.
+
+    Run the network once (extract), then evaluate scales, pyramids and ensembles from the
+    stored descriptors without running it again.
+    """
+    warnings.showwarning = _show_warning
+    for stream in (sys.stdout, sys.stderr):  # text from damaged files: escaped, never a crash
+        reconfigure = getattr(stream, "reconfigure", None)  # absent on some replaced streams
+        if reconfigure is not None:
+            try:
+                reconfigure(errors="backslashreplace")
+            except ValueError:
+                pass
+
+
+from . import inspect, pipeline, training  # noqa: E402,F401  (register the commands)

@@ -1,0 +1,5 @@
+"""``python -m vprkit.cli``: the command line (also under torchrun)."""
+
+from . import main
+
+main()

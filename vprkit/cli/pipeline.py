@@ -1,0 +1,234 @@
+"""Commands of the pipeline: extract, merge, evaluate, combine."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import click
+
+from ..choices import AGGREGATIONS, BACKBONES, L2_PLACEMENTS, SPLITS
+from ..errors import VprkitError
+from ..progress import console, results_console
+from . import (
+    SCALE_HELP,
+    NamedChoice,
+    emit_json,
+    json_option,
+    main,
+)
+
+
+# --------------------------------------------------------------------------- extract
+@main.command()
+@click.argument("root", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Descriptor file to write (HDF5), e.g. gem.h5.")
+@click.option("--split", type=NamedChoice("split", SPLITS), default="test", show_default=True,
+              help="Dataset split to extract.")
+@click.option("--backbone", type=NamedChoice("backbone", BACKBONES), default=None,
+              help="The backbone.  [default: resnet18conv4, or what --checkpoint holds]")
+@click.option("--aggregation", type=NamedChoice("aggregation", AGGREGATIONS), default=None,
+              help="The aggregation.  [default: gem, or what --checkpoint holds]")
+@click.option("--clusters", type=click.IntRange(min=1), default=64, show_default=True,
+              help="NetVLAD clusters.")
+@click.option("--l2", type=NamedChoice("--l2", L2_PLACEMENTS), default=None,
+              help="Where gem, mac, spoc and rmac L2-normalise (the benchmark's --l2).  "
+                   "[default: before_pool, or what --checkpoint holds]")
+@click.option("--fc-output-dim", type=click.IntRange(min=1), default=None,
+              help="A fully connected layer to this dimension, then L2, after the aggregation "
+                   "(the benchmark's --fc_output_dim; no pyramid).  [default: none]")
+@click.option("--weights", default="imagenet", show_default=True,
+              help="Backbone weights: imagenet (torchvision's weights API; efficientnet_lite0 "
+                   "from its offline package), none (random, seeded by --seed), or a state dict path.")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="A benchmark or vprkit checkpoint; architecture taken from it.  [default: none]")
+@click.option("--scales", default="1", show_default=True,
+              help="Comma-separated scales; scale l is the image at H/l x W/l.")
+@click.option("--resize", nargs=2, type=int, default=None, metavar="H W",
+              help="Resize every image to H W (height, width) before making the scales.  "
+                   "[default: 480 640, or the size that a vprkit --checkpoint was trained at]")
+@click.option("--native-size", is_flag=True,
+              help="Keep each image's own size (no --resize).  [default: off, or on where a "
+                   "vprkit --checkpoint was trained at native size]")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Images per inference batch.")
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Image decoding processes.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--half", is_flag=True,
+              help="Reduced-precision inference: float16 on CUDA, bfloat16 on CPU (fast on "
+                   "AVX512-BF16/AMX processors); recorded in the file.  [default: off]")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32",
+              show_default=True, help="Storage type of the descriptors.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of random weights and of NetVLAD's k-means sampling.")
+@click.option("--cluster-split", type=NamedChoice("split", SPLITS), default=None,
+              help="Split whose database images initialise an untrained NetVLAD's clusters by "
+                   "k-means.  [default: --split]")
+@click.option("--skip-unparsable", is_flag=True,
+              help="Skip (and count) file names without coordinates instead of failing.")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Extract slice I of N (I from 0) into OUTPUT's name + .shardIofN, for N "
+                   "processes, GPUs or machines; join them with vprkit merge.  [default: all]")
+@click.option("--overwrite", is_flag=True, help="Replace an existing or unfinished output.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@json_option("what the file holds (as vprkit info --json)")
+def extract(root, output, split, backbone, aggregation, clusters, l2, fc_output_dim, weights,
+            checkpoint, scales,
+            resize, native_size, batch_size, workers, device, half, dtype, seed, cluster_split,
+            shard, skip_unparsable, overwrite, quiet, json_path):
+    """Run a model over a dataset split and write its descriptors at every scale.
+
+    ROOT is a dataset in the benchmark layout (ROOT/images/SPLIT/{database,queries}).
+    An interrupted run resumes when the same command is run again.
+    """
+    from ..extract import ExtractOptions, image_size_for
+    from ..extract import extract as run_extract
+    from ..models import ModelConfig
+    from ..report import describe_file
+    from ..shards import parse_shard
+    from ..store import parse_scales
+
+    if checkpoint is None:
+        config = ModelConfig(backbone=backbone or "resnet18conv4",
+                             aggregation=aggregation or "gem", clusters=clusters, weights=weights,
+                             l2=l2, fc_output_dim=fc_output_dim)
+    else:
+        config = ModelConfig(backbone=backbone, aggregation=aggregation, clusters=clusters,
+                             weights="none", checkpoint=str(checkpoint), l2=l2,
+                             fc_output_dim=fc_output_dim)
+    size, note = image_size_for(checkpoint, tuple(resize) if resize else None, native_size)
+    if note:
+        console.print(note)
+    options = ExtractOptions(
+        split=split, scales=parse_scales(scales), resize=size,
+        batch_size=batch_size, workers=workers, device=device, half=half, dtype=dtype, seed=seed,
+        cluster_split=cluster_split, skip_unparsable=skip_unparsable, overwrite=overwrite,
+        shard=parse_shard(shard) if shard else None)
+    path = run_extract(root, output, config, options, progress=not quiet)
+    emit_json(json_path, describe_file(path) if json_path else None)
+
+
+# --------------------------------------------------------------------------- merge
+@main.command()
+@click.argument("shards", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="The joined descriptor file, e.g. gem.h5.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@json_option("what the merged file holds (as vprkit info --json)")
+def merge(shards, output, overwrite, quiet, json_path):
+    """Join the shard files of one sharded extraction (extract --shard I/N) into one file.
+
+    All N shards must be given (e.g. gem.shard*of4.h5) and come from the same model,
+    preprocessing and dataset; the result equals an extraction without --shard.
+    """
+    from ..report import describe_file
+    from ..shards import merge as run_merge
+
+    path = run_merge(list(shards), output, overwrite=overwrite, progress=not quiet)
+    emit_json(json_path, describe_file(path) if json_path else None)
+
+
+# --------------------------------------------------------------------------- evaluate
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--scale", "scales", multiple=True,
+              help=f"Repeatable: {SCALE_HELP}.  [default: the file's first scale]")
+@click.option("--recalls", default="1,5,10,20", show_default=True, help="The N of Recall@N.")
+@click.option("--threshold", default=25.0, show_default=True,
+              help="Metres within which a database image is a positive.")
+@json_option("the result rows")
+@click.option("--predictions", default=None, metavar="PATH|-",
+              help="Write each query's top-N predictions as CSV to PATH, or alone to stdout with "
+                   "- (single file and scale only).  [default: none]")
+@click.option("--block-rows", type=int, default=None,
+              help="Database rows searched at a time (bounds memory).  [default: 256 MiB of rows]")
+@click.option("--index", default=None,
+              help="APPROXIMATE search with a faiss index factory string such as IVF1024,PQ32, "
+                   "built once and stored next to FILE.  [default: exact search]")
+@click.option("--nprobe", default=16, show_default=True,
+              help="Inverted lists visited per query by IVF indexes.")
+def evaluate(files, scales, recalls, threshold, json_path, predictions, block_rows, index, nprobe):
+    """Recall@N of stored descriptors: one row per FILE and --scale."""
+    from ..evaluate import check_search_options, evaluate_file, parse_recalls, results_json
+    from ..report import recall_table
+    from ..store import parse_scale_spec
+
+    ns = parse_recalls(recalls)
+    check_search_options(threshold, block_rows, nprobe)
+    for spec in scales:
+        parse_scale_spec(spec)
+    specs = list(scales) or [None]
+    if predictions and (len(files) > 1 or len(specs) > 1):
+        raise VprkitError("--predictions needs a single file and a single --scale")
+    if predictions == "-" and json_path == "-":
+        raise VprkitError("--json - and --predictions - cannot both print to stdout")
+    results = [
+        evaluate_file(f, s, ns, threshold, block_rows=block_rows, predictions_path=predictions,
+                      index=index, nprobe=nprobe)
+        for f in files for s in specs
+    ]
+    if json_path == "-" or predictions == "-":  # stdout holds that alone
+        emit_json(json_path, json.loads(results_json(results)))
+        return
+    results_console.print(recall_table(results))
+    emit_json(json_path, json.loads(results_json(results)))
+
+
+# --------------------------------------------------------------------------- combine
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Descriptor file to write for the ensemble, e.g. ens.h5.")
+@click.option("--scale", "scales", multiple=True,
+              help=f"{SCALE_HELP}; give it once for every input or once per input, in order.  "
+                   "[default: each file's first scale]")
+@click.option("--pca", type=int, default=None,
+              help="Reduce each input wider than this many dimensions to it by PCA (paper: 2048)."
+                   "  [default: no PCA]")
+@click.option("--pca-fit", "pca_fit", multiple=True,
+              help="Rows the PCA is fitted on: database, queries+database, or a descriptor file "
+                   "of the same model (e.g. of the train split; repeat it for each reduced input)."
+                   "  [default: database]")
+@click.option("--whiten", is_flag=True, help="Whiten the PCA output.  [default: off]")
+@click.option("--part-weights", default=None, metavar="W1,W2,...",
+              help="Comma-separated weights, one per input: L2-normalise each part, weight it, "
+                   "L2-normalise the result.  [default: plain concatenation, as the paper]")
+@click.option("--weights", "deprecated_weights", default=None, hidden=True,
+              help="Deprecated alias of --part-weights.  [default: none]")
+@click.option("--block-rows", default=8192, show_default=True,
+              help="Rows read and written at a time (bounds memory).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@json_option("what the ensemble file holds (as vprkit info --json)")
+def combine(inputs, output, scales, pca, pca_fit, whiten, part_weights, deprecated_weights,
+            block_rows, overwrite, quiet, json_path):
+    """Concatenate stored descriptor files into an ensemble (optionally after PCA).
+
+    Example: vprkit combine gem.h5 netvlad.h5 --pca 2048 -o ens.h5 && vprkit evaluate ens.h5
+    """
+    from ..combine import combine as run_combine
+    from ..report import describe_file
+
+    if deprecated_weights is not None:
+        warnings.warn("combine --weights is deprecated (it reads like backbone weights); use "
+                      "--part-weights", DeprecationWarning, stacklevel=1)
+        part_weights = part_weights or deprecated_weights
+    weights = part_weights
+    fit: str | list[str] = "database"
+    if pca_fit:
+        fit = pca_fit[0] if len(pca_fit) == 1 and pca_fit[0] in ("database", "queries+database") \
+            else list(pca_fit)
+    parsed = None
+    if weights:
+        try:
+            parsed = [float(w) for w in weights.split(",")]
+        except ValueError:
+            raise VprkitError(f"bad --part-weights {weights!r}: expected numbers like 1,0.5") \
+                from None
+    path = run_combine(inputs, output, list(scales) or None, pca, fit, whiten, parsed,
+                       block_rows=block_rows, overwrite=overwrite, progress=not quiet)
+    emit_json(json_path, describe_file(path) if json_path else None)

@@ -1,0 +1,137 @@
+"""The train command."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from ..choices import AGGREGATIONS, AUGMENT_PRESETS, BACKBONES, L2_PLACEMENTS, SPLITS
+from ..errors import VprkitError
+from ..progress import console, results_console, styled
+from . import (
+    NamedChoice,
+    emit_json,
+    json_option,
+    main,
+    output_option,
+    resolve_output,
+)
+
+
+# --------------------------------------------------------------------------- train
+def _list_augments(ctx, param, value):
+    if not value or ctx.resilient_parsing:
+        return
+    from rich.table import Table
+
+    from ..train.augment import describe_presets
+
+    table = Table(title="augmentation presets (vprkit train --augment NAME)")
+    table.add_column("preset")
+    table.add_column("parameters")
+    for name, params in describe_presets():
+        table.add_row(name, params)
+    results_console.print(table)
+    ctx.exit()
+
+
+@main.command()
+@click.argument("root", required=False, type=click.Path(path_type=Path))
+@output_option("Run folder to create (config, log, metrics, checkpoints, plot).  "
+               "[default: none; required unless --resume]")
+@click.option("--resume", type=click.Path(path_type=Path), default=None,
+              help="Continue the run in this folder where it stopped.  [default: none]")
+@click.option("--backbone", type=NamedChoice("backbone", BACKBONES), default="resnet18conv4",
+              show_default=True, help="The backbone to train.")
+@click.option("--aggregation", type=NamedChoice("aggregation", AGGREGATIONS), default="gem",
+              show_default=True, help="The aggregation to train.")
+@click.option("--clusters", type=click.IntRange(min=1), default=64, show_default=True,
+              help="NetVLAD clusters.")
+@click.option("--l2", type=NamedChoice("--l2", L2_PLACEMENTS), default=None,
+              help="Where gem, mac, spoc and rmac L2-normalise (the benchmark's --l2).  "
+                   "[default: before_pool, or what --checkpoint holds]")
+@click.option("--fc-output-dim", type=click.IntRange(min=1), default=None,
+              help="A fully connected layer to this dimension, then L2, after the aggregation "
+                   "(the benchmark's --fc_output_dim; no pyramid).  [default: none]")
+@click.option("--weights", default="imagenet", show_default=True,
+              help="Initial backbone weights: imagenet, none or a state dict path.")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="Start from this benchmark or vprkit checkpoint.  [default: none]")
+@click.option("--resize", nargs=2, type=int, default=(480, 640), show_default=True,
+              metavar="H W", help="Training and validation image size, height then width.")
+@click.option("--native-size", is_flag=True, help="Keep the images' own (equal) size.")
+@click.option("--mining", type=click.Choice(["partial", "full", "random"]), default="partial",
+              show_default=True, help="Negative mining.")
+@click.option("--negatives", default=10, show_default=True, help="Hard negatives per query.")
+@click.option("--neg-samples", default=1000, show_default=True,
+              help="Database images sampled as negative candidates per cache refresh.")
+@click.option("--margin", default=0.1, show_default=True, help="Triplet margin.")
+@click.option("--queries-per-epoch", default=5000, show_default=True,
+              help="Training queries per epoch.")
+@click.option("--cache-refresh", default=1000, show_default=True,
+              help="Queries mined with the current model at each cache refresh.")
+@click.option("--batch-size", default=4, show_default=True, help="Triplet groups per step.")
+@click.option("--infer-batch-size", default=16, show_default=True,
+              help="Images per batch when computing caches and validation.")
+@click.option("--epochs", default=5, show_default=True, help="Maximum epochs.")
+@click.option("--patience", default=3, show_default=True,
+              help="Stop after this many epochs without a better validation R@5.")
+@click.option("--optimizer", type=click.Choice(["sgd", "adam", "adamw", "asgd"]), default="adam",
+              show_default=True, help="Optimiser.")
+@click.option("--lr", default=1e-5, show_default=True, help="Learning rate.")
+@click.option("--weight-decay", default=0.0, show_default=True, help="Weight decay.")
+@click.option("--scheduler", type=click.Choice(["none", "plateau", "cosine"]), default="none",
+              show_default=True,
+              help="plateau: x0.1 on the refresh loss (patience 1, threshold 0.005); "
+                   "cosine: over all cache refreshes.")
+@click.option("--augment", multiple=True, type=NamedChoice("augmentation preset", AUGMENT_PRESETS),
+              help="Augmentation preset for training queries, repeatable.  [default: none]")
+@click.option("--list-augments", is_flag=True, expose_value=False, is_eager=True,
+              callback=_list_augments, help="Print every augmentation preset and exit.")
+@click.option("--train-split", type=NamedChoice("split", SPLITS), default="train", show_default=True,
+              help="Split to train on.")
+@click.option("--val-split", type=NamedChoice("split", SPLITS), default="val", show_default=True,
+              help="Split to validate on.")
+@click.option("--seed", default=0, show_default=True, help="Seed of every random choice.")
+@click.option("--workers", default=2, show_default=True, help="Image loading processes.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@json_option("the run's folder, best checkpoint and best validation recalls")
+def train(root, output, deprecated_out, resume, backbone, aggregation, clusters, l2,
+          fc_output_dim, weights,
+          checkpoint, resize, native_size, mining, negatives, neg_samples, margin,
+          queries_per_epoch, cache_refresh, batch_size, infer_batch_size, epochs, patience,
+          optimizer, lr, weight_decay, scheduler, augment, train_split, val_split, seed, workers,
+          device, quiet, json_path):
+    """Triplet training (the benchmark's recipe with the paper's extensions).
+
+    vprkit train ROOT --out RUN_DIR, or vprkit train --resume RUN_DIR. The best model is
+    RUN_DIR/best.pth, ready for vprkit extract --checkpoint.
+    """
+    from ..train import TrainConfig
+    from ..train import resume as resume_run
+    from ..train import train as run_train
+    from ..train.trainer import run_summary
+
+    out = resolve_output(output, deprecated_out)
+    if resume:
+        path = resume_run(resume, progress=not quiet)
+    else:
+        if root is None or out is None:
+            raise VprkitError("give ROOT and --output RUN_DIR (-o RUN_DIR), or --resume RUN_DIR")
+        config = TrainConfig(
+            root=str(Path(root).resolve()), backbone=backbone, aggregation=aggregation,
+            clusters=clusters, l2=l2, fc_output_dim=fc_output_dim, weights=weights,
+            checkpoint=str(Path(checkpoint).resolve()) if checkpoint else None,
+            resize=None if native_size else tuple(resize), train_split=train_split,
+            val_split=val_split, mining=mining, negatives=negatives, neg_samples=neg_samples,
+            margin=margin, queries_per_epoch=queries_per_epoch, cache_refresh=cache_refresh,
+            batch_size=batch_size, infer_batch_size=infer_batch_size, epochs=epochs,
+            patience=patience, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
+            scheduler=scheduler, augment=list(augment), seed=seed, workers=workers, device=device)
+        path = run_train(config, out, progress=not quiet)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: process 0 only
+        if not emit_json(json_path, run_summary(path.parent) if json_path else None):
+            console.print(styled("best model", "green", f": {path}"))

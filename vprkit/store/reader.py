@@ -1,0 +1,383 @@
+"""``DescriptorFile``: read access to a descriptor file, checked when it is opened."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..errors import VprkitError
+from ..files import (
+    partial_path,
+)
+from ..pyramid import pyramid, stat_names
+from ..roles import ROLES
+from .format import (
+    FORMAT,
+    FORMAT_VERSION,
+    HASH_BYTES,
+    HEADER_ATTRS,
+    MAX_ATTR_CHARS,
+    PCA_ARRAYS,
+    PCA_ATTRS,
+    Header,
+    _json_dict,
+    _text_attr,
+    image_hashes,
+    spec_name,
+)
+
+
+class DescriptorFile:
+    """Read access to a descriptor file; rows are read lazily, block by block.
+
+    Opening checks the format, version, completeness and layout; the header is parsed then,
+    the descriptors are read only by ``read_rows``, ``read_index`` and ``iter_blocks``, as
+    float32 whatever the storage type. A role is ``"database"`` or ``"queries"``; a scale
+    spec is a sequence of stored scales: ``(2,)`` for one scale, ``(1, 2, 3)`` for the pyramid
+    of several (formed from the stored per-image statistics, without the network). Use it as a
+    context manager (``with DescriptorFile(path) as f:``) or call ``close()``.
+
+    Args:
+        path: the descriptor file (``.h5``).
+        require_complete: refuse a file whose extraction did not finish (False reads the
+            committed rows of a ``.partial`` file).
+
+    Attributes:
+        path: the file's path.
+        header: the ``Header``; its fields are also attributes of their own:
+        model: the model header (backbone, aggregation, clusters, weights, ``output_dim``,
+            ``fingerprint``, ...); for an ensemble, ``type = "ensemble"`` and its inputs.
+        aggregation: the pyramid rule and its parameters (e.g. GeM's ``p``).
+        dataset: dataset root and split (and ``shard`` for a shard file).
+        preprocessing: resize (or None), normalisation, interpolation, precision.
+        dtype: storage type of the descriptors, ``"float32"`` or ``"float16"``.
+        h5: the open ``h5py.File``, read-only (for tests and inspection: vprkit itself reads
+            through the methods).
+
+    Raises:
+        VprkitError: the file does not exist, is not HDF5, is not a vprkit descriptor file of
+            this format version, is incomplete (with ``require_complete``) or is damaged.
+    """
+
+    def __init__(self, path: str | Path, require_complete: bool = True):
+        self.path = Path(path)
+        if not self.path.is_file():
+            hint = ""
+            if partial_path(self.path).exists():
+                hint = " (an unfinished extraction left a .partial file: rerun extract to resume)"
+            raise VprkitError(f"descriptor file {self.path} does not exist{hint}")
+        try:
+            self.h5 = h5py.File(self.path, "r")
+        except OSError:
+            raise VprkitError(f"{self.path} is not an HDF5 file (or is damaged)") from None
+        try:
+            self._open_header(require_complete)
+        except VprkitError:
+            self.h5.close()
+            raise
+
+    def _open_header(self, require_complete: bool) -> None:
+        attrs = self.h5.attrs
+        with self._damaged("its header"):
+            fmt = attrs.get("format")
+            version = int(attrs.get("format_version", -1)) if fmt == FORMAT else None
+            complete = bool(attrs.get("complete", False))
+        if fmt != FORMAT:
+            raise VprkitError(f"{self.path} is not a vprkit descriptor file (no format={FORMAT!r})")
+        if version != FORMAT_VERSION:
+            raise VprkitError(
+                f"{self.path} has descriptor format version {version}; this vprkit reads "
+                f"version {FORMAT_VERSION}"
+            )
+        if require_complete and not complete:
+            raise VprkitError(f"{self.path} is incomplete (its extraction did not finish)")
+        self.complete = complete
+        self.format_version = version
+        with self._damaged("its header"):
+            for key in HEADER_ATTRS:
+                value = attrs.get(key)
+                if isinstance(value, (str, bytes)) and len(value) > MAX_ATTR_CHARS:
+                    raise ValueError(f"attribute {key} holds {len(value)} characters, more than "
+                                     f"{MAX_ATTR_CHARS}")
+            self.header = Header.from_attrs(attrs)
+            self.model = self.header.model
+            self.aggregation = self.header.aggregation
+            self.dataset = self.header.dataset
+            self.preprocessing = self.header.preprocessing
+            self.dtype = self.header.dtype
+            self.vprkit_version = _text_attr(attrs.get("vprkit_version"))
+            self.created = _text_attr(attrs.get("created"))
+        with self._damaged("its layout"):
+            self._check_layout(require_complete)
+
+    @contextmanager
+    def _damaged(self, what: str) -> Iterator[None]:
+        """Any failure to read ``what`` becomes one error naming the file."""
+        try:
+            yield
+        except VprkitError:
+            raise
+        except (KeyError, ValueError, TypeError, IndexError, OSError, RuntimeError,
+                AttributeError) as err:
+            detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise VprkitError(f"{self.path} is damaged: cannot read {what} ({detail})") from None
+
+    def _check_layout(self, complete: bool) -> None:
+        if self.dtype not in ("float32", "float16"):
+            raise ValueError(f"unknown storage dtype {self.dtype!r}")
+        counts = {}
+        self._utm = {}  # read once here (checked finite); utm() hands out copies
+        for role in ROLES:
+            names, utm = self.h5[f"{role}/names"], self.h5[f"{role}/utm"]
+            if names.ndim != 1 or utm.shape != (names.shape[0], 2) or utm.dtype.kind != "f":
+                raise ValueError(f"{role}/names {names.shape} and {role}/utm {utm.shape} do not match")
+            hashes = self.h5.get(f"{role}/sha256")
+            if hashes is not None and (hashes.shape != (names.shape[0], HASH_BYTES)
+                                       or hashes.dtype != np.uint8):
+                raise ValueError(f"{role}/sha256 has shape {hashes.shape}, type {hashes.dtype}")
+            self._utm[role] = utm[()]
+            bad = ~np.isfinite(self._utm[role]).all(axis=1)
+            if bad.any():
+                raise ValueError(f"{role} row {int(np.flatnonzero(bad)[0])} has non-finite coordinates")
+            counts[role] = names.shape[0]
+        scales = self.h5["scales"]
+        if not len(scales):
+            raise ValueError("no scales")
+        dims = set()
+        for key in scales:
+            group = scales[key]
+            if not key.isdigit() or int(key) < 1:
+                raise ValueError(f"bad scale name {key!r}")
+            for role in ROLES:
+                ds = group[role]
+                if ds.ndim != 2 or ds.shape[0] != counts[role] or ds.dtype.kind != "f" or not ds.shape[1]:
+                    raise ValueError(f"scales/{key}/{role} has shape {ds.shape}, type {ds.dtype}")
+                dims.add(ds.shape[1])
+                done = int(group.attrs.get(f"rows_done_{role}", -1))
+                if complete and done != counts[role]:
+                    raise ValueError(f"scales/{key} holds {done} of {counts[role]} {role} rows")
+                for name in stat_names(self.aggregation):
+                    if f"stats/{role}/{name}" in group and \
+                            group[f"stats/{role}/{name}"].shape[:1] != (counts[role],):
+                        raise ValueError(f"scales/{key}/stats/{role}/{name} has the wrong length")
+        if len(dims) != 1:
+            raise ValueError(f"scales of different dimensions {sorted(dims)}")
+
+    def __enter__(self) -> DescriptorFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the HDF5 file (also done on leaving a ``with`` block)."""
+        self.h5.close()
+
+    @property
+    def scales(self) -> list[int]:
+        """The stored scales, sorted, e.g. ``[1, 2, 3]``."""
+        return sorted(int(s) for s in self.h5["scales"].keys())
+
+    @property
+    def dim(self) -> int:
+        """The descriptor dimension D (the same at every scale and for every pyramid)."""
+        first = str(self.scales[0])
+        return int(self.h5[f"scales/{first}/database"].shape[1])
+
+    def num(self, role: str) -> int:
+        """Number of images (rows) N of ``role`` (``"database"`` or ``"queries"``)."""
+        return int(self.h5[f"{role}/utm"].shape[0])
+
+    def names(self, role: str) -> list[str]:
+        """The N image paths of ``role``, relative to its folder, in row order.
+
+        Raises:
+            VprkitError: the stored names are damaged (not valid UTF-8).
+        """
+        with self._damaged(f"the {role} names"):
+            names = [n.decode() if isinstance(n, bytes) else str(n)
+                     for n in self.h5[f"{role}/names"][:]]
+            "\n".join(names).encode("utf-8")  # damaged bytes come back as surrogates
+            return names
+
+    def utm(self, role: str) -> np.ndarray:
+        """UTM coordinates of ``role``'s images: a copy, ``(N, 2)`` float64 east, north (m)."""
+        return self._utm[role].copy()
+
+    def hashes(self, role: str) -> np.ndarray | None:
+        """(N, 32) SHA-256 of each image file, or None for files made before they were kept."""
+        return image_hashes(self.h5, role)
+
+    def aggregation_arrays(self) -> dict[str, np.ndarray]:
+        """The stored aggregation weights (``/model/aggregation/*``: NetVLAD's k-means
+        clusters), by name; empty where the file has none."""
+        with self._damaged("its aggregation weights"):
+            group = self.h5.get("model/aggregation")
+            return {} if group is None else {name: ds[()] for name, ds in group.items()}
+
+    def _scale(self, scale: int) -> h5py.Group:
+        self.check_spec((scale,))
+        return self.h5[f"scales/{scale}"]
+
+    def image_size(self, scale: int) -> tuple[int, int] | None:
+        """(h, w) of the images at ``scale`` (None: each image's own size)."""
+        with self._damaged(f"the attributes of scale {scale}"):
+            size = self._scale(scale).attrs.get("image_size")
+            size = json.loads(size) if size else None
+            return None if size is None else (int(size[0]), int(size[1]))
+
+    def rows_done(self, role: str, scale: int) -> int:
+        """Rows of ``role`` committed at ``scale`` (all of them in a complete file)."""
+        with self._damaged(f"the attributes of scale {scale}"):
+            return int(self._scale(scale).attrs.get(f"rows_done_{role}", 0))
+
+    def stat_specs(self, scale: int) -> dict[str, tuple[tuple[int, ...], str]]:
+        """The per-image statistics stored at ``scale``: name -> (shape of one row, dtype),
+        as ``DescriptorWriter.add_scale`` takes them."""
+        with self._damaged(f"the statistics of scale {scale}"):
+            group = self._scale(scale).get("stats/database")
+            return {} if group is None else {name: (tuple(ds.shape[1:]), ds.dtype.str)
+                                             for name, ds in group.items()}
+
+    def read_stats(self, role: str, scale: int, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Rows [start, stop) of every per-image statistic of ``role`` at ``scale``."""
+        names = self.stat_specs(scale)
+        with self._damaged(f"the {role} statistics of scale {scale}"):
+            group = self._scale(scale)
+            return {name: group[f"stats/{role}/{name}"][start:stop] for name in names}
+
+    def read_raw(self, role: str, scale: int, start: int, stop: int
+                 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Rows [start, stop) of one stored scale as they are stored (storage dtype, no pyramid,
+        no check), with their statistics: for copying them into another file."""
+        stats = self.read_stats(role, scale, start, stop)
+        with self._damaged(f"{role} rows at scale {scale}"):
+            return self._scale(scale)[role][start:stop], stats
+
+    def combine_record(self) -> tuple[dict, list[dict | None]] | None:
+        """An ensemble's record (``/combine``): its spec (``{"inputs": [...], "weights"}``) and,
+        per input, its PCA (``mean``, ``components``, ``explained_variance``, ``whiten``,
+        ``fitted_on``, ``rows``, ``method``) or None; None for a file that is no ensemble."""
+        with self._damaged("its combine record"):
+            group = self.h5.get("combine")
+            if group is None:
+                return None
+            spec = _json_dict(group.attrs["spec"])
+            pcas: list[dict | None] = []
+            for i in range(len(spec["inputs"])):
+                g = group.get(f"pca/{i}")
+                if g is None:
+                    pcas.append(None)
+                    continue
+                pcas.append({**{k: g[k][:] for k in PCA_ARRAYS},
+                             **{k: kind(g.attrs[k]) for k, kind in PCA_ATTRS.items()}})
+            return spec, pcas
+
+    def check_spec(self, scales: Sequence[int]) -> tuple[int, ...]:
+        """Check that every scale of a spec is stored.
+
+        Args:
+            scales: a scale spec, e.g. ``(2,)`` or ``(1, 2, 3)``.
+
+        Returns:
+            The spec as a tuple.
+
+        Raises:
+            VprkitError: a scale is not in the file (the message lists the stored ones).
+        """
+        missing = [s for s in scales if s not in self.scales]
+        if missing:
+            have = ", ".join(str(s) for s in self.scales)
+            raise VprkitError(
+                f"scale {spec_name(missing)} is not in {self.path} (it has scales {have})"
+            )
+        return tuple(scales)
+
+    def read_rows(self, role: str, scales: Sequence[int], start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of a scale or of the pyramid of several scales, as float32.
+
+        Args:
+            role: ``"database"`` or ``"queries"``.
+            scales: a scale spec: ``(2,)`` for one stored scale, ``(1, 2)`` for the pyramid.
+            start: first row.
+            stop: row after the last (at most ``num(role)``).
+
+        Returns:
+            ``(stop - start, D)`` float32 descriptors, in row order (a pyramid is formed from
+            the stored scales' rows and statistics: the same D).
+
+        Raises:
+            VprkitError: a scale is not stored, the rows cannot be read (damaged file), or a
+                descriptor is not finite (the message names its row and image).
+        """
+        return self._read(role, scales, slice(start, stop), np.arange(start, stop))
+
+    def read_index(self, role: str, scales: Sequence[int], index: np.ndarray) -> np.ndarray:
+        """Rows at arbitrary (distinct) positions ``index``, in that order, as float32.
+
+        Args:
+            role: ``"database"`` or ``"queries"``.
+            scales: a scale spec, as in ``read_rows``.
+            index: ``(M,)`` distinct row numbers, in any order.
+
+        Returns:
+            ``(M, D)`` float32 descriptors; row ``i`` is row ``index[i]`` of the file.
+
+        Raises:
+            VprkitError: as ``read_rows``.
+        """
+        index = np.asarray(index, dtype=np.int64)
+        order = np.argsort(index, kind="stable")
+        rows = self._read(role, scales, index[order], index[order])
+        out = np.empty_like(rows)
+        out[order] = rows
+        return out
+
+    def _read(self, role: str, scales: Sequence[int], selection, row_numbers: np.ndarray):
+        scales = self.check_spec(scales)
+        descs, stats = [], []
+        with self._damaged(f"{role} rows at scale {spec_name(scales)}"):
+            for s in scales:
+                group = self.h5[f"scales/{s}"]
+                descs.append(group[role][selection])
+                if len(scales) > 1:
+                    names = stat_names(self.aggregation)
+                    stats.append({n: group[f"stats/{role}/{n}"][selection] for n in names})
+            rows = pyramid(self.aggregation, descs, stats)
+        bad = ~np.isfinite(rows.sum(axis=1, dtype=np.float64))  # NaN/Inf propagate to the sum
+        if bad.any():
+            row = int(row_numbers[np.flatnonzero(bad)[0]])
+            name = self.h5[f"{role}/names"][row]
+            name = name.decode() if isinstance(name, bytes) else name
+            raise VprkitError(
+                f"{self.path}: non-finite descriptor in {role} row {row} ({name}) at scale "
+                f"{spec_name(scales)}"
+            )
+        return rows
+
+    def iter_blocks(
+        self, role: str, scales: Sequence[int], block_rows: int
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """All rows of ``role``, ``block_rows`` at a time (bounded memory).
+
+        Args:
+            role: ``"database"`` or ``"queries"``.
+            scales: a scale spec, as in ``read_rows``.
+            block_rows: rows per block (the last block may be shorter).
+
+        Yields:
+            ``(start, rows)``: the first row number and the ``(n, D)`` float32 rows
+            ``[start, start + n)``, with ``n <= block_rows``.
+        """
+        n = self.num(role)
+        for start in range(0, n, block_rows):
+            yield start, self.read_rows(role, scales, start, min(n, start + block_rows))
+
+    def default_block_rows(self, budget_bytes: int = 256 << 20) -> int:
+        """Rows of float32 descriptors that fit in ``budget_bytes`` (at least 1024)."""
+        return max(1024, budget_bytes // (4 * self.dim))

@@ -1,0 +1,262 @@
+"""``DescriptorWriter``: the open ``.partial`` file that extract, combine and merge write."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .. import __version__
+from ..errors import VprkitError
+from ..files import (
+    refuse_link,
+    require_space,
+    reserve,
+)
+from ..roles import ROLES
+from .format import (
+    FORMAT,
+    FORMAT_VERSION,
+    HASH_BYTES,
+    PCA_ARRAYS,
+    PCA_ATTRS,
+    STRINGS,
+    Header,
+    _json_attr,
+    chunk_rows,
+    image_hashes,
+)
+
+
+class DescriptorWriter:
+    """Creates or resumes a ``.partial`` descriptor file and finalises it by renaming.
+
+    Commands write through ``writing`` (lock, guarded writes, finalisation); the writer holds
+    the open file: ``add_scale``, ``write`` then ``commit_rows`` block by block, ``finalize``."""
+
+    def __init__(self, h5: h5py.File, path: Path):
+        self.h5 = h5
+        self.path = path
+        self._open: dict[str, h5py.Dataset] = {}
+
+    @classmethod
+    def create(
+        cls,
+        path: Path,
+        header: Header | Mapping,
+        names: dict[str, list[str]],
+        utm: dict[str, np.ndarray],
+        hashes: dict[str, np.ndarray] | None = None,
+    ) -> DescriptorWriter:
+        """A new file at ``path`` (a .partial path, which must not exist: not even as a link)."""
+        header = Header.of(header)
+        refuse_link(path)
+        try:
+            h5 = h5py.File(path, "x")  # O_CREAT | O_EXCL: never through a planted link
+        except FileExistsError:
+            raise VprkitError(f"{path} exists already (left by another process?); remove it") \
+                from None
+        attrs = h5.attrs
+        attrs["format"] = FORMAT
+        attrs["format_version"] = FORMAT_VERSION
+        attrs["vprkit_version"] = __version__
+        attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        attrs["complete"] = False
+        for key, value in header.to_attrs().items():
+            attrs[key] = value
+        for role in ROLES:
+            h5.create_dataset(f"{role}/names", data=np.array(names[role], dtype=object),
+                              dtype=STRINGS)
+            h5.create_dataset(f"{role}/utm", data=np.asarray(utm[role], dtype=np.float64))
+            rows = len(names[role])
+            if hashes is not None:
+                h5.create_dataset(f"{role}/sha256", data=np.asarray(hashes[role], dtype=np.uint8)
+                                  .reshape(rows, HASH_BYTES))
+            else:
+                h5.create_dataset(f"{role}/sha256", shape=(rows, HASH_BYTES), dtype=np.uint8)
+        h5.create_group("scales")
+        h5.flush()
+        return cls(h5, path)
+
+    @classmethod
+    def open(cls, path: Path) -> DescriptorWriter:
+        """An unfinished file to resume or extend (a regular file: a link there is refused)."""
+        refuse_link(path)
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            raise VprkitError(f"{path} is not a regular file; remove it")
+        try:
+            return cls(h5py.File(path, "r+"), path)
+        except OSError as err:
+            # A write that failed inside HDF5 (see _failing_write) can leave the superblock
+            # pointing past the end of the file: the blocks it never wrote are beyond every
+            # committed row, so the file is extended to the size it records and opened again.
+            found = re.search(r"truncated file: eof = (\d+).*stored_eof = (\d+)", str(err))
+            if not found or not 0 < int(found[2]) - int(found[1]) <= 1 << 30:
+                raise
+            os.truncate(path, int(found[2]))
+            return cls(h5py.File(path, "r+"), path)
+
+    def header(self) -> Header:
+        """The file's header (raises KeyError, ValueError... where it is damaged)."""
+        return Header.from_attrs(self.h5.attrs)
+
+    def names(self, role: str) -> list[str]:
+        return [n.decode() if isinstance(n, bytes) else n for n in self.h5[f"{role}/names"][:]]
+
+    def utm(self, role: str) -> np.ndarray:
+        return self.h5[f"{role}/utm"][:]
+
+    def hashes(self, role: str) -> np.ndarray | None:
+        return image_hashes(self.h5, role)
+
+    def mark_incomplete(self) -> None:
+        """A copy of a complete file that is to be extended: ``complete`` false until done."""
+        self.h5.attrs["complete"] = False
+        self.h5.flush()
+
+    def write_hashes(self, role: str, start: int, digests: Sequence[bytes]) -> None:
+        """SHA-256 of the image files of rows [start, start + len(digests)) (files made before
+        hashes were kept have nowhere to put them: nothing is written)."""
+        if f"{role}/sha256" not in self.h5 or not len(digests):
+            return
+        rows = np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(-1, HASH_BYTES)
+        with self._failing_write():
+            self._dataset(f"{role}/sha256")[start:start + len(rows)] = rows
+
+    @property
+    def scales(self) -> list[int]:
+        return sorted(int(s) for s in self.h5["scales"].keys())
+
+    def add_scale(self, scale: int, dim: int, stats: dict[str, tuple[tuple[int, ...], str]],
+                  image_size: tuple[int, int] | None) -> None:
+        """Datasets for one scale; ``stats`` maps a name to (per-row shape, dtype)."""
+        group = self.h5.create_group(f"scales/{scale}")
+        group.attrs["scale"] = scale
+        group.attrs["image_size"] = _json_attr(list(image_size) if image_size else None)
+        dtype = np.dtype(self.h5.attrs["dtype"])
+        for role in ROLES:
+            n = int(self.h5[f"{role}/utm"].shape[0])
+            rows = chunk_rows(dim, dtype.itemsize, max(n, 1))
+            group.create_dataset(role, shape=(n, dim), dtype=dtype, chunks=(rows, dim))
+            for name, (shape, stat_dtype) in stats.items():
+                group.create_dataset(f"stats/{role}/{name}", shape=(n, *shape), dtype=stat_dtype)
+            group.attrs[f"rows_done_{role}"] = 0
+        self.h5.flush()
+
+    def drop_scale(self, scale: int) -> None:
+        self._open = {k: v for k, v in self._open.items() if not k.startswith(f"scales/{scale}/")}
+        del self.h5[f"scales/{scale}"]
+        self.h5.flush()
+
+    def rows_done(self, role: str, scales: Sequence[int]) -> int:
+        return min(int(self.h5[f"scales/{s}"].attrs[f"rows_done_{role}"]) for s in scales)
+
+    def write(self, role: str, scale: int, start: int, desc: np.ndarray,
+              stats: dict[str, np.ndarray]) -> None:
+        self.ensure_space(desc.nbytes + sum(v.nbytes for v in stats.values()))
+        with self._failing_write():
+            stop = start + len(desc)
+            self._dataset(f"scales/{scale}/{role}")[start:stop] = desc
+            for name, values in stats.items():
+                self._dataset(f"scales/{scale}/stats/{role}/{name}")[start:stop] = values
+
+    def _dataset(self, key: str) -> h5py.Dataset:
+        """Datasets stay open while the file is written: closing one flushes its chunks, and a
+        write failing there could not be reported (it happens in a destructor)."""
+        if key not in self._open:
+            self._open[key] = self.h5[key]
+        return self._open[key]
+
+    @contextmanager
+    def _failing_write(self) -> Iterator[None]:
+        """A write that fails inside HDF5 anyway (an I/O error that no check foresees) poisons
+        the open file: closing it would fail again, print errors at exit or crash the library.
+        Instead HDF5's file descriptor is pointed at /dev/null and the file closed, so the file
+        on disk keeps what the last flush committed, and the error goes on to the caller."""
+        try:
+            yield
+        except (OSError, RuntimeError):
+            try:
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, self.h5.id.get_vfd_handle())
+                os.close(null)
+                self._open.clear()
+                self.h5.close()
+            except Exception:  # noqa: S110  (the original error is what the caller reports)
+                pass
+            raise
+
+    def ensure_space(self, nbytes: int) -> None:
+        """Stop with one clear line, before HDF5 writes, where ``nbytes`` more would not fit:
+        the free-space margin, then a reservation of the blocks (quota, file-size limit)."""
+        require_space(self.path, nbytes)
+        reserve(self.h5.id.get_vfd_handle(), self.path, self.h5.id.get_filesize(), nbytes)
+
+    def commit_rows(self, role: str, scales: Sequence[int], rows: int) -> None:
+        """Record that rows [0, rows) of ``scales`` are written: data first, then the counter."""
+        with self._failing_write():
+            self.h5.flush()
+            for s in scales:
+                self.h5[f"scales/{s}"].attrs[f"rows_done_{role}"] = rows
+            self.h5.flush()
+
+    def write_aggregation_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Store the aggregation weights the rows are made with (``/model/aggregation``)."""
+        self._store_arrays("model/aggregation", arrays)
+
+    def aggregation_arrays(self) -> dict[str, np.ndarray]:
+        """The stored aggregation weights, by name (empty where none are stored)."""
+        group = self.h5.get("model/aggregation")
+        return {} if group is None else {name: ds[()] for name, ds in group.items()}
+
+    def _store_arrays(self, group: str, arrays: Mapping[str, np.ndarray]) -> None:
+        for name, value in arrays.items():
+            key = f"{group}/{name}"
+            if key in self.h5:
+                del self.h5[key]
+            self.h5.create_dataset(key, data=value)
+
+    def write_combine_record(self, spec: dict, pcas: Sequence[Mapping | None]) -> None:
+        """An ensemble's record (see ``DescriptorFile.combine_record``): the spec, and for each
+        input reduced by PCA its arrays and attributes."""
+        group = self.h5.create_group("combine")
+        group.attrs["spec"] = _json_attr(spec)
+        for i, pca in enumerate(pcas):
+            if pca is None:
+                continue
+            g = group.create_group(f"pca/{i}")
+            for key in PCA_ARRAYS:
+                g[key] = np.asarray(pca[key])
+            for key, kind in PCA_ATTRS.items():
+                g.attrs[key] = kind(pca[key])
+
+    def finalize(self, final_path: Path) -> Path:
+        """Mark complete, close, and atomically rename onto ``final_path``."""
+        for role in ROLES:
+            n = int(self.h5[f"{role}/utm"].shape[0])
+            if self.scales and self.rows_done(role, self.scales) != n:
+                raise VprkitError(f"internal error: {self.path} has unwritten {role} rows")
+        with self._failing_write():
+            self.h5.attrs["complete"] = True
+            self.h5.flush()
+        size = self.h5.id.get_filesize()
+        self._open.clear()
+        self.h5.close()
+        if os.stat(self.path).st_size > size:  # blocks reserved by ensure_space, never used
+            os.truncate(self.path, size)
+        self.path.replace(final_path)
+        return final_path
+
+    def close(self) -> None:
+        self._open.clear()
+        try:
+            self.h5.close()
+        except Exception:  # already closed
+            pass
