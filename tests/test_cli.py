@@ -294,3 +294,24 @@ class TestCheckpointPreprocessing:
         root, best = native_run
         assert_one_line_error(run("extract", root, "-o", tmp_path / "f.h5", "--native-size",
                                   "--resize", "4", "4"), "not both")
+
+
+@pytest.mark.parametrize("command, function, names", [
+    ("evaluate", "vprkit.evaluate:evaluate_file", ("threshold", "nprobe", "block_rows")),
+    ("combine", "vprkit.combine:combine", ("pca", "whiten", "block_rows", "overwrite")),
+    ("merge", "vprkit.shards:merge", ("overwrite",)),
+])
+def test_option_defaults_are_the_library_defaults(command, function, names):
+    """Each command's option defaults equal its library function's (one source of defaults)."""
+    import importlib
+    import inspect
+
+    module, name = function.split(":")
+    signature = inspect.signature(getattr(importlib.import_module(module), name))
+    options = {p.name: p.default for p in main.commands[command].params}
+    for option in names:
+        assert options[option] == signature.parameters[option].default, (command, option)
+    if command == "evaluate":
+        from vprkit.evaluate import DEFAULT_RECALLS
+        assert tuple(int(n) for n in options["recalls"].split(",")) == DEFAULT_RECALLS
+        assert signature.parameters["recalls"].default == DEFAULT_RECALLS
