@@ -23,7 +23,7 @@ import pkgutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 # public name -> (module that defines it, its name there)
 _LAZY: dict[str, tuple[str, str]] = {
