@@ -171,7 +171,8 @@ def test_train_option_defaults_are_trainconfig_defaults():
 
     fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)
               if f.default is not dataclasses.MISSING}
-    options = {p.name: p.default for p in main.commands["train"].params}
+    command = main.commands["train"]
+    options = {p.name: p.get_default(click.Context(command)) for p in command.params}
     shared = sorted(set(options) & set(fields) - {"augment", "checkpoint"})
     assert len(shared) >= 20
     for name in shared:
@@ -183,7 +184,9 @@ def test_extract_option_defaults_are_extractoptions_defaults():
     from vprkit.extract import ExtractOptions
 
     defaults = ExtractOptions()
-    options = {p.name: p.default for p in main.commands["extract"].params}
+    command = main.commands["extract"]
+    ctx = click.Context(command)
+    options = {p.name: p.get_default(ctx) for p in command.params}
     for name in ("split", "batch_size", "workers", "device", "half", "dtype", "seed",
                  "cluster_split", "skip_unparsable", "overwrite"):
         assert options[name] == getattr(defaults, name), name
@@ -256,7 +259,8 @@ class TestCheckpointPreprocessing:
     """A vprkit checkpoint's training size is the default size of extract."""
 
     @pytest.fixture(scope="class")
-    def native_run(self, tmp_path_factory):
+    @classmethod
+    def native_run(cls, tmp_path_factory):
         root = generate_dataset(tmp_path_factory.mktemp("native"), {"train": (20, 10),
                                                                     "val": (16, 8),
                                                                     "test": (16, 8)},
@@ -308,7 +312,8 @@ def test_option_defaults_are_the_library_defaults(command, function, names):
 
     module, name = function.split(":")
     signature = inspect.signature(getattr(importlib.import_module(module), name))
-    options = {p.name: p.default for p in main.commands[command].params}
+    cmd = main.commands[command]
+    options = {p.name: p.get_default(click.Context(cmd)) for p in cmd.params}
     for option in names:
         assert options[option] == signature.parameters[option].default, (command, option)
     if command == "evaluate":
