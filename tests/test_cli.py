@@ -207,7 +207,8 @@ class TestVocabulary:
         assert choices.SPLITS == SPLITS and set(choices.AUGMENT_PRESETS) == set(PRESETS)
 
     def test_every_command_takes_json_and_writers_take_output(self):
-        writers = {("extract",), ("merge",), ("combine",), ("train",), ("report",), ("demo",)}
+        writers = {("extract",), ("merge",), ("combine",), ("train",), ("report",), ("demo",),
+                   ("evaluate",), ("info",), ("dataset", "info")}  # the last three: their JSON
         for path, cmd in all_commands(main):
             if isinstance(cmd, click.Group):
                 continue
@@ -231,6 +232,9 @@ class TestVocabulary:
     def test_json_path_or_stdout_for_info(self, gem_file, tmp_path):
         alone = json.loads(run("info", gem_file, "--json", "-").output)
         assert json.loads(run("info", gem_file, "--json").output) == alone
+        assert json.loads(run("info", gem_file, "-o", "-").output) == alone
+        run("evaluate", gem_file, "-o", tmp_path / "e.json")
+        assert json.loads((tmp_path / "e.json").read_text())[0]["scale"] == "1"
         result = run("info", gem_file, "--json", tmp_path / "i.json")
         assert "scales" in result.output and json.loads((tmp_path / "i.json").read_text()) == alone
 

@@ -38,13 +38,16 @@ class NamedChoice(click.Choice):
                   param, ctx)
 
 
-def json_option(what: str):
+def json_option(what: str, is_output: bool = False):
     """``--json PATH|-`` as every command has it: the command's result as JSON, written to PATH
-    or, with ``-`` (or ``--json`` alone), printed alone to stdout."""
-    return click.option("--json", "json_path", is_flag=False, flag_value="-", default=None,
+    or, with ``-`` (or ``--json`` alone), printed alone to stdout. ``is_output``: the JSON is
+    what the command makes (evaluate, info, dataset info), so ``-o/--output`` names it too."""
+    names = ("-o", "--output", "--json") if is_output else ("--json",)
+    also = " -o/--output is the same option." if is_output else ""
+    return click.option(*names, "json_path", is_flag=False, flag_value="-", default=None,
                         metavar="PATH|-",
                         help=f"Write {what} as JSON to PATH, or print it alone to stdout with - "
-                             "(also --json alone).  [default: none]")
+                             f"(also --json alone).{also}  [default: none]")
 
 
 def emit_json(json_path: str | None, data) -> bool:

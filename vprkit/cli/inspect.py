@@ -42,7 +42,7 @@ def report(inputs, output, title, notes, json_path):
 # --------------------------------------------------------------------------- info
 @main.command()
 @click.argument("file", type=click.Path(path_type=Path))
-@json_option("the description")
+@json_option("the description", is_output=True)
 def info(file, json_path):
     """Describe a descriptor file: images, scales, dimensions, model and preprocessing."""
     from ..report import describe_file, describe_table
@@ -64,7 +64,7 @@ def dataset() -> None:
 @click.option("--threshold", default=25.0, show_default=True,
               help="Metres within which a database image is a positive.")
 @click.option("--no-sizes", is_flag=True, help="Do not open images to count their sizes.")
-@json_option("the rows (sizes as HxW)")
+@json_option("the rows (sizes as HxW)", is_output=True)
 def dataset_info_cmd(root, threshold, no_sizes, json_path):
     """Images per split and role, queries without positives, and image sizes (H x W)."""
     from ..datasets import dataset_info
@@ -117,7 +117,7 @@ def demo(output, deprecated_out, backbone, weights, scales, train, quiet, json_p
     """The whole pipeline on a generated dataset: train GeM a little, extract GeM and NetVLAD at
     scales 1,2,3, combine them (concat, PCA) and evaluate everything in one table.
 
-    Needs no download; about 45 s on two CPU cores.
+    Needs no download; 41 s on two idle CPU cores (time vprkit demo).
     """
     from ..demo import next_steps, run_demo
     from ..evaluate import results_json

@@ -140,7 +140,7 @@ def merge(shards, output, overwrite, quiet, json_path):
 @click.option("--recalls", default="1,5,10,20", show_default=True, help="The N of Recall@N.")
 @click.option("--threshold", default=25.0, show_default=True,
               help="Metres within which a database image is a positive.")
-@json_option("the result rows")
+@json_option("the result rows", is_output=True)
 @click.option("--predictions", default=None, metavar="PATH|-",
               help="Write each query's top-N predictions as CSV to PATH, or alone to stdout with "
                    "- (single file and scale only).  [default: none]")
