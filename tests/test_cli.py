@@ -208,7 +208,8 @@ class TestVocabulary:
 
     def test_every_command_takes_json_and_writers_take_output(self):
         writers = {("extract",), ("merge",), ("combine",), ("train",), ("report",), ("demo",),
-                   ("evaluate",), ("info",), ("dataset", "info")}  # the last three: their JSON
+                   ("evaluate",), ("info",), ("dataset", "info"),  # these three: their JSON
+                   ("dataset", "import")}  # -o ROOT, as an alternative to the ROOT argument
         for path, cmd in all_commands(main):
             if isinstance(cmd, click.Group):
                 continue

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..choices import BACKBONES, SPLITS
+from ..errors import VprkitError
 from ..progress import console, results_console, styled
 from . import (
     NamedChoice,
@@ -78,7 +79,9 @@ def dataset_info_cmd(root, threshold, no_sizes, json_path):
 
 @dataset.command("import")
 @click.argument("images", type=click.Path(path_type=Path))
-@click.argument("root", type=click.Path(path_type=Path))
+@click.argument("root", type=click.Path(path_type=Path), required=False)
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="The dataset root to write into, instead of the ROOT argument.  [default: ROOT]")
 @click.option("--split", type=NamedChoice("split", SPLITS), default="test", show_default=True,
               help="Split to write into.")
 @click.option("--role", type=click.Choice(["database", "queries"]), default="database",
@@ -89,9 +92,15 @@ def dataset_info_cmd(root, threshold, no_sizes, json_path):
 @click.option("--skip-missing", is_flag=True,
               help="Skip (and count) photos without coordinates instead of failing.")
 @json_option("the counts")
-def dataset_import_cmd(images, root, split, role, coordinates, copy, skip_missing, json_path):
-    """Put your own geotagged photos (IMAGES folder) into the benchmark layout under ROOT."""
+def dataset_import_cmd(images, root, output, split, role, coordinates, copy, skip_missing,
+                       json_path):
+    """Put your own geotagged photos (IMAGES folder) into the benchmark layout under ROOT
+    (or -o ROOT)."""
     from ..dataset_import import import_images
+
+    if root is None and output is None or root is not None and output is not None and root != output:
+        raise VprkitError("give the dataset root once: as ROOT or as -o/--output ROOT")
+    root = root or output
 
     done = import_images(images, root, split, role, coordinates, copy, skip_missing)
     if emit_json(json_path, done):
