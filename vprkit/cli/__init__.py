@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from .. import __version__
+from ..choices import L2_PLACEMENTS
 from ..errors import VprkitError
 from ..files import write_text
 from ..progress import console, inert, styled
@@ -48,6 +49,21 @@ def json_option(what: str, is_output: bool = False):
                         metavar="PATH|-",
                         help=f"Write {what} as JSON to PATH, or print it alone to stdout with - "
                              f"(also --json alone).{also}  [default: none]")
+
+
+def aggregation_options(function):
+    """``--clusters``, ``--l2`` and ``--fc-output-dim``: the aggregation's options, as extract and
+    train take them."""
+    function = click.option(
+        "--fc-output-dim", type=click.IntRange(min=1), default=None,
+        help="A fully connected layer to this dimension, then L2, after the aggregation "
+             "(the benchmark's --fc_output_dim; no pyramid).  [default: none]")(function)
+    function = click.option(
+        "--l2", type=NamedChoice("--l2", L2_PLACEMENTS), default=None,
+        help="Where gem, mac, spoc and rmac L2-normalise (the benchmark's --l2).  "
+             "[default: before_pool, or what --checkpoint holds]")(function)
+    return click.option("--clusters", type=click.IntRange(min=1), default=64, show_default=True,
+                        help="NetVLAD clusters.")(function)
 
 
 def emit_json(json_path: str | None, data) -> bool:

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import click
 
-from ..choices import AGGREGATIONS, BACKBONES, L2_PLACEMENTS, SPLITS
+from ..choices import AGGREGATIONS, BACKBONES, SPLITS
 from ..errors import VprkitError
 from ..progress import console, results_console
 from . import (
     SCALE_HELP,
     NamedChoice,
+    aggregation_options,
     emit_json,
     json_option,
     main,
@@ -31,14 +32,7 @@ from . import (
               help="The backbone.  [default: resnet18conv4, or what --checkpoint holds]")
 @click.option("--aggregation", type=NamedChoice("aggregation", AGGREGATIONS), default=None,
               help="The aggregation.  [default: gem, or what --checkpoint holds]")
-@click.option("--clusters", type=click.IntRange(min=1), default=64, show_default=True,
-              help="NetVLAD clusters.")
-@click.option("--l2", type=NamedChoice("--l2", L2_PLACEMENTS), default=None,
-              help="Where gem, mac, spoc and rmac L2-normalise (the benchmark's --l2).  "
-                   "[default: before_pool, or what --checkpoint holds]")
-@click.option("--fc-output-dim", type=click.IntRange(min=1), default=None,
-              help="A fully connected layer to this dimension, then L2, after the aggregation "
-                   "(the benchmark's --fc_output_dim; no pyramid).  [default: none]")
+@aggregation_options
 @click.option("--weights", default="imagenet", show_default=True,
               help="Backbone weights: imagenet (torchvision's weights API; efficientnet_lite0 "
                    "from its offline package), none (random, seeded by --seed), or a state dict path.")

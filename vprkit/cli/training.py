@@ -7,11 +7,12 @@ from pathlib import Path
 
 import click
 
-from ..choices import AGGREGATIONS, AUGMENT_PRESETS, BACKBONES, L2_PLACEMENTS, SPLITS
+from ..choices import AGGREGATIONS, AUGMENT_PRESETS, BACKBONES, SPLITS
 from ..errors import VprkitError
 from ..progress import console, results_console, styled
 from . import (
     NamedChoice,
+    aggregation_options,
     emit_json,
     json_option,
     main,
@@ -47,14 +48,7 @@ def _list_augments(ctx, param, value):
               show_default=True, help="The backbone to train.")
 @click.option("--aggregation", type=NamedChoice("aggregation", AGGREGATIONS), default="gem",
               show_default=True, help="The aggregation to train.")
-@click.option("--clusters", type=click.IntRange(min=1), default=64, show_default=True,
-              help="NetVLAD clusters.")
-@click.option("--l2", type=NamedChoice("--l2", L2_PLACEMENTS), default=None,
-              help="Where gem, mac, spoc and rmac L2-normalise (the benchmark's --l2).  "
-                   "[default: before_pool, or what --checkpoint holds]")
-@click.option("--fc-output-dim", type=click.IntRange(min=1), default=None,
-              help="A fully connected layer to this dimension, then L2, after the aggregation "
-                   "(the benchmark's --fc_output_dim; no pyramid).  [default: none]")
+@aggregation_options
 @click.option("--weights", default="imagenet", show_default=True,
               help="Initial backbone weights: imagenet, none or a state dict path.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
