@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_benchmark_compat import RefFlatten, RefGeM
+from test_benchmark_compat import RefL2Norm as RefL2
 from torch import nn
 
 from vprkit.errors import VprkitError
@@ -19,17 +21,6 @@ from vprkit.models.aggregations import build_aggregation, pyramid
 
 
 # ----------------------------------------------------------------- references (benchmark)
-class RefL2(nn.Module):
-    def forward(self, x):
-        return F.normalize(x, p=2, dim=1)
-
-
-class RefFlatten(nn.Module):
-    def forward(self, x):
-        assert x.shape[2] == x.shape[3] == 1
-        return x[:, :, 0, 0]
-
-
 class RefMAC(nn.Module):
     def forward(self, x):
         return F.max_pool2d(x, (x.size(-2), x.size(-1)))
@@ -38,16 +29,6 @@ class RefMAC(nn.Module):
 class RefSPoC(nn.Module):
     def forward(self, x):
         return F.avg_pool2d(x, (x.size(-2), x.size(-1)))
-
-
-class RefGeM(nn.Module):
-    def __init__(self, p=3, eps=1e-6):
-        super().__init__()
-        self.p = nn.Parameter(torch.ones(1) * p)
-        self.eps = eps
-
-    def forward(self, x):
-        return F.avg_pool2d(x.clamp(min=self.eps).pow(self.p), (x.size(-2), x.size(-1))).pow(1. / self.p)
 
 
 def ref_rmac(x, L=3, eps=1e-6):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .errors import VprkitError, shown
 from .files import write_text
-from .plotting import pyplot, save_figure
+from .plotting import integer_ticks, pyplot, save_figure
 
 
 def unique_labels(paths: list[Path]) -> list[str]:
@@ -252,7 +252,6 @@ def _run_table(runs: list[dict]) -> list[str]:
 
 
 def _plot_recalls(rows: list[dict], out: Path, title: str) -> Path | None:
-    from .plotting import integer_ticks
 
     plt = pyplot()
     if plt is None:
@@ -270,7 +269,6 @@ def _plot_recalls(rows: list[dict], out: Path, title: str) -> Path | None:
 
 
 def _plot_runs(runs: list[dict], out: Path) -> Path | None:
-    from .plotting import integer_ticks
 
     plt = pyplot()
     if plt is None:

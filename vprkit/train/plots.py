@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..plotting import pyplot, save_figure
+from ..plotting import integer_ticks, pyplot, save_figure
 
 
 def plot_run(run_dir: Path) -> Path | None:
     """curves.png: training loss per cache refresh and validation recalls per epoch."""
-    from ..plotting import integer_ticks
 
     plt = pyplot()
     if plt is None:
