@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from vprkit.datasets import load_split
-from vprkit.extract import _changed_image
+from vprkit.image_check import changed_image as _changed_image
 from vprkit.images import load_image, preprocess, read_image
 from vprkit.synthetic import _panorama
 

@@ -108,8 +108,8 @@ class TestResume:
         real_commit = DescriptorWriter.commit_rows
         calls = {"n": 0}
 
-        def failing_commit(self, role, scales, rows):
-            real_commit(self, role, scales, rows)
+        def failing_commit(self, role, scales, rows, *view):
+            real_commit(self, role, scales, rows, *view)
             calls["n"] += 1
             if calls["n"] == 3:
                 raise KeyboardInterrupt
@@ -188,7 +188,7 @@ class TestExistingOutput:
     def test_unfinished_file_of_another_model_refused(self, small_root, tmp_path, monkeypatch):
         out = tmp_path / "p.h5"
 
-        def interrupt(self, role, scales, rows):
+        def interrupt(self, role, scales, rows, *view):
             raise KeyboardInterrupt
 
         monkeypatch.setattr(DescriptorWriter, "commit_rows", interrupt)
@@ -218,7 +218,7 @@ class TestExistingOutput:
                                                                monkeypatch):
         out = tmp_path / "f.h5"
 
-        def interrupt(self, role, scales, rows):
+        def interrupt(self, role, scales, rows, *view):
             raise KeyboardInterrupt
 
         monkeypatch.setattr(DescriptorWriter, "commit_rows", interrupt)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from vprkit import extract, inference
+from vprkit import extract, inference, netvlad_init
 from vprkit.errors import VprkitError
 from vprkit.extract import ExtractOptions
 from vprkit.models import ModelConfig, build_model
@@ -33,7 +33,7 @@ def test_training_does_not_import_extract():
 def test_extract_runs_the_inference_module():
     assert extract.resolve_device is inference.resolve_device
     assert extract.cpu_has_bf16 is inference.cpu_has_bf16
-    assert extract.sample_local_features is inference.sample_local_features
+    assert netvlad_init.sample_local_features is inference.sample_local_features  # extract's k-means
     assert extract._fold_batch_norm is inference.fold_batch_norm
     assert extract._infer is inference.infer_batch
     assert extract._loader is inference.image_loader

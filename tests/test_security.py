@@ -396,8 +396,8 @@ def _interrupted_extract(root: Path, out: Path, monkeypatch, after_commits: int 
     real = DescriptorWriter.commit_rows
     calls = {"n": 0}
 
-    def commit(self, role, scales, rows):
-        real(self, role, scales, rows)
+    def commit(self, role, scales, rows, *view):
+        real(self, role, scales, rows, *view)
         calls["n"] += 1
         if calls["n"] == after_commits:
             raise KeyboardInterrupt

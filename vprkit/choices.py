@@ -20,3 +20,9 @@ AGGREGATIONS = tuple(sorted(m.name for m in pkgutil.iter_modules(
 L2_PLACEMENTS = ("before_pool", "after_pool", "none")  # the benchmark's --l2
 AUGMENT_PRESETS = tuple(f"{kind}:M{i}" for kind in ("night", "occlusion") for i in range(1, 7))
 DEFAULT_RESIZE = (480, 640)  # the benchmark's image size (H, W)
+# query view -> rows stored per query, and test method -> the view it reads (vprkit.views)
+VIEWS = {"hard_resize": 1, "single_query": 1, "central_crop": 1, "five_crops": 5}
+TEST_METHODS = {"hard_resize": "hard_resize", "single_query": "single_query",
+                "central_crop": "central_crop", "five_crops": "five_crops",
+                "nearest_crop": "five_crops", "maj_voting": "five_crops"}
+DEFAULT_MAJORITY_WEIGHT = 0.01  # the benchmark's --majority_weight

@@ -26,6 +26,14 @@ from .files import atomic_output
 from .search import blocked_search
 from .shards import refuse_shard
 from .store import DescriptorFile, parse_scale_spec, spec_name
+from .views import (
+    DEFAULT_MAJORITY_WEIGHT,
+    HARD_RESIZE,
+    TEST_METHODS,
+    check_method,
+    merge_results,
+    query_rows_for,
+)
 
 DEFAULT_RECALLS = (1, 5, 10, 20)
 
@@ -47,6 +55,9 @@ class EvaluationResult:
         model: label of the model (``backbone+aggregation weights``, or the ensemble's parts).
         dataset: ``<root folder name>/<split>``.
         search: ``"exact"`` or ``"approximate (<spec>, nprobe <n>)"``.
+        test_method: how queries were searched (``vprkit.views``: ``hard_resize``, ...,
+            ``maj_voting``).
+        majority_weight: ``maj_voting``'s weight (None for the other methods).
 
     ``to_dict()`` gives the JSON form (``vprkit evaluate --json``), with string keys in
     ``recalls``.
@@ -64,6 +75,8 @@ class EvaluationResult:
     model: str = ""
     dataset: str = ""
     search: str = "exact"
+    test_method: str = HARD_RESIZE
+    majority_weight: float | None = None
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -116,6 +129,8 @@ def evaluate_file(
     predictions_path: str | Path | None = None,
     index: str | None = None,
     nprobe: int = 16,
+    test_method: str = HARD_RESIZE,
+    majority_weight: float = DEFAULT_MAJORITY_WEIGHT,
 ) -> EvaluationResult:
     """Recall@N of one scale (``"2"``) or pyramid (``"1+2+3"``) of a descriptor file.
 
@@ -139,6 +154,9 @@ def evaluate_file(
             (query, rank, database, distance, metres, positive).
         index: faiss factory string for approximate search (None: exact).
         nprobe: inverted lists visited per query by IVF indexes.
+        test_method: the benchmark's test method (``vprkit.views``); all but ``hard_resize``
+            read a query view that ``vprkit extract --views`` stored.
+        majority_weight: ``maj_voting``'s distance reduction per vote.
 
     Returns:
         An ``EvaluationResult``: ``recalls`` maps each N to Recall@N in percent, with the counts,
@@ -146,10 +164,14 @@ def evaluate_file(
 
     Raises:
         VprkitError: a missing, incomplete or damaged file, a shard, a scale the file lacks, no
-            database or query rows, bad recalls, threshold, block size or nprobe.
+            database or query rows, bad recalls, threshold, block size or nprobe, a test method
+            whose view the file lacks (the message names the extract option that adds it).
     """
     started = time.perf_counter()
     check_search_options(threshold, block_rows, nprobe)
+    check_method(test_method)
+    if not math.isfinite(majority_weight):
+        raise VprkitError(f"--majority-weight must be a finite number, got {majority_weight}")
     recalls = tuple(recalls)
     if not recalls or min(recalls) < 1:
         raise VprkitError(f"bad recalls {recalls}: expected integers >= 1")
@@ -164,7 +186,10 @@ def evaluate_file(
         if k > n_db:
             raise VprkitError(f"Recall@{k} asks for more predictions than the {n_db} database "
                               f"images of {path}; choose --recalls up to {n_db}")
-        queries = store.read_rows("queries", scales, 0, n_q)
+        view = TEST_METHODS[test_method]
+        store.check_view(scales, view)
+        queries = query_rows_for(test_method, store.read_rows(
+            "queries", scales, 0, store.num_rows("queries", view), view))
         block = block_rows or store.default_block_rows()
         if index:
             from .index import build_or_load, set_nprobe
@@ -177,10 +202,13 @@ def evaluate_file(
             distances, predictions = blocked_search(
                 queries, store.iter_blocks("database", scales, block), k)
             search = "exact"
+        distances, predictions = merge_results(test_method, distances, predictions, k,
+                                               majority_weight)
         positives = positives_within(store.utm("database"), store.utm("queries"), threshold)
         values = recall_at_n(predictions, positives, recalls)
         if predictions_path:
-            write_predictions(predictions_path, store, predictions, distances, positives)
+            write_predictions(predictions_path, store, predictions, distances, positives,
+                              test_method)
         result = EvaluationResult(
             file=str(path),
             scale=spec_name(scales),
@@ -194,6 +222,8 @@ def evaluate_file(
             model=model_label(store.model),
             dataset=f"{Path(store.dataset.get('root', '?')).name}/{store.dataset.get('split', '?')}",
             search=search,
+            test_method=test_method,
+            majority_weight=majority_weight if test_method == "maj_voting" else None,
         )
     return result
 
@@ -214,16 +244,17 @@ def model_label(model: dict) -> str:
 
 
 def write_predictions(path: str | Path, store: DescriptorFile, predictions: np.ndarray,
-                      distances: np.ndarray, positives: Sequence[np.ndarray]) -> Path:
-    """CSV: query, rank, database image, squared L2 distance, metres apart, positive or not;
-    ``path`` ``"-"`` writes it to stdout."""
+                      distances: np.ndarray, positives: Sequence[np.ndarray],
+                      test_method: str = HARD_RESIZE) -> Path:
+    """CSV: query, rank, database image, squared L2 distance (``maj_voting``: after the vote),
+    metres apart, positive or not, test method; ``path`` ``"-"`` writes it to stdout."""
     q_names, db_names = store.names("queries"), store.names("database")
     q_utm, db_utm = store.utm("queries"), store.utm("database")
     target = nullcontext(sys.stdout) if str(path) == "-" else \
         atomic_output(path, "w", newline="", encoding="utf-8")
     with target as handle:
         out = csv.writer(handle)
-        out.writerow(["query", "rank", "database", "distance", "metres", "positive"])
+        out.writerow(["query", "rank", "database", "distance", "metres", "positive", "method"])
         for qi, (pred, dist) in enumerate(zip(predictions, distances, strict=True)):
             pos = set(positives[qi].tolist())
             for rank, (di, d) in enumerate(zip(pred, dist, strict=True), start=1):
@@ -231,7 +262,7 @@ def write_predictions(path: str | Path, store: DescriptorFile, predictions: np.n
                     break
                 metres = float(np.linalg.norm(q_utm[qi] - db_utm[di]))
                 out.writerow([q_names[qi], rank, db_names[di], f"{d:.6g}", f"{metres:.1f}",
-                              int(di in pos)])
+                              int(di in pos), test_method])
     return Path(path)
 
 

@@ -9,10 +9,8 @@ new scales only when it was made by the same model, preprocessing and images.
 
 from __future__ import annotations
 
-import hashlib
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,19 +19,21 @@ import torch
 from .choices import DEFAULT_RESIZE
 from .datasets import ROLES, Split, load_split
 from .errors import VprkitError
-from .files import partial_path
-from .images import MEAN, STD, file_sha256, scale_size
+from .image_check import changed_image, rows_with_descriptors, same_images
+from .images import MEAN, STD, view_size
 from .inference import check_items as _check_items
-from .inference import cpu_has_bf16, inference_options, resolve_device, sample_local_features
+from .inference import cpu_has_bf16, inference_options, resolve_device
 from .inference import fold_batch_norm as _fold_batch_norm
 from .inference import half_dtype as _half_dtype
 from .inference import image_loader as _loader
 from .inference import infer_batch as _infer
-from .models import ModelConfig, NetVLAD, VPRModel, build_model, fingerprint
+from .models import ModelConfig, VPRModel, build_model, fingerprint
 from .models.aggregations import stat_names
+from .netvlad_init import netvlad_clusters
 from .progress import console, progress_bar, styled
 from .shards import parse_shard, shard_path, take_shard
 from .store import DescriptorFile, DescriptorWriter, Header, Output, parse_scales, spec_name, writing
+from .views import HARD_RESIZE, parse_views
 
 DTYPES = ("float32", "float16")
 
@@ -45,6 +45,9 @@ class ExtractOptions:
     Attributes:
         split: split of the dataset to extract (``images/<split>``).
         scales: scales to extract; scale ``s`` is the (resized) image at ``H/s x W/s``.
+        views: query views to store at every scale (``vprkit.views``: ``hard_resize``,
+            ``single_query``, ``central_crop``, ``five_crops``); ``hard_resize`` is always
+            stored, and the database is always ``hard_resize``.
         resize: ``(H, W)`` every image is resized to before the scales are made; None keeps
             each image's own size (images of different sizes are batched by size).
         batch_size: images per inference batch.
@@ -64,6 +67,7 @@ class ExtractOptions:
 
     split: str = "test"
     scales: tuple[int, ...] = (1,)
+    views: tuple[str, ...] = (HARD_RESIZE,)
     resize: tuple[int, int] | None = DEFAULT_RESIZE  # (H, W); None: native image size
     batch_size: int = 16
     workers: int = 2
@@ -129,62 +133,6 @@ def _model_header(model: VPRModel, netvlad_init: dict | None) -> dict:
     }
 
 
-def _same_images(writer_or_file, split: Split) -> str | None:
-    """None if the stored image lists equal the split's, else a description of the difference."""
-    for role in ROLES:
-        stored = writer_or_file.names(role)
-        current = split.role(role).names
-        if stored != current:
-            if len(stored) != len(current):
-                return f"{role}: {len(stored)} images stored, {len(current)} in the dataset"
-            first = next(i for i, (a, b) in enumerate(zip(stored, current, strict=True)) if a != b)
-            return f"{role} row {first}: {stored[first]!r} stored, {current[first]!r} in the dataset"
-    return None
-
-
-def _changed_image(stored, split: Split, rows: dict[str, int], progress: bool) -> str | None:
-    """None if the first ``rows[role]`` images of each role still have the bytes whose SHA-256
-    ``stored`` (a descriptor file or writer) kept, else the first image that changed. Files made
-    before vprkit kept hashes cannot be checked (a warning says so)."""
-    checks = []
-    for role in ROLES:
-        hashes = stored.hashes(role)
-        if hashes is None:
-            warnings.warn(f"{stored.path} was made before vprkit kept image hashes: its images "
-                          "cannot be checked against the dataset's", stacklevel=3)
-            return None
-        checks += [(role, i, hashes[i].tobytes()) for i in range(rows[role])]
-    if not checks:
-        return None
-    paths = {role: split.role(role).paths() for role in ROLES}
-    with progress_bar(progress) as bar, ThreadPoolExecutor(max_workers=8) as pool:
-        task = bar.add_task("check images", total=len(checks), rate="")
-        for start in range(0, len(checks), 1024):  # in blocks: stop soon after a difference
-            block = checks[start:start + 1024]
-            digests = pool.map(_sha256_or_none, [paths[role][i] for role, i, _ in block])
-            for (role, i, kept), digest in zip(block, digests, strict=True):
-                name = split.role(role).names[i]
-                if digest is None:
-                    return f"{role} image {name} cannot be read"
-                if digest != kept and any(kept):
-                    return f"{role} image {name} has other bytes than when it was extracted"
-            bar.update(task, advance=len(block))
-    return None
-
-
-def _sha256_or_none(path: Path) -> bytes | None:
-    try:
-        return file_sha256(path)
-    except OSError:
-        return None
-
-
-def _rows_with_descriptors(writer: DescriptorWriter) -> dict[str, int]:
-    """Per role, the rows that some scale of an unfinished file already holds."""
-    return {role: max((writer.rows_done(role, [s]) for s in writer.scales), default=0)
-            for role in ROLES}
-
-
 def _difference(stored: Header, current: Header) -> str | None:
     for key in ("model", "preprocessing", "dtype"):
         mine, asked = getattr(stored, key), getattr(current, key)
@@ -194,49 +142,6 @@ def _difference(stored: Header, current: Header) -> str | None:
                 return f"model differs in {', '.join(changed)}"
             return f"{key} differs ({mine} stored, {asked} asked)"
     return None
-
-
-def _init_netvlad(model: VPRModel, root: Path, split: Split, output: Path,
-                  options: ExtractOptions, device: torch.device) -> dict | None:
-    """k-means clusters for a NetVLAD layer that no checkpoint initialised.
-
-    A resumed or extended extraction (same output, no --overwrite) reuses the clusters stored in
-    that output, if they were made from the same backbone, preprocessing, images and k-means
-    options, so that every row of the file comes from exactly the same model.
-    """
-    if not isinstance(getattr(model.aggregation, "inner", model.aggregation), NetVLAD) \
-            or model.config.checkpoint:
-        return None
-    cluster_split = options.cluster_split or options.split
-    source = split if cluster_split == split.name else load_split(root, cluster_split)
-    paths = source.database.paths()
-    names_hash = hashlib.sha256("\n".join(source.database.names).encode()).hexdigest()
-    wanted = {"split": cluster_split, "database_names_sha256": names_hash,
-              "images": min(options.cluster_images, len(paths)),
-              "features_per_image": options.cluster_features_per_image,
-              "seed": options.seed, "method": "faiss k-means"}
-    backbone_fp = fingerprint(model.backbone)
-    for candidate in () if options.overwrite else (partial_path(output), output):
-        if not candidate.is_file():
-            continue
-        try:
-            with DescriptorFile(candidate, require_complete=False) as stored:
-                init = stored.model.get("netvlad_init") or {}
-                same = (stored.model.get("backbone_fingerprint") == backbone_fp
-                        and stored.model.get("clusters") == model.config.clusters
-                        and all(init.get(k) == v for k, v in wanted.items())
-                        and stored.preprocessing == _preprocessing(options, device))
-                arrays = stored.aggregation_arrays() if same else {}
-        except Exception:
-            continue
-        if arrays:
-            model.aggregation.load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()})
-            return init
-    console.print(f"NetVLAD: k-means on local features of {wanted['images']} {cluster_split} "
-                  "database images")
-    features = sample_local_features(model, paths, inference_options(options), device)
-    model.aggregation.init_from_descriptors(features, seed=options.seed)
-    return {**wanted, "features": int(len(features))}
 
 
 def extract(
@@ -299,7 +204,8 @@ def extract(
 
     with writing(output, resumable=True, overwrite=options.overwrite) as out:
         model = model.to(device)
-        netvlad_init = _init_netvlad(model, root, full_split, output, options, device)
+        netvlad_init = netvlad_clusters(model, root, full_split, output, options, device,
+                                        _preprocessing(options, device))
         model = model.to(memory_format=torch.channels_last)
         header = Header(
             model=_model_header(model, netvlad_init),
@@ -311,10 +217,12 @@ def extract(
             dtype=options.dtype,
         )
         model = _fold_batch_norm(model)  # after the fingerprint: the weights it hashes are kept
-        plan, writer = _plan(out, header, split, scales, progress)
+        views = parse_views(",".join(options.views))
+        plan, writer = _plan(out, header, split, scales, views, progress)
         if plan == "done":
             if progress:
-                console.print(f"{output} already holds scales {spec_name(scales)}: nothing to do")
+                console.print(f"{output} already holds scales {spec_name(scales)} and views "
+                              f"{', '.join(views)}: nothing to do")
             return output
         if writer is None:
             writer = out.create(header, names={r: split.role(r).names for r in ROLES},
@@ -352,6 +260,10 @@ def _check_options(options: ExtractOptions, model_config: ModelConfig, output: P
                       "or AMX): expect it to be slower than float32", stacklevel=3)
     if options.resize is not None and min(options.resize) < 1:
         raise VprkitError(f"bad --resize {options.resize}: height and width must be positive")
+    views = parse_views(",".join(options.views))
+    if options.resize is None and len(views) > 1:
+        raise VprkitError(f"query views {', '.join(views[1:])} are made relative to --resize "
+                          "H W; give one instead of --native-size")
     if output.is_dir():
         raise VprkitError(f"output {output} is a folder; give a file name such as gem.h5")
     if not output.parent.exists():
@@ -360,14 +272,14 @@ def _check_options(options: ExtractOptions, model_config: ModelConfig, output: P
 
 
 def _plan(out: Output, header: Header, split: Split, scales: tuple[int, ...],
-          progress: bool) -> tuple[str, DescriptorWriter | None]:
+          views: tuple[str, ...], progress: bool) -> tuple[str, DescriptorWriter | None]:
     """What this run does: ``("resume", writer)`` of the unfinished file, ``("extend", writer)``
-    of the complete one with the missing scales, ``("done", None)`` where it holds them all, or
-    ``("new", None)``; refuses files made by another model, preprocessing or images."""
+    of the complete one with the missing scales or views, ``("done", None)`` where it holds them
+    all, or ``("new", None)``; refuses files made by another model, preprocessing or images."""
     writer = out.resume()
     if writer is not None:
-        problem = (_difference(writer.header(), header) or _same_images(writer, split)
-                   or _changed_image(writer, split, _rows_with_descriptors(writer), progress))
+        problem = (_difference(writer.header(), header) or same_images(writer, split)
+                   or changed_image(writer, split, rows_with_descriptors(writer), progress))
         if problem:
             writer.close()
             raise VprkitError(f"{out.partial} is an unfinished extraction of something else "
@@ -377,59 +289,95 @@ def _plan(out: Output, header: Header, split: Split, scales: tuple[int, ...],
     if existing is None:
         return "new", None
     with existing:
-        have = existing.scales
-        problem = _difference(existing.header, header) or _same_images(existing, split)
-        if not problem and not all(s in have for s in scales):
-            problem = _changed_image(existing, split, {r: len(split.role(r)) for r in ROLES},
-                                     progress)
+        have = {s: existing.views((s,)) for s in existing.scales}
+        holds_all = all(s in have and set(views) <= set(have[s]) for s in scales)
+        problem = _difference(existing.header, header) or same_images(existing, split)
+        if not problem and not holds_all:
+            problem = changed_image(existing, split, {r: len(split.role(r)) for r in ROLES},
+                                    progress)
     if problem:
         raise VprkitError(f"{out.path} was made differently ({problem}); choose another output "
                           "or pass --overwrite")
-    if all(s in have for s in scales):
+    if holds_all:
         return "done", None
     return "extend", out.extend()
 
 
-def _run(model: VPRModel, split: Split, writer: DescriptorWriter, scales: tuple[int, ...],
-         options: ExtractOptions, device: torch.device, progress: bool) -> None:
-    def unfinished(s: int) -> bool:
-        return any(writer.rows_done(r, [s]) < len(split.role(r)) for r in ROLES)
+def _parts(writer: DescriptorWriter, split: Split, scales: tuple[int, ...],
+           views: tuple[str, ...], dim: int, stats_spec: dict,
+           resize: tuple[int, int] | None) -> list[tuple[str, str, list[int]]]:
+    """Prepare the file's datasets; the (role, view, unfinished scales) passes still to run.
+    Unfinished scales and views that this run does not ask for are dropped."""
+    def unfinished(s: int, role: str, view: str = HARD_RESIZE) -> bool:
+        return writer.rows_done(role, [s], view) < len(split.role(role))
 
     for s in writer.scales:
-        if s not in scales and unfinished(s):
+        if s not in scales and any(unfinished(s, r) for r in ROLES):
             console.print(f"dropping unfinished scale {s} of {writer.path} (not in --scales)")
             writer.drop_scale(s)
-    todo = [s for s in scales if s not in writer.scales]
-    stats_spec = _stats_spec(model)
-    for s in todo:
-        size = scale_size(*options.resize, s) if options.resize else None
-        writer.add_scale(s, model.output_dim, stats_spec, size)
-    pending = [s for s in scales if unfinished(s)]
-    if not pending:
+            continue
+        for view in writer.views(s)[1:]:
+            if view not in views and unfinished(s, "queries", view):
+                console.print(f"dropping unfinished view {view} at scale {s} of {writer.path} "
+                              "(not in --views)")
+                writer.drop_view(s, view)
+    for s in scales:
+        if s not in writer.scales:
+            writer.add_scale(s, dim, stats_spec, view_size(resize, HARD_RESIZE, s))
+        for view in views[1:]:
+            if view not in writer.views(s):
+                writer.add_view(s, view, dim, stats_spec, view_size(resize, view, s))
+    passes = [(role, HARD_RESIZE) for role in ROLES] + [("queries", v) for v in views[1:]]
+    return [(role, view, [s for s in scales if unfinished(s, role, view)])
+            for role, view in passes if any(unfinished(s, role, view) for s in scales)]
+
+
+def _run(model: VPRModel, split: Split, writer: DescriptorWriter, scales: tuple[int, ...],
+         options: ExtractOptions, device: torch.device, progress: bool) -> None:
+    """Run the network over every unfinished (role, view, scales) pass, committing each batch."""
+    views = parse_views(",".join(options.views))
+    parts = _parts(writer, split, scales, views, model.output_dim, _stats_spec(model),
+                   options.resize)
+    if not parts:
         return
-    remaining = {r: len(split.role(r)) - writer.rows_done(r, pending) for r in ROLES}
-    total = sum(remaining.values())
+    starts = {(r, v): writer.rows_done(r, pend, v) for r, v, pend in parts}
+    total = sum(len(split.role(r)) - starts[(r, v)] for r, v, _ in parts)
     started = time.perf_counter()
+    stored_hashes = writer.hashes("queries")
     with progress_bar(progress) as bar:
-        task = bar.add_task(f"extract scales {spec_name(pending)}", total=total, rate="")
+        task = bar.add_task(f"extract scales {spec_name(scales)}", total=total, rate="")
         done = 0
-        for role in ROLES:
-            start = writer.rows_done(role, pending)
-            paths = split.role(role).paths()[start:]
-            if not paths:
-                continue
-            row = start
-            for items in _loader(paths, inference_options(options), pending, device):
+        for role, view, pending in parts:
+            row = starts[(role, view)]
+            paths = split.role(role).paths()[row:]
+            label = role if view == HARD_RESIZE else f"queries ({view})"
+            bar.update(task, description=f"extract {label}, scales {spec_name(pending)}")
+            for items in _loader(paths, inference_options(options), pending, device, view):
                 _check_items(items)
-                writer.write_hashes(role, row, [it[3] for it in items])
+                if view == HARD_RESIZE:
+                    writer.write_hashes(role, row, [it[3] for it in items])
+                else:
+                    _same_bytes_as_stored(stored_hashes, split, row, items)
                 outputs = _infer(model, items, pending, device, options.half)
                 for s, (desc, stats) in zip(pending, outputs, strict=True):
-                    writer.write(role, s, row, desc.astype(options.dtype), stats)
+                    writer.write(role, s, row, desc.astype(options.dtype), stats, view)
                 row += len(items)
-                writer.commit_rows(role, pending, row)
+                writer.commit_rows(role, pending, row, view)
                 done += len(items)
                 rate = done / max(time.perf_counter() - started, 1e-9)
                 bar.update(task, advance=len(items), rate=f"{rate:.1f} img/s")
+
+
+def _same_bytes_as_stored(hashes, split: Split, row: int, items: list) -> None:
+    """A query view reads each query again: its bytes must be those of the hard_resize pass."""
+    if hashes is None:
+        return
+    for offset, item in enumerate(items):
+        kept = hashes[row + offset].tobytes()
+        if any(kept) and item[3] != kept:
+            raise VprkitError(f"query image {split.queries.names[row + offset]} changed during "
+                              "the extraction (other bytes than in the hard_resize pass); "
+                              "rerun to extract it again")
 
 
 def _stats_spec(model: VPRModel) -> dict:

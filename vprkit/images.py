@@ -111,28 +111,65 @@ def scale_size(height: int, width: int, scale: int) -> tuple[int, int]:
     return max(1, height // scale), max(1, width // scale)
 
 
+def view_size(resize: tuple[int, int] | None, view: str, scale: int) -> tuple[int, int] | None:
+    """(h, w) of ``view``'s images at ``scale`` for an extraction at ``resize`` (None: they
+    vary, at native size or for ``single_query``)."""
+    if resize is None or view == "single_query":
+        return None
+    if view == "five_crops":
+        return scale_size(min(resize), min(resize), scale)
+    return scale_size(*resize, scale)  # hard_resize, central_crop
+
+
 def preprocess(image: torch.Tensor, size: tuple[int, int] | None,
-               scales: Sequence[int]) -> list[torch.Tensor]:
-    """Normalised image at each scale."""
+               scales: Sequence[int], view: str = "hard_resize") -> list[torch.Tensor]:
+    """Normalised image at each scale, as ``view`` sees it (``vprkit.views``): a (3, h, w)
+    tensor per scale, or (5, 3, h, w) for ``five_crops``."""
     image = normalize(image)
-    if size is not None:
+    if view != "hard_resize":
+        if size is None:
+            raise ValueError(f"view {view} needs a --resize")
+        image = view_image(image, view, size)
+    elif size is not None:
         image = resize(image, size)
     h, w = image.shape[-2:]
     return [image if s == 1 else resize(image, scale_size(h, w, s)) for s in scales]
 
 
+def view_image(image: torch.Tensor, view: str, size: tuple[int, int]) -> torch.Tensor:
+    """A normalised (3, H, W) query image as the benchmark's ``_test_query_transform`` makes
+    ``view`` of it for ``resize = size``: ``single_query`` (shorter side to min(size), aspect
+    kept), ``central_crop`` (nearest-neighbour scaling by the factor that covers ``size``, then
+    the central ``size`` crop) or ``five_crops`` ((5, 3, m, m) with m = min(size))."""
+    import torchvision.transforms.functional as TF
+
+    shorter = min(size)
+    if view == "single_query":
+        return TF.resize(image, shorter, antialias=True)
+    if view == "central_crop":
+        factor = max(size[0] / image.shape[-2], size[1] / image.shape[-1])
+        scaled = F.interpolate(image.unsqueeze(0), scale_factor=factor).squeeze(0)
+        return TF.center_crop(scaled, list(size))
+    if view == "five_crops":
+        resized = TF.resize(image, shorter, antialias=True)
+        return torch.stack(TF.five_crop(resized, [shorter, shorter]))
+    raise ValueError(f"unknown view {view!r}")
+
+
 class ImageScalesDataset(Dataset):
-    """Items are (index, [image at each scale], error message or None, SHA-256 of the file).
+    """Items are (index, [image at each scale], error message or None, SHA-256 of the file);
+    ``view`` (``vprkit.views``) makes each image as that query view sees it.
 
     A corrupt image does not raise inside a DataLoader worker (which would print a worker
     traceback); it returns its error so that the caller can report it in one line.
     """
 
     def __init__(self, paths: Sequence[Path], size: tuple[int, int] | None,
-                 scales: Sequence[int]):
+                 scales: Sequence[int], view: str = "hard_resize"):
         self.paths = list(paths)
         self.size = size
         self.scales = tuple(scales)
+        self.view = view
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -143,7 +180,7 @@ class ImageScalesDataset(Dataset):
             image, digest = read_image(path)
         except Exception as err:
             return index, None, f"cannot read image {path}: {type(err).__name__}: {err}", None
-        return index, preprocess(image, self.size, self.scales), None, digest
+        return index, preprocess(image, self.size, self.scales, self.view), None, digest
 
 
 def collate_items(batch):

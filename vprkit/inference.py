@@ -109,11 +109,12 @@ def inference_options(options: Any) -> InferenceOptions:
     return InferenceOptions(**{f.name: getattr(options, f.name) for f in fields(InferenceOptions)})
 
 
-def image_loader(paths: list[Path], options: InferenceOptions, scales, device) -> DataLoader:
+def image_loader(paths: list[Path], options: InferenceOptions, scales, device,
+                 view: str = "hard_resize") -> DataLoader:
     """Batches of ``options.batch_size`` images, each item ``(index, [image at each of
-    scales], error or None, sha256)`` (``vprkit.images.ImageScalesDataset``); ``device`` is
-    not used (kept for the callers' signature)."""
-    dataset = ImageScalesDataset(paths, options.resize, scales)
+    scales], error or None, sha256)`` (``vprkit.images.ImageScalesDataset``), as query view
+    ``view`` sees them; ``device`` is not used (kept for the callers' signature)."""
+    dataset = ImageScalesDataset(paths, options.resize, scales, view)
     return DataLoader(
         dataset,
         batch_size=options.batch_size,
@@ -166,14 +167,31 @@ def fold_batch_norm(model: VPRModel) -> VPRModel:
     return model
 
 
+def _same_shape_groups(images: list[torch.Tensor]) -> list[list[int]]:
+    """Positions of the images grouped by shape (first appearance order): each group is one
+    batch, whatever the order of sizes in the list."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, image in enumerate(images):
+        groups.setdefault(tuple(image.shape), []).append(i)
+    return list(groups.values())
+
+
 @torch.inference_mode()
 def infer_batch(model: VPRModel, items: list, scales, device, half: bool):
-    """Descriptors and stats of a batch at every scale: [(desc (B, D), {stat: (B, ...)})]."""
+    """Descriptors and stats of a batch at every scale: [(desc (R, D), {stat: (R, ...)})].
+
+    Each item holds one image per scale: (3, h, w), or (c, 3, h, w) for c crops of one image
+    (``five_crops``), which give c consecutive rows. Images of the same shape run as one batch,
+    so items of mixed sizes (native size, ``single_query``) batch by size; rows come back in
+    item order."""
     per_scale = []
     for si, _ in enumerate(scales):
-        descs, stats = [], []
-        for run in runs_of_same_size(items):
-            x = torch.stack([it[1][si] for it in run])
+        images = [it[1][si] if it[1][si].dim() == 4 else it[1][si].unsqueeze(0) for it in items]
+        offsets = np.cumsum([0] + [len(im) for im in images])
+        rows: np.ndarray | None = None
+        merged: dict[str, np.ndarray] = {}
+        for group in _same_shape_groups(images):
+            x = torch.cat([images[i] for i in group])
             if device.type == "cuda":
                 x = x.pin_memory()
             x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
@@ -183,16 +201,23 @@ def infer_batch(model: VPRModel, items: list, scales, device, half: bool):
             except RuntimeError as err:
                 first = str(err).strip().splitlines()[0]
                 raise VprkitError(
-                    f"{model.config.backbone} failed on {len(run)} image(s) of "
+                    f"{model.config.backbone} failed on {len(x)} image(s) of "
                     f"{x.shape[-2]}x{x.shape[-1]} pixels at scale {scales[si]} "
                     f"(too small?): {first}") from None
-            descs.append(desc.float().cpu().numpy())
-            stats.append({k: v.float().cpu().numpy() if v.is_floating_point() else v.cpu().numpy()
-                          for k, v in stat.items()})
-        merged = {k: np.concatenate([s[k] for s in stats]) for k in stats[0]}
-        rows = np.concatenate(descs)
+            target = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in group])
+            desc_np = desc.float().cpu().numpy()
+            if rows is None:
+                rows = np.empty((offsets[-1], desc_np.shape[1]), dtype=np.float32)
+            rows[target] = desc_np
+            for k, v in stat.items():
+                values = v.float().cpu().numpy() if v.is_floating_point() else v.cpu().numpy()
+                if k not in merged:
+                    merged[k] = np.empty((offsets[-1], *values.shape[1:]), dtype=values.dtype)
+                merged[k][target] = values
+        assert rows is not None  # a batch has at least one item
         if not np.isfinite(rows).all():
-            bad = int(np.flatnonzero(~np.isfinite(rows).all(axis=1))[0])
+            bad = int(np.searchsorted(offsets, np.flatnonzero(~np.isfinite(rows).all(axis=1))[0],
+                                      side="right") - 1)
             raise VprkitError(f"the network produced non-finite descriptors for image "
                               f"{items[bad][0]} of the batch at scale {scales[si]}")
         per_scale.append((rows, merged))

@@ -27,10 +27,14 @@ def recall_table(results: Sequence[EvaluationResult], title: str | None = None) 
     table = Table(title=cell(title or f"Recall@N (positives within {first.threshold:g} m)"))
     table.add_column("file", overflow="fold")
     table.add_column("model (weights)", overflow="fold")
+    methods = any(r.test_method != "hard_resize" for r in results)
+    if methods:
+        table.add_column("test method")
     for col in ("scale", "dim", *(f"R@{n}" for n in ns)):
         table.add_column(col, justify="right")
     for r in results:
-        table.add_row(cell(Path(r.file).name), cell(r.model), cell(r.scale), str(r.dim),
+        method = [cell(r.test_method)] if methods else []
+        table.add_row(cell(Path(r.file).name), cell(r.model), *method, cell(r.scale), str(r.dim),
                       *(f"{r.recalls[n]:.1f}" for n in ns))
     counts = {r.dataset: (r.queries, r.queries_without_positives, r.database) for r in results}
     searches = sorted({r.search for r in results})
@@ -58,6 +62,7 @@ def describe_file(path) -> dict:
             "database": f.num("database"),
             "queries": f.num("queries"),
             "scales": f.scales,
+            "views": {str(s): f.views((s,)) for s in f.scales},
             "dim": f.dim,
             "dtype": f.dtype,
             "size": human_bytes(f.path.stat().st_size),
@@ -81,6 +86,8 @@ def describe_table(desc: dict) -> Table:
             value = {**value, "resize": "native size (each image's own)" if size is None
                      else f"{size[0]}x{size[1]} (H x W)" if isinstance(size, list) and len(size) == 2
                      else size}
+        if key == "views" and isinstance(value, dict):
+            value = "; ".join(f"scale {s}: {', '.join(map(str, v))}" for s, v in value.items())
         if isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items() if v is not None)
         table.add_row(key, cell(value))

@@ -25,6 +25,7 @@ from .datasets import ROLES, ImageList, Split
 from .errors import VprkitError
 from .progress import console, progress_bar, styled
 from .store import DescriptorFile, Header, writing
+from .views import HARD_RESIZE, VIEWS
 
 SHARD_SUFFIX = re.compile(r"\.shard(\d+)of(\d+)$")
 
@@ -81,6 +82,8 @@ def _check_same(files: list[DescriptorFile]) -> None:
                                    ("preprocessing", f.preprocessing, first.preprocessing),
                                    ("storage dtype", f.dtype, first.dtype),
                                    ("scales", f.scales, first.scales),
+                                   ("query views", [f.views((sc,)) for sc in f.scales],
+                                    [first.views((sc,)) for sc in first.scales]),
                                    ("dataset", {k: v for k, v in f.dataset.items() if k != "shard"},
                                     base)):
             if mine != theirs:
@@ -147,7 +150,9 @@ def _write_merged(files: list[DescriptorFile], output: Path, progress: bool) -> 
     hashes: dict[str, np.ndarray] | None = None
     if all(h is not None for r in ROLES for h in kept[r]):
         hashes = {r: np.concatenate([h for h in kept[r] if h is not None]) for r in ROLES}
-    total = sum(f.num(r) for f in files for r in ROLES) * len(first.scales)
+    parts = {s: [(r, HARD_RESIZE) for r in ROLES] + [("queries", v) for v in first.views((s,))[1:]]
+             for s in first.scales}
+    total = sum(f.num(r) for f in files for s in first.scales for r, _ in parts[s])
     block = first.default_block_rows(64 << 20)
     with writing(output) as out:
         writer = out.create(header, names, utm, hashes)
@@ -159,18 +164,21 @@ def _write_merged(files: list[DescriptorFile], output: Path, progress: bool) -> 
             for s in first.scales:
                 stats = first.stat_specs(s)
                 writer.add_scale(s, first.dim, stats, first.image_size(s))
-                for role in ROLES:
-                    row = 0
+                for view in first.views((s,))[1:]:
+                    writer.add_view(s, view, first.dim, stats, first.image_size(s, view))
+                for role, view in parts[s]:
+                    row = 0  # images written so far
                     for f in files:
                         n = f.num(role)
                         for start in range(0, n, block):
                             stop = min(n, start + block)
-                            desc, values = f.read_raw(role, s, start, stop)
+                            c = VIEWS[view]  # rows per image
+                            desc, values = f.read_raw(role, s, start * c, stop * c, view)
                             writer.write(role, s, row + start, desc,
-                                         {k: values[k] for k in stats})
+                                         {k: values[k] for k in stats}, view)
                             bar.update(task, advance=stop - start)
                         row += n
-                    writer.commit_rows(role, [s], row)
+                    writer.commit_rows(role, [s], row, view)
     path = out.written
     assert path is not None  # the block ended without error
     if progress:

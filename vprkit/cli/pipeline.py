@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ..choices import AGGREGATIONS, BACKBONES, SPLITS
+from ..choices import AGGREGATIONS, BACKBONES, DEFAULT_MAJORITY_WEIGHT, SPLITS, TEST_METHODS, VIEWS
 from ..errors import VprkitError
 from ..progress import console, results_console
 from . import (
@@ -40,6 +40,10 @@ from . import (
               help="A benchmark or vprkit checkpoint; architecture taken from it.  [default: none]")
 @click.option("--scales", default="1", show_default=True,
               help="Comma-separated scales; scale l is the image at H/l x W/l.")
+@click.option("--views", default="hard_resize", show_default=True, metavar="V1,V2,...",
+              help="Query views stored at every scale, for evaluate --test-method: "
+                   f"{', '.join(VIEWS)} (hard_resize is always stored; the database is "
+                   "always hard_resize).")
 @click.option("--resize", nargs=2, type=int, default=None, metavar="H W",
               help="Resize every image to H W (height, width) before making the scales.  "
                    "[default: 480 640, or the size that a vprkit --checkpoint was trained at]")
@@ -70,7 +74,7 @@ from . import (
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @json_option("what the file holds (as vprkit info --json)")
 def extract(root, output, split, backbone, aggregation, clusters, l2, fc_output_dim, weights,
-            checkpoint, scales,
+            checkpoint, scales, views,
             resize, native_size, batch_size, workers, device, half, dtype, seed, cluster_split,
             shard, skip_unparsable, overwrite, quiet, json_path):
     """Run a model over a dataset split and write its descriptors at every scale.
@@ -84,6 +88,7 @@ def extract(root, output, split, backbone, aggregation, clusters, l2, fc_output_
     from ..report import describe_file
     from ..shards import parse_shard
     from ..store import parse_scales
+    from ..views import parse_views
 
     if checkpoint is None:
         config = ModelConfig(backbone=backbone or "resnet18conv4",
@@ -97,7 +102,7 @@ def extract(root, output, split, backbone, aggregation, clusters, l2, fc_output_
     if note:
         console.print(note)
     options = ExtractOptions(
-        split=split, scales=parse_scales(scales), resize=size,
+        split=split, scales=parse_scales(scales), views=parse_views(views), resize=size,
         batch_size=batch_size, workers=workers, device=device, half=half, dtype=dtype, seed=seed,
         cluster_split=cluster_split, skip_unparsable=skip_unparsable, overwrite=overwrite,
         shard=parse_shard(shard) if shard else None)
@@ -145,7 +150,14 @@ def merge(shards, output, overwrite, quiet, json_path):
                    "built once and stored next to FILE.  [default: exact search]")
 @click.option("--nprobe", default=16, show_default=True,
               help="Inverted lists visited per query by IVF indexes.")
-def evaluate(files, scales, recalls, threshold, json_path, predictions, block_rows, index, nprobe):
+@click.option("--test-method", type=NamedChoice("test method", tuple(TEST_METHODS)),
+              default="hard_resize", show_default=True,
+              help="The benchmark's query method; all but hard_resize need the query view that "
+                   "extract --views stored (nearest_crop and maj_voting: five_crops).")
+@click.option("--majority-weight", default=DEFAULT_MAJORITY_WEIGHT, show_default=True,
+              help="maj_voting: distance taken off per vote.")
+def evaluate(files, scales, recalls, threshold, json_path, predictions, block_rows, index, nprobe,
+             test_method, majority_weight):
     """Recall@N of stored descriptors: one row per FILE and --scale."""
     from ..evaluate import check_search_options, evaluate_file, parse_recalls, results_json
     from ..report import recall_table
@@ -162,7 +174,8 @@ def evaluate(files, scales, recalls, threshold, json_path, predictions, block_ro
         raise VprkitError("--json - and --predictions - cannot both print to stdout")
     results = [
         evaluate_file(f, s, ns, threshold, block_rows=block_rows, predictions_path=predictions,
-                      index=index, nprobe=nprobe)
+                      index=index, nprobe=nprobe, test_method=test_method,
+                      majority_weight=majority_weight)
         for f in files for s in specs
     ]
     if json_path == "-" or predictions == "-":  # stdout holds that alone

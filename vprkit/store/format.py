@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 
 from ..errors import VprkitError
+from ..views import HARD_RESIZE, VIEWS
 
 FORMAT = "vprkit.descriptors"
 FORMAT_VERSION = 1
@@ -75,6 +76,32 @@ def _text_attr(value) -> str | None:
 def chunk_rows(dim: int, itemsize: int, rows: int) -> int:
     """Rows per HDF5 chunk of a (rows, dim) dataset: about ``CHUNK_BYTES`` a chunk."""
     return max(1, min(rows, CHUNK_BYTES // max(1, dim * itemsize)))
+
+
+def descriptor_key(scale: int, role: str, view: str = HARD_RESIZE) -> str:
+    """Where the descriptors of ``role`` (at ``view``, for queries) are stored at ``scale``."""
+    if view == HARD_RESIZE:
+        return f"scales/{scale}/{role}"
+    if role != "queries" or view not in VIEWS:
+        raise ValueError(f"no view {view!r} of {role}")
+    return f"scales/{scale}/views/{view}"
+
+
+def stats_key(scale: int, role: str, view: str, name: str) -> str:
+    """Where statistic ``name`` of those descriptors is stored."""
+    if view == HARD_RESIZE:
+        return f"scales/{scale}/stats/{role}/{name}"
+    return f"scales/{scale}/stats/views/{view}/{name}"
+
+
+def rows_done_attr(role: str, view: str = HARD_RESIZE) -> str:
+    """The scale group's attribute counting the images of ``role`` (at ``view``) committed."""
+    return f"rows_done_{role}" if view == HARD_RESIZE else f"rows_done_view_{view}"
+
+
+def image_size_attr(view: str = HARD_RESIZE) -> str:
+    """The scale group's attribute with the image size of ``view`` at that scale."""
+    return "image_size" if view == HARD_RESIZE else f"image_size_{view}"
 
 
 def image_hashes(h5: h5py.File, role: str) -> np.ndarray | None:

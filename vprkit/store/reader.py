@@ -16,6 +16,7 @@ from ..files import (
 )
 from ..pyramid import pyramid, stat_names
 from ..roles import ROLES
+from ..views import HARD_RESIZE, VIEWS
 from .format import (
     FORMAT,
     FORMAT_VERSION,
@@ -27,8 +28,12 @@ from .format import (
     Header,
     _json_dict,
     _text_attr,
+    descriptor_key,
     image_hashes,
+    image_size_attr,
+    rows_done_attr,
     spec_name,
+    stats_key,
 )
 
 
@@ -153,20 +158,32 @@ class DescriptorFile:
             group = scales[key]
             if not key.isdigit() or int(key) < 1:
                 raise ValueError(f"bad scale name {key!r}")
-            for role in ROLES:
-                ds = group[role]
-                if ds.ndim != 2 or ds.shape[0] != counts[role] or ds.dtype.kind != "f" or not ds.shape[1]:
-                    raise ValueError(f"scales/{key}/{role} has shape {ds.shape}, type {ds.dtype}")
-                dims.add(ds.shape[1])
-                done = int(group.attrs.get(f"rows_done_{role}", -1))
-                if complete and done != counts[role]:
-                    raise ValueError(f"scales/{key} holds {done} of {counts[role]} {role} rows")
-                for name in stat_names(self.aggregation):
-                    if f"stats/{role}/{name}" in group and \
-                            group[f"stats/{role}/{name}"].shape[:1] != (counts[role],):
-                        raise ValueError(f"scales/{key}/stats/{role}/{name} has the wrong length")
+            views = list(group.get("views", {}))
+            unknown = [v for v in views if v not in VIEWS or v == HARD_RESIZE]
+            if unknown:
+                raise ValueError(f"scales/{key} has an unknown view {unknown[0]!r}")
+            parts = [(role, HARD_RESIZE) for role in ROLES] + [("queries", v) for v in views]
+            for role, view in parts:
+                dims.add(self._check_part(int(key), role, view, counts[role], complete))
         if len(dims) != 1:
             raise ValueError(f"scales of different dimensions {sorted(dims)}")
+
+    def _check_part(self, scale: int, role: str, view: str, images: int, complete: bool) -> int:
+        """Check the descriptors of ``role`` at ``view`` and ``scale``; their dimension."""
+        rows = images * VIEWS[view]
+        key = descriptor_key(scale, role, view)
+        ds = self.h5[key]
+        if ds.ndim != 2 or ds.shape[0] != rows or ds.dtype.kind != "f" or not ds.shape[1]:
+            raise ValueError(f"{key} has shape {ds.shape}, type {ds.dtype}")
+        done = int(self.h5[f"scales/{scale}"].attrs.get(rows_done_attr(role, view), -1))
+        if complete and done != images:
+            what = role if view == HARD_RESIZE else f"{view} queries"
+            raise ValueError(f"scales/{scale} holds {done} of {images} {what} rows")
+        for name in stat_names(self.aggregation):
+            stat = self.h5.get(stats_key(scale, role, view, name))
+            if stat is not None and stat.shape[:1] != (rows,):
+                raise ValueError(f"{stats_key(scale, role, view, name)} has the wrong length")
+        return int(ds.shape[1])
 
     def __enter__(self) -> DescriptorFile:
         return self
@@ -192,6 +209,32 @@ class DescriptorFile:
     def num(self, role: str) -> int:
         """Number of images (rows) N of ``role`` (``"database"`` or ``"queries"``)."""
         return int(self.h5[f"{role}/utm"].shape[0])
+
+    def num_rows(self, role: str, view: str = HARD_RESIZE) -> int:
+        """Stored rows of ``role`` at ``view``: ``num(role)`` times the view's rows per image
+        (5 for ``five_crops``)."""
+        return self.num(role) * VIEWS[view]
+
+    def views(self, scales: Sequence[int] | None = None) -> list[str]:
+        """The query views (``vprkit.views``) stored at every scale of ``scales`` (None: at
+        every stored scale), ``hard_resize`` first."""
+        have = None
+        for s in self.check_spec(scales) if scales is not None else self.scales:
+            group = self.h5[f"scales/{s}"].get("views")
+            names = set(group.keys()) if group is not None else set()
+            have = names if have is None else have & names
+        return [HARD_RESIZE, *[v for v in VIEWS if v in (have or ())]]
+
+    def check_view(self, scales: Sequence[int], view: str) -> None:
+        """One clear error where ``view`` is not stored at every scale of ``scales``."""
+        if view not in VIEWS:
+            raise VprkitError(f"unknown view {view!r}; choose from {', '.join(VIEWS)}")
+        if view not in self.views(scales):
+            have = ", ".join(self.views(scales))
+            raise VprkitError(
+                f"{self.path} has no {view} query descriptors at scale {spec_name(scales)} "
+                f"(it has {have}); add them with vprkit extract ... --views {view} "
+                f"--scales {','.join(map(str, scales))} -o {self.path.name}")
 
     def names(self, role: str) -> list[str]:
         """The N image paths of ``role``, relative to its folder, in row order.
@@ -224,17 +267,18 @@ class DescriptorFile:
         self.check_spec((scale,))
         return self.h5[f"scales/{scale}"]
 
-    def image_size(self, scale: int) -> tuple[int, int] | None:
-        """(h, w) of the images at ``scale`` (None: each image's own size)."""
+    def image_size(self, scale: int, view: str = HARD_RESIZE) -> tuple[int, int] | None:
+        """(h, w) of the images (of query view ``view``) at ``scale`` (None: each image's own
+        size, at native size or for ``single_query``)."""
         with self._damaged(f"the attributes of scale {scale}"):
-            size = self._scale(scale).attrs.get("image_size")
+            size = self._scale(scale).attrs.get(image_size_attr(view))
             size = json.loads(size) if size else None
             return None if size is None else (int(size[0]), int(size[1]))
 
-    def rows_done(self, role: str, scale: int) -> int:
-        """Rows of ``role`` committed at ``scale`` (all of them in a complete file)."""
+    def rows_done(self, role: str, scale: int, view: str = HARD_RESIZE) -> int:
+        """Images of ``role`` (at ``view``) committed at ``scale`` (all in a complete file)."""
         with self._damaged(f"the attributes of scale {scale}"):
-            return int(self._scale(scale).attrs.get(f"rows_done_{role}", 0))
+            return int(self._scale(scale).attrs.get(rows_done_attr(role, view), 0))
 
     def stat_specs(self, scale: int) -> dict[str, tuple[tuple[int, ...], str]]:
         """The per-image statistics stored at ``scale``: name -> (shape of one row, dtype),
@@ -244,20 +288,24 @@ class DescriptorFile:
             return {} if group is None else {name: (tuple(ds.shape[1:]), ds.dtype.str)
                                              for name, ds in group.items()}
 
-    def read_stats(self, role: str, scale: int, start: int, stop: int) -> dict[str, np.ndarray]:
-        """Rows [start, stop) of every per-image statistic of ``role`` at ``scale``."""
+    def read_stats(self, role: str, scale: int, start: int, stop: int,
+                   view: str = HARD_RESIZE) -> dict[str, np.ndarray]:
+        """Rows [start, stop) of every per-image statistic of ``role`` (at ``view``) at
+        ``scale``."""
         names = self.stat_specs(scale)
         with self._damaged(f"the {role} statistics of scale {scale}"):
-            group = self._scale(scale)
-            return {name: group[f"stats/{role}/{name}"][start:stop] for name in names}
+            self._scale(scale)
+            return {name: self.h5[stats_key(scale, role, view, name)][start:stop]
+                    for name in names}
 
-    def read_raw(self, role: str, scale: int, start: int, stop: int
+    def read_raw(self, role: str, scale: int, start: int, stop: int, view: str = HARD_RESIZE
                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Rows [start, stop) of one stored scale as they are stored (storage dtype, no pyramid,
-        no check), with their statistics: for copying them into another file."""
-        stats = self.read_stats(role, scale, start, stop)
+        """Rows [start, stop) of one stored scale (and view) as they are stored (storage
+        dtype, no pyramid, no check), with their statistics: for copying them into another
+        file."""
+        stats = self.read_stats(role, scale, start, stop, view)
         with self._damaged(f"{role} rows at scale {scale}"):
-            return self._scale(scale)[role][start:stop], stats
+            return self.h5[descriptor_key(scale, role, view)][start:stop], stats
 
     def combine_record(self) -> tuple[dict, list[dict | None]] | None:
         """An ensemble's record (``/combine``): its spec (``{"inputs": [...], "weights"}``) and,
@@ -298,14 +346,16 @@ class DescriptorFile:
             )
         return tuple(scales)
 
-    def read_rows(self, role: str, scales: Sequence[int], start: int, stop: int) -> np.ndarray:
+    def read_rows(self, role: str, scales: Sequence[int], start: int, stop: int,
+                  view: str = HARD_RESIZE) -> np.ndarray:
         """Rows [start, stop) of a scale or of the pyramid of several scales, as float32.
 
         Args:
             role: ``"database"`` or ``"queries"``.
             scales: a scale spec: ``(2,)`` for one stored scale, ``(1, 2)`` for the pyramid.
             start: first row.
-            stop: row after the last (at most ``num(role)``).
+            stop: row after the last (at most ``num_rows(role, view)``).
+            view: the query view (``vprkit.views``); ``five_crops`` has 5 rows per query.
 
         Returns:
             ``(stop - start, D)`` float32 descriptors, in row order (a pyramid is formed from
@@ -315,15 +365,17 @@ class DescriptorFile:
             VprkitError: a scale is not stored, the rows cannot be read (damaged file), or a
                 descriptor is not finite (the message names its row and image).
         """
-        return self._read(role, scales, slice(start, stop), np.arange(start, stop))
+        return self._read(role, scales, slice(start, stop), np.arange(start, stop), view)
 
-    def read_index(self, role: str, scales: Sequence[int], index: np.ndarray) -> np.ndarray:
+    def read_index(self, role: str, scales: Sequence[int], index: np.ndarray,
+                   view: str = HARD_RESIZE) -> np.ndarray:
         """Rows at arbitrary (distinct) positions ``index``, in that order, as float32.
 
         Args:
             role: ``"database"`` or ``"queries"``.
             scales: a scale spec, as in ``read_rows``.
             index: ``(M,)`` distinct row numbers, in any order.
+            view: the query view, as in ``read_rows``.
 
         Returns:
             ``(M, D)`` float32 descriptors; row ``i`` is row ``index[i]`` of the file.
@@ -333,50 +385,55 @@ class DescriptorFile:
         """
         index = np.asarray(index, dtype=np.int64)
         order = np.argsort(index, kind="stable")
-        rows = self._read(role, scales, index[order], index[order])
+        rows = self._read(role, scales, index[order], index[order], view)
         out = np.empty_like(rows)
         out[order] = rows
         return out
 
-    def _read(self, role: str, scales: Sequence[int], selection, row_numbers: np.ndarray):
+    def _read(self, role: str, scales: Sequence[int], selection, row_numbers: np.ndarray,
+              view: str = HARD_RESIZE):
         scales = self.check_spec(scales)
+        if view != HARD_RESIZE:
+            self.check_view(scales, view)
         descs, stats = [], []
         with self._damaged(f"{role} rows at scale {spec_name(scales)}"):
             for s in scales:
-                group = self.h5[f"scales/{s}"]
-                descs.append(group[role][selection])
+                descs.append(self.h5[descriptor_key(s, role, view)][selection])
                 if len(scales) > 1:
                     names = stat_names(self.aggregation)
-                    stats.append({n: group[f"stats/{role}/{n}"][selection] for n in names})
+                    stats.append({n: self.h5[stats_key(s, role, view, n)][selection]
+                                  for n in names})
             rows = pyramid(self.aggregation, descs, stats)
         bad = ~np.isfinite(rows.sum(axis=1, dtype=np.float64))  # NaN/Inf propagate to the sum
         if bad.any():
             row = int(row_numbers[np.flatnonzero(bad)[0]])
-            name = self.h5[f"{role}/names"][row]
+            name = self.h5[f"{role}/names"][row // VIEWS[view]]
             name = name.decode() if isinstance(name, bytes) else name
+            where = "" if view == HARD_RESIZE else f" of view {view}"
             raise VprkitError(
-                f"{self.path}: non-finite descriptor in {role} row {row} ({name}) at scale "
-                f"{spec_name(scales)}"
+                f"{self.path}: non-finite descriptor in {role} row {row}{where} ({name}) at "
+                f"scale {spec_name(scales)}"
             )
         return rows
 
     def iter_blocks(
-        self, role: str, scales: Sequence[int], block_rows: int
+        self, role: str, scales: Sequence[int], block_rows: int, view: str = HARD_RESIZE
     ) -> Iterator[tuple[int, np.ndarray]]:
-        """All rows of ``role``, ``block_rows`` at a time (bounded memory).
+        """All rows of ``role`` (at ``view``), ``block_rows`` at a time (bounded memory).
 
         Args:
             role: ``"database"`` or ``"queries"``.
             scales: a scale spec, as in ``read_rows``.
             block_rows: rows per block (the last block may be shorter).
+            view: the query view, as in ``read_rows``.
 
         Yields:
             ``(start, rows)``: the first row number and the ``(n, D)`` float32 rows
             ``[start, start + n)``, with ``n <= block_rows``.
         """
-        n = self.num(role)
+        n = self.num_rows(role, view)
         for start in range(0, n, block_rows):
-            yield start, self.read_rows(role, scales, start, min(n, start + block_rows))
+            yield start, self.read_rows(role, scales, start, min(n, start + block_rows), view)
 
     def default_block_rows(self, budget_bytes: int = 256 << 20) -> int:
         """Rows of float32 descriptors that fit in ``budget_bytes`` (at least 1024)."""

@@ -21,6 +21,7 @@ from ..files import (
     reserve,
 )
 from ..roles import ROLES
+from ..views import HARD_RESIZE, VIEWS
 from .format import (
     FORMAT,
     FORMAT_VERSION,
@@ -31,7 +32,11 @@ from .format import (
     Header,
     _json_attr,
     chunk_rows,
+    descriptor_key,
     image_hashes,
+    image_size_attr,
+    rows_done_attr,
+    stats_key,
 )
 
 
@@ -150,22 +155,61 @@ class DescriptorWriter:
             group.attrs[f"rows_done_{role}"] = 0
         self.h5.flush()
 
+    def views(self, scale: int) -> list[str]:
+        """The query views stored at ``scale``, ``hard_resize`` first."""
+        group = self.h5[f"scales/{scale}"].get("views")
+        return [HARD_RESIZE, *sorted(group.keys() if group is not None else ())]
+
+    def add_view(self, scale: int, view: str, dim: int,
+                 stats: dict[str, tuple[tuple[int, ...], str]],
+                 image_size: tuple[int, int] | None) -> None:
+        """Datasets for the query view ``view`` at an added scale (``VIEWS[view]`` rows per
+        query)."""
+        group = self.h5[f"scales/{scale}"]
+        n = int(self.h5["queries/utm"].shape[0]) * VIEWS[view]
+        dtype = np.dtype(self.h5.attrs["dtype"])
+        rows = chunk_rows(dim, dtype.itemsize, max(n, 1))
+        self.h5.create_dataset(descriptor_key(scale, "queries", view), shape=(n, dim),
+                               dtype=dtype, chunks=(rows, dim))
+        for name, (shape, stat_dtype) in stats.items():
+            self.h5.create_dataset(stats_key(scale, "queries", view, name), shape=(n, *shape),
+                                   dtype=stat_dtype)
+        group.attrs[image_size_attr(view)] = _json_attr(list(image_size) if image_size else None)
+        group.attrs[rows_done_attr("queries", view)] = 0
+        self.h5.flush()
+
     def drop_scale(self, scale: int) -> None:
         self._open = {k: v for k, v in self._open.items() if not k.startswith(f"scales/{scale}/")}
         del self.h5[f"scales/{scale}"]
         self.h5.flush()
 
-    def rows_done(self, role: str, scales: Sequence[int]) -> int:
-        return min(int(self.h5[f"scales/{s}"].attrs[f"rows_done_{role}"]) for s in scales)
+    def drop_view(self, scale: int, view: str) -> None:
+        """Remove an (unfinished) query view from ``scale``."""
+        for key in (descriptor_key(scale, "queries", view), f"scales/{scale}/stats/views/{view}"):
+            self._open = {k: v for k, v in self._open.items() if not k.startswith(key)}
+            if key in self.h5:
+                del self.h5[key]
+        group = self.h5[f"scales/{scale}"]
+        for attr in (image_size_attr(view), rows_done_attr("queries", view)):
+            if attr in group.attrs:
+                del group.attrs[attr]
+        self.h5.flush()
+
+    def rows_done(self, role: str, scales: Sequence[int], view: str = HARD_RESIZE) -> int:
+        """Images of ``role`` (at ``view``) committed at every one of ``scales``."""
+        return min(int(self.h5[f"scales/{s}"].attrs[rows_done_attr(role, view)]) for s in scales)
 
     def write(self, role: str, scale: int, start: int, desc: np.ndarray,
-              stats: dict[str, np.ndarray]) -> None:
+              stats: dict[str, np.ndarray], view: str = HARD_RESIZE) -> None:
+        """Rows of images ``start, start + 1, ...``: ``VIEWS[view]`` rows per image (crops of
+        one image are consecutive)."""
         self.ensure_space(desc.nbytes + sum(v.nbytes for v in stats.values()))
         with self._failing_write():
-            stop = start + len(desc)
-            self._dataset(f"scales/{scale}/{role}")[start:stop] = desc
+            first = start * VIEWS[view]
+            stop = first + len(desc)
+            self._dataset(descriptor_key(scale, role, view))[first:stop] = desc
             for name, values in stats.items():
-                self._dataset(f"scales/{scale}/stats/{role}/{name}")[start:stop] = values
+                self._dataset(stats_key(scale, role, view, name))[first:stop] = values
 
     def _dataset(self, key: str) -> h5py.Dataset:
         """Datasets stay open while the file is written: closing one flushes its chunks, and a
@@ -199,12 +243,14 @@ class DescriptorWriter:
         require_space(self.path, nbytes)
         reserve(self.h5.id.get_vfd_handle(), self.path, self.h5.id.get_filesize(), nbytes)
 
-    def commit_rows(self, role: str, scales: Sequence[int], rows: int) -> None:
-        """Record that rows [0, rows) of ``scales`` are written: data first, then the counter."""
+    def commit_rows(self, role: str, scales: Sequence[int], rows: int,
+                    view: str = HARD_RESIZE) -> None:
+        """Record that images [0, rows) of ``role`` (at ``view``) are written at ``scales``:
+        data first, then the counter."""
         with self._failing_write():
             self.h5.flush()
             for s in scales:
-                self.h5[f"scales/{s}"].attrs[f"rows_done_{role}"] = rows
+                self.h5[f"scales/{s}"].attrs[rows_done_attr(role, view)] = rows
             self.h5.flush()
 
     def write_aggregation_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
@@ -243,6 +289,11 @@ class DescriptorWriter:
             n = int(self.h5[f"{role}/utm"].shape[0])
             if self.scales and self.rows_done(role, self.scales) != n:
                 raise VprkitError(f"internal error: {self.path} has unwritten {role} rows")
+        n = int(self.h5["queries/utm"].shape[0])
+        for s in self.scales:
+            for view in self.views(s)[1:]:
+                if self.rows_done("queries", [s], view) != n:
+                    raise VprkitError(f"internal error: {self.path} has unwritten {view} rows")
         with self._failing_write():
             self.h5.attrs["complete"] = True
             self.h5.flush()
