@@ -52,6 +52,13 @@ Datasets and groups (``<role>`` is ``database`` or ``queries``, N and M their im
 ``/scales/<s>/stats/<role>/<name>``    (N, ...) per-image statistics from which a pyramid of
                                        several scales is formed (GeM: ``count`` (N,) int64 local
                                        features; NetVLAD: ``cluster_norms`` (N, K) float32)
+``/scales/<s>/views/<view>``           query descriptors of a view other than ``hard_resize``
+                                       (``vprkit.views``): (M, D), or (5 M, D) for
+                                       ``five_crops`` (row 5 q + c); the scale group's
+                                       attributes ``rows_done_view_<view>`` (queries committed)
+                                       and ``image_size_<view>`` (since vprkit 0.2; a file
+                                       without views holds ``hard_resize`` alone)
+``/scales/<s>/stats/views/<view>/...`` the view's per-row statistics, as for the roles
 ``/model/aggregation/<name>``          aggregation weights the descriptors were made with
                                        (NetVLAD clusters initialised by k-means), optional
 ``/combine``                           ensembles only: attribute ``spec`` (JSON ``{"inputs":
