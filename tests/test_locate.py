@@ -188,3 +188,32 @@ def test_corridor_share_equals_recall_at_1(tmp_path):
     assert len(within) == evaluate_file(out).queries
     assert 100 * sum(within) / len(within) == pytest.approx(evaluate_file(out).recalls[1])
     assert all(loc.position.lat is not None for loc in result.located)
+
+
+class TestPictures:
+    def test_evaluate_only_wrong(self, database, tmp_path):
+        out = tmp_path / "pics"
+        result = run_cli("evaluate", database, "--pictures", out, "--only-wrong", "--recalls",
+                         "1,5")
+        assert result.exit_code == 0, result.output
+        top1 = predictions_top1(database, "1", tmp_path)
+        with open(tmp_path / "pred1.csv", newline="") as handle:
+            wrong = {row["query"] for row in csv.DictReader(handle) if row["positive"] == "0"}
+        assert len(top1) == 14 and 0 < len(wrong) < 14
+        assert len(list(out.glob("*.png"))) == len(wrong)
+        page = (out / "index.html").read_text()
+        assert all(name.replace("@", "_")[:20] in page.replace("@", "_") for name in wrong)
+
+    def test_evaluate_limit(self, database, tmp_path):
+        result = run_cli("evaluate", database, "--pictures", tmp_path / "p", "--limit", "3")
+        assert result.exit_code == 0, result.output
+        assert len(list((tmp_path / "p").glob("*.png"))) == 3
+        result = run_cli("evaluate", database, "--only-wrong")
+        assert result.exit_code == 1 and "give --pictures DIR" in result.output
+
+    def test_locate_pictures(self, root, database, tmp_path):
+        result = run_cli("locate", root / "images/test/queries", "--db", database, "--pictures",
+                         tmp_path / "lp", "--quiet", "--json", tmp_path / "l.json")
+        assert result.exit_code == 0, result.output
+        assert len(list((tmp_path / "lp").glob("*.png"))) == 14
+        assert (tmp_path / "lp/index.html").is_file()

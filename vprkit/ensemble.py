@@ -13,10 +13,6 @@ from .errors import VprkitError
 from .store import DescriptorFile
 
 
-def _l2(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 @dataclass
 class PCAParams:
     """A fitted PCA: ``(x - mean) @ components.T``, divided by ``sqrt(variance)`` if whitened."""

@@ -131,6 +131,10 @@ def evaluate_file(
     nprobe: int = 16,
     test_method: str = HARD_RESIZE,
     majority_weight: float = DEFAULT_MAJORITY_WEIGHT,
+    pictures: str | Path | None = None,
+    only_wrong: bool = False,
+    pictures_limit: int | None = None,
+    pictures_top_k: int = 5,
 ) -> EvaluationResult:
     """Recall@N of one scale (``"2"``) or pyramid (``"1+2+3"``) of a descriptor file.
 
@@ -157,6 +161,13 @@ def evaluate_file(
         test_method: the benchmark's test method (``vprkit.views``); all but ``hard_resize``
             read a query view that ``vprkit extract --views`` stored.
         majority_weight: ``maj_voting``'s distance reduction per vote.
+        pictures: a folder to write a PNG per query (the query and its first
+            ``pictures_top_k`` predictions framed green where positive, red where not) and an
+            ``index.html`` gallery of them (``vprkit.pictures``); the images are read from the
+            dataset root recorded in the file.
+        only_wrong: pictures of the queries whose first prediction is not a positive only.
+        pictures_limit: at most this many pictures (after ``only_wrong``).
+        pictures_top_k: predictions shown per picture.
 
     Returns:
         An ``EvaluationResult``: ``recalls`` maps each N to Recall@N in percent, with the counts,
@@ -209,6 +220,11 @@ def evaluate_file(
         if predictions_path:
             write_predictions(predictions_path, store, predictions, distances, positives,
                               test_method)
+        if pictures is not None:
+            write_query_pictures(pictures, store, predictions[:, :pictures_top_k],
+                                 distances[:, :pictures_top_k], positives, only_wrong,
+                                 pictures_limit, f"{Path(path).name} at scale "
+                                 f"{spec_name(scales)}, {test_method}")
         result = EvaluationResult(
             file=str(path),
             scale=spec_name(scales),
@@ -264,6 +280,28 @@ def write_predictions(path: str | Path, store: DescriptorFile, predictions: np.n
                 out.writerow([q_names[qi], rank, db_names[di], f"{d:.6g}", f"{metres:.1f}",
                               int(di in pos), test_method])
     return Path(path)
+
+
+def write_query_pictures(folder: str | Path, store: DescriptorFile, predictions: np.ndarray,
+                         distances: np.ndarray, positives: Sequence[np.ndarray],
+                         only_wrong: bool, limit: int | None, title: str) -> Path:
+    """``vprkit.pictures`` of each query's predictions; returns the gallery's index.html."""
+    from .pictures import Match, QueryPicture, select, write_pictures
+
+    split = Path(store.dataset.get("root", ".")) / "images" / str(store.dataset.get("split", ""))
+    q_names, db_names = store.names("queries"), store.names("database")
+    q_utm, db_utm = store.utm("queries"), store.utm("database")
+    queries = []
+    for qi, (pred, dist) in enumerate(zip(predictions, distances, strict=True)):
+        pos = set(positives[qi].tolist())
+        matches = [Match(path=split / "database" / db_names[di], name=db_names[di], rank=r + 1,
+                         distance=float(d), metres=float(np.linalg.norm(q_utm[qi] - db_utm[di])),
+                         positive=int(di) in pos)
+                   for r, (di, d) in enumerate(zip(pred, dist, strict=True)) if di >= 0]
+        queries.append(QueryPicture(query_path=split / "queries" / q_names[qi],
+                                    query_name=q_names[qi], matches=matches,
+                                    caption=f"{len(pos)} positives in the database"))
+    return write_pictures(Path(folder), select(queries, only_wrong, limit), title)
 
 
 def results_json(results: Sequence[EvaluationResult]) -> str:

@@ -327,3 +327,31 @@ def geojson(result: LocateResult) -> dict:
             "confidence": loc.confidence, "east": p.east, "north": p.north, "zone": p.zone,
             "letter": p.letter, "error_m": loc.error_m}})
     return {"type": "FeatureCollection", "features": features}
+
+
+def write_location_pictures(result: LocateResult, database: str | Path, folder: str | Path,
+                            progress: bool = True) -> Path:
+    """``vprkit.pictures`` of each located photo and its top-K matches (framed green or red
+    where the photo's name gives its true position, grey otherwise); returns index.html."""
+    from .pictures import Match, QueryPicture, write_pictures
+
+    with DescriptorFile(database) as store:
+        split = Path(store.dataset.get("root", ".")) / "images" / str(store.dataset.get("split", ""))
+    pictures = []
+    for loc in result.located:
+        matches = []
+        for m in loc.matches:
+            metres = None if loc.true_position is None else float(np.hypot(
+                loc.true_position[0] - m["position"]["east"],
+                loc.true_position[1] - m["position"]["north"]))
+            matches.append(Match(path=split / "database" / m["name"], name=m["name"],
+                                 rank=m["rank"], distance=m["distance"], metres=metres,
+                                 positive=None if metres is None else metres <= result.threshold))
+        p = loc.position
+        where = f"{p.east:.1f} E, {p.north:.1f} N" + (f", zone {p.zone}{p.letter or ''}"
+                                                      if p.zone else "")
+        conf = "-" if loc.confidence is None else f"{loc.confidence:.3g}"
+        pictures.append(QueryPicture(query_path=Path(loc.photo), query_name=Path(loc.photo).name,
+                                     matches=matches, caption=f"at {where}; confidence {conf}"))
+    return write_pictures(Path(folder), pictures, f"located against {Path(database).name}",
+                          progress=progress)

@@ -57,7 +57,7 @@ def locate(photos, database, scale, top_k, threshold, json_path, csv_path, geojs
     result = run_locate(photos, database, scale=scale, top_k=top_k, threshold=threshold,
                         batch_size=batch_size, workers=workers, device=device, index=index,
                         nprobe=nprobe, seed=seed, progress=not quiet)
-    for photo, error in result.failed:
+    for _, error in result.failed:
         console.print(styled("skipped", "red", f" {error}"))
     if csv_path:
         write_csv(result, csv_path)

@@ -156,8 +156,16 @@ def merge(shards, output, overwrite, quiet, json_path):
                    "extract --views stored (nearest_crop and maj_voting: five_crops).")
 @click.option("--majority-weight", default=DEFAULT_MAJORITY_WEIGHT, show_default=True,
               help="maj_voting: distance taken off per vote.")
+@click.option("--pictures", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Write a PNG per query with its top predictions (green: positive, red: not) "
+                   "and DIR/index.html, a gallery of them (single file and scale only).  "
+                   "[default: none]")
+@click.option("--only-wrong", is_flag=True,
+              help="--pictures of the queries whose first prediction is wrong only.")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="At most this many --pictures.  [default: all]")
 def evaluate(files, scales, recalls, threshold, json_path, predictions, block_rows, index, nprobe,
-             test_method, majority_weight):
+             test_method, majority_weight, pictures, only_wrong, limit):
     """Recall@N of stored descriptors: one row per FILE and --scale."""
     from ..evaluate import check_search_options, evaluate_file, parse_recalls, results_json
     from ..report import recall_table
@@ -170,14 +178,21 @@ def evaluate(files, scales, recalls, threshold, json_path, predictions, block_ro
     specs = list(scales) or [None]
     if predictions and (len(files) > 1 or len(specs) > 1):
         raise VprkitError("--predictions needs a single file and a single --scale")
+    if pictures and (len(files) > 1 or len(specs) > 1):
+        raise VprkitError("--pictures needs a single file and a single --scale")
+    if (only_wrong or limit) and not pictures:
+        raise VprkitError("--only-wrong and --limit choose --pictures: give --pictures DIR")
     if predictions == "-" and json_path == "-":
         raise VprkitError("--json - and --predictions - cannot both print to stdout")
     results = [
         evaluate_file(f, s, ns, threshold, block_rows=block_rows, predictions_path=predictions,
                       index=index, nprobe=nprobe, test_method=test_method,
-                      majority_weight=majority_weight)
+                      majority_weight=majority_weight, pictures=pictures, only_wrong=only_wrong,
+                      pictures_limit=limit)
         for f in files for s in specs
     ]
+    if pictures:
+        console.print(f"pictures: {pictures / 'index.html'}")
     if json_path == "-" or predictions == "-":  # stdout holds that alone
         emit_json(json_path, json.loads(results_json(results)))
         return
