@@ -146,4 +146,4 @@ def main() -> None:
                 pass
 
 
-from . import inspect, pipeline, training  # noqa: E402,F401  (register the commands)
+from . import export, inspect, locating, pipeline, training  # noqa: E402,F401  (the commands)
