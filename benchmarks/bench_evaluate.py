@@ -1,9 +1,10 @@
 """Time and peak memory of ``vprkit.evaluate.evaluate_file`` on a large synthetic descriptor file.
 
-Writes a descriptor file directly with ``vprkit.store.DescriptorWriter`` (GeM header, one scale):
-``--database`` N x ``--dim`` D random L2-normalised float32 rows, written block by block so that
-the generator stays in bounded memory, and ``--queries`` M queries, each a noisy copy of a random
-database row placed within 10 m of it (UTM), so that Recall@1 is close to 100%. Then:
+Writes a descriptor file with ``vprkit.testing.write_descriptor_file`` (through ``vprkit.store``;
+GeM header, one scale): ``--database`` N x ``--dim`` D random L2-normalised float32 rows, written
+block by block so that the generator stays in bounded memory (the M queries aside), and
+``--queries`` M queries, each a noisy copy of a random database row placed within 10 m of it
+(UTM), so that Recall@1 is close to 100%. Then:
 
 1. runs ``evaluate_file(path, "1", block_rows=...)`` in a fresh child process (spawned, so it
    inherits nothing) and reports its wall time and the child's peak resident memory (VmHWM),
@@ -51,13 +52,12 @@ from vprkit.datasets import EVAL_POSITIVE_RADIUS, ROLES, positives_within
 from vprkit.errors import VprkitError
 from vprkit.evaluate import DEFAULT_RECALLS, evaluate_file, recall_at_n
 from vprkit.search import exact_search
-from vprkit.store import DescriptorFile, DescriptorWriter, human_bytes, partial_path
+from vprkit.store import DescriptorFile, human_bytes
+from vprkit.testing import GEM, random_unit_rows, write_descriptor_file
 
 # Wide enough for the table when the output is not a terminal (a log file, a pipe).
 console = Console(width=None if sys.stdout.isatty() else 110)
 
-GEM = {"type": "gem", "p": 3.0, "eps": 1e-6}
-STATS = {"count": ((), "int64")}
 GENERATOR_BLOCK_BYTES = 64 << 20
 QUERY_NOISE = 0.5  # norm of the noise added to a database row to make a query (rows have norm 1)
 COUNT = 1200  # GeM "count" statistic written for every row (a 30 x 40 feature map)
@@ -163,35 +163,22 @@ def header(n_db: int, n_q: int, dim: int, dtype: str = "float32") -> dict:
     }
 
 
-def unit_rows(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
-    x = rng.standard_normal((rows, dim), dtype=np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x
-
-
 def generate(path: Path, n_db: int, n_q: int, dim: int, seed: int, dtype: str = "float32") -> Path:
-    """The descriptor file at ``path``; descriptors are generated and written block by block."""
+    """The descriptor file at ``path``; descriptors are generated and written block by block
+    (the queries, made from the rows of each block, are written after the database)."""
     rng = np.random.default_rng(seed)
     side = math.sqrt(n_db) * 10.0  # about one database image per 100 m^2
     db_utm = np.c_[500000.0 + rng.uniform(0, side, n_db), 4000000.0 + rng.uniform(0, side, n_db)]
     sources = np.sort(rng.choice(n_db, size=n_q, replace=n_q > n_db))
     angle, radius = rng.uniform(0, 2 * np.pi, n_q), rng.uniform(0, 10.0, n_q)
     q_utm = db_utm[sources] + np.c_[radius * np.cos(angle), radius * np.sin(angle)]
-    writer = DescriptorWriter.create(
-        partial_path(path), header(n_db, n_q, dim, dtype),
-        names={"database": [db_name(i) for i in range(n_db)],
-               "queries": [query_name(j) for j in range(n_q)]},
-        utm={"database": db_utm, "queries": q_utm},
-    )
-    try:
-        writer.add_scale(1, dim, STATS, None)
+    queries = np.empty((n_q, dim), dtype=np.float32)
+
+    def database_blocks():
         block = max(1, GENERATOR_BLOCK_BYTES // (4 * dim))
         for start in range(0, n_db, block):
             stop = min(n_db, start + block)
-            rows = unit_rows(rng, stop - start, dim)
-            writer.write("database", 1, start, rows.astype(dtype),
-                         {"count": np.full(stop - start, COUNT)})
-            writer.commit_rows("database", [1], stop)
+            rows = random_unit_rows(rng, stop - start, dim)
             # Queries whose source row is in this block: noisy copies of it.
             lo, hi = np.searchsorted(sources, [start, stop])
             if hi > lo:
@@ -199,34 +186,35 @@ def generate(path: Path, n_db: int, n_q: int, dim: int, seed: int, dtype: str = 
                 noise *= QUERY_NOISE / np.sqrt(dim)
                 q = rows[sources[lo:hi] - start] + noise
                 q /= np.linalg.norm(q, axis=1, keepdims=True)
-                writer.write("queries", 1, int(lo), q.astype(dtype),
-                             {"count": np.full(hi - lo, COUNT)})
-        writer.commit_rows("queries", [1], n_q)
-        return writer.finalize(path)
-    finally:
-        writer.close()
+                queries[lo:hi] = q
+            yield rows
+
+    def query_blocks():  # read once the database is written: every query is made then
+        yield queries
+
+    return write_descriptor_file(
+        path, database_blocks(), query_blocks(),
+        names={"database": [db_name(i) for i in range(n_db)],
+               "queries": [query_name(j) for j in range(n_q)]},
+        utm={"database": db_utm, "queries": q_utm}, header=header(n_db, n_q, dim, dtype),
+        count=COUNT)
 
 
 def copy_head(source: Path, target: Path, rows: int) -> Path:
     """A descriptor file with the first ``rows`` database rows of ``source`` and all queries."""
     with DescriptorFile(source) as src:
         n_q, dim = src.num("queries"), src.dim
-        names = {"database": src.names("database")[:rows], "queries": src.names("queries")}
-        utm = {"database": src.utm("database")[:rows], "queries": src.utm("queries")}
-        writer = DescriptorWriter.create(partial_path(target), header(rows, n_q, dim, src.dtype),
-                                         names, utm)
-        try:
-            writer.add_scale(1, dim, STATS, None)
-            block = max(1, GENERATOR_BLOCK_BYTES // (4 * dim))
-            for role, n in (("database", rows), ("queries", n_q)):
-                for start in range(0, n, block):
-                    stop = min(n, start + block)
-                    writer.write(role, 1, start, src.h5[f"scales/1/{role}"][start:stop],
-                                 {"count": src.h5[f"scales/1/stats/{role}/count"][start:stop]})
-                writer.commit_rows(role, [1], n)
-            return writer.finalize(target)
-        finally:
-            writer.close()
+        block = max(1, GENERATOR_BLOCK_BYTES // (4 * dim))
+
+        def blocks(role: str, n: int):
+            for start in range(0, n, block):
+                yield src.h5[f"scales/1/{role}"][start:min(n, start + block)]
+
+        return write_descriptor_file(
+            target, blocks("database", rows), blocks("queries", n_q),
+            names={"database": src.names("database")[:rows], "queries": src.names("queries")},
+            utm={"database": src.utm("database")[:rows], "queries": src.utm("queries")},
+            header=header(rows, n_q, dim, src.dtype), count=COUNT)
 
 
 def read_all(path: Path) -> tuple[np.ndarray, np.ndarray]:

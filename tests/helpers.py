@@ -1,13 +1,12 @@
-"""Helpers shared by tests: hand-made descriptor files."""
+"""Helpers shared by tests: hand-made descriptor files (written by ``vprkit.testing``), file
+comparisons, an interrupted training. The oracles are in ``tests/reference/``."""
 
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from vprkit.store import DescriptorWriter, partial_path
-
-GEM = {"type": "gem", "p": 3.0, "eps": 1e-6}
+from vprkit.testing import GEM, write_descriptor_file
 
 
 def header(dtype="float32"):
@@ -16,20 +15,9 @@ def header(dtype="float32"):
 
 
 def write_file(path: Path, db: np.ndarray, q: np.ndarray, dtype="float32", complete=True) -> Path:
-    names = {"database": [f"@{i}@0@.jpg" for i in range(len(db))],
-             "queries": [f"@{i}@5@.jpg" for i in range(len(q))]}
-    utm = {"database": np.c_[np.arange(len(db)), np.zeros(len(db))],
-           "queries": np.c_[np.arange(len(q)), np.full(len(q), 5.0)]}
-    part = partial_path(path)
-    w = DescriptorWriter.create(part, header(dtype), names, utm)
-    w.add_scale(1, db.shape[1], {"count": ((), "int64")}, None)
-    for role, rows in (("database", db), ("queries", q)):
-        w.write(role, 1, 0, rows.astype(dtype), {"count": np.ones(len(rows), np.int64)})
-        w.commit_rows(role, [1], len(rows))
-    if complete:
-        return w.finalize(path)
-    w.close()
-    return part
+    """``db`` and ``q`` at scale 1 in the default layout of ``vprkit.testing`` (database row i
+    at UTM (i, 0), query j at (j, 5)); ``complete=False``: the ``.partial`` path."""
+    return write_descriptor_file(path, db, q, dtype=dtype, header=header(dtype), complete=complete)
 
 
 def datasets_of(path: Path) -> dict[str, np.ndarray]:

@@ -1,32 +1,13 @@
-"""Per-op tests of the aggregation layers (smoke, shape, values, exceptions, gradients)."""
+"""Per-op tests of the aggregation layers (smoke, shape, values against the oracle of
+``tests/reference/benchmark.py``, exceptions, gradients)."""
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from reference.benchmark import RefNetVLAD, ref_aggregation
 
 from vprkit.errors import VprkitError
 from vprkit.models.aggregations import GeM, NetVLAD, build_aggregation, pyramid
-
-
-def reference_gem(x, p, eps=1e-6):
-    x = F.normalize(x, dim=1)
-    return F.avg_pool2d(x.clamp(min=eps).pow(p), x.shape[-2:]).pow(1.0 / p)[:, :, 0, 0]
-
-
-def reference_netvlad(x, conv_weight, centroids):
-    """Loop over clusters, as the benchmark writes it."""
-    n, d = x.shape[:2]
-    k = centroids.shape[0]
-    x = F.normalize(x, dim=1)
-    assign = F.softmax(F.conv2d(x, conv_weight).view(n, k, -1), dim=1)
-    flat = x.view(n, d, -1)
-    vlad = torch.zeros(n, k, d, dtype=x.dtype)
-    for c in range(k):
-        residual = flat - centroids[c].view(1, d, 1)
-        vlad[:, c] = (residual * assign[:, c: c + 1]).sum(-1)
-    vlad = F.normalize(vlad, dim=2).view(n, -1)
-    return F.normalize(vlad, dim=1)
 
 
 class TestGeM:
@@ -38,8 +19,11 @@ class TestGeM:
         layer = GeM()
         with torch.no_grad():
             layer[1].p.fill_(2.3)
+        reference = ref_aggregation("gem", features_dim=8)  # L2 norm, GeM, flatten
+        with torch.no_grad():
+            reference[1].p.fill_(2.3)
         x = torch.randn(2, 8, 4, 6)
-        torch.testing.assert_close(layer(x), reference_gem(x, 2.3), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(layer(x), reference(x), rtol=1e-5, atol=1e-6)
 
     def test_state_dict_key_is_the_benchmarks(self):
         assert list(GeM().state_dict()) == ["1.p"]
@@ -70,9 +54,10 @@ class TestNetVLAD:
     def test_matches_benchmark_loop(self):
         layer = NetVLAD(clusters=8, dim=16)
         torch.nn.init.normal_(layer.conv.weight)
+        reference = RefNetVLAD(clusters_num=8, dim=16)
+        reference.load_state_dict(layer.state_dict())  # the same conv and centroids
         x = torch.randn(2, 16, 4, 6)
-        ref = reference_netvlad(x, layer.conv.weight, layer.centroids)
-        torch.testing.assert_close(layer(x), ref, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(layer(x), reference(x), rtol=1e-5, atol=1e-6)
 
     def test_state_dict_keys_are_the_benchmarks(self):
         assert sorted(NetVLAD(4, 8).state_dict()) == ["centroids", "conv.weight"]

@@ -1,88 +1,21 @@
-"""MAC, SPoC, R-MAC, the benchmark's --l2 placements and --fc_output_dim, against independent
-references written from the benchmark's definitions (plain torch), and their pyramid rules
-against the network's own multi-scale pyramid."""
+"""MAC, SPoC, R-MAC, the benchmark's --l2 placements and --fc_output_dim, against the
+independent references of ``tests/reference/benchmark.py`` (written from the benchmark's
+definitions, plain torch), and their pyramid rules against the network's own multi-scale
+pyramid."""
 
 from __future__ import annotations
 
-import math
 import re
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from test_benchmark_compat import RefFlatten, RefGeM
-from test_benchmark_compat import RefL2Norm as RefL2
-from torch import nn
+from reference.benchmark import L2_PLACEMENTS as L2S
+from reference.benchmark import RefGeoLocalizationNet, ref_aggregation
 
 from vprkit.errors import VprkitError
 from vprkit.models import ModelConfig, VPRModel, load_model_from_checkpoint
 from vprkit.models.aggregations import build_aggregation, pyramid
-
-
-# ----------------------------------------------------------------- references (benchmark)
-class RefMAC(nn.Module):
-    def forward(self, x):
-        return F.max_pool2d(x, (x.size(-2), x.size(-1)))
-
-
-class RefSPoC(nn.Module):
-    def forward(self, x):
-        return F.avg_pool2d(x, (x.size(-2), x.size(-1)))
-
-
-def ref_rmac(x, L=3, eps=1e-6):
-    """Tolias et al.'s regions as cnnimageretrieval-pytorch (the benchmark's RMAC) loops them."""
-    ovr = 0.4
-    steps = torch.Tensor([2, 3, 4, 5, 6, 7])
-    W, H = x.size(3), x.size(2)
-    w = min(W, H)
-    b = (max(H, W) - w) / (steps - 1)
-    _, idx = torch.min(torch.abs(((w ** 2 - w * b) / w ** 2) - ovr), 0)
-    Wd = Hd = 0
-    if H < W:
-        Wd = idx.item() + 1
-    elif H > W:
-        Hd = idx.item() + 1
-    v = F.max_pool2d(x, (x.size(-2), x.size(-1)))
-    v = v / (torch.norm(v, p=2, dim=1, keepdim=True) + eps).expand_as(v)
-    for level in range(1, L + 1):
-        wl = math.floor(2 * w / (level + 1))
-        wl2 = math.floor(wl / 2 - 1)
-        b = 0 if level + Wd == 1 else (W - wl) / (level + Wd - 1)
-        cen_w = torch.floor(wl2 + torch.Tensor(range(level - 1 + Wd + 1)) * b) - wl2
-        b = 0 if level + Hd == 1 else (H - wl) / (level + Hd - 1)
-        cen_h = torch.floor(wl2 + torch.Tensor(range(level - 1 + Hd + 1)) * b) - wl2
-        for i_ in cen_h.tolist():
-            for j_ in cen_w.tolist():
-                if wl == 0:
-                    continue
-                R = x[:, :, (int(i_) + torch.Tensor(range(wl)).long()).tolist(), :]
-                R = R[:, :, :, (int(j_) + torch.Tensor(range(wl)).long()).tolist()]
-                vt = F.max_pool2d(R, (R.size(-2), R.size(-1)))
-                vt = vt / (torch.norm(vt, p=2, dim=1, keepdim=True) + eps).expand_as(vt)
-                v += vt
-    return v
-
-
-class RefRMAC(nn.Module):
-    def forward(self, x):
-        return ref_rmac(x)
-
-
-REFERENCES = {"mac": RefMAC, "spoc": RefSPoC, "rmac": RefRMAC, "gem": RefGeM}
-L2S = ("before_pool", "after_pool", "none")
-
-
-def ref_aggregation(name, l2="before_pool", fc=None, features_dim=16):
-    """The benchmark's GeoLocalizationNet wrapping of a shallow aggregation."""
-    layer = REFERENCES[name]()
-    layer = {"before_pool": lambda: nn.Sequential(RefL2(), layer, RefFlatten()),
-             "after_pool": lambda: nn.Sequential(layer, RefL2(), RefFlatten()),
-             "none": lambda: nn.Sequential(layer, RefFlatten())}[l2]()
-    if fc is not None:
-        layer = nn.Sequential(layer, nn.Linear(features_dim, fc), RefL2())
-    return layer
 
 
 def copy_from(ours, ref):
@@ -164,19 +97,10 @@ def test_no_pyramid_rule(name, fc):
                                         ("gem", "after_pool", None), ("netvlad", None, 32)])
 def test_benchmark_checkpoint_loads(tmp_path, name, l2, fc):
     """GeoLocalizationNet(resnet18conv4, name, l2, fc) saved as the benchmark saves it."""
-    import torchvision
-
     torch.manual_seed(2)
-    backbone = nn.Sequential(*list(torchvision.models.resnet18(weights=None).children())[:-3])
-    agg = ref_aggregation(name, l2, fc, 256) if name != "netvlad" else None
-    if name == "netvlad":
-        from vprkit.models.aggregations import NetVLAD
-
-        inner = NetVLAD(clusters=4, dim=256)  # the layer's own equality: tests/test_aggregations.py
-        nn.init.normal_(inner.conv.weight)
-        agg = nn.Sequential(inner, nn.Linear(4 * 256, fc), RefL2())
-    ref = nn.Module()
-    ref.backbone, ref.aggregation = backbone, agg
+    ref = RefGeoLocalizationNet("resnet18conv4", name, l2, fc, clusters=4)
+    if name == "netvlad":  # sharper assignments than the default initialisation
+        torch.nn.init.normal_(ref.aggregation[0].conv.weight)
     ref.eval()
     path = tmp_path / "best_model.pth"
     torch.save({"epoch_num": 3, "model_state_dict": ref.state_dict(),

@@ -1,11 +1,11 @@
 """vprkit reproduces the Deep Visual Geo-localization Benchmark when loading its checkpoints.
 
-The oracle in this module is an independent re-implementation of the benchmark's network
-(``resnet18conv4`` backbone with a GeM or NetVLAD head) and of its test loop (ToTensor +
-ImageNet Normalize at native size, ``faiss.IndexFlatL2``, positives within 25 m found by
-scikit-learn, the benchmark's Recall@N loop). It imports nothing from vprkit. Random but seeded
-weights (including BatchNorm running statistics, so eval mode matters) are saved in the
-checkpoint shapes the benchmark writes, then vprkit is run through its command line:
+The oracle (``tests/reference/benchmark.py``) is an independent re-implementation of the
+benchmark's network (here the ``resnet18conv4`` backbone with a GeM or NetVLAD head) and of its
+test loop (ToTensor + ImageNet Normalize at native size, ``faiss.IndexFlatL2``, positives within
+25 m found by scikit-learn, the benchmark's Recall@N loop). It imports nothing from vprkit.
+Random but seeded weights (including BatchNorm running statistics, so eval mode matters) are
+saved in the checkpoint shapes the benchmark writes, then vprkit is run through its command line:
 
 - the stored descriptors equal the oracle's to 1e-4;
 - ``vprkit evaluate --json -`` gives exactly the oracle's Recall@N;
@@ -16,19 +16,24 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 from pathlib import Path
 
-import faiss
 import h5py
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-import torchvision
-import torchvision.transforms as T
 from click.testing import CliRunner
-from PIL import Image
-from sklearn.neighbors import NearestNeighbors
+from reference.benchmark import (
+    RECALL_VALUES,
+    benchmark_paths,
+    benchmark_utms,
+    build_reference,
+    reference_features,
+    reference_test,
+    save_benchmark_checkpoint,
+)
 from torch import nn
 
 from vprkit.cli import main
@@ -44,172 +49,9 @@ CHECKPOINT_SHAPES = ("bare", "bare_module", "benchmark", "benchmark_module")
 # run end to end through the CLI (the other two shapes are covered by the cheaper tests):
 # each of the two axes, container and prefix, is exercised both ways
 EXTRACTED_SHAPES = ("bare", "benchmark_module")
-RECALL_VALUES = (1, 5, 10, 20)
 IMAGE_SIZE = (96, 128)
 N_DATABASE, N_QUERIES = 40, 20
 ATOL = 1e-4
-
-
-# --------------------------------------------------------------------------- the oracle
-class RefL2Norm(nn.Module):
-    def __init__(self, dim=1):
-        super().__init__()
-        self.dim = dim
-
-    def forward(self, x):
-        return F.normalize(x, p=2, dim=self.dim)
-
-
-class RefGeM(nn.Module):
-    """Generalised mean over the whole feature map, as an average pool of x^p."""
-
-    def __init__(self, p=3, eps=1e-6):
-        super().__init__()
-        self.p = nn.Parameter(torch.ones(1) * p)
-        self.eps = eps
-
-    def forward(self, x):
-        window = (x.size(-2), x.size(-1))
-        return F.avg_pool2d(x.clamp(min=self.eps).pow(self.p), window).pow(1.0 / self.p)
-
-
-class RefFlatten(nn.Module):
-    def forward(self, x):
-        assert x.shape[2] == x.shape[3] == 1, x.shape
-        return x[:, :, 0, 0]
-
-
-class RefNetVLAD(nn.Module):
-    """NetVLAD written with the benchmark's per-cluster loop (no batched matrix product)."""
-
-    def __init__(self, clusters_num=64, dim=128):
-        super().__init__()
-        self.clusters_num = clusters_num
-        self.dim = dim
-        self.conv = nn.Conv2d(dim, clusters_num, kernel_size=(1, 1), bias=False)
-        self.centroids = nn.Parameter(torch.rand(clusters_num, dim))
-
-    def forward(self, x):
-        n, d = x.shape[:2]
-        x = F.normalize(x, p=2, dim=1)  # each location's descriptor
-        x_flatten = x.view(n, d, -1)  # (N, D, L)
-        soft_assign = F.softmax(self.conv(x).view(n, self.clusters_num, -1), dim=1)  # (N, K, L)
-        vlad = torch.zeros(n, self.clusters_num, d, dtype=x.dtype, device=x.device)
-        for k in range(self.clusters_num):
-            residual = x_flatten - self.centroids[k].view(1, d, 1)  # (N, D, L)
-            weighted = residual * soft_assign[:, k].unsqueeze(1)  # (N, D, L)
-            vlad[:, k, :] = weighted.sum(dim=-1)
-        vlad = F.normalize(vlad, p=2, dim=2)  # intra-normalisation
-        vlad = vlad.view(n, -1)
-        return F.normalize(vlad, p=2, dim=1)
-
-
-class RefGeoLocalizationNet(nn.Module):
-    """The benchmark's network: ``backbone`` then ``aggregation`` (same state dict keys)."""
-
-    def __init__(self, aggregation: str):
-        super().__init__()
-        resnet = torchvision.models.resnet18(weights=None)
-        # conv1, bn1, relu, maxpool, layer1, layer2, layer3 (drop layer4, avgpool, fc)
-        self.backbone = nn.Sequential(*list(resnet.children())[:-3])
-        if aggregation == "gem":
-            self.aggregation = nn.Sequential(RefL2Norm(dim=1), RefGeM(), RefFlatten())
-        elif aggregation == "netvlad":
-            self.aggregation = RefNetVLAD(clusters_num=64, dim=256)
-        else:
-            raise ValueError(aggregation)
-
-    def forward(self, x):
-        return self.aggregation(self.backbone(x))
-
-
-@torch.no_grad()
-def build_reference(aggregation: str, seed: int) -> RefGeoLocalizationNet:
-    """A reference network with seeded random weights, in eval mode."""
-    torch.manual_seed(seed)
-    model = RefGeoLocalizationNet(aggregation)
-    gen = torch.Generator().manual_seed(seed + 1)
-    for module in model.backbone.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            c = module.num_features
-            module.weight.copy_(torch.rand(c, generator=gen) * 0.8 + 0.6)
-            module.bias.copy_(torch.randn(c, generator=gen) * 0.2)
-            module.running_mean.copy_(torch.randn(c, generator=gen) * 0.3)
-            module.running_var.copy_(torch.rand(c, generator=gen) * 1.5 + 0.5)
-            module.num_batches_tracked.fill_(1234)
-    if aggregation == "gem":
-        model.aggregation[1].p.fill_(2.7)
-    else:
-        netvlad = model.aggregation
-        netvlad.centroids.copy_(
-            F.normalize(torch.randn(netvlad.clusters_num, netvlad.dim, generator=gen), dim=1) * 0.5)
-        netvlad.conv.weight.copy_(
-            torch.randn(netvlad.conv.weight.shape, generator=gen) * 0.6)
-    return model.eval()
-
-
-def to_tensor_normalized(path: Path) -> torch.Tensor:
-    """The benchmark's test transform at native size: ToTensor then ImageNet Normalize."""
-    transform = T.Compose([
-        T.ToTensor(),
-        T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
-    ])
-    return transform(Image.open(path).convert("RGB"))
-
-
-def benchmark_paths(folder: Path) -> list[Path]:
-    return sorted(folder.glob("**/*.jpg"))
-
-
-def benchmark_utms(paths: list[Path]) -> np.ndarray:
-    return np.array([(p.name.split("@")[1], p.name.split("@")[2]) for p in paths]).astype(float)
-
-
-@torch.no_grad()
-def reference_features(model: nn.Module, paths: list[Path], batch_size: int = 7) -> np.ndarray:
-    model.eval()
-    out = []
-    for start in range(0, len(paths), batch_size):
-        batch = torch.stack([to_tensor_normalized(p) for p in paths[start: start + batch_size]])
-        out.append(model(batch).cpu().numpy())
-    return np.concatenate(out).astype(np.float32)
-
-
-def reference_test(database: np.ndarray, queries: np.ndarray, db_utm: np.ndarray,
-                   q_utm: np.ndarray) -> np.ndarray:
-    """The benchmark's test loop after feature extraction: Recall@1,5,10,20 in percent."""
-    index = faiss.IndexFlatL2(database.shape[1])
-    index.add(database)
-    _, predictions = index.search(queries, max(RECALL_VALUES))
-    knn = NearestNeighbors(n_jobs=1).fit(db_utm)
-    positives = knn.radius_neighbors(q_utm, radius=25, return_distance=False)
-    recalls = np.zeros(len(RECALL_VALUES))
-    for query_index, pred in enumerate(predictions):
-        for i, n in enumerate(RECALL_VALUES):
-            # np.in1d (deprecated in numpy 2) is np.isin on 1-D inputs
-            if np.any(np.isin(pred[:n], positives[query_index])):
-                recalls[i:] += 1
-                break
-    return recalls / len(queries) * 100
-
-
-def save_benchmark_checkpoint(model: nn.Module, path: Path, shape: str) -> Path:
-    state = model.state_dict()
-    if shape.endswith("_module"):  # trained under nn.DataParallel
-        state = {f"module.{k}": v for k, v in state.items()}
-    if shape.startswith("bare"):
-        torch.save(state, path)
-    else:
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
-        torch.save({
-            "epoch": 7,
-            "model_state_dict": state,
-            "optimizer_state_dict": optimizer.state_dict(),
-            "recalls": np.array([41.5, 63.2, 70.9, 77.0]),
-            "best_r5": 63.2,
-            "not_improved_num": 0,
-        }, path)
-    return path
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -282,6 +124,17 @@ def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
 # --------------------------------------------------------------------------- tests
 class TestReferenceOracle:
     """The oracle itself: non-trivial weights, so that the comparisons below mean something."""
+
+    def test_imports_nothing_from_vprkit(self):
+        """Every oracle module of tests/reference."""
+        tests = Path(__file__).resolve().parent
+        code = ("import sys, pkgutil, importlib, reference; "
+                "[importlib.import_module(f'reference.{m.name}') "
+                "for m in pkgutil.iter_modules(reference.__path__)]; "
+                "print(sorted(m for m in sys.modules if m.split('.')[0] == 'vprkit'))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True, cwd=tests)
+        assert out.stdout.strip() == "[]", out.stdout
 
     @pytest.mark.parametrize("aggregation", AGGREGATIONS)
     def test_eval_mode_matters(self, references, aggregation):

@@ -194,6 +194,17 @@ def test_extract_option_defaults_are_extractoptions_defaults():
     assert options["resize"] is None and defaults.resize == (480, 640)  # None: see image_size_for
 
 
+def test_cli_imports_no_torch():
+    """``vprkit --help`` and the choices it lists (backbones, aggregations, recipes) need no torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys, vprkit.cli; "
+            "print(','.join(m for m in ('torch', 'torchvision', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"import vprkit.cli imported {out.stdout.strip()}"
+
+
 class TestVocabulary:
     """One vocabulary across commands (issue: a CLI and a Python API that feel like one tool)."""
 
@@ -242,7 +253,7 @@ class TestVocabulary:
     def test_predictions_to_stdout(self, gem_file):
         result = run("evaluate", gem_file, "--predictions", "-")
         lines = result.output.splitlines()
-        assert lines[0] == "query,rank,database,distance,metres,positive"
+        assert lines[0] == "query,rank,database,distance,metres,positive,method"
         assert len(lines) == 1 + 12 * 20 and "Recall@N" not in result.output
         assert run("evaluate", gem_file, "--predictions", "-", "--json", "-").exit_code == 1
 

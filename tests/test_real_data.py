@@ -14,11 +14,12 @@ import torch
 from click.testing import CliRunner
 from conftest import shared_dataset
 from PIL import Image
+from reference.benchmark import RefGeoLocalizationNet
 
 from vprkit.cli import main
 from vprkit.evaluate import evaluate_file
 from vprkit.extract import ExtractOptions, extract
-from vprkit.models import ModelConfig, build_model
+from vprkit.models import ModelConfig
 
 NORDLAND_FRAMES = 200  # a contiguous stretch of the test split: summer database, winter queries
 RECALLS = (1, 5, 10, 20)
@@ -85,9 +86,10 @@ def numpy_recalls(database: np.ndarray, queries: np.ndarray, db_names: list[str]
 
 
 def reference_model(aggregation: str, h5: h5py.File) -> torch.nn.Module:
-    model = build_model(ModelConfig(backbone="efficientnet_lite0", aggregation=aggregation,
-                                    clusters=16, weights="imagenet"))
-    if aggregation == "netvlad":  # the k-means clusters that the file's descriptors were made with
+    """The oracle's network (not vprkit's) with EfficientNet-Lite0's ImageNet weights; NetVLAD
+    with the k-means clusters that the file's descriptors were made with."""
+    model = RefGeoLocalizationNet("efficientnet_lite0", aggregation, clusters=16, pretrained=True)
+    if aggregation == "netvlad":
         stored = {k: torch.from_numpy(v[()]) for k, v in h5["model/aggregation"].items()}
         assert stored["centroids"].shape == (16, 112)
         model.aggregation.load_state_dict(stored)
@@ -104,7 +106,8 @@ def image_tensor(path: Path) -> torch.Tensor:
 def test_nordland_imagenet_efficientnet_recalls_equal_numpy(nordland_stretch, tmp_path, aggregation):
     """`vprkit extract` + `vprkit evaluate` on 200 + 200 real frames (summer vs winter): the
     recalls equal a numpy brute-force search over the stored descriptors, those descriptors
-    equal a direct forward pass, and the recalls are well above chance."""
+    equal a direct forward pass of the oracle's network (tests/reference/benchmark.py), and the
+    recalls are well above chance."""
     out = tmp_path / f"{aggregation}.h5"
     runner = CliRunner()
     result = runner.invoke(main, [

@@ -4,15 +4,16 @@ registered backbone x aggregation apart, the new backbones equal the benchmark's
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
-import torchvision
 from conftest import SIZE
-from torch import nn
+from reference.benchmark import RefGeoLocalizationNet, ref_aggregation, ref_backbone
 
 from vprkit import choices
 from vprkit.models import (
@@ -41,6 +42,29 @@ def test_choices_equal_registries():
     assert {"resnet101conv4", "resnet101conv5", "alexnet"} <= set(BACKBONES)
 
 
+def test_backbone_modules_declare_what_they_register():
+    """Each module's literal NAMES (what the CLI's choices read, unimported) is what it
+    registers, in order: a new backbone touches its own file only."""
+    from vprkit.models import backbones
+
+    folder = Path(backbones.__file__).parent
+    assert set(backbones.REGISTERED_BY) == {p.stem for p in folder.glob("*.py")} - {"__init__", "base"}
+    for module, registered in backbones.REGISTERED_BY.items():
+        declared = importlib.import_module(f"vprkit.models.backbones.{module}").NAMES
+        assert isinstance(declared, tuple) and declared == registered != (), module
+        assert choices.literal_of(folder / f"{module}.py", "NAMES") == declared, module
+
+
+def test_literal_of_refuses_what_it_cannot_read(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text("import x\nNAMES: tuple = ('a', 'b')\nOTHER = tuple(x.NAMES)\n")
+    assert choices.literal_of(source, "NAMES") == ("a", "b")
+    with pytest.raises(ValueError, match="OTHER is not a literal"):
+        choices.literal_of(source, "OTHER")
+    with pytest.raises(ValueError, match="has no top-level MISSING"):
+        choices.literal_of(source, "MISSING")
+
+
 @pytest.mark.parametrize("name", AGGREGATIONS)
 def test_every_aggregation_builds_and_declares(name):
     cls = get_aggregation(name)
@@ -66,37 +90,8 @@ def test_alexnet_feature_size():
 
 
 # ----------------------------------------------------------------- the benchmark's cuts
-def ref_backbone(name):
-    """model/network.py's get_backbone, with random weights."""
-    if name.startswith("resnet"):
-        net = getattr(torchvision.models, name.split("conv")[0])(weights=None)
-        for child_name, child in net.named_children():
-            if child_name == "layer3":
-                break
-            for p in child.parameters():
-                p.requires_grad = False
-        layers = list(net.children())[:-3] if name.endswith("conv4") else list(net.children())[:-2]
-    else:
-        layers = list(torchvision.models.alexnet(weights=None).features.children())[:-2]
-        for layer in layers[:5]:
-            for p in layer.parameters():
-                p.requires_grad = False
-    return nn.Sequential(*layers)
-
-
-class RefGeoLocalizationNet(nn.Module):
-    def __init__(self, backbone, aggregation):
-        super().__init__()
-        self.backbone, self.aggregation = backbone, aggregation
-
-    def forward(self, x):
-        return self.aggregation(self.backbone(x))
-
-
 @pytest.mark.parametrize("name", ["resnet101conv4", "resnet101conv5", "alexnet"])
 def test_new_backbone_equals_benchmark(tmp_path, name):
-    from test_aggregations_more import ref_aggregation
-
     torch.manual_seed(0)
     backbone = ref_backbone(name)
     channels = get_backbone(name).channels

@@ -17,7 +17,15 @@ from vprkit.datasets import load_split
 from vprkit.errors import VprkitError
 from vprkit.models import ModelConfig, VPRModel, load_model_from_checkpoint
 from vprkit.synthetic import generate_dataset
-from vprkit.train import TrainConfig, TripletSource, build_preset, mine, train, triplet_loss
+from vprkit.train import (
+    TrainConfig,
+    TripletSource,
+    build_preset,
+    config_from_recipe,
+    mine,
+    train,
+    triplet_loss,
+)
 
 SIZE = (32, 40)
 
@@ -219,3 +227,129 @@ class TestRefusals:
     def test_cli_needs_root_and_out(self):
         result = CliRunner().invoke(main, ["train"])
         assert result.exit_code != 0 and "give ROOT and --out" in result.output
+
+
+class TestRecipes:
+    """Named recipes (vprkit.train.recipes): the fields they set, explicit options winning, the
+    record in config.json, runs from before recipes."""
+
+    def test_every_recipe_sets_known_fields_and_checks(self):
+        import dataclasses
+
+        from vprkit import choices
+        from vprkit.train.recipes import RECIPES, describe_recipes
+
+        assert choices.RECIPES == tuple(RECIPES) == tuple(n for n, _, _ in describe_recipes())
+        known = {f.name for f in dataclasses.fields(TrainConfig)} - {"root", "recipe"}
+        for name, recipe in RECIPES.items():
+            assert recipe["about"] and set(recipe["fields"]) <= known, name
+            config = config_from_recipe(name, root="r")
+            config.check()
+            assert config.recipe == name
+            assert {k: getattr(config, k) for k in recipe["fields"]} == recipe["fields"]
+
+    def test_the_benchmark_recipe_is_the_defaults_and_the_papers_are_table_iii(self):
+        defaults = TrainConfig(root="r")
+        benchmark = config_from_recipe("benchmark", root="r")
+        assert dataclasses_without_recipe(benchmark) == dataclasses_without_recipe(defaults)
+        for name, optimizer, lr, scheduler in (("paper-adamw", "adamw", 1e-4, "none"),
+                                               ("paper-asgd", "asgd", 0.1, "none"),
+                                               ("paper-adamw-plateau", "adamw", 1e-4, "plateau"),
+                                               ("paper-asgd-cosine", "asgd", 0.1, "cosine")):
+            config = config_from_recipe(name, root="r")
+            assert (config.optimizer, config.lr, config.weight_decay, config.scheduler) == \
+                (optimizer, lr, 1e-3, scheduler), name
+
+    def test_overrides_win_and_refusals(self):
+        config = config_from_recipe("paper-asgd-cosine", root="r", lr=0.05, epochs=2)
+        assert (config.optimizer, config.lr, config.scheduler, config.epochs) == \
+            ("asgd", 0.05, "cosine", 2)
+        assert config_from_recipe(None, root="r") == TrainConfig(root="r")
+        with pytest.raises(VprkitError, match="unknown recipe 'fast'; choose one of benchmark, "):
+            config_from_recipe("fast", root="r")
+        with pytest.raises(VprkitError, match="unknown recipe 'fast'"):
+            TrainConfig(root="r", recipe="fast").check()
+
+    @pytest.fixture
+    def cli_config(self, monkeypatch, train_root, tmp_path):
+        """``cli_config(*options)``: the TrainConfig that ``vprkit train`` builds (not run)."""
+        import vprkit.train
+
+        made = []
+
+        def fake_train(config, run_dir, progress=True):
+            made.append(config)
+            return run_dir / "best.pth"
+
+        monkeypatch.setattr(vprkit.train, "train", fake_train)
+
+        def get(*options):
+            result = CliRunner().invoke(main, ["train", str(train_root), "-o", str(tmp_path / "r"),
+                                               *options])
+            assert result.exit_code == 0, result.output
+            return made.pop()
+        return get
+
+    def test_cli_recipe_sets_the_fields_and_explicit_options_win(self, cli_config):
+        plain = cli_config()
+        assert plain.recipe is None and (plain.optimizer, plain.lr) == ("adam", 1e-5)
+        config = cli_config("--recipe", "paper-adamw-plateau")
+        assert (config.recipe, config.optimizer, config.lr, config.weight_decay,
+                config.scheduler) == ("paper-adamw-plateau", "adamw", 1e-4, 1e-3, "plateau")
+        # given explicitly, even with the default's value: the option wins
+        config = cli_config("--recipe", "paper-adamw-plateau", "--lr", "1e-5", "--scheduler", "none",
+                            "--epochs", "2")
+        assert (config.optimizer, config.lr, config.weight_decay, config.scheduler,
+                config.epochs) == ("adamw", 1e-5, 1e-3, "none", 2)
+
+    def test_cli_unknown_recipe_and_listing(self, train_root, tmp_path):
+        result = CliRunner().invoke(main, ["train", str(train_root), "-o", str(tmp_path / "r"),
+                                           "--recipe", "paper-sgd"])
+        assert result.exit_code == 2
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("Error:"), result.output
+        assert "unknown recipe 'paper-sgd'; choose one of benchmark, paper-adamw" in lines[0]
+        assert not (tmp_path / "r").exists()
+        listing = CliRunner().invoke(main, ["train", "--list-recipes"])
+        assert listing.exit_code == 0
+        assert "paper-asgd-cosine" in listing.output and "Table III" in listing.output
+        assert "paper-asgd-cosine" in CliRunner().invoke(main, ["train", "--help"]).output
+
+    def test_config_json_records_the_recipe(self, train_root, tmp_path):
+        run = tmp_path / "run"
+        result = CliRunner().invoke(main, [
+            "train", str(train_root), "-o", str(run), "--recipe", "paper-asgd-cosine",
+            "--weights", "none", "--resize", *map(str, SIZE), "--queries-per-epoch", "6",
+            "--cache-refresh", "3", "--batch-size", "2", "--negatives", "2", "--neg-samples", "10",
+            "--epochs", "1", "--infer-batch-size", "8", "--workers", "0", "--device", "cpu",
+            "--lr", "0.01", "--quiet"])
+        assert result.exit_code == 0, result.output
+        config = json.loads((run / "config.json").read_text())
+        assert config["recipe"] == "paper-asgd-cosine"
+        assert (config["optimizer"], config["lr"], config["weight_decay"], config["scheduler"]) == \
+            ("asgd", 0.01, 1e-3, "cosine")
+        assert TrainConfig.load(run / "config.json").recipe == "paper-asgd-cosine"
+        refused = CliRunner().invoke(main, ["train", "--resume", str(run), "--recipe", "benchmark"])
+        assert refused.exit_code != 0 and "--recipe starts a new run" in refused.output
+
+    def test_resume_of_a_run_from_before_recipes(self, train_root, tmp_path, monkeypatch):
+        """A config.json without 'recipe' (vprkit before recipes) loads and resumes."""
+        run = tmp_path / "old"
+        interrupt_training_at(monkeypatch, 2)
+        with pytest.raises(KeyboardInterrupt):
+            train(small_config(train_root, epochs=1), run, progress=False)
+        monkeypatch.undo()
+        stored = json.loads((run / "config.json").read_text())
+        del stored["recipe"]
+        (run / "config.json").write_text(json.dumps(stored, indent=2) + "\n")
+        assert TrainConfig.load(run / "config.json").recipe is None
+        result = CliRunner().invoke(main, ["train", "--resume", str(run), "--quiet"])
+        assert result.exit_code == 0, result.output
+        assert (run / "best.pth").exists() and "recipe" not in json.loads(
+            (run / "config.json").read_text())
+
+
+def dataclasses_without_recipe(config: TrainConfig) -> dict:
+    import dataclasses
+
+    return {k: v for k, v in dataclasses.asdict(config).items() if k != "recipe"}

@@ -1,22 +1,62 @@
 """The closed sets of names that the command line offers (``click.Choice``), without importing
-torch: ``vprkit --help`` stays fast. ``tests/test_cli.py`` checks that each equals the registry it
-mirrors: the backbones (a new backbone adds its name to ``BACKBONES``), aggregations (found by
-module name, nothing to add) and L2 placements of ``vprkit.models``, the splits of
-``vprkit.datasets``, the presets of ``vprkit.train.augment``."""
+torch: ``vprkit --help`` stays fast. Each is found where it is defined, without importing that
+module: the backbones from the ``NAMES`` tuple that each module of ``vprkit/models/backbones``
+declares (read from its source with ``ast``), the aggregations from the module names of
+``vprkit/models/aggregations``, the training recipes from the ``RECIPES`` of
+``vprkit/train/recipes.py``; nothing is to be added here for a new one. ``tests/test_cli.py`` and
+``tests/test_registry.py`` check that each equals the registry it mirrors (and the L2 placements
+of ``vprkit.models``, the splits of ``vprkit.datasets``, the presets of
+``vprkit.train.augment``)."""
 
 from __future__ import annotations
 
+import ast
 import pkgutil
 from pathlib import Path
 
+_HERE = Path(__file__).parent
+
+
+def _modules(folder: Path) -> list[str]:
+    """The extension modules of a registry package, sorted (not ``base`` nor ``_private``)."""
+    return sorted(m.name for m in pkgutil.iter_modules([str(folder)])
+                  if not m.name.startswith("_") and m.name != "base")
+
+
+def _source(folder: Path, module: str) -> Path:
+    """The source file of ``module`` in ``folder`` (a package's ``__init__.py``)."""
+    package = folder / module / "__init__.py"
+    return package if package.is_file() else folder / f"{module}.py"
+
+
+def literal_of(path: Path, name: str):
+    """The value of the top-level literal assignment ``name = ...`` in the Python file ``path``,
+    read from its source (``ast.literal_eval``), without importing it."""
+    for node in ast.parse(path.read_text(encoding="utf-8"), str(path)).body:
+        if isinstance(node, ast.Assign):
+            targets, value = node.targets, node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            targets, value = [node.target], node.value
+        else:
+            continue
+        if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+            try:
+                return ast.literal_eval(value)
+            except ValueError:
+                raise ValueError(f"{path}: {name} is not a literal") from None
+    raise ValueError(f"{path} has no top-level {name} = ...")
+
+
 SPLITS = ("train", "val", "test")
-BACKBONES = ("alexnet", "efficientnet_lite0", "resnet18conv4", "resnet18conv5", "resnet50conv4",
-             "resnet50conv5", "resnet101conv4", "resnet101conv5", "vgg16")
-# One module per aggregation in vprkit/models/aggregations: the names are its module names, found
-# without importing them (nothing to add here for a new aggregation).
-AGGREGATIONS = tuple(sorted(m.name for m in pkgutil.iter_modules(
-    [str(Path(__file__).parent / "models" / "aggregations")])
-    if not m.name.startswith("_") and m.name != "base"))
+# One module (or more) per backbone family in vprkit/models/backbones, each declaring the tuple
+# NAMES of the backbones it registers, in registration order (the registry's order).
+BACKBONES: tuple[str, ...] = tuple(
+    name for module in _modules(_HERE / "models" / "backbones")
+    for name in literal_of(_source(_HERE / "models" / "backbones", module), "NAMES"))
+# One module per aggregation in vprkit/models/aggregations: the names are its module names.
+AGGREGATIONS = tuple(_modules(_HERE / "models" / "aggregations"))
+# The named training recipes (vprkit train --recipe), in their order.
+RECIPES: tuple[str, ...] = tuple(literal_of(_HERE / "train" / "recipes.py", "RECIPES"))
 L2_PLACEMENTS = ("before_pool", "after_pool", "none")  # the benchmark's --l2
 AUGMENT_PRESETS = tuple(f"{kind}:M{i}" for kind in ("night", "occlusion") for i in range(1, 7))
 DEFAULT_RESIZE = (480, 640)  # the benchmark's image size (H, W)

@@ -6,8 +6,9 @@ import os
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
-from ..choices import AGGREGATIONS, AUGMENT_PRESETS, BACKBONES, SPLITS
+from ..choices import AGGREGATIONS, AUGMENT_PRESETS, BACKBONES, RECIPES, SPLITS
 from ..errors import VprkitError
 from ..progress import console, results_console, styled
 from . import (
@@ -38,12 +39,47 @@ def _list_augments(ctx, param, value):
     ctx.exit()
 
 
+def _list_recipes(ctx, param, value):
+    if not value or ctx.resilient_parsing:
+        return
+    from rich.table import Table
+
+    from ..train.recipes import describe_recipes
+
+    table = Table(title="training recipes (vprkit train --recipe NAME; options given override "
+                        "them)")
+    table.add_column("recipe")
+    table.add_column("settings")
+    table.add_column("source")
+    for name, settings, about in describe_recipes():
+        table.add_row(name, settings, about)
+    results_console.print(table)
+    ctx.exit()
+
+
+# TrainConfig fields set by options of other names
+_OPTIONS_OF_FIELD = {"resize": ("resize", "native_size")}
+
+
+def _explicit(ctx: click.Context, field: str) -> bool:
+    """Whether the option(s) of TrainConfig field ``field`` were given (on the command line, by
+    the environment), not left at their defaults."""
+    return any(ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT,
+                                                      ParameterSource.DEFAULT_MAP)
+               for name in _OPTIONS_OF_FIELD.get(field, (field,)))
+
+
 @main.command()
 @click.argument("root", required=False, type=click.Path(path_type=Path))
 @output_option("Run folder to create (config, log, metrics, checkpoints, plot).  "
                "[default: none; required unless --resume]")
 @click.option("--resume", type=click.Path(path_type=Path), default=None,
               help="Continue the run in this folder where it stopped.  [default: none]")
+@click.option("--recipe", type=NamedChoice("recipe", RECIPES), default=None,
+              help="Start from a named recipe (optimiser, lr, weight decay, scheduler; "
+                   "--list-recipes); options given explicitly override it.  [default: none]")
+@click.option("--list-recipes", is_flag=True, expose_value=False, is_eager=True,
+              callback=_list_recipes, help="Print every training recipe and exit.")
 @click.option("--backbone", type=NamedChoice("backbone", BACKBONES), default="resnet18conv4",
               show_default=True, help="The backbone to train.")
 @click.option("--aggregation", type=NamedChoice("aggregation", AGGREGATIONS), default="gem",
@@ -93,7 +129,7 @@ def _list_augments(ctx, param, value):
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @json_option("the run's folder, best checkpoint and best validation recalls")
-def train(root, output, deprecated_out, resume, backbone, aggregation, clusters, l2,
+def train(root, output, deprecated_out, resume, recipe, backbone, aggregation, clusters, l2,
           fc_output_dim, weights,
           checkpoint, resize, native_size, mining, negatives, neg_samples, margin,
           queries_per_epoch, cache_refresh, batch_size, infer_batch_size, epochs, patience,
@@ -101,21 +137,24 @@ def train(root, output, deprecated_out, resume, backbone, aggregation, clusters,
           device, quiet, json_path):
     """Triplet training (the benchmark's recipe with the paper's extensions).
 
-    vprkit train ROOT --out RUN_DIR, or vprkit train --resume RUN_DIR. The best model is
-    RUN_DIR/best.pth, ready for vprkit extract --checkpoint.
+    vprkit train ROOT -o RUN_DIR [--recipe NAME], or vprkit train --resume RUN_DIR. The best
+    model is RUN_DIR/best.pth, ready for vprkit extract --checkpoint.
     """
-    from ..train import TrainConfig
     from ..train import resume as resume_run
     from ..train import train as run_train
+    from ..train.recipes import config_from_recipe, recipe_fields
     from ..train.trainer import run_summary
 
     out = resolve_output(output, deprecated_out)
     if resume:
+        if recipe is not None:
+            raise VprkitError("--recipe starts a new run; --resume continues a run with its own "
+                              "config.json")
         path = resume_run(resume, progress=not quiet)
     else:
         if root is None or out is None:
             raise VprkitError("give ROOT and --output RUN_DIR (-o RUN_DIR), or --resume RUN_DIR")
-        config = TrainConfig(
+        fields = dict(
             root=str(Path(root).resolve()), backbone=backbone, aggregation=aggregation,
             clusters=clusters, l2=l2, fc_output_dim=fc_output_dim, weights=weights,
             checkpoint=str(Path(checkpoint).resolve()) if checkpoint else None,
@@ -125,7 +164,12 @@ def train(root, output, deprecated_out, resume, backbone, aggregation, clusters,
             batch_size=batch_size, infer_batch_size=infer_batch_size, epochs=epochs,
             patience=patience, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
             scheduler=scheduler, augment=list(augment), seed=seed, workers=workers, device=device)
-        path = run_train(config, out, progress=not quiet)
+        if recipe is not None:  # the recipe's fields, unless given explicitly
+            ctx = click.get_current_context()
+            for name in recipe_fields(recipe):
+                if name in fields and not _explicit(ctx, name):
+                    del fields[name]
+        path = run_train(config_from_recipe(recipe, **fields), out, progress=not quiet)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: process 0 only
         if not emit_json(json_path, run_summary(path.parent) if json_path else None):
             console.print(styled("best model", "green", f": {path}"))

@@ -3,7 +3,8 @@
 Modules: ``config`` (``TrainConfig``), ``trainer`` (the loop: ``train``, ``resume``), ``steps``
 (triplet images, loss, optimiser, scheduler, optimisation steps), ``validation`` (cache and
 validation descriptors, Recall@N), ``checkpoint_io`` (run state written and restored,
-``run_summary``), ``plots`` (``plot_run``), ``mining``, ``augment``, ``distributed``. Inference is
+``run_summary``), ``plots`` (``plot_run``), ``recipes`` (named presets of ``TrainConfig``
+fields), ``mining``, ``augment``, ``distributed``. Inference is
 ``vprkit.inference``'s, shared with extraction; training does not import ``vprkit.extract``.
 """
 
@@ -11,9 +12,10 @@ from .augment import PRESETS, build_augmentation, build_preset
 from .checkpoint_io import run_summary
 from .config import OPTIMIZERS, SCHEDULERS, TrainConfig
 from .mining import MINING, TripletSource, mine
+from .recipes import RECIPES, config_from_recipe
 from .steps import triplet_loss
 from .trainer import resume, train
 
-__all__ = ["MINING", "OPTIMIZERS", "PRESETS", "SCHEDULERS", "TrainConfig", "TripletSource",
-           "build_augmentation", "build_preset", "mine", "resume", "run_summary", "train",
-           "triplet_loss"]
+__all__ = ["MINING", "OPTIMIZERS", "PRESETS", "RECIPES", "SCHEDULERS", "TrainConfig",
+           "TripletSource", "build_augmentation", "build_preset", "config_from_recipe", "mine",
+           "resume", "run_summary", "train", "triplet_loss"]

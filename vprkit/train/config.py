@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..choices import DEFAULT_RESIZE, L2_PLACEMENTS
+from ..choices import DEFAULT_RESIZE, L2_PLACEMENTS, RECIPES
 from ..errors import VprkitError
 from .augment import build_augmentation
 from .mining import MINING
@@ -52,6 +52,9 @@ class TrainConfig:
         seed: seed of the weights, the mining and the augmentation.
         workers: image-decoding processes.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        recipe: the named recipe (``vprkit.train.recipes``) the run started from, or None; a
+            record only: the fields above are what the run uses (a recipe's, unless
+            overridden). Absent from the ``config.json`` of runs made before recipes.
     """
 
     root: str
@@ -84,6 +87,7 @@ class TrainConfig:
     seed: int = 0
     workers: int = 2
     device: str = "auto"
+    recipe: str | None = None
 
     def check(self) -> None:
         for name, value, allowed in (("mining", self.mining, MINING),
@@ -110,6 +114,8 @@ class TrainConfig:
             raise VprkitError(f"bad --resize {self.resize}: height and width must be positive")
         if not self.recalls or min(self.recalls) < 1:
             raise VprkitError(f"bad recalls {self.recalls}: expected integers >= 1")
+        if self.recipe is not None and self.recipe not in RECIPES:
+            raise VprkitError(f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
         build_augmentation(self.augment)  # refuses unknown presets
 
     @classmethod

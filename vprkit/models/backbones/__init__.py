@@ -1,9 +1,13 @@
 """The backbone registry: each module of this package registers its family's backbones.
 
 To add a backbone, write ``vprkit/models/backbones/foo.py`` calling ``base.register`` with a
-``base.BackboneSpec`` (name, channels, stride, builder, checkpoint key signature). Each backbone
-is an ``nn.Sequential`` whose child indices match the Deep Visual Geo-localization Benchmark's
-(``backbone.0.weight`` is ResNet's ``conv1``), so the benchmark's checkpoints load as they are.
+``base.BackboneSpec`` (name, channels, stride, builder, checkpoint key signature) and declaring,
+at top level, the literal tuple ``NAMES = ("foo",)`` of the names it registers: the command
+line's choices (``vprkit.choices.BACKBONES``) read it from the source, without importing torch,
+and ``tests/test_registry.py`` checks that it is what the module registers. Nothing else
+changes. Each backbone is an ``nn.Sequential`` whose child indices match the Deep Visual
+Geo-localization Benchmark's (``backbone.0.weight`` is ResNet's ``conv1``), so the benchmark's
+checkpoints load as they are.
 """
 
 from __future__ import annotations
@@ -17,9 +21,13 @@ from torch import nn
 from ...errors import VprkitError
 from .base import REGISTRY, BackboneSpec, register
 
+# module name -> the backbones it registered (in order), which its NAMES must declare
+REGISTERED_BY: dict[str, tuple[str, ...]] = {}
 for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
     if not _module.startswith("_") and _module != "base":
+        _before = set(REGISTRY)
         importlib.import_module(f"{__name__}.{_module}")
+        REGISTERED_BY[_module] = tuple(name for name in REGISTRY if name not in _before)
 
 BACKBONES: dict[str, tuple[int, int]] = {name: (spec.channels, spec.stride)
                                          for name, spec in REGISTRY.items()}  # (channels, stride)

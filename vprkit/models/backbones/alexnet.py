@@ -8,6 +8,8 @@ from torch import nn
 
 from .base import BackboneSpec, freeze, register, torchvision_model
 
+NAMES = ("alexnet",)  # what this module registers (vprkit.choices reads it without importing)
+
 
 def _build(weights: str) -> nn.Sequential:
     features = torchvision_model("alexnet", weights).features
@@ -22,4 +24,4 @@ def _recognise(state) -> bool:
     return first is not None and tuple(first.shape) == (64, 3, 11, 11) and "10.weight" in state
 
 
-register(BackboneSpec("alexnet", 256, 16, _build, _recognise, "AlexNet conv5"))
+register(BackboneSpec(NAMES[0], 256, 16, _build, _recognise, "AlexNet conv5"))

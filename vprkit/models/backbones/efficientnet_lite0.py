@@ -12,6 +12,8 @@ from torch import nn
 from ...errors import VprkitError
 from .base import BackboneSpec, freeze, load_weights_file, register
 
+NAMES = ("efficientnet_lite0",)  # what this module registers (read by vprkit.choices unimported)
+
 
 class _EfficientNetBlock(nn.Module):
     """Wraps an MBConv block so that it can sit in an ``nn.Sequential`` (no drop-connect)."""
@@ -61,5 +63,5 @@ def _recognise(state) -> bool:
     return "1.block._depthwise_conv.weight" in state
 
 
-register(BackboneSpec("efficientnet_lite0", 112, 16, _efficientnet_lite0, _recognise,
+register(BackboneSpec(NAMES[0], 112, 16, _efficientnet_lite0, _recognise,
                       "EfficientNet-Lite0 to the last stride-16 stage"))

@@ -9,6 +9,9 @@ from torch import nn
 
 from .base import BackboneSpec, freeze, register, torchvision_model
 
+# what this module registers, ARCH + conv4|conv5 (vprkit.choices reads it without importing)
+NAMES = ("resnet18conv4", "resnet18conv5", "resnet50conv4", "resnet50conv5", "resnet101conv4",
+         "resnet101conv5")
 # depth: (bottleneck blocks, blocks of layer3, channels of layer3)
 _DEPTHS = {"resnet18": (False, 2, 256), "resnet50": (True, 6, 1024), "resnet101": (True, 23, 1024)}
 
@@ -30,9 +33,10 @@ def _recognise(arch: str, stage: str, state) -> bool:
     return layer3 == set(range(blocks)) and conv5 == (stage == "conv5")
 
 
-for _arch, (_bottleneck, _blocks, _channels) in _DEPTHS.items():
-    for _stage, _factor in (("conv4", 1), ("conv5", 2)):
-        register(BackboneSpec(
-            name=f"{_arch}{_stage}", channels=_channels * _factor, stride=16 * _factor,
-            build=partial(_build, _arch, _stage), recognise=partial(_recognise, _arch, _stage),
-            help=f"{_arch} up to {'layer3' if _stage == 'conv4' else 'layer4'}"))
+for _name in NAMES:
+    _arch, _stage = _name[:-len("conv4")], _name[-len("conv4"):]
+    _factor = 1 if _stage == "conv4" else 2
+    register(BackboneSpec(
+        name=_name, channels=_DEPTHS[_arch][2] * _factor, stride=16 * _factor,
+        build=partial(_build, _arch, _stage), recognise=partial(_recognise, _arch, _stage),
+        help=f"{_arch} up to {'layer3' if _stage == 'conv4' else 'layer4'}"))

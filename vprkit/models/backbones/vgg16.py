@@ -7,6 +7,8 @@ from torch import nn
 
 from .base import BackboneSpec, freeze, register, torchvision_model
 
+NAMES = ("vgg16",)  # what this module registers (vprkit.choices reads it without importing)
+
 
 def _build(weights: str) -> nn.Sequential:
     features = torchvision_model("vgg16", weights).features
@@ -21,4 +23,4 @@ def _recognise(state) -> bool:
     return first is not None and tuple(first.shape) == (64, 3, 3, 3) and "28.weight" in state
 
 
-register(BackboneSpec("vgg16", 512, 16, _build, _recognise, "VGG-16 conv5_3"))
+register(BackboneSpec(NAMES[0], 512, 16, _build, _recognise, "VGG-16 conv5_3"))
