@@ -186,6 +186,24 @@ def load_split(
     return Split(root=Path(root), name=split, database=lists["database"], queries=lists["queries"])
 
 
+def _upright_hw(im) -> tuple[int, int]:
+    """(H, W) of an opened image as ``images.load_image`` decodes it (turned by its EXIF
+    orientation, as that module's ``_exif_orientation`` reads it; repeated here so that
+    ``dataset info`` does not import torch), without decoding the pixels: a PNG's EXIF is seen
+    where its eXIf chunk comes before the pixel data (where Pillow writes it)."""
+    orientation = 1
+    late_png_exif = im.format == "PNG" and "exif" not in im.info  # (reading it would decode)
+    if im.format != "TIFF" and not late_png_exif:  # (Pillow reports a TIFF's turned size)
+        try:
+            with warnings.catch_warnings():  # Pillow's "Corrupt EXIF data"
+                warnings.simplefilter("ignore")
+                orientation = im.getexif().get(0x0112, 1)
+        except Exception:  # a broken EXIF block: the image as stored
+            pass
+    turned = isinstance(orientation, int) and orientation in (5, 6, 7, 8)
+    return (im.width, im.height) if turned else (im.height, im.width)
+
+
 def dataset_info(
     root: Path | str, radius: float = EVAL_POSITIVE_RADIUS, image_sizes: bool = True
 ) -> list[dict]:
@@ -210,7 +228,8 @@ def dataset_info(
                 for path in images.paths():
                     try:
                         with Image.open(path) as im:
-                            sizes[f"{im.height}x{im.width}"] += 1  # H x W, as --resize
+                            height, width = _upright_hw(im)
+                            sizes[f"{height}x{width}"] += 1  # H x W, as --resize
                     except Exception as err:
                         raise VprkitError(f"cannot read image {path}: {err}") from None
             rows.append(

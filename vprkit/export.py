@@ -15,7 +15,6 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from .errors import VprkitError, shown
@@ -24,8 +23,8 @@ from .roles import ROLES
 from .search import blocked_search
 from .shards import refuse_shard
 from .store import DescriptorFile, parse_scale_spec, spec_name
+from .store.hloc import HLOC_KEY, GlobalFeatureWriter
 
-HLOC_KEY = "global_descriptor"  # the dataset hloc reads in each image's group
 NORM_TOLERANCE = 1e-3  # |norm - 1| beyond which hloc's dot product no longer ranks as L2 does
 
 
@@ -144,9 +143,9 @@ def _hloc_names(store: DescriptorFile, roles: Sequence[str], prefixes: dict[str,
     return names
 
 
-def _write_groups(h5: h5py.File, store: DescriptorFile, names: dict[str, list[str]],
-                  scales: tuple[int, ...], block: int, output: Path, normalize: bool
-                  ) -> tuple[float, str]:
+def _write_groups(writer: GlobalFeatureWriter, store: DescriptorFile,
+                  names: dict[str, list[str]], scales: tuple[int, ...], block: int,
+                  normalize: bool) -> tuple[float, str]:
     """Write every image's group; the stored norm farthest from 1 and its image's name."""
     worst = (1.0, "")
     for role, role_names in names.items():
@@ -158,11 +157,7 @@ def _write_groups(h5: h5py.File, store: DescriptorFile, names: dict[str, list[st
             if normalize:
                 rows = (rows / np.maximum(norms, 1e-12)[:, None]).astype(np.float32)
             for name, row in zip(role_names[start:start + len(rows)], rows, strict=True):
-                try:
-                    h5.create_dataset(f"{name}/{HLOC_KEY}", data=row)
-                except (ValueError, KeyError, TypeError) as err:
-                    raise VprkitError(f"cannot store '{shown(name, 200)}' in {output}: {err}") \
-                        from None
+                writer.add(name, row)
     return worst
 
 
@@ -215,8 +210,8 @@ def export_hloc(path: str | Path, output: str | Path, scale: str | None = None,
         partial.unlink(missing_ok=True)  # left by a killed run: we hold the lock
         require_space(partial, sum(map(len, names.values())) * (4 * store.dim + 4096))
         with guarded_write(partial, output):
-            with h5py.File(partial, "x") as h5:  # O_EXCL: never through a planted link
-                norm, name = _write_groups(h5, store, names, scales, block, output, normalize)
+            with GlobalFeatureWriter(partial, output) as writer:
+                norm, name = _write_groups(writer, store, names, scales, block, normalize)
             partial.replace(output)
     if abs(norm - 1) > NORM_TOLERANCE and not normalize:
         warnings.warn(f"{path} at scale {spec_name(scales)} is not L2-normalised ('{shown(name, 200)}'"

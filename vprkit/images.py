@@ -17,12 +17,19 @@ wide grey modes, where ``convert("RGB")`` would clip most values to white or bla
   error.
 
 Grey is replicated to the three channels.
+
+Images are decoded upright: an EXIF orientation (a phone photo stored sideways with orientation
+6 or 8, or upside down with 3) is applied with Pillow's ``ImageOps.exif_transpose`` before the
+conversion, for every mode. An image without an orientation, or with 1, is decoded exactly as
+stored; so is one whose EXIF block cannot be read.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
@@ -30,7 +37,7 @@ from typing import IO
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 WIDE_GREY_MODES = ("I", "F")  # and every "I;16..." mode
@@ -61,10 +68,48 @@ def _wide_grey(im: Image.Image) -> torch.Tensor:
     return grey.unsqueeze(0).expand(3, -1, -1).contiguous()
 
 
+_ORIENTATION_TAG = 0x0112  # EXIF Orientation: 1 as stored, 2..8 flipped and/or turned
+_TRANSPOSE_IN_PLACE = "in_place" in inspect.signature(ImageOps.exif_transpose).parameters  # >= 9.4
+
+
+def _exif_orientation(im: Image.Image) -> int:
+    """The EXIF orientation (1..8) still to apply to a loaded image: 1 where it has none, where
+    the value is not 1..8, or where its EXIF block cannot be read (the image is then used as
+    stored), and for a TIFF, which Pillow's reader turns itself as it loads it (every version
+    from 9.1; the 9.x versions keep the tag, which must then not be applied a second time)."""
+    if im.format == "TIFF":
+        return 1
+    try:
+        with warnings.catch_warnings():  # Pillow's "Corrupt EXIF data" for a broken block
+            warnings.simplefilter("ignore")
+            value = im.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception:  # a broken EXIF block: the image as stored
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    """A loaded image turned as its EXIF orientation says (``ImageOps.exif_transpose``), in
+    place on Pillow >= 9.4; ``im`` itself, untouched, where it has no orientation to apply."""
+    if _exif_orientation(im) == 1:
+        return im
+    try:
+        if _TRANSPOSE_IN_PLACE:
+            ImageOps.exif_transpose(im, in_place=True)
+            return im
+        turned = ImageOps.exif_transpose(im)  # Pillow 9.1-9.3: a turned copy
+        return turned if turned is not None else im
+    except Exception:  # rewriting the EXIF block failed: the pixels are as stored or turned
+        return im
+
+
 def load_image(path: str | Path | IO[bytes]) -> torch.Tensor:
-    """RGB image as a float tensor (3, H, W) in [0, 1]; grey, palette and RGBA are converted,
-    16-bit and float grey are scaled (see the module's docstring)."""
-    with Image.open(path) as im:
+    """RGB image as a float tensor (3, H, W) in [0, 1], upright as its EXIF orientation says;
+    grey, palette and RGBA are converted, 16-bit and float grey are scaled (see the module's
+    docstring)."""
+    with Image.open(path) as opened:
+        opened.load()  # a decoding error is raised here, not hidden by the orientation step
+        im = _upright(opened)
         if im.mode in WIDE_GREY_MODES or im.mode.startswith("I;16"):
             return _wide_grey(im)
         im = im.convert("RGB")

@@ -91,8 +91,12 @@ def dataset_info_cmd(root, threshold, no_sizes, json_path):
 @click.option("--copy", is_flag=True, help="Copy the photos instead of symlinking them.")
 @click.option("--skip-missing", is_flag=True,
               help="Skip (and count) photos without coordinates instead of failing.")
-@json_option("the counts")
-def dataset_import_cmd(images, root, output, split, role, coordinates, copy, skip_missing,
+@click.option("--zone", metavar="NUMBER[LETTER]", default=None,
+              help="UTM zone for all the photos, e.g. 32 or 32T (one zone per dataset; photos more "
+                   "than 6 degrees of longitude from its central meridian are refused).  "
+                   "[default: the zone of the images already in ROOT, else of the first photo]")
+@json_option("the counts and the UTM zone")
+def dataset_import_cmd(images, root, output, split, role, coordinates, copy, skip_missing, zone,
                        json_path):
     """Put your own geotagged photos (IMAGES folder) into the benchmark layout under ROOT
     (or -o ROOT)."""
@@ -102,7 +106,7 @@ def dataset_import_cmd(images, root, output, split, role, coordinates, copy, ski
         raise VprkitError("give the dataset root once: as ROOT or as -o/--output ROOT")
     root = root or output
 
-    done = import_images(images, root, split, role, coordinates, copy, skip_missing)
+    done = import_images(images, root, split, role, coordinates, copy, skip_missing, zone)
     if emit_json(json_path, done):
         return
     console.print(styled("wrote", "green", f" {done['written']} images to {done['folder']}"
