@@ -217,3 +217,36 @@ class TestPictures:
         assert result.exit_code == 0, result.output
         assert len(list((tmp_path / "lp").glob("*.png"))) == 14
         assert (tmp_path / "lp/index.html").is_file()
+
+
+class TestOwnPhotos:
+    def test_database_without_queries_serves_locate(self, root, tmp_path):
+        mapped = tmp_path / "mapped"
+        shutil.copytree(root / "images/test/database", mapped / "images/test/database")
+        out = extract(mapped, tmp_path / "db.h5", ModelConfig(weights="none"),
+                      options(scales=(1,)), progress=False)
+        result = locate([root / "images/test/queries"], out, progress=False)
+        assert len(result.located) == 14
+        with pytest.raises(VprkitError, match="0 query rows"):
+            evaluate_file(out)
+
+    def test_rotated_exif_photo_is_located_like_its_upright_copy(self, root, database, tmp_path):
+        from PIL import Image
+
+        query = sorted((root / "images/test/queries").glob("*.jpg"))[5]
+        upright = tmp_path / query.name.replace(".jpg", ".png")
+        rotated = tmp_path / query.name.replace(".jpg", "rot.png")  # lossless: same pixels
+        exif = Image.Exif()
+        exif[0x0112] = 6  # "turn 90 degrees clockwise to display"
+        with Image.open(query) as im:
+            im.save(upright)
+            # stored turned counter-clockwise, as a phone held sideways stores it
+            im.transpose(Image.Transpose.ROTATE_90).save(rotated, exif=exif)
+        with Image.open(rotated) as im:
+            assert im.size == (64, 80)  # W x H: stored sideways
+        a, b, c = (locate([p], database, top_k=5, progress=False).located[0]
+                   for p in (upright, rotated, query))
+        assert [m["name"] for m in a.matches] == [m["name"] for m in b.matches]
+        assert [m["distance"] for m in a.matches] == pytest.approx(
+            [m["distance"] for m in b.matches], abs=1e-5)
+        assert a.matches[0]["name"] == c.matches[0]["name"]

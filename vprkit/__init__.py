@@ -36,6 +36,9 @@ _LAZY: dict[str, tuple[str, str]] = {
     "combine_files": ("vprkit.combine", "combine"),
     "evaluate_file": ("vprkit.evaluate", "evaluate_file"),
     "extract_split": ("vprkit.extract", "extract"),
+    "export_hloc": ("vprkit.export", "export_hloc"),
+    "export_pairs": ("vprkit.export", "export_pairs"),
+    "locate_photos": ("vprkit.locate", "locate"),
     "train_model": ("vprkit.train.trainer", "train"),
 }
 
@@ -48,7 +51,10 @@ __all__ = [
     "VprkitError",
     "combine_files",
     "evaluate_file",
+    "export_hloc",
+    "export_pairs",
     "extract_split",
+    "locate_photos",
     "merge_shards",
     "train_model",
 ]
@@ -57,8 +63,10 @@ if TYPE_CHECKING:
     from .combine import combine as combine_files
     from .errors import VprkitError
     from .evaluate import EvaluationResult, evaluate_file
+    from .export import export_hloc, export_pairs
     from .extract import ExtractOptions
     from .extract import extract as extract_split
+    from .locate import locate as locate_photos
     from .models.network import ModelConfig
     from .store import DescriptorFile
     from .train.trainer import TrainConfig

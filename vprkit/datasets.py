@@ -169,13 +169,20 @@ def split_folder(root: Path | str, split: str) -> Path:
 
 
 def load_split(
-    root: Path | str, split: str = "test", skip_unparsable: bool = False, allow_empty: bool = False
+    root: Path | str, split: str = "test", skip_unparsable: bool = False, allow_empty: bool = False,
+    queries_optional: bool = False,
 ) -> Split:
-    """Read one split of a dataset in the benchmark layout."""
+    """Read one split of a dataset in the benchmark layout; ``queries_optional``: a split
+    without a queries folder (or with an empty one) has no queries instead of being an error
+    (a database for ``vprkit locate``)."""
     folder = split_folder(root, split)
     lists = {}
     for role in ROLES:
         role_folder = folder / role
+        if role == "queries" and queries_optional and (
+                not role_folder.is_dir() or not any(role_folder.iterdir())):
+            lists[role] = ImageList(folder=role_folder, names=[], utm=np.zeros((0, 2)))
+            continue
         if not role_folder.is_dir():
             raise VprkitError(f"folder {role_folder} does not exist")
         lists[role] = ImageList.from_folder(role_folder, skip_unparsable=skip_unparsable)

@@ -195,7 +195,11 @@ def extract(
     scales = parse_scales(",".join(str(s) for s in options.scales))
     device = _check_options(options, model_config, output)
 
-    full_split = split = load_split(root, options.split, skip_unparsable=options.skip_unparsable)
+    full_split = split = load_split(root, options.split, skip_unparsable=options.skip_unparsable,
+                                    queries_optional=True)
+    if not len(split.queries) and progress:
+        console.print(f"note: {split.folder} has no query images: the file serves vprkit locate "
+                      "(evaluate needs queries)")
     shard_info = None
     if options.shard is not None:
         split, shard_info = take_shard(full_split, *options.shard)

@@ -149,7 +149,8 @@ class DescriptorWriter:
         for role in ROLES:
             n = int(self.h5[f"{role}/utm"].shape[0])
             rows = chunk_rows(dim, dtype.itemsize, max(n, 1))
-            group.create_dataset(role, shape=(n, dim), dtype=dtype, chunks=(rows, dim))
+            group.create_dataset(role, shape=(n, dim), dtype=dtype,
+                                 chunks=(rows, dim) if n else None)  # (no chunks of 0 rows)
             for name, (shape, stat_dtype) in stats.items():
                 group.create_dataset(f"stats/{role}/{name}", shape=(n, *shape), dtype=stat_dtype)
             group.attrs[f"rows_done_{role}"] = 0
@@ -170,7 +171,7 @@ class DescriptorWriter:
         dtype = np.dtype(self.h5.attrs["dtype"])
         rows = chunk_rows(dim, dtype.itemsize, max(n, 1))
         self.h5.create_dataset(descriptor_key(scale, "queries", view), shape=(n, dim),
-                               dtype=dtype, chunks=(rows, dim))
+                               dtype=dtype, chunks=(rows, dim) if n else None)
         for name, (shape, stat_dtype) in stats.items():
             self.h5.create_dataset(stats_key(scale, "queries", view, name), shape=(n, *shape),
                                    dtype=stat_dtype)
