@@ -15,12 +15,10 @@ from ..files import (
     partial_path,
 )
 from ..pyramid import pyramid, stat_names
-from ..roles import ROLES
 from ..views import HARD_RESIZE, VIEWS
 from .format import (
     FORMAT,
     FORMAT_VERSION,
-    HASH_BYTES,
     HEADER_ATTRS,
     MAX_ATTR_CHARS,
     PCA_ARRAYS,
@@ -35,6 +33,7 @@ from .format import (
     spec_name,
     stats_key,
 )
+from .layout import check_layout
 
 
 class DescriptorFile:
@@ -118,7 +117,7 @@ class DescriptorFile:
             self.vprkit_version = _text_attr(attrs.get("vprkit_version"))
             self.created = _text_attr(attrs.get("created"))
         with self._damaged("its layout"):
-            self._check_layout(require_complete)
+            self._utm = check_layout(self.h5, self.aggregation, self.dtype, require_complete)
 
     @contextmanager
     def _damaged(self, what: str) -> Iterator[None]:
@@ -131,59 +130,6 @@ class DescriptorFile:
                 AttributeError) as err:
             detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise VprkitError(f"{self.path} is damaged: cannot read {what} ({detail})") from None
-
-    def _check_layout(self, complete: bool) -> None:
-        if self.dtype not in ("float32", "float16"):
-            raise ValueError(f"unknown storage dtype {self.dtype!r}")
-        counts = {}
-        self._utm = {}  # read once here (checked finite); utm() hands out copies
-        for role in ROLES:
-            names, utm = self.h5[f"{role}/names"], self.h5[f"{role}/utm"]
-            if names.ndim != 1 or utm.shape != (names.shape[0], 2) or utm.dtype.kind != "f":
-                raise ValueError(f"{role}/names {names.shape} and {role}/utm {utm.shape} do not match")
-            hashes = self.h5.get(f"{role}/sha256")
-            if hashes is not None and (hashes.shape != (names.shape[0], HASH_BYTES)
-                                       or hashes.dtype != np.uint8):
-                raise ValueError(f"{role}/sha256 has shape {hashes.shape}, type {hashes.dtype}")
-            self._utm[role] = utm[()]
-            bad = ~np.isfinite(self._utm[role]).all(axis=1)
-            if bad.any():
-                raise ValueError(f"{role} row {int(np.flatnonzero(bad)[0])} has non-finite coordinates")
-            counts[role] = names.shape[0]
-        scales = self.h5["scales"]
-        if not len(scales):
-            raise ValueError("no scales")
-        dims = set()
-        for key in scales:
-            group = scales[key]
-            if not key.isdigit() or int(key) < 1:
-                raise ValueError(f"bad scale name {key!r}")
-            views = list(group.get("views", {}))
-            unknown = [v for v in views if v not in VIEWS or v == HARD_RESIZE]
-            if unknown:
-                raise ValueError(f"scales/{key} has an unknown view {unknown[0]!r}")
-            parts = [(role, HARD_RESIZE) for role in ROLES] + [("queries", v) for v in views]
-            for role, view in parts:
-                dims.add(self._check_part(int(key), role, view, counts[role], complete))
-        if len(dims) != 1:
-            raise ValueError(f"scales of different dimensions {sorted(dims)}")
-
-    def _check_part(self, scale: int, role: str, view: str, images: int, complete: bool) -> int:
-        """Check the descriptors of ``role`` at ``view`` and ``scale``; their dimension."""
-        rows = images * VIEWS[view]
-        key = descriptor_key(scale, role, view)
-        ds = self.h5[key]
-        if ds.ndim != 2 or ds.shape[0] != rows or ds.dtype.kind != "f" or not ds.shape[1]:
-            raise ValueError(f"{key} has shape {ds.shape}, type {ds.dtype}")
-        done = int(self.h5[f"scales/{scale}"].attrs.get(rows_done_attr(role, view), -1))
-        if complete and done != images:
-            what = role if view == HARD_RESIZE else f"{view} queries"
-            raise ValueError(f"scales/{scale} holds {done} of {images} {what} rows")
-        for name in stat_names(self.aggregation):
-            stat = self.h5.get(stats_key(scale, role, view, name))
-            if stat is not None and stat.shape[:1] != (rows,):
-                raise ValueError(f"{stats_key(scale, role, view, name)} has the wrong length")
-        return int(ds.shape[1])
 
     def __enter__(self) -> DescriptorFile:
         return self
