@@ -354,8 +354,8 @@ def _run(model: VPRModel, split: Split, writer: DescriptorWriter, scales: tuple[
         for role, view, pending in parts:
             row = starts[(role, view)]
             paths = split.role(role).paths()[row:]
-            label = role if view == HARD_RESIZE else f"queries ({view})"
-            bar.update(task, description=f"extract {label}, scales {spec_name(pending)}")
+            view_label = "" if view == HARD_RESIZE else f", queries as {view}"
+            bar.update(task, description=f"extract scales {spec_name(pending)}{view_label}")
             for items in _loader(paths, inference_options(options), pending, device, view):
                 _check_items(items)
                 if view == HARD_RESIZE:

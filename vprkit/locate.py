@@ -182,6 +182,10 @@ def locate(
         seed: the seed random weights (``--weights none``) were made with at extraction.
         progress: show a progress bar.
 
+    Returns:
+        A ``LocateResult``: a ``LocatedPhoto`` per readable photo, in the order found, the
+        unreadable photos with their reasons, and the time taken (and to the first answer).
+
     Raises:
         VprkitError: a missing or unusable database, a network that cannot be rebuilt, no
             photos, bad options. Photos that cannot be read are not errors: they are listed
