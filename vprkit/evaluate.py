@@ -256,6 +256,8 @@ def model_label(model: dict) -> str:
     else:
         weights = str(model.get("weights", "?"))
         source = weights if weights in ("imagenet", "none") else Path(weights).name
+    if model.get("model"):  # a zoo model
+        return f"{model['model']} {source}"
     return f"{model.get('backbone', '?')}+{model.get('aggregation', '?')} {source}"
 
 

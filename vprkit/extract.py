@@ -124,8 +124,11 @@ def _model_header(model: VPRModel, netvlad_init: dict | None) -> dict:
     config = model.config.to_dict()
     if config["weights"] not in ("imagenet", "none"):
         config["weights"] = str(Path(config["weights"]).resolve())
+    spec = getattr(model, "spec", None)  # a zoo model: its parts, for tables
+    zoo = {"backbone": spec.backbone, "aggregation": spec.aggregation} if spec else {}
     return {
         **config,
+        **zoo,
         "output_dim": model.output_dim,
         "fingerprint": fingerprint(model),
         "backbone_fingerprint": fingerprint(model.backbone),
@@ -205,6 +208,7 @@ def extract(
         split, shard_info = take_shard(full_split, *options.shard)
     torch.manual_seed(options.seed)
     model = build_model(model_config).eval()
+    _check_input_rule(model, options, scales)
 
     with writing(output, resumable=True, overwrite=options.overwrite) as out:
         model = model.to(device)
@@ -273,6 +277,27 @@ def _check_options(options: ExtractOptions, model_config: ModelConfig, output: P
     if not output.parent.exists():
         raise VprkitError(f"output folder {output.parent} does not exist")
     return device
+
+
+def _check_input_rule(model: VPRModel, options: ExtractOptions, scales: tuple[int, ...]) -> None:
+    """A zoo model's input rule (``ZooSpec.multiple_of``, its normalisation) at every scale."""
+    spec = getattr(model, "spec", None)
+    if spec is None:
+        return
+    if (tuple(spec.mean), tuple(spec.std)) != (MEAN, STD):
+        raise VprkitError(f"model {spec.name} normalises with mean {spec.mean}, std {spec.std}; "
+                          "vprkit extracts with ImageNet's only")
+    if spec.multiple_of > 1:
+        if options.resize is None:
+            raise VprkitError(f"model {spec.name} needs image sides that are multiples of "
+                              f"{spec.multiple_of}: give --resize H W (it is evaluated at "
+                              f"{spec.resize}), not --native-size")
+        for s in scales:
+            size = view_size(options.resize, HARD_RESIZE, s)
+            if size is not None and any(side % spec.multiple_of for side in size):
+                raise VprkitError(f"model {spec.name} needs image sides that are multiples of "
+                                  f"{spec.multiple_of}; scale {s} of --resize "
+                                  f"{options.resize[0]} {options.resize[1]} is {size[0]}x{size[1]}")
 
 
 def _plan(out: Output, header: Header, split: Split, scales: tuple[int, ...],

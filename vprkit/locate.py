@@ -132,10 +132,12 @@ def rebuild_network(store: DescriptorFile, seed: int = 0) -> VPRModel:
         if value and not Path(value).is_file():
             raise VprkitError(f"the {key} {value} that made {store.path} is missing; locate needs "
                               "the same file to rebuild the network")
-    config = ModelConfig(backbone=m["backbone"], aggregation=m["aggregation"],
+    zoo = m.get("model")
+    config = ModelConfig(backbone="resnet18conv4" if zoo else m["backbone"],
+                         aggregation="gem" if zoo else m["aggregation"],
                          clusters=int(m.get("clusters", 64)), weights=m.get("weights", "imagenet"),
                          checkpoint=m.get("checkpoint"), l2=m.get("l2"),
-                         fc_output_dim=m.get("fc_output_dim"))
+                         fc_output_dim=m.get("fc_output_dim"), model=zoo)
     torch.manual_seed(seed)
     model = build_model(config).eval()
     arrays = store.aggregation_arrays()

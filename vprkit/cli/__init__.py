@@ -146,4 +146,4 @@ def main() -> None:
                 pass
 
 
-from . import export, inspect, locating, pipeline, training  # noqa: E402,F401  (the commands)
+from . import export, inspect, locating, pipeline, training, zoo  # noqa: E402,F401  (commands)

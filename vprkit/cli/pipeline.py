@@ -33,6 +33,10 @@ from . import (
 @click.option("--aggregation", type=NamedChoice("aggregation", AGGREGATIONS), default=None,
               help="The aggregation.  [default: gem, or what --checkpoint holds]")
 @aggregation_options
+@click.option("--model", default=None, metavar="NAME",
+              help="A whole published model of the zoo instead of --backbone/--aggregation "
+                   "(vprkit models lists them: CosPlace, EigenPlaces, MixVPR, ...), with "
+                   "--checkpoint FILE (its released weights) or --weights none.  [default: none]")
 @click.option("--weights", default="imagenet", show_default=True,
               help="Backbone weights: imagenet (torchvision's weights API; efficientnet_lite0 "
                    "from its offline package), none (random, seeded by --seed), or a state dict path.")
@@ -73,7 +77,8 @@ from . import (
 @click.option("--overwrite", is_flag=True, help="Replace an existing or unfinished output.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @json_option("what the file holds (as vprkit info --json)")
-def extract(root, output, split, backbone, aggregation, clusters, l2, fc_output_dim, weights,
+def extract(root, output, split, backbone, aggregation, clusters, l2, fc_output_dim, model,
+            weights,
             checkpoint, scales, views,
             resize, native_size, batch_size, workers, device, half, dtype, seed, cluster_split,
             shard, skip_unparsable, overwrite, quiet, json_path):
@@ -90,7 +95,23 @@ def extract(root, output, split, backbone, aggregation, clusters, l2, fc_output_
     from ..store import parse_scales
     from ..views import parse_views
 
-    if checkpoint is None:
+    if model is not None:
+        from ..models.zoo import get_zoo_model
+
+        if backbone or aggregation:
+            raise VprkitError("--model is a whole network: give it without --backbone and "
+                              "--aggregation")
+        spec = get_zoo_model(model)
+        config = ModelConfig(model=model, weights="none" if checkpoint else weights,
+                             checkpoint=str(Path(checkpoint).resolve()) if checkpoint else None)
+        if resize is None and not native_size:
+            resize = spec.resize
+            if resize is not None:
+                console.print(f"extracting at {resize[0]}x{resize[1]} (H x W), the size "
+                              f"{model} is evaluated at (--resize H W to choose another)")
+            else:
+                native_size = True
+    elif checkpoint is None:
         config = ModelConfig(backbone=backbone or "resnet18conv4",
                              aggregation=aggregation or "gem", clusters=clusters, weights=weights,
                              l2=l2, fc_output_dim=fc_output_dim)
@@ -98,7 +119,8 @@ def extract(root, output, split, backbone, aggregation, clusters, l2, fc_output_
         config = ModelConfig(backbone=backbone, aggregation=aggregation, clusters=clusters,
                              weights="none", checkpoint=str(checkpoint), l2=l2,
                              fc_output_dim=fc_output_dim)
-    size, note = image_size_for(checkpoint, tuple(resize) if resize else None, native_size)
+    size, note = image_size_for(None if model else checkpoint, tuple(resize) if resize else None,
+                                native_size)
     if note:
         console.print(note)
     options = ExtractOptions(

@@ -26,7 +26,12 @@ __all__ = [
 
 
 def build_model(config: ModelConfig) -> VPRModel:
-    """A network from its config; from the checkpoint when ``config.checkpoint`` is set."""
+    """A network from its config; from the checkpoint when ``config.checkpoint`` is set; a zoo
+    model (``vprkit.models.zoo``) when ``config.model`` is."""
+    if config.model:
+        from .zoo import ZooNetwork
+
+        return ZooNetwork(config)  # type: ignore[return-value]
     if config.checkpoint:
         return load_model_from_checkpoint(config.checkpoint, config.backbone, config.aggregation,
                                           config.l2, config.fc_output_dim)

@@ -35,7 +35,11 @@ class ModelConfig:
         weights: ``"imagenet"`` (torchvision's pretrained weights), ``"none"`` (random, seeded)
             or the path of a torchvision state dict of the backbone.
         checkpoint: a benchmark or vprkit checkpoint; when set, its weights (and the
-            architecture it holds) are used instead of ``weights``.
+            architecture it holds) are used instead of ``weights``. With ``model``, the
+            upstream release's own weight file.
+        model: a model of the zoo (``vprkit.models.zoo``, ``vprkit models``: CosPlace,
+            EigenPlaces, MixVPR, ...), built whole; ``backbone``, ``aggregation``, ``clusters``,
+            ``l2`` and ``fc_output_dim`` are then not used.
     """
 
     backbone: str = "resnet18conv4"
@@ -45,6 +49,7 @@ class ModelConfig:
     checkpoint: str | None = None  # a benchmark or vprkit checkpoint (overrides weights)
     l2: str | None = None  # before_pool (None) | after_pool | none
     fc_output_dim: int | None = None
+    model: str | None = None  # a zoo model (vprkit models); backbone and aggregation unused
 
     def to_dict(self) -> dict:
         """The fields; ``l2`` and ``fc_output_dim`` only where they are not the defaults, so that
@@ -54,6 +59,11 @@ class ModelConfig:
             del data["l2"]
         if data["fc_output_dim"] is None:
             del data["fc_output_dim"]
+        if data["model"] is None:
+            del data["model"]
+        else:  # a zoo model is its name: the composable fields do not apply
+            for key in ("backbone", "aggregation", "clusters"):
+                del data[key]
         return data
 
 
