@@ -135,3 +135,16 @@ class TestRefusals:
                          "--checkpoint", wrong, "--resize", *SIZE)
         assert result.exit_code == 1 and "not a" in result.output
         assert len(result.output.strip().splitlines()) == 1
+
+
+def test_shards_merge_to_the_whole(root, checkpoint, zoo_file, tmp_path):
+    config = ModelConfig(model=SMALL, checkpoint=str(checkpoint))
+    shards = [extract(root, tmp_path / "s.h5", config,
+                      ExtractOptions(scales=(1, 2), resize=SIZE, workers=0, device="cpu",
+                                     shard=(i, 2)), progress=False) for i in range(2)]
+    assert run_cli("merge", *shards, "-o", tmp_path / "m.h5", "--quiet").exit_code == 0
+    with DescriptorFile(zoo_file) as whole, DescriptorFile(tmp_path / "m.h5") as merged:
+        for role in ("database", "queries"):
+            n = whole.num(role)
+            assert np.abs(whole.read_rows(role, (2,), 0, n) - merged.read_rows(role, (2,), 0, n)
+                          ).max() < 1e-5
