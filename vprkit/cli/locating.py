@@ -28,7 +28,7 @@ from . import emit_json, json_option, main
               help="Write the positions as a GeoJSON FeatureCollection of points.  "
                    "[default: none]")
 @click.option("--pictures", "pictures_dir", type=click.Path(path_type=Path), default=None,
-              help="Write a PNG per photo with its top-K matches and DIR/index.html.  "
+              metavar="DIR", help="Write a PNG per photo with its top-K matches and DIR/index.html.  "
                    "[default: none]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
               help="Photos per inference batch.")
