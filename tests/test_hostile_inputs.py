@@ -440,7 +440,7 @@ class TestImportMalformedGps:
             assert_one_line(err, "p.jpg")
             assert not (tmp / "ds").exists()
         else:
-            split = load_split(tmp / "ds", "test", allow_empty=True)
+            split = load_split(tmp / "ds", "test", queries_optional=True)  # database only
             assert done["written"] == 1 and np.isfinite(split.database.utm).all()
 
 
