@@ -153,6 +153,12 @@ def positives_within(
     return [np.asarray(i, dtype=np.int64) for i in indices]
 
 
+def recorded_images(dataset: dict, role: str) -> Path:
+    """The folder of ``role``'s images of the split that a descriptor file's ``dataset`` header
+    records (``root/images/split/role``; it may have moved since)."""
+    return Path(dataset.get("root", ".")) / "images" / str(dataset.get("split", "")) / role
+
+
 def split_folder(root: Path | str, split: str) -> Path:
     """``ROOT/images/SPLIT``, or one clear error naming the splits that are there."""
     root = Path(root)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import EVAL_POSITIVE_RADIUS, positives_within
+from .datasets import EVAL_POSITIVE_RADIUS, positives_within, recorded_images
 from .errors import VprkitError
 from .files import atomic_output
 from .search import blocked_search
@@ -290,17 +290,17 @@ def write_query_pictures(folder: str | Path, store: DescriptorFile, predictions:
     """``vprkit.pictures`` of each query's predictions; returns the gallery's index.html."""
     from .pictures import Match, QueryPicture, select, write_pictures
 
-    split = Path(store.dataset.get("root", ".")) / "images" / str(store.dataset.get("split", ""))
+    db_folder, q_folder = (recorded_images(store.dataset, r) for r in ("database", "queries"))
     q_names, db_names = store.names("queries"), store.names("database")
     q_utm, db_utm = store.utm("queries"), store.utm("database")
     queries = []
     for qi, (pred, dist) in enumerate(zip(predictions, distances, strict=True)):
         pos = set(positives[qi].tolist())
-        matches = [Match(path=split / "database" / db_names[di], name=db_names[di], rank=r + 1,
+        matches = [Match(path=db_folder / db_names[di], name=db_names[di], rank=r + 1,
                          distance=float(d), metres=float(np.linalg.norm(q_utm[qi] - db_utm[di])),
                          positive=int(di) in pos)
                    for r, (di, d) in enumerate(zip(pred, dist, strict=True)) if di >= 0]
-        queries.append(QueryPicture(query_path=split / "queries" / q_names[qi],
+        queries.append(QueryPicture(query_path=q_folder / q_names[qi],
                                     query_name=q_names[qi], matches=matches,
                                     caption=f"{len(pos)} positives in the database"))
     return write_pictures(Path(folder), select(queries, only_wrong, limit), title)

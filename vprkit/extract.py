@@ -196,7 +196,8 @@ def extract(
     if options.shard is not None:
         output = shard_path(output, *parse_shard("{}/{}".format(*options.shard)))
     scales = parse_scales(",".join(str(s) for s in options.scales))
-    device = _check_options(options, model_config, output)
+    views = parse_views(",".join(options.views))
+    device = _check_options(options, model_config, output, views)
 
     full_split = split = load_split(root, options.split, skip_unparsable=options.skip_unparsable,
                                     queries_optional=True)
@@ -225,7 +226,6 @@ def extract(
             dtype=options.dtype,
         )
         model = _fold_batch_norm(model)  # after the fingerprint: the weights it hashes are kept
-        views = parse_views(",".join(options.views))
         plan, writer = _plan(out, header, split, scales, views, progress)
         if plan == "done":
             if progress:
@@ -238,7 +238,7 @@ def extract(
             if netvlad_init is not None:
                 writer.write_aggregation_arrays({k: v.detach().cpu().numpy()
                                                  for k, v in model.aggregation.state_dict().items()})
-        _run(model, split, writer, scales, options, device, progress)
+        _run(model, split, writer, scales, views, options, device, progress)
     path = out.written
     assert path is not None  # the block ended without error
     if progress:
@@ -249,7 +249,8 @@ def extract(
     return path
 
 
-def _check_options(options: ExtractOptions, model_config: ModelConfig, output: Path) -> torch.device:
+def _check_options(options: ExtractOptions, model_config: ModelConfig, output: Path,
+                   views: tuple[str, ...]) -> torch.device:
     """One clear line for an option that cannot work, before any work; the device to run on."""
     if options.dtype not in DTYPES:
         raise VprkitError(f"unknown storage dtype {options.dtype!r}; use float32 or float16")
@@ -268,7 +269,6 @@ def _check_options(options: ExtractOptions, model_config: ModelConfig, output: P
                       "or AMX): expect it to be slower than float32", stacklevel=3)
     if options.resize is not None and min(options.resize) < 1:
         raise VprkitError(f"bad --resize {options.resize}: height and width must be positive")
-    views = parse_views(",".join(options.views))
     if options.resize is None and len(views) > 1:
         raise VprkitError(f"query views {', '.join(views[1:])} are made relative to --resize "
                           "H W; give one instead of --native-size")
@@ -362,9 +362,9 @@ def _parts(writer: DescriptorWriter, split: Split, scales: tuple[int, ...],
 
 
 def _run(model: VPRModel, split: Split, writer: DescriptorWriter, scales: tuple[int, ...],
-         options: ExtractOptions, device: torch.device, progress: bool) -> None:
+         views: tuple[str, ...], options: ExtractOptions, device: torch.device,
+         progress: bool) -> None:
     """Run the network over every unfinished (role, view, scales) pass, committing each batch."""
-    views = parse_views(",".join(options.views))
     parts = _parts(writer, split, scales, views, model.output_dim, _stats_spec(model),
                    options.resize)
     if not parts:

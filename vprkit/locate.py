@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .datasets import IMAGE_EXTENSIONS, parse_utm
+from .datasets import IMAGE_EXTENSIONS, parse_utm, recorded_images
 from .errors import VprkitError
 from .geo import Position, position_of
 from .inference import (
@@ -342,7 +342,7 @@ def write_location_pictures(result: LocateResult, database: str | Path, folder: 
     from .pictures import Match, QueryPicture, write_pictures
 
     with DescriptorFile(database) as store:
-        split = Path(store.dataset.get("root", ".")) / "images" / str(store.dataset.get("split", ""))
+        db_folder = recorded_images(store.dataset, "database")
     pictures = []
     for loc in result.located:
         matches = []
@@ -350,7 +350,7 @@ def write_location_pictures(result: LocateResult, database: str | Path, folder: 
             metres = None if loc.true_position is None else float(np.hypot(
                 loc.true_position[0] - m["position"]["east"],
                 loc.true_position[1] - m["position"]["north"]))
-            matches.append(Match(path=split / "database" / m["name"], name=m["name"],
+            matches.append(Match(path=db_folder / m["name"], name=m["name"],
                                  rank=m["rank"], distance=m["distance"], metres=metres,
                                  positive=None if metres is None else metres <= result.threshold))
         p = loc.position
