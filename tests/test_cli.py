@@ -253,7 +253,7 @@ class TestVocabulary:
     def test_predictions_to_stdout(self, gem_file):
         result = run("evaluate", gem_file, "--predictions", "-")
         lines = result.output.splitlines()
-        assert lines[0] == "query,rank,database,distance,metres,positive,method"
+        assert lines[0] == "query,rank,database,distance,metres,positive,method,top1_metres"
         assert len(lines) == 1 + 12 * 20 and "Recall@N" not in result.output
         assert run("evaluate", gem_file, "--predictions", "-", "--json", "-").exit_code == 1
 

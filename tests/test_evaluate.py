@@ -69,8 +69,8 @@ class TestEvaluateFile:
         path = write_file(tmp_path / "p.h5", db, db[:2])
         evaluate_file(path, recalls=(1, 2), predictions_path=tmp_path / "pred.csv")
         lines = (tmp_path / "pred.csv").read_text().splitlines()
-        assert lines[0] == "query,rank,database,distance,metres,positive,method"
-        assert lines[1] == "@0@5@.jpg,1,@0@0@.jpg,0,5.0,1,hard_resize"
+        assert lines[0] == "query,rank,database,distance,metres,positive,method,top1_metres"
+        assert lines[1] == "@0@5@.jpg,1,@0@0@.jpg,0,5.0,1,hard_resize,5.0"
         assert len(lines) == 1 + 2 * 2
 
     def test_bad_threshold(self, tmp_path):

@@ -25,7 +25,9 @@ def test_report_from_evaluation_json_and_run(gem_file, tmp_path):
         {"epoch": 2, "val_recalls": {"1": 11.0, "5": 25.0}}]))
     out = write_report([tmp_path / "eval.json", run], tmp_path / "r/report.md")
     text = out.read_text()
-    assert f"| gem.h5 | {rows[1]['model']} | 1+2 | 256 | {rows[1]['recalls']['1']:.1f} |" in text
+    ci = rows[1]["recall_ci"]["1"]
+    assert f"| gem.h5 | {rows[1]['model']} | 1+2 | 256 | {rows[1]['recalls']['1']:.1f} " \
+           f"±{(ci[1] - ci[0]) / 2:.1f} |" in text
     assert "| run | resnet18conv4+gem | adamw | 0.0001 | 0.001 | plateau | night:M2 | 2 | " \
            "10.0 / 20.0 | 12.5 / 30.0 (1) |" in text
     assert (tmp_path / "r/report_eval.png").exists() and (tmp_path / "r/report_training.png").exists()

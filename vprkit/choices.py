@@ -66,3 +66,7 @@ TEST_METHODS = {"hard_resize": "hard_resize", "single_query": "single_query",
                 "central_crop": "central_crop", "five_crops": "five_crops",
                 "nearest_crop": "five_crops", "maj_voting": "five_crops"}
 DEFAULT_MAJORITY_WEIGHT = 0.01  # the benchmark's --majority_weight
+# evaluate's statistics (vprkit.statistics): bootstrap resamples and seed, R@1 thresholds (m)
+DEFAULT_RESAMPLES = 1000
+DEFAULT_SEED = 0
+DEFAULT_THRESHOLDS = (5.0, 10.0, 25.0, 50.0, 100.0)

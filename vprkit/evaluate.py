@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,19 @@ from .errors import VprkitError
 from .files import atomic_output
 from .search import blocked_search
 from .shards import refuse_shard
+from .statistics import (
+    DEFAULT_LEVEL,
+    DEFAULT_RESAMPLES,
+    DEFAULT_SEED,
+    DEFAULT_THRESHOLDS,
+    QueryOutcomes,
+    bootstrap_recalls,
+    check_bootstrap,
+    precision_recall,
+    query_outcomes,
+    recall_at_thresholds,
+    threshold_label,
+)
 from .store import DescriptorFile, parse_scale_spec, spec_name
 from .views import (
     DEFAULT_MAJORITY_WEIGHT,
@@ -58,9 +71,20 @@ class EvaluationResult:
         test_method: how queries were searched (``vprkit.views``: ``hard_resize``, ...,
             ``maj_voting``).
         majority_weight: ``maj_voting``'s weight (None for the other methods).
+        recall_ci: ``{N: (low, high)}``, the bootstrap interval of Recall@N (``vprkit.statistics``);
+            empty when the bootstrap was skipped.
+        bootstrap: how the intervals were drawn: ``{"resamples", "seed", "level"}``.
+        auc_pr: area under the precision-recall curve of the top-1 answers scored by their
+            distance (None where no answer is right).
+        recall_at_full_precision: percent of the right top-1 answers accepted before the first
+            wrong one.
+        unmatched: queries without positives on that curve: ``"counted"`` or ``"dropped"``.
+        recall_at_thresholds: ``{t: percent of queries with their top-1 within t metres}``.
+        outcomes: one row per query (``vprkit.statistics.QueryOutcomes``), for paired
+            comparisons (``vprkit compare``) and the report's curves.
 
     ``to_dict()`` gives the JSON form (``vprkit evaluate --json``), with string keys in
-    ``recalls``.
+    ``recalls``, ``recall_ci`` and ``recall_at_thresholds`` and the outcomes under ``per_query``.
     """
 
     file: str
@@ -77,10 +101,22 @@ class EvaluationResult:
     search: str = "exact"
     test_method: str = HARD_RESIZE
     majority_weight: float | None = None
+    recall_ci: dict[int, tuple[float, float]] = field(default_factory=dict)
+    bootstrap: dict | None = None
+    auc_pr: float | None = None
+    recall_at_full_precision: float | None = None
+    unmatched: str = "counted"
+    recall_at_thresholds: dict[float, float] = field(default_factory=dict)
+    outcomes: QueryOutcomes | None = None
 
     def to_dict(self) -> dict:
-        out = asdict(self)
+        out = asdict(replace(self, outcomes=None))
+        out.pop("outcomes")
         out["recalls"] = {str(n): r for n, r in self.recalls.items()}
+        out["recall_ci"] = {str(n): list(ci) for n, ci in self.recall_ci.items()}
+        out["recall_at_thresholds"] = {threshold_label(t): r
+                                       for t, r in self.recall_at_thresholds.items()}
+        out["per_query"] = self.outcomes.to_dict() if self.outcomes is not None else None
         return out
 
 
@@ -135,6 +171,10 @@ def evaluate_file(
     only_wrong: bool = False,
     pictures_limit: int | None = None,
     pictures_top_k: int = 5,
+    bootstrap: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    drop_unmatched: bool = False,
 ) -> EvaluationResult:
     """Recall@N of one scale (``"2"``) or pyramid (``"1+2+3"``) of a descriptor file.
 
@@ -168,10 +208,16 @@ def evaluate_file(
         only_wrong: pictures of the queries whose first prediction is not a positive only.
         pictures_limit: at most this many pictures (after ``only_wrong``).
         pictures_top_k: predictions shown per picture.
+        bootstrap: resamples of the queries for the intervals of Recall@N (0: none).
+        seed: seed of the resampling (the same seed gives the same intervals).
+        thresholds: metres at which R@1 is also given (top-1 within t metres).
+        drop_unmatched: leave queries without positives out of the precision-recall curve
+            (default: counted there as wrong answers; Recall@N always counts them).
 
     Returns:
-        An ``EvaluationResult``: ``recalls`` maps each N to Recall@N in percent, with the counts,
-        dimension, model and dataset labels, kind of search and time taken.
+        An ``EvaluationResult``: ``recalls`` maps each N to Recall@N in percent, with its
+        bootstrap interval, the precision-recall summaries, R@1 at the thresholds, the per-query
+        outcomes, the counts, dimension, model and dataset labels, kind of search and time taken.
 
     Raises:
         VprkitError: a missing, incomplete or damaged file, a shard, a scale the file lacks, no
@@ -181,6 +227,7 @@ def evaluate_file(
     started = time.perf_counter()
     check_search_options(threshold, block_rows, nprobe)
     check_method(test_method)
+    check_bootstrap(bootstrap)
     if not math.isfinite(majority_weight):
         raise VprkitError(f"--majority-weight must be a finite number, got {majority_weight}")
     recalls = tuple(recalls)
@@ -217,6 +264,9 @@ def evaluate_file(
                                                majority_weight)
         positives = positives_within(store.utm("database"), store.utm("queries"), threshold)
         values = recall_at_n(predictions, positives, recalls)
+        outcomes = query_outcomes(predictions, distances, positives, store.utm("queries"),
+                                  store.utm("database"), store.names("queries"))
+        curve = precision_recall(outcomes, drop_unmatched)
         if predictions_path:
             write_predictions(predictions_path, store, predictions, distances, positives,
                               test_method)
@@ -234,13 +284,22 @@ def evaluate_file(
             dim=queries.shape[1],
             threshold=threshold,
             queries_without_positives=sum(1 for p in positives if len(p) == 0),
-            seconds=time.perf_counter() - started,
+            seconds=0.0,
             model=model_label(store.model),
             dataset=f"{Path(store.dataset.get('root', '?')).name}/{store.dataset.get('split', '?')}",
             search=search,
             test_method=test_method,
             majority_weight=majority_weight if test_method == "maj_voting" else None,
+            recall_ci=bootstrap_recalls(outcomes, recalls, bootstrap, seed),
+            bootstrap={"resamples": bootstrap, "seed": seed, "level": DEFAULT_LEVEL}
+            if bootstrap else None,
+            auc_pr=None if math.isnan(curve.auc) else curve.auc,
+            recall_at_full_precision=curve.recall_at_full_precision,
+            unmatched=curve.unmatched,
+            recall_at_thresholds=recall_at_thresholds(outcomes, thresholds),
+            outcomes=outcomes,
         )
+        result.seconds = time.perf_counter() - started
     return result
 
 
@@ -265,22 +324,25 @@ def write_predictions(path: str | Path, store: DescriptorFile, predictions: np.n
                       distances: np.ndarray, positives: Sequence[np.ndarray],
                       test_method: str = HARD_RESIZE) -> Path:
     """CSV: query, rank, database image, squared L2 distance (``maj_voting``: after the vote),
-    metres apart, positive or not, test method; ``path`` ``"-"`` writes it to stdout."""
+    metres apart, positive or not, test method, and the query's top-1 error in metres (the
+    metres of its rank-1 row, on every row of the query); ``path`` ``"-"`` writes it to stdout."""
     q_names, db_names = store.names("queries"), store.names("database")
     q_utm, db_utm = store.utm("queries"), store.utm("database")
     target = nullcontext(sys.stdout) if str(path) == "-" else \
         atomic_output(path, "w", newline="", encoding="utf-8")
     with target as handle:
         out = csv.writer(handle)
-        out.writerow(["query", "rank", "database", "distance", "metres", "positive", "method"])
+        out.writerow(["query", "rank", "database", "distance", "metres", "positive", "method",
+                      "top1_metres"])
         for qi, (pred, dist) in enumerate(zip(predictions, distances, strict=True)):
             pos = set(positives[qi].tolist())
+            top1 = f"{float(np.linalg.norm(q_utm[qi] - db_utm[pred[0]])):.1f}"
             for rank, (di, d) in enumerate(zip(pred, dist, strict=True), start=1):
                 if di < 0:
                     break
                 metres = float(np.linalg.norm(q_utm[qi] - db_utm[di]))
                 out.writerow([q_names[qi], rank, db_names[di], f"{d:.6g}", f"{metres:.1f}",
-                              int(di in pos), test_method])
+                              int(di in pos), test_method, top1])
     return Path(path)
 
 

@@ -18,6 +18,14 @@ from pathlib import Path
 from .errors import VprkitError, shown
 from .files import write_text
 from .plotting import integer_ticks, pyplot, save_figure
+from .report_statistics import (
+    comparison_lines,
+    curve_cells,
+    has_curves,
+    plot_statistics,
+    recall_cell,
+    row_problem,
+)
 
 
 def unique_labels(paths: list[Path]) -> list[str]:
@@ -121,7 +129,7 @@ def _evaluation_row_problem(row, ns: list[str] | None) -> str | None:
             return f"{key!r} is {shown(json.dumps(row[key]))[:40]}, not an integer >= {least}"
     if not _is_number(row["threshold"]) or row["threshold"] <= 0:
         return f"'threshold' is {shown(json.dumps(row['threshold']))[:40]}, not a positive number"
-    return _recalls_problem(row["recalls"], ns)
+    return _recalls_problem(row["recalls"], ns) or row_problem(row)
 
 
 def _recalls_problem(recalls, ns: list[str] | None) -> str | None:
@@ -213,18 +221,36 @@ def _load_run(folder: Path) -> dict:
 
 def _recall_table(rows: list[dict]) -> list[str]:
     ns = list(rows[0]["recalls"])
-    lines = ["| file | model | scale | dim | " + " | ".join(f"R@{n}" for n in ns) + " |",
-             "| --- | --- | --- | ---: | " + " | ".join("---:" for _ in ns) + " |"]
+    curves = has_curves(rows)
+    extra = ["AUC-PR", "R@100%P"] if curves else []
+    lines = ["| file | model | scale | dim | " + " | ".join([f"R@{n}" for n in ns] + extra) + " |",
+             "| --- | --- | --- | ---: | " + " | ".join("---:" for _ in ns + extra) + " |"]
     for r in rows:
         lines.append(f"| {_cell(Path(r['file']).name)} | {_cell(r.get('model', ''))} | {_cell(r['scale'])} "
                      f"| {r['dim']} | "
-                     + " | ".join(f"{r['recalls'][n]:.1f}" for n in ns) + " |")
+                     + " | ".join([recall_cell(r, n) for n in ns]
+                                  + (curve_cells(r) if curves else [])) + " |")
     counts = {r.get("dataset", ""): (r["queries"], r["database"]) for r in rows}
     lines.append("")
+    boot = rows[0].get("bootstrap")
     lines.append("; ".join(f"{shown(d) or 'dataset'}: {q} queries, {db} database images"
                            for d, (q, db) in counts.items())
                  + f"; positives within {rows[0]['threshold']:g} m; "
-                 f"{shown(rows[0].get('search', 'exact'))} search.")
+                 f"{shown(rows[0].get('search', 'exact'))} search"
+                 + (f"; ± half the 95% bootstrap interval ({boot.get('resamples')} resamples of "
+                    "the queries)" if isinstance(boot, dict) else "")
+                 + ("; AUC-PR and R@100%P: precision-recall of the top-1 answers scored by their "
+                    f"distance, queries without positives {shown(rows[0].get('unmatched'))}"
+                    if curves else "") + ".")
+    by_metres = [r.get("recall_at_thresholds") or {} for r in rows]
+    metres = list(by_metres[0])
+    if metres and all(list(m) == metres for m in by_metres):
+        lines += ["", "R@1 at other thresholds (top-1 prediction within t metres):", "",
+                  "| file | scale | " + " | ".join(f"{shown(t)} m" for t in metres) + " |",
+                  "| --- | --- | " + " | ".join("---:" for _ in metres) + " |"]
+        for r, m in zip(rows, by_metres, strict=True):
+            lines.append(f"| {_cell(Path(r['file']).name)} | {_cell(r['scale'])} | "
+                         + " | ".join(f"{m[t]:.1f}" for t in metres) + " |")
     return lines
 
 
@@ -317,6 +343,14 @@ def write_report(inputs: list[str | Path], output: str | Path, title: str = "vpr
         plot = _plot_recalls(rows, output.with_name(f"{output.stem}{slug}.png"), label)
         if plot:
             lines += [f"![Recall@N, {_alt(label)}]({plot.name})", ""]
+        compared = comparison_lines(rows, shown(path))
+        if compared:
+            lines += compared + [""]
+        stats = plot_statistics(rows, output.with_name(f"{output.stem}{slug}_statistics.png"),
+                                label, shown(path))
+        if stats:
+            lines += [f"![precision-recall, R@1 against the threshold and top-1 errors, "
+                      f"{_alt(label)}]({stats.name})", ""]
     groups: dict[Path, list[dict]] = {}  # runs by the folder that holds them (one per recipe)
     for run in runs:
         groups.setdefault(run["path"].parent, []).append(run)

@@ -30,18 +30,77 @@ def recall_table(results: Sequence[EvaluationResult], title: str | None = None) 
     methods = any(r.test_method != "hard_resize" for r in results)
     if methods:
         table.add_column("test method")
-    for col in ("scale", "dim", *(f"R@{n}" for n in ns)):
+    curves = any(r.recall_at_full_precision is not None for r in results)
+    for col in ("scale", "dim", *(f"R@{n}" for n in ns), *(("AUC-PR", "R@100%P") if curves else ())):
         table.add_column(col, justify="right")
     for r in results:
         method = [cell(r.test_method)] if methods else []
+        pr = [("-" if r.auc_pr is None else f"{r.auc_pr:.3f}"),
+              ("-" if r.recall_at_full_precision is None else f"{r.recall_at_full_precision:.1f}")
+              ] if curves else []
         table.add_row(cell(Path(r.file).name), cell(r.model), *method, cell(r.scale), str(r.dim),
-                      *(f"{r.recalls[n]:.1f}" for n in ns))
+                      *(with_interval(r.recalls[n], r.recall_ci.get(n)) for n in ns), *pr)
     counts = {r.dataset: (r.queries, r.queries_without_positives, r.database) for r in results}
     searches = sorted({r.search for r in results})
     table.caption = cell("; ".join(
         f"{name}: {q} queries ({w} without positive), {d} database images"
         for name, (q, w, d) in counts.items()
-    ) + f"; {', '.join(searches)} search")
+    ) + f"; {', '.join(searches)} search" + (
+        f"; ± half the {first.bootstrap['level'] * 100:g}% bootstrap interval "
+        f"({first.bootstrap['resamples']} resamples, seed {first.bootstrap['seed']})"
+        if first.bootstrap else "") + (
+        f"; AUC-PR and R@100%P of the top-1 answers scored by distance, queries without "
+        f"positives {first.unmatched}" if curves else ""))
+    return table
+
+
+def with_interval(value: float, interval: tuple[float, float] | None) -> str:
+    """``67.6 ±4.3``: a percentage and half its interval's width (the value alone without)."""
+    if interval is None:
+        return f"{value:.1f}"
+    return f"{value:.1f} ±{(interval[1] - interval[0]) / 2:.1f}"
+
+
+def threshold_table(results: Sequence[EvaluationResult]) -> Table | None:
+    """R@1 at each threshold (top-1 within t metres), one row per result; None without any."""
+    thresholds = list(results[0].recall_at_thresholds)
+    if not thresholds:
+        return None
+    table = Table(title="R@1 at other thresholds (top-1 prediction within t metres)")
+    table.add_column("file", overflow="fold")
+    table.add_column("scale", justify="right")
+    for t in thresholds:
+        table.add_column(f"{t:g} m", justify="right")
+    for r in results:
+        table.add_row(cell(Path(r.file).name), cell(r.scale),
+                      *(f"{r.recall_at_thresholds.get(t, float('nan')):.1f}" for t in thresholds))
+    return table
+
+
+def comparison_table(comparisons: Sequence, title: str = "Paired comparisons") -> Table:
+    """``vprkit.compare.Comparison`` rows: R@N differences with their paired intervals, and
+    McNemar's p on R@1, then the verdict in words in the caption."""
+    ns = [d.n for d in comparisons[0].differences]
+    table = Table(title=cell(title))
+    table.add_column("baseline", overflow="fold")
+    table.add_column("against", overflow="fold")
+    for n in ns:
+        table.add_column(f"ΔR@{n}", justify="right")
+    table.add_column("McNemar p (R@1)", justify="right")
+    table.add_column("R@1 clear?", justify="center")
+    for c in comparisons:
+        deltas = []
+        for d in c.differences:
+            text = f"{d.difference:+.1f}" + ("" if d.low is None else
+                                             f" [{d.low:+.1f}, {d.high:+.1f}]")
+            deltas.append(Text(text, style="bold" if d.clear else ""))
+        table.add_row(cell(c.a), cell(c.b), *deltas, f"{c.p_value:.3g}",
+                      Text("yes", style="green") if c.clear_at_1 else Text("no", style="dim"))
+    level = comparisons[0].level * 100
+    table.caption = cell(f"difference (points) of the second row minus the baseline with its "
+                         f"{level:g}% paired bootstrap interval ({comparisons[0].resamples} "
+                         f"resamples); clear: the interval leaves out 0 and, at R@1, McNemar's "
+                         f"exact p < {1 - comparisons[0].level:.2g}", 2000)
     return table
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from .. import __version__
-from ..choices import L2_PLACEMENTS
+from ..choices import DEFAULT_RESAMPLES, DEFAULT_SEED, DEFAULT_THRESHOLDS, L2_PLACEMENTS
 from ..errors import VprkitError
 from ..files import write_text
 from ..progress import console, inert, styled
@@ -49,6 +49,25 @@ def json_option(what: str, is_output: bool = False):
                         metavar="PATH|-",
                         help=f"Write {what} as JSON to PATH, or print it alone to stdout with - "
                              f"(also --json alone).{also}  [default: none]")
+
+
+def statistics_options(function):
+    """``--bootstrap``, ``--seed``, ``--thresholds`` and ``--drop-unmatched``: how evaluate
+    states its uncertainty (``vprkit.statistics``)."""
+    function = click.option(
+        "--drop-unmatched", is_flag=True,
+        help="Leave queries without any positive out of the precision-recall curve.  [default: "
+             "counted there as wrong answers; Recall@N always counts them]")(function)
+    function = click.option(
+        "--thresholds", default=",".join(f"{t:g}" for t in DEFAULT_THRESHOLDS),
+        show_default=True, metavar="M1,M2,...",
+        help="Metres at which R@1 is also given (top-1 within M metres); none: no such "
+             "table.")(function)
+    function = click.option("--seed", default=DEFAULT_SEED, show_default=True,
+                            help="Seed of the bootstrap resampling.")(function)
+    return click.option(
+        "--bootstrap", type=click.IntRange(min=0), default=DEFAULT_RESAMPLES, show_default=True,
+        help="Resamples of the queries for the 95% intervals of Recall@N (0: none).")(function)
 
 
 def aggregation_options(function):
@@ -146,4 +165,4 @@ def main() -> None:
                 pass
 
 
-from . import export, inspect, locating, pipeline, training, zoo  # noqa: E402,F401  (commands)
+from . import comparing, export, inspect, locating, pipeline, training, zoo  # noqa: E402,F401  (commands)

@@ -18,6 +18,7 @@ from . import (
     emit_json,
     json_option,
     main,
+    statistics_options,
 )
 
 
@@ -186,15 +187,28 @@ def merge(shards, output, overwrite, quiet, json_path):
               help="--pictures of the queries whose first prediction is wrong only.")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="At most this many --pictures.  [default: all]")
+@statistics_options
+@click.option("--paired", is_flag=True,
+              help="Compare every row with the first, query by query (as vprkit compare): "
+                   "paired bootstrap intervals of the differences and McNemar's exact test.")
 def evaluate(files, scales, recalls, threshold, json_path, predictions, block_rows, index, nprobe,
-             test_method, majority_weight, pictures, only_wrong, limit):
-    """Recall@N of stored descriptors: one row per FILE and --scale."""
+             test_method, majority_weight, pictures, only_wrong, limit, bootstrap, seed,
+             thresholds, drop_unmatched, paired):
+    """Recall@N of stored descriptors: one row per FILE and --scale.
+
+    Each row has the bootstrap interval of every Recall@N, the area under the precision-recall
+    curve of the top-1 answers (scored by their distance), the recall at 100% precision and R@1
+    at other thresholds; --json holds them with every query's outcome, for vprkit compare.
+    """
     from ..evaluate import check_search_options, evaluate_file, parse_recalls, results_json
-    from ..report import recall_table
+    from ..report import comparison_table, recall_table, threshold_table
+    from ..statistics import check_bootstrap, parse_thresholds
     from ..store import parse_scale_spec
 
     ns = parse_recalls(recalls)
     check_search_options(threshold, block_rows, nprobe)
+    check_bootstrap(bootstrap)
+    metres = parse_thresholds(thresholds)
     for spec in scales:
         parse_scale_spec(spec)
     specs = list(scales) or [None]
@@ -210,16 +224,36 @@ def evaluate(files, scales, recalls, threshold, json_path, predictions, block_ro
         evaluate_file(f, s, ns, threshold, block_rows=block_rows, predictions_path=predictions,
                       index=index, nprobe=nprobe, test_method=test_method,
                       majority_weight=majority_weight, pictures=pictures, only_wrong=only_wrong,
-                      pictures_limit=limit)
+                      pictures_limit=limit, bootstrap=bootstrap, seed=seed, thresholds=metres,
+                      drop_unmatched=drop_unmatched)
         for f in files for s in specs
     ]
+    comparisons = paired_comparisons(results, bootstrap, seed) if paired else []
     if pictures:
         console.print(f"pictures: {pictures / 'index.html'}")
     if json_path == "-" or predictions == "-":  # stdout holds that alone
         emit_json(json_path, json.loads(results_json(results)))
         return
     results_console.print(recall_table(results))
+    by_threshold = threshold_table(results)
+    if by_threshold is not None:
+        results_console.print(by_threshold)
+    if comparisons:
+        results_console.print(comparison_table(comparisons))
+        for c in comparisons:
+            results_console.print(c.verdict(), markup=False, highlight=False)
     emit_json(json_path, json.loads(results_json(results)))
+
+
+def paired_comparisons(results, bootstrap: int, seed: int) -> list:
+    """``evaluate --paired``: every result row against the first."""
+    from ..compare import compare_rows
+
+    if len(results) < 2:
+        raise VprkitError("--paired compares rows with the first: give several files or --scale")
+    rows = [r.to_dict() for r in results]
+    return [compare_rows(rows[0], row, bootstrap, seed, where=("row 1", f"row {i}"))
+            for i, row in enumerate(rows[1:], start=2)]
 
 
 # --------------------------------------------------------------------------- combine
