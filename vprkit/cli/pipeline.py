@@ -72,9 +72,17 @@ from . import (
                    "k-means.  [default: --split]")
 @click.option("--skip-unparsable", is_flag=True,
               help="Skip (and count) file names without coordinates instead of failing.")
-@click.option("--shard", default=None, metavar="I/N",
+@click.option("--shard", default=None, metavar="I/N|slurm",
               help="Extract slice I of N (I from 0) into OUTPUT's name + .shardIofN, for N "
-                   "processes, GPUs or machines; join them with vprkit merge.  [default: all]")
+                   "processes, GPUs or machines; join them with vprkit merge. slurm: the shard "
+                   "of this Slurm job array task (SLURM_ARRAY_TASK_ID, _MIN, _COUNT). Under "
+                   "torchrun the shard is the rank and the shards are merged.  [default: all]")
+@click.option("--merge-when-complete", is_flag=True,
+              help="With --shard: the process that finds every shard complete merges them into "
+                   "OUTPUT (a file lock makes exactly one merge).  [default: off]")
+@click.option("--keep-shards", is_flag=True,
+              help="Keep the shard files after torchrun or --merge-when-complete merged them.  "
+                   "[default: removed]")
 @click.option("--overwrite", is_flag=True, help="Replace an existing or unfinished output.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @json_option("what the file holds (as vprkit info --json)")
@@ -82,14 +90,22 @@ def extract(root, output, split, backbone, aggregation, clusters, l2, fc_output_
             weights,
             checkpoint, scales, views,
             resize, native_size, batch_size, workers, device, half, dtype, seed, cluster_split,
-            shard, skip_unparsable, overwrite, quiet, json_path):
+            shard, merge_when_complete, keep_shards, skip_unparsable, overwrite, quiet,
+            json_path):
     """Run a model over a dataset split and write its descriptors at every scale.
 
     ROOT is a dataset in the benchmark layout (ROOT/images/SPLIT/{database,queries}).
-    An interrupted run resumes when the same command is run again.
+    An interrupted run resumes when the same command is run again. Started by torchrun,
+    every process extracts a shard and process 0 merges them.
     """
+    from ..distributed_extract import (
+        ProcessFailed,
+        World,
+        extract_distributed,
+        extract_shard_task,
+        slurm_shard,
+    )
     from ..extract import ExtractOptions, image_size_for
-    from ..extract import extract as run_extract
     from ..models import ModelConfig
     from ..report import describe_file
     from ..shards import parse_shard
@@ -107,7 +123,7 @@ def extract(root, output, split, backbone, aggregation, clusters, l2, fc_output_
                              checkpoint=str(Path(checkpoint).resolve()) if checkpoint else None)
         if resize is None and not native_size:
             resize = spec.resize
-            if resize is not None:
+            if resize is not None and World.from_env().rank == 0:
                 console.print(f"extracting at {resize[0]}x{resize[1]} (H x W), the size "
                               f"{model} is evaluated at (--resize H W to choose another)")
             else:
@@ -122,15 +138,32 @@ def extract(root, output, split, backbone, aggregation, clusters, l2, fc_output_
                              fc_output_dim=fc_output_dim)
     size, note = image_size_for(None if model else checkpoint, tuple(resize) if resize else None,
                                 native_size)
-    if note:
+    if note and World.from_env().rank == 0:
         console.print(note)
+    if merge_when_complete and not shard:
+        raise VprkitError("--merge-when-complete merges shards: give --shard I/N or --shard slurm")
     options = ExtractOptions(
         split=split, scales=parse_scales(scales), views=parse_views(views), resize=size,
         batch_size=batch_size, workers=workers, device=device, half=half, dtype=dtype, seed=seed,
         cluster_split=cluster_split, skip_unparsable=skip_unparsable, overwrite=overwrite,
-        shard=parse_shard(shard) if shard else None)
-    path = run_extract(root, output, config, options, progress=not quiet)
-    emit_json(json_path, describe_file(path) if json_path else None)
+        shard=(slurm_shard() if shard == "slurm" else parse_shard(shard)) if shard else None)
+    world = World.from_env()
+    if world.size > 1:
+        try:
+            path = extract_distributed(root, output, config, options, keep_shards=keep_shards,
+                                       progress=not quiet, announce_failure=True)
+        except ProcessFailed as err:
+            if err.reported:  # process 0 wrote the one line
+                raise SystemExit(1) from None
+            raise
+    elif shard == "slurm" or merge_when_complete:
+        path = extract_shard_task(root, output, config, options,
+                                  merge_when_complete=merge_when_complete,
+                                  keep_shards=keep_shards, progress=not quiet)
+    else:
+        path = extract_distributed(root, output, config, options, progress=not quiet)
+    if world.rank == 0:
+        emit_json(json_path, describe_file(path) if json_path else None)
 
 
 # --------------------------------------------------------------------------- merge
