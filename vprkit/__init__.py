@@ -34,6 +34,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "TrainConfig": ("vprkit.train.trainer", "TrainConfig"),
     "VprkitError": ("vprkit.errors", "VprkitError"),
     "combine_files": ("vprkit.combine", "combine"),
+    "compare_files": ("vprkit.compare", "compare_files"),
     "evaluate_file": ("vprkit.evaluate", "evaluate_file"),
     "extract_split": ("vprkit.extract", "extract"),
     "export_hloc": ("vprkit.export", "export_hloc"),
@@ -50,6 +51,7 @@ __all__ = [
     "TrainConfig",
     "VprkitError",
     "combine_files",
+    "compare_files",
     "evaluate_file",
     "export_hloc",
     "export_pairs",
@@ -61,6 +63,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .combine import combine as combine_files
+    from .compare import compare_files
     from .errors import VprkitError
     from .evaluate import EvaluationResult, evaluate_file
     from .export import export_hloc, export_pairs

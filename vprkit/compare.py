@@ -166,8 +166,26 @@ def load_rows(paths: Sequence[str | Path]) -> list[tuple[str, dict]]:
 def compare_files(paths: Sequence[str | Path], baseline: int = 1,
                   resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
                   level: float = DEFAULT_LEVEL) -> list[Comparison]:
-    """Every row of ``paths`` (evaluation JSON files) against row ``baseline`` (1-based, counted
-    over all the files' rows in order)."""
+    """Every row of ``paths`` (evaluation JSON files) against row ``baseline``, query by query.
+
+    Args:
+        paths: files written by ``vprkit evaluate --json`` (each a list of rows with
+            ``per_query`` outcomes), on the same queries.
+        baseline: the row the others are compared with, 1-based over all the files' rows in
+            order.
+        resamples: paired bootstrap resamples of the queries (0: no intervals).
+        seed: seed of the resampling.
+        level: confidence level of the intervals (and 1 - level is McNemar's bar).
+
+    Returns:
+        One ``Comparison`` per other row: the differences in Recall@N with their paired
+        intervals, McNemar's exact test on R@1, and ``verdict()`` in words.
+
+    Raises:
+        VprkitError: a file that is not evaluation JSON, rows without per-query outcomes (an
+            older vprkit), rows on other queries or thresholds, fewer than two rows, or a
+            baseline that is not a row.
+    """
     rows = load_rows(paths)
     if len(rows) < 2:
         raise VprkitError("a comparison needs at least two evaluation rows (give two files, or a "
