@@ -17,7 +17,7 @@ from reference import mixvpr as ref_mixvpr
 
 from vprkit.errors import VprkitError
 from vprkit.models.serialization import load_safely
-from vprkit.models.zoo import boq, mixvpr  # noqa: F401  (registers the variants)
+from vprkit.models.zoo import boq, dinov2, mixvpr  # noqa: F401  (registers the variants)
 from vprkit.models.zoo.base import REGISTRY, ZooSpec
 
 TOL = 1e-4
@@ -249,18 +249,18 @@ def test_boq_dinov2_position_embeddings_as_dinov2_interpolates(boq_dinov2_refere
     for rows, cols in [(37, 37), (23, 23), (5, 8), (9, 7), (40, 30), (1, 1)]:
         x = torch.zeros(1, 1 + rows * cols, 768)
         theirs = dino.interpolate_pos_encoding(x, rows * 14, cols * 14)
-        ours = boq.dinov2_pos_embed(dino.pos_embed.detach(), rows, cols)
+        ours = dinov2.interpolate_pos_encoding(dino.pos_embed.detach(), rows * 14, cols * 14)
         assert ours.shape == (1, 1 + rows * cols, 768)
         assert torch.equal(ours, theirs.detach())
 
 
 def test_boq_dinov2_key_mapping_is_explicit_and_complete(boq_dinov2_model):
     model = boq_dinov2_model
-    vit_keys = {k[len("backbone.vit."):] for k in model.state_dict() if k.startswith("backbone.vit.")}
-    assert set(boq.DINOV2_TO_TIMM.values()) == vit_keys
+    ours = {k[len("backbone.dino."):] for k in model.state_dict() if k.startswith("backbone.dino.")}
+    assert set(dinov2.DINOV2_KEY_MAP.values()) == ours
     upstream = set(ref_boq.RefDinoVisionTransformer().state_dict())
-    assert upstream == set(boq.DINOV2_TO_TIMM) | set(boq.DINOV2_UNUSED)
-    assert math.prod(model.backbone.vit.pos_embed.shape) == (1 + 37 * 37) * 768
+    assert upstream == set(dinov2.DINOV2_KEY_MAP) and set(boq.DINOV2_UNUSED) <= upstream
+    assert math.prod(model.backbone.dino.vit.pos_embed.shape) == (1 + 37 * 37) * 768
 
 
 def test_boq_dinov2_refuses_what_does_not_fit(boq_dinov2_reference, boq_dinov2_model,

@@ -24,9 +24,10 @@ Each ``.pth`` is a bare state dict of ``VPRModel(backbone, aggregator)`` (``hubc
   without ImageNet weights, all into ``backbone.unfrozen_layers`` (``0.0``, ``0.1``, ``1``-``3``);
   both are read too.
 - ``backbone.dino.{cls_token,pos_embed,mask_token,patch_embed.proj.*,blocks.N.*,norm.*}``: the
-  facebookresearch DINOv2 layout, mapped key by key onto timm's ``vit_base_patch14_dinov2``
-  (``DINOV2_TO_TIMM``); ``mask_token`` (training masks) and ``norm`` (never applied; the later
-  upstream code drops it) are not used.
+  facebookresearch DINOv2 layout, loaded by the zoo's shared DINOv2 backbone (``dinov2.py``:
+  timm's ``vit_base_patch14_dinov2``, mapped key by key) as ``backbone.dino``; ``mask_token``
+  (training masks) and ``norm`` (never applied; the later upstream code drops it) are loaded
+  where the file has them and not used.
 - ``aggregator.proj_c`` (3x3 conv), ``aggregator.norm_input``, ``aggregator.boqs.N.{encoder
   (nn.TransformerEncoderLayer), queries, self_attn, norm_q, cross_attn, norm_out}``,
   ``aggregator.fc``.
@@ -38,14 +39,13 @@ Preprocessing (upstream README): ``ToTensor``, ``Resize(384x384 for ResNet-50, 3
 DINOv2, BICUBIC, antialias=True)``, ImageNet ``Normalize``; vprkit resizes bilinearly. ResNet-50
 BoQ takes any size; DINOv2's sides must be multiples of 14, and its position embeddings (37 x 37,
 for 518 x 518) are resized as DINOv2's ``interpolate_pos_encoding`` does (bicubic, no antialias,
-scale factor ``(n + 0.1) / 37``), which timm's ``dynamic_img_size`` (bicubic with antialias, to
-the exact size) does not reproduce, so this module does it itself.
+scale factor ``(n + 0.1) / 37``; ``dinov2.interpolate_pos_encoding``).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -53,12 +53,11 @@ import torchvision
 from torch import nn
 
 from ...errors import VprkitError
+from . import dinov2
 from .base import ZooSpec, register, strict_load, strip_prefix
 
 RELEASE = "https://github.com/amaralibey/Bag-of-Queries/releases/download/v1.0/"
-PATCH = 14
-DINOV2_GRID = 37  # dinov2_vitb14's position embeddings: 518 x 518 / 14
-INTERPOLATE_OFFSET = 0.1  # DINOv2's interpolate_offset
+PATCH = dinov2.PATCH_SIZE
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,103 +166,26 @@ def _resnet_keys(state: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# DINOv2 ViT-B/14 (timm's modules, DINOv2's token preparation)
+# DINOv2 ViT-B/14: the zoo's shared backbone (``dinov2.py``), without the final norm
 # ---------------------------------------------------------------------------------------------
 
-_BLOCK_KEYS = ("norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight",
-               "attn.proj.bias", "ls1.gamma", "norm2.weight", "norm2.bias", "mlp.fc1.weight",
-               "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias", "ls2.gamma")
+DINOV2_PREFIX = "backbone.dino."  # upstream's DinoV2 wrapper holds the hub model as ``dino``
+DINOV2_UNUSED = ("mask_token", "norm.weight", "norm.bias")  # never applied by BoQ
 
 
-def _dinov2_to_timm(depth: int = 12) -> dict[str, str]:
-    """facebookresearch DINOv2 key -> timm ``vit_base_patch14_dinov2`` key (both under the
-    backbone's prefix); the two libraries happen to use the same names for what is kept."""
-    table = {"cls_token": "cls_token", "pos_embed": "pos_embed",
-             "patch_embed.proj.weight": "patch_embed.proj.weight",
-             "patch_embed.proj.bias": "patch_embed.proj.bias"}
-    for i in range(depth):
-        for key in _BLOCK_KEYS:
-            table[f"blocks.{i}.{key}"] = f"blocks.{i}.{key}"
-    return table
-
-
-DINOV2_TO_TIMM = _dinov2_to_timm()
-DINOV2_UNUSED = ("mask_token", "norm.weight", "norm.bias")
-
-
-def dinov2_pos_embed(pos_embed: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    """DINOv2's ``interpolate_pos_encoding``: the (1, 1 + G*G, C) embeddings for a rows x cols
-    patch grid, the class token's unchanged, the grid's resized bicubically (no antialias) with
-    scale factors ``(rows + 0.1) / G`` and ``(cols + 0.1) / G``; unchanged for a G x G grid."""
-    grid = pos_embed.shape[1] - 1
-    side = int(math.sqrt(grid))
-    if rows * cols == grid and rows == cols:
-        return pos_embed
-    dim = pos_embed.shape[-1]
-    table = pos_embed.float()
-    patches = table[:, 1:].reshape(1, side, side, dim).permute(0, 3, 1, 2)
-    patches = F.interpolate(patches, mode="bicubic", antialias=False,
-                            scale_factor=((rows + INTERPOLATE_OFFSET) / side,
-                                          (cols + INTERPOLATE_OFFSET) / side))
-    if tuple(patches.shape[-2:]) != (rows, cols):  # pragma: no cover  (the offset prevents it)
-        raise VprkitError(f"DINOv2 position embeddings resized to {tuple(patches.shape[-2:])}, "
-                          f"not {(rows, cols)}")
-    patches = patches.permute(0, 2, 3, 1).reshape(1, rows * cols, dim)
-    return torch.cat([table[:, :1], patches], dim=1).to(pos_embed.dtype)
-
-
-def _timm():
-    try:
-        import timm
-    except ImportError:
-        raise VprkitError("boq_dinov2_12288 needs timm for its DINOv2 backbone: "
-                          "pip install 'vprkit[dinov2]'") from None
-    return timm
-
-
-class DinoV2ViTB14(nn.Module):
-    """DINOv2 ViT-B/14 as BoQ runs it: patch embedding, class token, DINOv2's interpolated
-    position embeddings, the 12 blocks (timm's, ``vit``), no final norm; the patch tokens as a
-    (B, 768, H/14, W/14) map."""
+class DinoV2PatchMap(nn.Module):
+    """DINOv2 ViT-B/14 as BoQ runs it: DINOv2's token preparation and all 12 blocks, no final
+    norm, the patch tokens as a (B, 768, H/14, W/14) map (``dinov2.DinoV2Backbone``)."""
 
     def __init__(self) -> None:
         super().__init__()
-        # timm's own initialisation (seconds for 86M weights) is skipped: the layers keep
-        # torch's random defaults, the tokens get DINOv2's, a release's weights replace them all
-        vit = _timm().create_model("vit_base_patch14_dinov2", pretrained=False, num_classes=0,
-                                   img_size=DINOV2_GRID * PATCH, weight_init="skip")
-        nn.init.trunc_normal_(vit.pos_embed, std=0.02)
-        nn.init.normal_(vit.cls_token, std=1e-6)
-        vit.norm = nn.Identity()  # BoQ uses the last block's tokens
-        self.vit = vit
+        self.dino = dinov2.build_dinov2_vitb14(norm_layer=False, return_token=False,
+                                               quick_init=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = x.shape
-        if h % PATCH or w % PATCH:
-            raise VprkitError(f"DINOv2 needs image sides that are multiples of {PATCH}; got {h}x{w}")
-        rows, cols = h // PATCH, w // PATCH
-        vit = self.vit
-        tokens = vit.patch_embed.proj(x).flatten(2).transpose(1, 2)
-        tokens = torch.cat([vit.cls_token.expand(b, -1, -1), tokens], dim=1)
-        tokens = tokens + dinov2_pos_embed(vit.pos_embed, rows, cols)
-        for block in vit.blocks:
-            tokens = block(tokens)
-        return tokens[:, 1:].transpose(1, 2).reshape(b, -1, rows, cols)
-
-
-def _dinov2_keys(state: dict) -> dict:
-    """Upstream's ``backbone.dino.*`` (facebookresearch layout) -> ``backbone.vit.*`` (timm's),
-    without the unused ``mask_token`` and final ``norm``; other keys as they are."""
-    out = {}
-    for key, value in state.items():
-        if key.startswith("backbone.dino."):
-            inner = key[len("backbone.dino."):]
-            if inner in DINOV2_UNUSED:
-                continue
-            if inner in DINOV2_TO_TIMM:
-                key = "backbone.vit." + DINOV2_TO_TIMM[inner]
-        out[key] = value
-    return out
+        out = self.dino(x)
+        assert isinstance(out, torch.Tensor)
+        return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,7 +219,13 @@ def _load_dinov2(module: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     what = "BoQ DINOv2 12288-D (dinov2_12288.pth)"
     weights = _tensors(state, what)
     _other_release(weights, "net", "boq_resnet50_16384")
-    strict_load(module, _dinov2_keys(weights), what)
+    backbone: Any = module.backbone
+    dinov2.load_dinov2_state(backbone.dino, weights, DINOV2_PREFIX, what, DINOV2_UNUSED)
+    rest = [k for k in weights if not k.startswith(DINOV2_PREFIX)]
+    other = [k for k in rest if not k.startswith("aggregator.")]
+    if other:
+        raise VprkitError(f"this is not a {what} state dict (unexpected {other[0]!r})")
+    strict_load(module.aggregator, {k[len("aggregator."):]: weights[k] for k in rest}, what)
 
 
 def build_resnet50() -> BoQNet:
@@ -307,7 +235,7 @@ def build_resnet50() -> BoQNet:
 
 def build_dinov2() -> BoQNet:
     """DINOv2 ViT-B/14 + BoQ (384 x 32), random weights (needs timm)."""
-    return BoQNet(DinoV2ViTB14(), BoQAggregator(768, 384, num_queries=64, num_layers=2, row_dim=32))
+    return BoQNet(DinoV2PatchMap(), BoQAggregator(768, 384, num_queries=64, num_layers=2, row_dim=32))
 
 
 register(ZooSpec(

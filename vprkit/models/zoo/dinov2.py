@@ -162,24 +162,37 @@ class DinoV2Backbone(nn.Module):
 
 
 def build_dinov2_vitb14(norm_layer: bool = True, return_token: bool = True,
-                        num_trainable_blocks: int | None = None) -> DinoV2Backbone:
-    """DINOv2 ViT-B/14 with random weights (timm; ``load_dinov2_state`` fills it)."""
+                        num_trainable_blocks: int | None = None,
+                        quick_init: bool = False) -> DinoV2Backbone:
+    """DINOv2 ViT-B/14 with random weights (timm; ``load_dinov2_state`` fills it).
+
+    ``quick_init`` skips timm's own initialisation of the 86M weights (seconds on a CPU): the
+    layers keep torch's random defaults and the tokens get DINOv2's, for a network whose
+    weights a release file replaces anyway."""
     try:
         import timm
     except ImportError:  # pragma: no cover - the zoo checks ``requires`` first
         raise VprkitError("DINOv2 models need the timm package: pip install 'vprkit[dinov2]'") \
             from None
+    extra = {"weight_init": "skip"} if quick_init else {}
     vit = timm.create_model("vit_base_patch14_dinov2", pretrained=False, num_classes=0,
-                            img_size=IMG_SIZE, dynamic_img_size=True)
+                            img_size=IMG_SIZE, dynamic_img_size=True, **extra)
+    if quick_init:
+        nn.init.trunc_normal_(vit.pos_embed, std=0.02)
+        nn.init.normal_(vit.cls_token, std=1e-6)
     return DinoV2Backbone(vit, norm_layer=norm_layer, return_token=return_token,
                           num_trainable_blocks=num_trainable_blocks)
 
 
 def load_dinov2_state(module: DinoV2Backbone, state: Mapping[str, torch.Tensor],
-                      prefix: str = "", what: str = "DINOv2 ViT-B/14") -> set[str]:
+                      prefix: str = "", what: str = "DINOv2 ViT-B/14",
+                      optional: tuple[str, ...] = ()) -> set[str]:
     """Put the facebookresearch DINOv2 state dict held under ``prefix`` in ``state`` into
     ``module`` (every key and shape must match); returns the keys of ``state`` it used (keys
     outside ``prefix`` are left to the caller).
+
+    ``optional``: facebookresearch keys a release may lack because its network never uses them
+    (BoQ: ``mask_token`` and the final ``norm``); the module keeps its own values for those.
 
     Raises ``VprkitError``, one line ``this is not a {what} state dict (...)`` naming the first
     missing, unexpected or misshapen key.
@@ -187,8 +200,10 @@ def load_dinov2_state(module: DinoV2Backbone, state: Mapping[str, torch.Tensor],
     own = module.state_dict()
     vit: Any = module.vit
     depth = len(vit.blocks)
-    key_map = DINOV2_KEY_MAP if depth == DEPTH else dinov2_key_map(depth)
+    full_map = DINOV2_KEY_MAP if depth == DEPTH else dinov2_key_map(depth)
     under = {k[len(prefix):]: k for k in state if isinstance(k, str) and k.startswith(prefix)}
+    absent = {k for k in optional if k not in under}
+    key_map = {k: v for k, v in full_map.items() if k not in absent}
     missing = [prefix + k for k in key_map if k not in under]
     unexpected = [v for k, v in under.items() if k not in key_map]
     if missing or unexpected:
@@ -207,6 +222,7 @@ def load_dinov2_state(module: DinoV2Backbone, state: Mapping[str, torch.Tensor],
             raise VprkitError(f"this is not a {what} state dict: {prefix + theirs} has shape "
                               f"{tuple(value.shape)}, expected {tuple(own[ours].shape)}")
         mapped[ours] = value
+    mapped.update({full_map[k]: own[full_map[k]] for k in absent})
     if set(mapped) != set(own):  # the map covers the module (a wrong timm version otherwise)
         extra = sorted(set(own) - set(mapped))[:1]
         raise VprkitError(f"timm's DINOv2 has parameters vprkit does not map ({extra})")
