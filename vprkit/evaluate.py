@@ -175,6 +175,7 @@ def evaluate_file(
     seed: int = DEFAULT_SEED,
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
     drop_unmatched: bool = False,
+    device: str = "auto",
 ) -> EvaluationResult:
     """Recall@N of one scale (``"2"``) or pyramid (``"1+2+3"``) of a descriptor file.
 
@@ -213,6 +214,8 @@ def evaluate_file(
         thresholds: metres at which R@1 is also given (top-1 within t metres).
         drop_unmatched: leave queries without positives out of the precision-recall curve
             (default: counted there as wrong answers; Recall@N always counts them).
+        device: where the search runs: ``auto`` (CUDA if available), ``cpu`` (faiss), ``cuda``,
+            ``cuda:N`` (torch, or a faiss GPU build for ``index``); see ``vprkit.search``.
 
     Returns:
         An ``EvaluationResult``: ``recalls`` maps each N to Recall@N in percent, with its
@@ -250,15 +253,17 @@ def evaluate_file(
             "queries", scales, 0, store.num_rows("queries", view), view))
         block = block_rows or store.default_block_rows()
         if index:
-            from .index import build_or_load, set_nprobe
+            from .index import build_or_load, on_device, set_nprobe
 
             ann, _ = build_or_load(store, scales, index, block)
             set_nprobe(ann, nprobe)
+            ann, where = on_device(ann, device, nprobe)
             distances, predictions = ann.search(queries, k)
-            search = f"approximate ({index}, nprobe {nprobe})"
+            on_gpu = "" if where == "CPU" else f", {where}"
+            search = f"approximate ({index}, nprobe {nprobe}{on_gpu})"
         else:
             distances, predictions = blocked_search(
-                queries, store.iter_blocks("database", scales, block), k)
+                queries, store.iter_blocks("database", scales, block), k, device)
             search = "exact"
         distances, predictions = merge_results(test_method, distances, predictions, k,
                                                majority_weight)

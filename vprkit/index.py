@@ -83,3 +83,49 @@ def set_nprobe(index: faiss.Index, nprobe: int) -> None:
         faiss.extract_index_ivf(index).nprobe = nprobe
     except RuntimeError:
         pass
+
+
+def faiss_has_gpu() -> bool:
+    """Whether this faiss build has GPU support and sees a GPU (faiss-cpu: never)."""
+    try:
+        return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def on_device(index: faiss.Index, device, nprobe: int) -> tuple[faiss.Index, str]:
+    """``index`` where searches with it should run, and where that is (``"CPU"``/``"GPU N"``).
+
+    On a CUDA ``device`` (``"auto"`` with a GPU, ``"cuda"``, ``"cuda:N"``) a faiss build with GPU
+    support gets a copy on that GPU (``index_cpu_to_gpu``, nprobe kept); without one, or for an
+    index type faiss cannot put on a GPU, the CPU index is kept, with a warning where a GPU was
+    asked for by name. ``device="cpu"`` keeps it on the CPU.
+    """
+    if str(device) == "cpu":
+        return index, "CPU"
+    from .search import search_device
+
+    dev = search_device(device)
+    if dev == "cpu":
+        return index, "CPU"
+    gpu = dev.index or 0
+    if not faiss_has_gpu():
+        if str(device) != "auto":
+            warnings.warn("this faiss has no GPU support (faiss-cpu): the --index search runs "
+                          "on the CPU; install a faiss GPU build for it to run on the GPU "
+                          "(see README, 'GPU search')", stacklevel=2)
+        return index, "CPU"
+    try:
+        resources = faiss.StandardGpuResources()
+        moved = faiss.index_cpu_to_gpu(resources, gpu, index)
+        moved.referenced_objects = [resources]  # type: ignore[attr-defined]  # kept alive with it
+        try:
+            faiss.GpuParameterSpace().set_index_parameter(moved, "nprobe", nprobe)
+        except (AttributeError, RuntimeError):
+            pass  # not an IVF index
+    except (RuntimeError, AttributeError) as err:
+        last = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        warnings.warn(f"faiss cannot put this index on GPU {gpu} ({last}): the --index search "
+                      "runs on the CPU", stacklevel=2)
+        return index, "CPU"
+    return moved, f"GPU {gpu}"

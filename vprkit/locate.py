@@ -22,6 +22,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -215,7 +216,7 @@ def locate(
         options = InferenceOptions(resize=tuple(resize) if resize else None,
                                    batch_size=batch_size, workers=workers, device=str(dev),
                                    half=half)
-        search, searcher = _searcher(store, scales, index, nprobe)
+        search, searcher = _searcher(store, scales, index, nprobe, dev)
         k = min(n_db, max(top_k, CONFIDENCE_CANDIDATES))
         names, utm = store.names("database"), store.utm("database")
         result = LocateResult(database=str(database), scale=spec_name(scales), top_k=top_k,
@@ -243,23 +244,29 @@ def _prepared(model: VPRModel, device: torch.device) -> VPRModel:
     return fold_batch_norm(model)
 
 
-def _searcher(store: DescriptorFile, scales, index: str | None, nprobe: int):
-    """The search over the database rows: (label, function(rows, k) -> (distances, ids))."""
+def _searcher(store: DescriptorFile, scales, index: str | None, nprobe: int,
+              device: torch.device):
+    """The search over the database rows, on ``device`` (exact: faiss on a CPU, torch on a GPU;
+    ``index``: on the GPU with a faiss GPU build): (label, function(rows, k) -> (distances, ids))."""
     if index:
-        from .index import build_or_load, set_nprobe
+        from .index import build_or_load, on_device, set_nprobe
 
         ann, _ = build_or_load(store, scales, index, store.default_block_rows())
         set_nprobe(ann, nprobe)
-        return f"approximate ({index}, nprobe {nprobe})", ann.search
+        ann, where = on_device(ann, device, nprobe)
+        on_gpu = "" if where == "CPU" else f", {where}"
+        return f"approximate ({index}, nprobe {nprobe}{on_gpu})", ann.search
     block = store.default_block_rows()
-    database = None
+    database: Any = None
     if store.num("database") * store.dim * 4 <= 1 << 30:  # up to 1 GiB: read once, keep
         database = store.read_rows("database", scales, 0, store.num("database"))
+        if device.type != "cpu":  # kept on the device, as float32 (the search's type)
+            database = torch.from_numpy(database).to(device).float()
 
     def exact(rows: np.ndarray, k: int):
         blocks = [(0, database)] if database is not None else \
             store.iter_blocks("database", scales, block)
-        return blocked_search(rows, blocks, k)
+        return blocked_search(rows, blocks, k, device)
 
     return "exact", exact
 

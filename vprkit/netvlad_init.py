@@ -1,5 +1,10 @@
 """NetVLAD's clusters for an extraction: k-means on local features, or reused from the output
-being resumed or extended (so that every row of a file comes from the same model)."""
+being resumed or extended (so that every row of a file comes from the same model).
+
+The k-means runs where the extraction runs: faiss on a CPU, torch on a GPU (``vprkit.kmeans``,
+faiss's recipe: the same seed gives the same clusters to float round-off), so it is recorded as
+one method whatever the device.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +12,20 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .datasets import Split, load_split
+from .errors import VprkitError
 from .files import partial_path
 from .inference import inference_options, sample_local_features
+from .kmeans import torch_kmeans
 from .models import NetVLAD, VPRModel, fingerprint
 from .progress import console
+from .search import full_fp32_matmul
 from .store import DescriptorFile
+
+NETVLAD_KMEANS_ITERATIONS = 100  # as NetVLAD.init_from_descriptors
 
 
 def netvlad_clusters(model: VPRModel, root: Path, split: Split, output: Path, options: Any,
@@ -58,5 +69,36 @@ def netvlad_clusters(model: VPRModel, root: Path, split: Split, output: Path, op
     console.print(f"NetVLAD: k-means on local features of {wanted['images']} {cluster_split} "
                   "database images")
     features = sample_local_features(model, paths, inference_options(options), device)
-    model.aggregation.init_from_descriptors(features, seed=options.seed)
-    return {**wanted, "features": int(len(features))}
+    init_netvlad(getattr(model.aggregation, "inner", model.aggregation), features, options.seed,
+                 device)
+    return {**wanted, "features": int(len(features)), "kmeans_device": device.type}
+
+
+def init_netvlad(layer: NetVLAD, features: np.ndarray, seed: int, device: torch.device) -> None:
+    """NetVLAD's k-means initialisation where ``device`` is: ``layer.init_from_descriptors``
+    (faiss) on a CPU, ``torch_init_netvlad`` on another device."""
+    if device.type == "cpu":
+        layer.init_from_descriptors(features, seed=seed, niter=NETVLAD_KMEANS_ITERATIONS)
+    else:
+        torch_init_netvlad(layer, features, seed, device)
+
+
+@torch.no_grad()
+def torch_init_netvlad(layer: NetVLAD, features: np.ndarray, seed: int,
+                       device: torch.device) -> None:
+    """``NetVLAD.init_from_descriptors`` with ``torch_kmeans`` on ``device``: centroids at the
+    k-means centres, assignment weights ``alpha`` x the normalised centroids, with
+    ``alpha = -log(0.01) / mean(top-1 minus top-2 dot product of each feature with them)``."""
+    if len(features) < layer.clusters:
+        raise VprkitError(f"NetVLAD initialisation needs at least {layer.clusters} local "
+                          f"features, got {len(features)}")
+    centroids = torch.from_numpy(torch_kmeans(features, layer.clusters,
+                                              NETVLAD_KMEANS_ITERATIONS, seed, device)).to(device)
+    assign = centroids / centroids.norm(dim=1, keepdim=True)
+    feats = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(device)
+    with full_fp32_matmul():  # (2, N), in parts of 64k features
+        top2 = torch.cat([(assign @ part.T).topk(2, dim=0).values for part in feats.split(1 << 16)],
+                         dim=1)
+    alpha = float(-np.log(0.01) / (top2[0] - top2[1]).double().mean().item())
+    layer.centroids.copy_(centroids.to(layer.centroids.device))
+    layer.conv.weight.copy_((alpha * assign)[:, :, None, None].to(layer.conv.weight.device))

@@ -206,6 +206,9 @@ def merge(shards, output, overwrite, quiet, json_path):
                    "built once and stored next to FILE.  [default: exact search]")
 @click.option("--nprobe", default=16, show_default=True,
               help="Inverted lists visited per query by IVF indexes.")
+@click.option("--device", default="auto", show_default=True,
+              help="Where the search runs: auto, cpu (faiss), cuda or cuda:N (torch; a faiss GPU "
+                   "build for --index).")
 @click.option("--test-method", type=NamedChoice("test method", tuple(TEST_METHODS)),
               default="hard_resize", show_default=True,
               help="The benchmark's query method; all but hard_resize need the query view that "
@@ -225,7 +228,7 @@ def merge(shards, output, overwrite, quiet, json_path):
               help="Compare every row with the first, query by query (as vprkit compare): "
                    "paired bootstrap intervals of the differences and McNemar's exact test.")
 def evaluate(files, scales, recalls, threshold, json_path, predictions, block_rows, index, nprobe,
-             test_method, majority_weight, pictures, only_wrong, limit, bootstrap, seed,
+             device, test_method, majority_weight, pictures, only_wrong, limit, bootstrap, seed,
              thresholds, drop_unmatched, paired):
     """Recall@N of stored descriptors: one row per FILE and --scale.
 
@@ -258,7 +261,7 @@ def evaluate(files, scales, recalls, threshold, json_path, predictions, block_ro
                       index=index, nprobe=nprobe, test_method=test_method,
                       majority_weight=majority_weight, pictures=pictures, only_wrong=only_wrong,
                       pictures_limit=limit, bootstrap=bootstrap, seed=seed, thresholds=metres,
-                      drop_unmatched=drop_unmatched)
+                      drop_unmatched=drop_unmatched, device=device)
         for f in files for s in specs
     ]
     comparisons = paired_comparisons(results, bootstrap, seed) if paired else []

@@ -225,7 +225,8 @@ def _load_dinov2(module: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     other = [k for k in rest if not k.startswith("aggregator.")]
     if other:
         raise VprkitError(f"this is not a {what} state dict (unexpected {other[0]!r})")
-    strict_load(module.aggregator, {k[len("aggregator."):]: weights[k] for k in rest}, what)
+    aggregator: Any = module.aggregator
+    strict_load(aggregator, {k[len("aggregator."):]: weights[k] for k in rest}, what)
 
 
 def build_resnet50() -> BoQNet:

@@ -174,9 +174,9 @@ def build_dinov2_vitb14(norm_layer: bool = True, return_token: bool = True,
     except ImportError:  # pragma: no cover - the zoo checks ``requires`` first
         raise VprkitError("DINOv2 models need the timm package: pip install 'vprkit[dinov2]'") \
             from None
-    extra = {"weight_init": "skip"} if quick_init else {}
-    vit = timm.create_model("vit_base_patch14_dinov2", pretrained=False, num_classes=0,
-                            img_size=IMG_SIZE, dynamic_img_size=True, **extra)
+    extra: dict[str, Any] = {"weight_init": "skip"} if quick_init else {}
+    vit: Any = timm.create_model("vit_base_patch14_dinov2", pretrained=False, num_classes=0,
+                                 img_size=IMG_SIZE, dynamic_img_size=True, **extra)
     if quick_init:
         nn.init.trunc_normal_(vit.pos_embed, std=0.02)
         nn.init.normal_(vit.cls_token, std=1e-6)
