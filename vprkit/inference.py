@@ -3,8 +3,9 @@
 Device choice (``resolve_device``), reduced precision (``half_dtype``, ``autocast``), the
 DataLoader over images at several scales (``image_loader``), batched inference with the pyramid
 statistics (``infer_batch``), BatchNorm folding (``fold_batch_norm``), local-feature sampling for
-NetVLAD's k-means (``sample_local_features``) and in-memory descriptors for training caches and
-validation (``compute_descriptors``).
+NetVLAD's k-means (``sample_local_features``), in-memory descriptors for validation
+(``compute_descriptors``) and for any dataset of prepared images, such as training's caches
+(``dataset_descriptors``).
 
 The functions take ``options``: an ``InferenceOptions`` or any object with its attributes
 (``vprkit.extract.ExtractOptions`` is one), so that this module needs neither ``vprkit.extract``
@@ -238,4 +239,59 @@ def compute_descriptors(model: VPRModel, paths: list[Path], options: InferenceOp
             out[row: row + len(desc)] = desc
             row += len(desc)
             bar.update(task, advance=len(desc))
+    return out
+
+
+def stack_or_error(batch: list) -> tuple[torch.Tensor | None, str | None]:
+    """Collate ``(image, error)`` items into ``(images (B, 3, H, W), None)``, or ``(None, the
+    first error)``, images of different sizes included (run in the loader's workers)."""
+    for _, error in batch:
+        if error:
+            return None, error
+    shapes = {tuple(image.shape) for image, _ in batch}
+    if len(shapes) > 1:
+        a, b = sorted(shapes)[:2]
+        return None, (f"images of different sizes in one batch ({a[1]}x{a[2]} and {b[1]}x{b[2]}): "
+                      "give --resize H W")
+    return torch.stack([image for image, _ in batch]), None
+
+
+@torch.inference_mode()
+def forward_descriptors(model: VPRModel, x: torch.Tensor, device: torch.device, half: bool = False,
+                        channels_last: bool = True) -> np.ndarray:
+    """``model(x)`` (its plain forward, under ``autocast`` with ``half``) as float32 rows."""
+    x = x.to(device, non_blocking=True)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast(device, half):
+        desc = model(x)
+    return desc.float().cpu().numpy()
+
+
+def dataset_descriptors(model: VPRModel, dataset, batch_size: int, workers: int,
+                        device: torch.device, half: bool = False, channels_last: bool = True,
+                        progress: bool = False, label: str = "descriptors") -> np.ndarray:
+    """Descriptors (N, D) of a dataset whose item i is ``(image (3, H, W), None)``, prepared as
+    the caller wants (training's caches: as its forward sees them), or ``(None, error message)``:
+    batches of ``batch_size`` decoded by ``workers`` processes, one ``forward_descriptors`` each.
+    Non-finite descriptors are an error naming the image (``dataset.paths[i]`` where it has them).
+    """
+    out = np.empty((len(dataset), model.output_dim), dtype=np.float32)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                        collate_fn=stack_or_error, pin_memory=device.type == "cuda",
+                        prefetch_factor=4 if workers > 0 else None)
+    row = 0
+    with progress_bar(progress) as bar:
+        task = bar.add_task(label, total=len(dataset), rate="")
+        for images, error in loader:
+            if error:
+                raise VprkitError(error)
+            rows = forward_descriptors(model, images, device, half, channels_last)
+            if not np.isfinite(rows).all():
+                bad = row + int(np.flatnonzero(~np.isfinite(rows).all(axis=1))[0])
+                name = dataset.paths[bad] if hasattr(dataset, "paths") else f"number {bad}"
+                raise VprkitError(f"the network produced non-finite descriptors for image {name}")
+            out[row: row + len(rows)] = rows
+            row += len(rows)
+            bar.update(task, advance=len(images))
     return out

@@ -1,10 +1,12 @@
 """Triplet training: mining, the paper's augmentation presets, optimisers and schedulers.
 
 Modules: ``config`` (``TrainConfig``), ``trainer`` (the loop: ``train``, ``resume``), ``steps``
-(triplet images, loss, optimiser, scheduler, optimisation steps), ``validation`` (cache and
-validation descriptors, Recall@N), ``checkpoint_io`` (run state written and restored,
-``run_summary``), ``plots`` (``plot_run``), ``recipes`` (named presets of ``TrainConfig``
-fields), ``mining``, ``augment``, ``distributed``. Inference is
+(triplet images, loss, optimiser, scheduler, precision and memory format, optimisation steps),
+``caches`` (the descriptors of a cache refresh, one inference pass), ``validation`` (validation
+descriptors, Recall@N), ``checkpoint_io`` (run state written and restored, ``run_summary``),
+``runlog`` (``train.log``, ``metrics.jsonl``), ``plots`` (``plot_run``), ``recipes`` (named
+presets of ``TrainConfig`` fields), ``mining``, ``neighbours`` (mining's nearest neighbours:
+faiss or torch shortlists, exactly the reference ranking), ``augment``, ``distributed``. Inference is
 ``vprkit.inference``'s, shared with extraction; training does not import ``vprkit.extract``.
 """
 

@@ -25,10 +25,11 @@ def _process_seed(seed: int, rank: int, *more: int) -> int:
 
 
 def _save(path: Path, model, optimizer, scheduler, rng, state, config: TrainConfig,
-          procs: Processes | None = None) -> None:
-    """Process 0 writes the checkpoint (with the torch RNG state of every process)."""
+          procs: Processes | None = None, scaler=None) -> None:
+    """Process 0 writes the checkpoint (with the torch RNG state of every process, and the
+    gradient scaler's state of float16 ``--amp`` on CUDA)."""
     procs = procs or Processes()
-    extra = {}
+    extra = {} if scaler is None else {"scaler_state_dict": scaler.state_dict()}
     if procs.world > 1:
         extra["rng_torch_ranks"] = procs.gather(torch.get_rng_state())
     if procs.main:
@@ -66,12 +67,15 @@ def _read_last(path: Path, split: Split, val_split: Split) -> dict:
     return data
 
 
-def _restore(data: dict, model, optimizer, scheduler, rng, procs: Processes, seed: int) -> dict:
+def _restore(data: dict, model, optimizer, scheduler, rng, procs: Processes, seed: int,
+             scaler=None) -> dict:
     try:
         model.load_state_dict(data["model_state_dict"])
         optimizer.load_state_dict(data["optimizer_state_dict"])
         if scheduler is not None and data.get("scheduler_state_dict"):
             scheduler.load_state_dict(data["scheduler_state_dict"])
+        if scaler is not None and data.get("scaler_state_dict"):
+            scaler.load_state_dict(data["scaler_state_dict"])
         rng.bit_generator.state = data["rng_numpy"]
     except (RuntimeError, ValueError, KeyError, TypeError) as err:
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

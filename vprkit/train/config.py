@@ -14,6 +14,10 @@ from .mining import MINING
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "asgd")
 SCHEDULERS = ("none", "plateau", "cosine")
+# The defaults of --amp and --channels-last (the command line reads them from this source)
+STEP_DEFAULTS = {"amp": False, "channels_last": True}
+# fields added after the first runs: what a config.json without them ran with (TrainConfig.load)
+RAN_BEFORE = {"amp": False, "channels_last": False}
 
 
 @dataclass
@@ -52,6 +56,12 @@ class TrainConfig:
         seed: seed of the weights, the mining and the augmentation.
         workers: image-decoding processes.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        amp: automatic mixed precision for the training steps (``torch.autocast``: bfloat16 on
+            a CPU, float16 with a gradient scaler on CUDA); the caches and validation stay
+            float32. Absent (False) in runs made before it.
+        channels_last: channels-last memory format for the network and its inputs (the same
+            computation in another layout; faster on CPUs, see the README). Absent in runs made
+            before it, which resume as they ran (False).
         recipe: the named recipe (``vprkit.train.recipes``) the run started from, or None; a
             record only: the fields above are what the run uses (a recipe's, unless
             overridden). Absent from the ``config.json`` of runs made before recipes.
@@ -87,6 +97,8 @@ class TrainConfig:
     seed: int = 0
     workers: int = 2
     device: str = "auto"
+    amp: bool = STEP_DEFAULTS["amp"]
+    channels_last: bool = STEP_DEFAULTS["channels_last"]
     recipe: str | None = None
 
     def check(self) -> None:
@@ -128,6 +140,8 @@ class TrainConfig:
             for key in ("resize", "recalls"):
                 if data.get(key) is not None:
                     data[key] = tuple(data[key])
+            for key, value in RAN_BEFORE.items():
+                data.setdefault(key, value)
             config = cls(**data)
             if not isinstance(config.root, str):
                 raise ValueError("'root' is not a path")

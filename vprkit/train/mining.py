@@ -16,11 +16,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from ..datasets import EVAL_POSITIVE_RADIUS, TRAIN_POSITIVE_RADIUS, Split, positives_within
 from ..errors import VprkitError
+from .neighbours import Shortlists, reference_nearest
 
 MINING = ("partial", "full", "random")
+# full mining computes fast distances query by query, for its own candidates only, when the
+# database has more than this many times its --neg-samples (a matrix product with every row
+# costs less below)
+PER_QUERY = 16
 
 
 @dataclass
@@ -48,18 +54,21 @@ class TripletSource:
         return len(self.split.queries) - len(self.queries)
 
 
-def _nearest(query: np.ndarray, feats: np.ndarray, k: int) -> np.ndarray:
-    dist = ((feats - query) ** 2).sum(axis=1)
-    return np.argsort(dist, kind="stable")[:k]
+def _rows(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Positions of ``ids`` in the sorted array ``sorted_ids`` (which holds them all)."""
+    return np.searchsorted(sorted_ids, ids)
 
 
 def mine(source: TripletSource, query_ids: np.ndarray, features, method: str, negs: int,
          neg_samples: int, rng: np.random.Generator,
-         neg_cache: dict[int, np.ndarray] | None = None) -> np.ndarray:
+         neg_cache: dict[int, np.ndarray] | None = None,
+         device: torch.device | None = None) -> np.ndarray:
     """Triplet groups (n, 2 + negs) of [query, positive, negative...] indices.
 
     ``features(db_indices, query_indices) -> (db_feats, query_feats)`` computes descriptors with
-    the current model; it is called once, for exactly the images this method needs.
+    the current model; it is called once, for exactly the images this method needs. The nearest
+    neighbours are those of a stable sort of float32 squared distances, found by
+    ``vprkit.train.neighbours.Shortlists`` (faiss, or torch on a CUDA ``device``).
     """
     if method not in MINING:
         raise VprkitError(f"unknown mining {method!r}; choose one of {', '.join(MINING)}")
@@ -74,11 +83,16 @@ def mine(source: TripletSource, query_ids: np.ndarray, features, method: str, ne
     else:
         needed = positives
     db_feats, q_feats = features(needed, query_ids)
-    row_of = {int(d): i for i, d in enumerate(needed)}
+    columns = np.sort(sampled) if method == "partial" else needed  # negative candidates
+    search = None
+    if method == "partial":
+        search = Shortlists(q_feats, db_feats[_rows(needed, columns)], device)
+    elif method == "full":  # each query its own candidates: pair by pair on a large database
+        search = Shortlists(q_feats, db_feats, device, per_query=n_db > PER_QUERY * neg_samples)
     groups = []
     for qi, q in enumerate(query_ids):
         hard = source.hard[q]
-        pos = hard[_nearest(q_feats[qi], db_feats[[row_of[int(h)] for h in hard]], 1)[0]]
+        pos = hard[reference_nearest(q_feats[qi], db_feats[_rows(needed, hard)], 1)[0]]
         if method == "partial":
             candidates = sampled
         elif method == "full":
@@ -92,11 +106,10 @@ def mine(source: TripletSource, query_ids: np.ndarray, features, method: str, ne
             raise VprkitError(f"query {source.split.queries.names[q]} has only {len(candidates)} "
                               f"negative candidates (outside 25 m) for {negs} negatives; use "
                               "fewer --negatives or more --neg-samples / database images")
-        if method == "random":
+        if search is None:
             chosen = rng.choice(candidates, size=negs, replace=False)
         else:
-            feats = db_feats[[row_of[int(c)] for c in candidates]]
-            chosen = candidates[_nearest(q_feats[qi], feats, negs)]
+            chosen = candidates[search.nearest(qi, _rows(columns, candidates), negs)]
             if method == "full" and neg_cache is not None:
                 neg_cache[int(q)] = chosen
         groups.append(np.concatenate([[q, pos], chosen]))

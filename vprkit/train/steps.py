@@ -1,10 +1,13 @@
 """Optimisation steps: the images of triplet groups, the triplet margin loss, the optimiser and
-scheduler, and training on mined groups in steps of ``batch_size`` groups (one or several
-processes; see ``vprkit.train.trainer`` for what several processes compute)."""
+scheduler, the precision and memory format of the steps (``Precision``), and training on mined
+groups in steps of ``batch_size`` groups (one or several processes; see
+``vprkit.train.trainer`` for what several processes compute)."""
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -12,10 +15,66 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import VprkitError
 from ..images import load_image, normalize, resize
+from ..inference import autocast
 from ..progress import progress_bar
 from .config import TrainConfig
 from .distributed import Processes
 from .mining import TripletSource
+
+
+def training_image(path: Path, size: tuple[int, int] | None, augment=None) -> torch.Tensor:
+    """An image as the training steps see it: decoded, resized to ``size`` (None: kept),
+    augmented (queries, with ``augment``), ImageNet-normalised. The caches use it too."""
+    try:
+        image = load_image(path)
+    except Exception as err:
+        raise VprkitError(f"cannot read image {path}: {err}") from None
+    if size is not None:
+        image = resize(image, size)
+    if augment is not None:
+        image = augment(image)
+    return normalize(image)
+
+
+M = TypeVar("M", bound=torch.nn.Module)
+
+
+class Precision:
+    """How the network computes in training: ``--amp`` (autocast to bfloat16 on a CPU, float16
+    on CUDA with a gradient scaler) and ``--channels-last`` (the network's and the inputs'
+    memory format)."""
+
+    def __init__(self, device: torch.device, amp: bool = False, channels_last: bool = False):
+        self.device, self.amp, self.channels_last = device, amp, channels_last
+        self.scaler = torch.amp.GradScaler("cuda") if amp and device.type == "cuda" else None
+
+    @classmethod
+    def of(cls, config: TrainConfig, device: torch.device) -> Precision:
+        return cls(device, config.amp, config.channels_last)
+
+    def prepare(self, model: M) -> M:
+        """The model in this memory format (in place)."""
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return model
+
+    def inputs(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def autocast(self) -> AbstractContextManager:
+        return autocast(self.device, self.amp)
+
+    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """Backward and optimiser step (through the gradient scaler where there is one)."""
+        optimizer.zero_grad()
+        if self.scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(optimizer)
+            self.scaler.update()
 
 
 class TripletImages(Dataset):
@@ -32,15 +91,7 @@ class TripletImages(Dataset):
         return len(self.groups)
 
     def _image(self, path: Path, augment=None) -> torch.Tensor:
-        try:
-            image = load_image(path)
-        except Exception as err:
-            raise VprkitError(f"cannot read image {path}: {err}") from None
-        if self.size is not None:
-            image = resize(image, self.size)
-        if augment is not None:
-            image = augment(image)
-        return normalize(image)
+        return training_image(path, self.size, augment)
 
     def __getitem__(self, i: int) -> torch.Tensor:
         q, pos, *negs = self.groups[i].tolist()
@@ -91,41 +142,43 @@ def build_scheduler(optimizer, config: TrainConfig, refreshes_per_epoch: int):
 
 
 def _train_groups(model, optimizer, source, groups, config: TrainConfig, augment, device,
-                  progress: bool, label: str, procs: Processes | None = None) -> float:
+                  progress: bool, label: str, procs: Processes | None = None,
+                  precision: Precision | None = None) -> float:
     """Train on the groups in steps of ``batch_size`` groups; the mean loss of the steps. With
     several processes ``model`` is the DDP-wrapped model and each process takes its share of
-    every step."""
+    every step. ``precision``: that of ``config`` when not given (without a gradient scaler's
+    state carried from step to step for float16 on CUDA, which the trainer keeps)."""
     procs = procs or Processes()
+    precision = precision or Precision.of(config, device)
     dataset = TripletImages(source, groups, config.resize, augment)
     steps = [np.arange(start, min(start + config.batch_size, len(groups)))
              for start in range(0, len(groups), config.batch_size)]
+    pin = device.type == "cuda"
     if procs.world == 1:
         loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.workers,
-                            drop_last=False)
+                            drop_last=False, pin_memory=pin)
     else:
         loader = DataLoader(dataset, batch_sampler=[procs.share(s).tolist() for s in steps],
-                            num_workers=config.workers, collate_fn=_stack_or_none)
+                            num_workers=config.workers, collate_fn=_stack_or_none, pin_memory=pin)
     model.train()
     total, batches = 0.0, 0
     with progress_bar(progress) as bar:
         task = bar.add_task(label, total=len(groups), rate="")
         for step, images in zip(steps, procs.guarded(loader), strict=True):
             n = len(step)
+            if procs.world > 1 and images is None:  # no group for this process in this step
+                images = _no_images(dataset, config, int(step[0]))
+            own = images.shape[0]
+            with precision.autocast():
+                features = model(precision.inputs(images.flatten(0, 1))).float()
             if procs.world == 1:
-                x = images.flatten(0, 1).to(device)
-                loss = triplet_loss(model(x), n, config.negatives, config.margin)
+                loss = triplet_loss(features, n, config.negatives, config.margin)
             else:
-                if images is None:  # no group for this process in this step: an empty batch
-                    images = _no_images(dataset, config, int(step[0]))
-                own = images.shape[0]
-                features = model(images.flatten(0, 1).to(device))
                 loss = (triplet_loss(features, own, config.negatives, config.margin,
                                      total_groups=n) if own else features.sum() * 0.0)
-            optimizer.zero_grad()
             # DDP averages the processes' gradients: scaled by their number, the average is
             # the gradient of the sum of the shares, which is the loss of the whole step
-            (loss if procs.world == 1 else loss * procs.world).backward()
-            optimizer.step()
+            precision.step(loss if procs.world == 1 else loss * procs.world, optimizer)
             total += procs.sum(float(loss.detach()))
             batches += 1
             bar.update(task, advance=n, rate=f"loss {total / batches:.4f}")

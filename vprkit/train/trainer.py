@@ -15,7 +15,9 @@ Each epoch has ``ceil(queries_per_epoch / cache_refresh)`` cache refreshes; at e
 model and trained on in batches of ``batch_size`` triplet groups with the triplet margin loss
 (margin 0.1, summed over the negatives and averaged over the batch). ``last.pth`` is written after
 every refresh, so a stopped run resumed with ``resume(run_dir)`` loses at most one refresh
-and continues exactly (same RNG states) where it stopped.
+and continues exactly (same RNG states) where it stopped. The cache of a refresh is one batched
+inference pass (``vprkit.train.caches``); the steps compute as ``steps.Precision`` says
+(``--amp``, ``--channels-last``).
 
 Several processes (``torchrun --nproc_per_node N -m vprkit.cli train ...``; ``WORLD_SIZE`` > 1):
 one process per GPU (``cuda:LOCAL_RANK``, NCCL) or several CPU processes (gloo), see
@@ -45,24 +47,23 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..datasets import load_split
 from ..errors import VprkitError
-from ..files import open_append, output_lock, refuse_link, write_text
-from ..inference import resolve_device, sample_local_features
+from ..files import output_lock, refuse_link, write_text
+from ..inference import half_dtype, resolve_device, sample_local_features
 from ..models import ModelConfig, NetVLAD, VPRModel, build_model
-from ..progress import console
 from .augment import build_augmentation
+from .caches import cache_features
 from .checkpoint_io import LAST_KEYS as LAST_KEYS
 from .checkpoint_io import _dataset_identity, _process_seed, _read_last, _restore, _save
 from .checkpoint_io import run_summary as run_summary
@@ -72,56 +73,11 @@ from .config import TrainConfig
 from .distributed import Processes
 from .mining import TripletSource, mine
 from .plots import plot_run
+from .runlog import Log, RunLog, _drop_partial_line, _Silent
+from .steps import Precision, _train_groups, build_optimizer, build_scheduler
 from .steps import TripletImages as TripletImages
-from .steps import _train_groups, build_optimizer, build_scheduler
 from .steps import triplet_loss as triplet_loss
-from .validation import _descriptors, _inference_options, validate
-
-
-class RunLog:
-    """The run folder's ``train.log`` and ``metrics.jsonl`` (process 0), appended line by line."""
-
-    def __init__(self, run_dir: Path):
-        self.log = run_dir / "train.log"
-        self.metrics = run_dir / "metrics.jsonl"
-
-    def say(self, text: str) -> None:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        with open_append(self.log) as f:
-            f.write(f"{stamp} {text}\n")
-        console.print(text)
-
-    def metric(self, **row) -> None:
-        with open_append(self.metrics) as f:
-            f.write(json.dumps(row) + "\n")
-
-
-def _drop_partial_line(path: Path) -> None:
-    """A process killed while appending a line leaves half of it: cut it before appending more."""
-    refuse_link(path)
-    if not path.is_file():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        os.truncate(path, data.rfind(b"\n") + 1)
-
-
-class Log(Protocol):
-    """What the training loop writes to: the run folder's log (process 0) or nothing."""
-
-    def say(self, text: str) -> None: ...
-
-    def metric(self, **row) -> None: ...
-
-
-class _Silent:
-    """The log of processes other than 0: they write and print nothing."""
-
-    def say(self, text: str) -> None:
-        pass
-
-    def metric(self, **row) -> None:
-        pass
+from .validation import _inference_options, validate
 
 
 def _init_model(config: TrainConfig, source: TripletSource, device, log: Log,
@@ -282,6 +238,9 @@ def _train(config: TrainConfig | None, run_dir: Path, resume: bool, progress: bo
     # resume: weights from last.pth; several processes: the same init everywhere, and DDP
     # starts from process 0's weights anyway
     model = procs.each(lambda: _init_model(config, source, device, log, kmeans=not resume))
+    precision = Precision.of(config, device)
+    precision.prepare(model)
+    log.say(_describe(precision))
     if procs.world > 1:
         model = _for_processes(model, config, device, procs, log)
     optimizer = build_optimizer(model, config)
@@ -292,7 +251,8 @@ def _train(config: TrainConfig | None, run_dir: Path, resume: bool, progress: bo
                              "dataset": _dataset_identity(split, val_split)}
     if resume:
         data = procs.on_main(lambda: _read_last(run_dir / "last.pth", split, val_split))
-        state = _restore(data, model, optimizer, scheduler, rng, procs, config.seed)
+        state = _restore(data, model, optimizer, scheduler, rng, procs, config.seed,
+                         precision.scaler)
         saved = data.get("world_size", 1)
         log.say(f"resuming {run_dir} at epoch {state['epoch'] + 1}, refresh "
                 f"{state['refresh'] + 1}" + (f" ({saved} process(es) before, {procs.world} now)"
@@ -304,14 +264,11 @@ def _train(config: TrainConfig | None, run_dir: Path, resume: bool, progress: bo
         log.metric(epoch=0, val_recalls=recalls, time=time.time())
 
     augment = build_augmentation(config.augment)
-    options = _inference_options(config)
-    db_paths, q_paths = split.database.paths(), split.queries.paths()
+    features = cache_features(model, source, config, device, procs)
 
-    def features(db_idx, q_idx):
-        return (_descriptors(model, [db_paths[i] for i in db_idx], options, device, procs,
-                             "descriptors"),
-                _descriptors(model, [q_paths[i] for i in q_idx], options, device, procs,
-                             "descriptors"))
+    def save(name: str) -> None:
+        _save(run_dir / name, model, optimizer, scheduler, rng, state, config, procs,
+              scaler=precision.scaler)
 
     while state["epoch"] < config.epochs:
         epoch = state["epoch"]
@@ -319,29 +276,29 @@ def _train(config: TrainConfig | None, run_dir: Path, resume: bool, progress: bo
             r = state["refresh"]
             n_q = min(config.cache_refresh, config.queries_per_epoch - r * config.cache_refresh)
             query_ids = rng.choice(source.queries, size=n_q, replace=False)
-            model.eval()
             groups = mine(source, query_ids, features, config.mining, config.negatives,
-                          config.neg_samples, rng, state["neg_cache"])
+                          config.neg_samples, rng, state["neg_cache"], device=device)
             _check_same(groups, procs)
             loss = _train_groups(net, optimizer, source, groups, config, augment, device,
                                  progress, f"epoch {epoch + 1}/{config.epochs} refresh "
-                                           f"{r + 1}/{refreshes}", procs=procs)
+                                           f"{r + 1}/{refreshes}", procs=procs,
+                                 precision=precision)
             _step_scheduler(scheduler, loss)
             lr = optimizer.param_groups[0]["lr"]
             log.metric(epoch=epoch + 1, refresh=r + 1, loss=loss, lr=lr, time=time.time())
             log.say(f"epoch {epoch + 1} refresh {r + 1}/{refreshes}: loss {loss:.4f}, lr {lr:.3g}")
             state["refresh"] = r + 1
-            _save(run_dir / "last.pth", model, optimizer, scheduler, rng, state, config, procs)
+            save("last.pth")
         recalls = validate(model, val_split, config, device, procs)
         r5 = recalls.get(5, next(iter(recalls.values())))
         improved = r5 > state["best_r5"]
         state.update(epoch=epoch + 1, refresh=0)
         if improved:
             state.update(best_r5=r5, not_improved=0)
-            _save(run_dir / "best.pth", model, optimizer, scheduler, rng, state, config, procs)
+            save("best.pth")
         else:
             state["not_improved"] += 1
-        _save(run_dir / "last.pth", model, optimizer, scheduler, rng, state, config, procs)
+        save("last.pth")
         log.metric(epoch=epoch + 1, val_recalls=recalls, best=improved, time=time.time())
         log.say(f"epoch {epoch + 1}: validation {_fmt(recalls)}" + (" (best)" if improved else ""))
         if state["not_improved"] >= config.patience:
@@ -367,6 +324,17 @@ def _for_processes(model: VPRModel, config: TrainConfig, device, procs: Processe
             + (" (some processes idle in every step: use a --batch-size of at least the "
                "number of processes)" if per < 1 else ""))
     return model
+
+
+def _describe(precision: Precision) -> str:
+    """The log line of how the steps compute."""
+    if not precision.amp:
+        kind = "float32"
+    else:
+        kind = f"{str(half_dtype(precision.device)).removeprefix('torch.')} autocast" + (
+            " with a gradient scaler" if precision.scaler is not None else "")
+    layout = "channels-last" if precision.channels_last else "NCHW"
+    return f"training in {kind} on {precision.device.type}, {layout} memory format"
 
 
 def _step_scheduler(scheduler, loss: float) -> None:

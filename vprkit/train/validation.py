@@ -1,5 +1,6 @@
-"""Descriptors in memory for training caches and validation (split among the processes), and
-validation Recall@N; inference itself is ``vprkit.inference``'s, as for extraction."""
+"""Validation descriptors in memory (split among the processes, computed as ``vprkit extract``
+computes them, in float32) and validation Recall@N; inference itself is ``vprkit.inference``'s,
+as for extraction. The caches are ``vprkit.train.caches``'."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from ..evaluate import recall_at_n
 from ..inference import InferenceOptions, compute_descriptors
 from ..models import VPRModel
 from ..search import exact_search
+from .caches import shared_rows
 from .config import TrainConfig
 from .distributed import Processes
 
@@ -41,15 +43,14 @@ def _descriptors(model: VPRModel, paths: list[Path], options: InferenceOptions, 
                  procs: Processes, label: str, to_all: bool = True) -> np.ndarray | None:
     """compute_descriptors, split among the processes in whole batches and gathered (on every
     process, or on process 0 only when not ``to_all``)."""
-    if procs.world == 1:
-        return compute_descriptors(model, paths, options, device, label=label)
-    start, stop = procs.batch_slice(len(paths), options.batch_size)
-    local = procs.each(lambda: compute_descriptors(model, paths[start:stop], options, device,
-                                                   label=label))
-    return procs.gather_rows(local, len(paths), options.batch_size, to_all=to_all)
+    return shared_rows(len(paths), options.batch_size,
+                       lambda start, stop: compute_descriptors(model, paths[start:stop], options,
+                                                               device, label=label),
+                       procs, to_all=to_all)
 
 
 def _inference_options(config: TrainConfig) -> InferenceOptions:
-    """How cache and validation descriptors are computed (scale 1, float32, no BatchNorm folding)."""
+    """How validation descriptors (and NetVLAD's k-means features) are computed: scale 1,
+    float32, no BatchNorm folding."""
     return InferenceOptions(resize=config.resize, batch_size=config.infer_batch_size,
                             workers=config.workers, device=config.device, seed=config.seed)
