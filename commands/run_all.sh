@@ -8,6 +8,8 @@
 #   MODELS ["efficientnet_lite0:imagenet resnet18conv4:none"], or with SIZE=full
 #          ["resnet18conv4:imagenet"]: BACKBONE:WEIGHTS pairs, one OUT/<backbone> folder each
 #   QUERIES [500] EPOCHS [2] for every training recipe (fig45 included); anything the recipes take.
+#   NORDLAND_BEST [1]: with SIZE=small, then commands/nordland_best.sh (its own model and sizes)
+#   into OUT/nordland_best; 0 leaves it out.
 # Measured (SIZE=small, 2 idle CPU cores): efficientnet_lite0 29 min, resnet18conv4 (random
 # weights: no ImageNet ResNet offline) 24 min.
 set -euo pipefail
@@ -39,6 +41,17 @@ for model in $MODELS; do
     [ -f "$run_dir/metrics.jsonl" ] && runs+=("${run_dir%/}")
   done
 done
+if [ "$SIZE" = small ] && [ "${NORDLAND_BEST:-1}" = 1 ]; then
+  echo "# nordland_best"  # its own sizes and model, not the loop's
+  env -u BACKBONE -u WEIGHTS -u QUERIES -u EPOCHS -u CACHE_REFRESH -u PATIENCE -u RESIZE \
+    -u TRAINED_MODELS "$script_dir/nordland_best.sh" "$data" "$out/nordland_best"
+  if [ "${DRY_RUN:-0}" != 1 ]; then
+    tables+=("$out/nordland_best/nordland_best.json")
+    for run_dir in "$out/nordland_best"/*/; do
+      [ -f "$run_dir/metrics.jsonl" ] && runs+=("${run_dir%/}")
+    done
+  fi
+fi
 notes_args=()
 [ -f "$notes" ] && notes_args=(--notes "$notes")
 label=$(printf '%s, ' "${names[@]}")

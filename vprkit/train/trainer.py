@@ -62,6 +62,7 @@ from ..errors import VprkitError
 from ..files import output_lock, refuse_link, write_text
 from ..inference import half_dtype, resolve_device, sample_local_features
 from ..models import ModelConfig, NetVLAD, VPRModel, build_model
+from ..netvlad_init import init_netvlad
 from .augment import build_augmentation
 from .caches import cache_features
 from .checkpoint_io import LAST_KEYS as LAST_KEYS
@@ -95,7 +96,8 @@ def _init_model(config: TrainConfig, source: TripletSource, device, log: Log,
                 f"{config.train_split} database images")
         model.eval()
         feats = sample_local_features(model, paths, options, device)
-        model.aggregation.init_from_descriptors(feats, seed=config.seed)
+        init_netvlad(getattr(model.aggregation, "inner", model.aggregation), feats, config.seed,
+                     torch.device(device))  # faiss on a CPU, torch_kmeans on a GPU
     return model
 
 

@@ -12,7 +12,7 @@ from ..datasets import EVAL_POSITIVE_RADIUS, Split
 from ..evaluate import recall_at_n
 from ..inference import InferenceOptions, compute_descriptors
 from ..models import VPRModel
-from ..search import exact_search
+from ..search import blocked_search
 from .caches import shared_rows
 from .config import TrainConfig
 from .distributed import Processes
@@ -32,7 +32,8 @@ def validate(model: VPRModel, split: Split, config: TrainConfig, device,
 
     def recalls() -> dict[int, float]:  # on process 0, which holds both
         assert q is not None and db is not None
-        _, predictions = exact_search(q, db, min(max(config.recalls), len(db)))
+        _, predictions = blocked_search(q, [(0, db)], min(max(config.recalls), len(db)),
+                                        device)  # faiss on a CPU, torch on a GPU
         values = recall_at_n(predictions, split.positives(EVAL_POSITIVE_RADIUS), config.recalls)
         return {n: float(v) for n, v in zip(config.recalls, values, strict=True)}
 
