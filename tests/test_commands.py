@@ -27,7 +27,7 @@ def run_script(name: str, *args: str, **env: str) -> subprocess.CompletedProcess
 def data(tmp_path_factory):
     """DATA/nordland (train, val, test) and DATA/corridor (test), 32x64 images."""
     data = tmp_path_factory.mktemp("data")
-    generate_dataset(data / "nordland", {"train": (24, 12), "val": (16, 8), "test": (16, 8)},
+    generate_dataset(data / "nordland", {"train": (24, 12), "val": (16, 8), "test": (24, 8)},
                      size=(32, 64), seed=3)
     generate_dataset(data / "corridor", {"test": (12, 6)}, size=(32, 64), seed=4)
     return data
@@ -68,7 +68,7 @@ class TestNordlandBest:
         rows = json.loads((out / "nordland_best.json").read_text())
         assert [Path(r["file"]).name for r in rows] == [
             "untrained_resnet18conv4_netvlad.h5", f"{name}.h5"]
-        assert all(r["queries"] == 8 and r["database"] == 16 for r in rows)
+        assert all(r["queries"] == 8 and r["database"] == 24 for r in rows)
         # a rerun keeps the trained model and the files: it only evaluates again
         stamp = (out / name / "best.pth").stat().st_mtime_ns
         again = run_script("nordland_best.sh", str(data), str(out), **env)
