@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.transforms as T
+from bench_extract import LoopNetVLAD
 from PIL import Image
 from sklearn.neighbors import NearestNeighbors
 from torch import nn
@@ -193,29 +194,6 @@ class BenchmarkGeM(nn.Module):
         x = F.normalize(x, p=2, dim=1)
         pooled = F.avg_pool2d(x.clamp(min=self.eps).pow(self.p), (x.size(-2), x.size(-1)))
         return pooled.pow(1.0 / self.p).flatten(1)
-
-
-class LoopNetVLAD(nn.Module):
-    """NetVLAD with the benchmark's forward: one Python iteration per cluster, weighting the
-    residuals of every location to that centroid by their soft assignment (shares the layer's
-    ``conv`` and ``centroids``)."""
-
-    def __init__(self, layer: NetVLAD):
-        super().__init__()
-        self.clusters, self.conv, self.centroids = layer.clusters, layer.conv, layer.centroids
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, d = x.shape[:2]
-        x = F.normalize(x, p=2, dim=1)
-        flat = x.view(n, d, -1)
-        assign = F.softmax(self.conv(x).view(n, self.clusters, -1), dim=1)
-        vlad = torch.zeros((n, self.clusters, d), dtype=flat.dtype, device=flat.device)
-        for k in range(self.clusters):
-            centre = self.centroids[k].view(1, 1, d, 1)
-            residual = (flat.unsqueeze(1) - centre) * assign[:, k].view(n, 1, 1, -1)
-            vlad[:, k:k + 1, :] = residual.sum(dim=-1)
-        vlad = F.normalize(vlad, p=2, dim=2).view(n, -1)
-        return F.normalize(vlad, p=2, dim=1)
 
 
 class BenchmarkNetwork(nn.Module):
