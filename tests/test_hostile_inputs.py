@@ -362,7 +362,9 @@ class TestImportCsv:
     @pytest.mark.parametrize("rows, fragment", [
         ("a.jpg,nan,7", "line 2"), ("a.jpg,45,inf", "line 2"), ("a.jpg,95,7", "out of range"),
         ("a.jpg,45,200", "out of range"), ("a.jpg,45", "line 2"), ("a.jpg,north,7", "line 2"),
-        ("a.jpg,45,7\nb.jpg,1,1\na.jpg,46,7", "line 2"), (",45,7", "no image name")])
+        ("a.jpg,45,7\nb.jpg,1,1\na.jpg,46,7", "line 2"), (",45,7", "no image name"),
+        ("a.jpg,4_5,7", "latitude"), ("a.jpg,45,7_0.5", "longitude"), ("a.jpg,45,0x7", "longitude"),
+        ("a.jpg,45,\u0667", "longitude")])
     def test_bad_rows(self, tmp_path, rows, fragment):
         touch(tmp_path / "c.csv", f"name,lat,lon\n{rows}\n".encode())
         with pytest.raises(VprkitError) as err:

@@ -328,7 +328,8 @@ class TestOptionValues:
 
     @pytest.mark.parametrize("args, pattern", [
         (["--workers", "-1"], "'--workers': -1 is not in the range x>=0"),
-        (["--seed", "-1"], "'--seed': -1 is not in the range x>=0"),
+        (["--seed", "-1"], "'--seed': -1 is not in the range 0<=x<=4294967295"),
+        (["--seed", str(2**64)], "is not in the range 0<=x<=4294967295"),
         (["--clusters", "0", "--aggregation", "netvlad"], "'--clusters': 0 is not in the range x>=1"),
         (["--scales", "1,,2"], "bad scale list"),
         (["--scales", "1,1"], "a scale is repeated"),

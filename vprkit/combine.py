@@ -28,6 +28,8 @@ from .errors import VprkitError
 from .progress import console, progress_bar, styled
 from .shards import refuse_shard
 from .store import DescriptorFile, Header, Output, parse_scale_spec, spec_name, writing
+from .store.format import PCA_ARRAYS
+from .store.writer import rows_bytes
 from .views import HARD_RESIZE, VIEWS
 
 PCA_FITS = ("database", "queries+database")
@@ -287,16 +289,21 @@ def _write(stores, spec_of, orders, transform: EnsembleTransform, out: Output,
         dtype="float32",
     )
     hashes = {r: ref.hashes(r) for r in ROLES}
+    views = _common_views(stores, spec_of, progress)
+    parts = [(role, HARD_RESIZE) for role in ROLES] + [("queries", v) for v in views[1:]]
+    pcas = [None if p is None else asdict(p) for p in transform.pcas]
+    # everything written after the names, checked and reserved with them before the first byte
+    more = sum(rows_bytes(ref.num(role) * VIEWS[view], transform.output_dim, "float32", {})
+               for role, view in parts)
+    more += sum(np.asarray(p[key]).nbytes for p in pcas if p is not None for key in PCA_ARRAYS)
     writer = out.create(header, names={r: ref.names(r) for r in ROLES},
                         utm={r: ref.utm(r) for r in ROLES},
-                        hashes=None if any(h is None for h in hashes.values()) else hashes)
+                        hashes=None if any(h is None for h in hashes.values()) else hashes,
+                        more_bytes=more)
     writer.add_scale(1, transform.output_dim, {}, None)
-    views = _common_views(stores, spec_of, progress)
     for view in views[1:]:
         writer.add_view(1, view, transform.output_dim, {}, None)
-    writer.write_combine_record({"inputs": transform.info, "weights": transform.weights},
-                                [None if p is None else asdict(p) for p in transform.pcas])
-    parts = [(role, HARD_RESIZE) for role in ROLES] + [("queries", v) for v in views[1:]]
+    writer.write_combine_record({"inputs": transform.info, "weights": transform.weights}, pcas)
     total = sum(ref.num(r) for r, _ in parts)
     with progress_bar(progress) as bar:
         task = bar.add_task("combine", total=total, rate="")

@@ -26,6 +26,7 @@ from .statistics import (
     DEFAULT_RESAMPLES,
     DEFAULT_SEED,
     QueryOutcomes,
+    check_seed,
     mcnemar_exact,
     paired_bootstrap,
     same_queries,
@@ -129,6 +130,7 @@ def compare_rows(a: dict, b: dict, resamples: int = DEFAULT_RESAMPLES, seed: int
                  level: float = DEFAULT_LEVEL, where: tuple[str, str] = ("row a", "row b"),
                  ) -> Comparison:
     """Row ``b`` against row ``a`` (two rows of ``vprkit evaluate --json``, as dicts)."""
+    check_seed(seed)
     oa = QueryOutcomes.from_dict(a.get("per_query"), where[0])
     ob = QueryOutcomes.from_dict(b.get("per_query"), where[1])
     same_queries(oa, ob)
@@ -186,6 +188,7 @@ def compare_files(paths: Sequence[str | Path], baseline: int = 1,
             older vprkit), rows on other queries or thresholds, fewer than two rows, or a
             baseline that is not a row.
     """
+    check_seed(seed)
     rows = load_rows(paths)
     if len(rows) < 2:
         raise VprkitError("a comparison needs at least two evaluation rows (give two files, or a "

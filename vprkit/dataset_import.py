@@ -30,6 +30,8 @@ from PIL import Image
 from .datasets import IMAGE_EXTENSIONS, ROLES, list_images
 from .errors import VprkitError, shown
 from .files import copy_exclusive
+from .inputs import DATA_LIMIT, open_input, read_text
+from .numbers import parse_float
 from .utm_zone import MAX_DEGREES_FROM_CENTRAL_MERIDIAN, DatasetZone, parse_zone
 
 __all__ = ["MAX_DEGREES_FROM_CENTRAL_MERIDIAN", "GpsTagError", "benchmark_name", "exif_latlon",
@@ -86,11 +88,12 @@ def exif_latlon(path: Path) -> tuple[float, float] | None:
     Tags that are there but malformed (zero denominators, wrong counts, text, NaN, a latitude
     beyond 90 degrees, an unknown N/S/E/W reference) raise ``GpsTagError`` naming the photo.
     """
-    try:
-        with Image.open(path) as im:
-            gps = im.getexif().get_ifd(GPS_IFD)
-    except Exception as err:
-        raise VprkitError(f"cannot read image {shown(path)}: {shown(err)}") from None
+    with open_input(path, "image") as handle:  # a regular file: never a FIFO or a device
+        try:
+            with Image.open(handle) as im:
+                gps = im.getexif().get_ifd(GPS_IFD)
+        except Exception as err:
+            raise VprkitError(f"cannot read image {shown(path)}: {shown(err)}") from None
     if not gps or 2 not in gps or 4 not in gps:
         return None
     try:
@@ -110,20 +113,13 @@ def _valid_latlon(lat: float, lon: float) -> bool:
 
 def read_coordinates_csv(path: Path) -> dict[str, tuple[float, float]]:
     """name -> (lat, lon) from a UTF-8 CSV (a BOM is fine) with a header naming name, lat and
-    lon columns."""
+    lon columns: a regular file (or a link to one) of at most ``vprkit.inputs.DATA_LIMIT``
+    bytes (``vprkit.inputs.read_text``)."""
     aliases = {"name": ("name", "file", "filename", "image", "path"),
                "lat": ("lat", "latitude"), "lon": ("lon", "lng", "long", "longitude")}
     where = shown(path)
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise VprkitError(f"cannot read coordinates file {where}: {err.strerror}") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data[:err.start].count(b"\n") + 1
-        raise VprkitError(f"coordinates file {where} is not UTF-8 text (byte 0x{data[err.start]:02x}"
-                          f" on line {line}); save it as UTF-8") from None
+    text = read_text(path, "coordinates file", DATA_LIMIT, encoding="utf-8-sig",
+                     hint="; save it as UTF-8")
     reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
         fields = {f.strip().lower(): f for f in reader.fieldnames or []}
@@ -140,10 +136,10 @@ def read_coordinates_csv(path: Path) -> dict[str, tuple[float, float]]:
             name, lat, lon = (row.get(cols[k]) for k in ("name", "lat", "lon"))
             if not isinstance(name, str) or not name.strip():
                 raise VprkitError(f"{where} line {line}: no image name")
-            try:
-                latlon = (float(lat), float(lon))  # type: ignore[arg-type]  # None: TypeError
-            except (TypeError, ValueError):
-                raise VprkitError(f"{where} line {line}: bad latitude/longitude") from None
+            if not isinstance(lat, str) or not isinstance(lon, str):
+                raise VprkitError(f"{where} line {line}: bad latitude/longitude (a column is missing)")
+            latlon = (parse_float(lat, f"{where} line {line}: latitude"),
+                      parse_float(lon, f"{where} line {line}: longitude"))
             if not _valid_latlon(*latlon):
                 raise VprkitError(f"{where} line {line}: latitude/longitude {_brief(lat)}, {_brief(lon)} "
                                   "out of range (expected -90..90, -180..180)")

@@ -27,10 +27,13 @@ TRAIN_POSITIVE_RADIUS = 10.0
 
 
 def parse_utm(name: str) -> tuple[float, float]:
-    """UTM (east, north) in metres from a benchmark file name ``@east@north@...``."""
+    """UTM (east, north) in metres from a benchmark file name ``@east@north@...`` (plain
+    numbers: no underscores, spaces or digits of other scripts, which ``float()`` accepts)."""
+    from .numbers import parse_float
+
     fields = Path(name).name.split("@")
     try:
-        east, north = float(fields[1]), float(fields[2])
+        east, north = (parse_float(fields[i], "UTM", finite=False, spaces=False) for i in (1, 2))
     except (IndexError, ValueError):
         raise VprkitError(
             f"cannot read UTM coordinates from file name {name!r}: expected "
@@ -155,8 +158,26 @@ def positives_within(
 
 def recorded_images(dataset: dict, role: str) -> Path:
     """The folder of ``role``'s images of the split that a descriptor file's ``dataset`` header
-    records (``root/images/split/role``; it may have moved since)."""
-    return Path(dataset.get("root", ".")) / "images" / str(dataset.get("split", "")) / role
+    records (``root/images/split/role``; it may have moved since). Its names are resolved
+    inside it with ``image_inside``."""
+    split = str(dataset.get("split", ""))
+    if "/" in split or split in (".", "..") or "\x00" in split:
+        raise VprkitError(f"recorded split {shown(repr(split))} is not a folder name")
+    return Path(dataset.get("root", ".")) / "images" / split / role
+
+
+def image_inside(folder: Path, name: str, file: object) -> Path:
+    """``folder / name`` for an image name read from descriptor file ``file``; one clear line
+    where the name is empty, absolute, holds NUL or a ``..`` component, so that a name never
+    reaches a file outside ``folder`` by its spelling. Symbolic links inside the dataset are
+    followed: they are the dataset's own (made by its owner, e.g. by ``dataset import``)."""
+    from .store.checks import name_problem
+
+    problem = name_problem(name)
+    if problem:
+        raise VprkitError(f"{file}: image name {shown(repr(name), 80)} {problem}: names are "
+                          f"relative to {shown(folder)}, inside it")
+    return folder / name
 
 
 def split_folder(root: Path | str, split: str) -> Path:

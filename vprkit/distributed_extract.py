@@ -32,12 +32,13 @@ from typing import Any, NoReturn, TypeVar
 
 import torch
 
-from .errors import VprkitError
+from .errors import VprkitError, shown
 from .extract import ExtractOptions, extract
 from .inference import resolve_device
 from .models import ModelConfig
+from .numbers import NumberError, parse_int
 from .progress import console, inert
-from .shards import merge, shard_path
+from .shards import check_shard_count, merge, shard_path
 from .store import DescriptorFile, parse_scales
 from .views import parse_views
 
@@ -70,20 +71,32 @@ class World:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> World:
-        """From torchrun's ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``; one process without them."""
+        """From torchrun's ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``; one process without them.
+
+        Plain whole numbers only (``vprkit.numbers``), and at most ``MAX_SHARDS`` processes
+        (each extracts a shard)."""
         env = os.environ if environ is None else environ
-        try:
-            size = int(env.get("WORLD_SIZE") or 1)
-            if size <= 1:
-                return cls()
-            rank = int(env["RANK"])
-            local_rank = int(env.get("LOCAL_RANK") or rank)
-        except (KeyError, ValueError):
+        size = _env_int(env, "WORLD_SIZE", "1")
+        if size <= 1:
+            return cls()
+        check_shard_count(size, f"WORLD_SIZE={size} (one shard a process)")
+        if not env.get("RANK"):
             raise VprkitError("WORLD_SIZE > 1 needs integer RANK and LOCAL_RANK, as torchrun sets "
-                              "them") from None
+                              "them")
+        rank = _env_int(env, "RANK")
+        local_rank = _env_int(env, "LOCAL_RANK", str(rank))
         if not 0 <= rank < size or local_rank < 0:
             raise VprkitError(f"RANK {rank} is not one of the WORLD_SIZE {size} processes")
         return cls(rank, size, local_rank)
+
+
+def _env_int(env: Mapping[str, str], name: str, default: str | None = None) -> int:
+    """The whole number in environment variable ``name`` (``default`` where unset or empty);
+    one line naming the variable where it is anything else."""
+    text = env.get(name) or default
+    if text is None:
+        raise VprkitError(f"{name} is not set")
+    return parse_int(text, f"environment variable {name}")
 
 
 def process_device(device: str, local_rank: int) -> torch.device:
@@ -108,13 +121,18 @@ def slurm_shard(environ: Mapping[str, str] | None = None) -> tuple[int, int]:
     if missing:
         raise VprkitError(f"--shard slurm needs a task of a Slurm job array (sbatch --array=0-N): "
                           f"{', '.join(missing)} not set")
-    try:
-        task, count, first = (int(env[name]) for name in SLURM)
-        step = int(env.get("SLURM_ARRAY_TASK_STEP") or 1)
-        last = int(env.get("SLURM_ARRAY_TASK_MAX") or first + (count - 1) * step)
-    except ValueError:
-        raise VprkitError("the SLURM_ARRAY_TASK_* variables are not integers: "
-                          + ", ".join(f"{n}={env.get(n)!r}" for n in SLURM)) from None
+
+    def number(name: str, default: str | None = None) -> int:
+        try:
+            return _env_int(env, name, default)
+        except NumberError:
+            raise VprkitError(f"the SLURM_ARRAY_TASK_* variables are not integers: {name}="
+                              f"{shown(repr(env.get(name)), 40)} (digits 0-9 only)") from None
+
+    task, count, first = (number(name) for name in SLURM)
+    check_shard_count(count, f"--shard slurm: SLURM_ARRAY_TASK_COUNT={count} (one shard a task)")
+    step = number("SLURM_ARRAY_TASK_STEP", "1")
+    last = number("SLURM_ARRAY_TASK_MAX", str(first + (count - 1) * step))
     if count < 1 or step < 1 or last != first + (count - 1) * step or not first <= task <= last \
             or (task - first) % step:
         raise VprkitError(f"--shard slurm needs an array of evenly spaced task IDs such as "
@@ -328,15 +346,16 @@ def merge_if_complete(output: str | Path, count: int, options: ExtractOptions,
     output = Path(output)
     scales = parse_scales(",".join(map(str, options.scales)))
     views = parse_views(",".join(options.views))
+    check_shard_count(count, f"cannot merge {count} shards into {output}")
     with _waiting_lock(output.with_name(output.name + ".merge.lock")):
         if output.exists():
             return output  # another task merged them
-        unfinished = [i for i in range(count)
-                      if not _holds(shard_path(output, i, count), count, scales, views)]
-        if unfinished:
+        unfinished = next((i for i in range(count)  # the first one is enough to wait
+                           if not _holds(shard_path(output, i, count), count, scales, views)), None)
+        if unfinished is not None:
             if progress:
-                console.print(f"shard(s) {', '.join(map(str, unfinished))} of {count} unfinished: "
-                              "the task that finishes the last one merges")
+                console.print(f"shard {unfinished} of {count} (at least) unfinished: the task "
+                              "that finishes the last one merges")
             return None
         return merge_shards(output, count, keep_shards=keep_shards, progress=progress)
 

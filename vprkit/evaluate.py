@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import EVAL_POSITIVE_RADIUS, positives_within, recorded_images
+from .datasets import EVAL_POSITIVE_RADIUS, image_inside, positives_within, recorded_images
 from .errors import VprkitError
 from .files import atomic_output
 from .search import blocked_search
@@ -33,6 +33,7 @@ from .statistics import (
     QueryOutcomes,
     bootstrap_recalls,
     check_bootstrap,
+    check_seed,
     precision_recall,
     query_outcomes,
     recall_at_thresholds,
@@ -122,7 +123,7 @@ class EvaluationResult:
 
 def parse_recalls(text: str) -> tuple[int, ...]:
     """``"1,5,10,20"`` -> (1, 5, 10, 20): the N of Recall@N, increasing integers >= 1."""
-    if not re.fullmatch(r"\s*\d{1,9}(\s*,\s*\d{1,9})*\s*", str(text)):
+    if not re.fullmatch(r"\s*[0-9]{1,9}(\s*,\s*[0-9]{1,9})*\s*", str(text)):
         raise VprkitError(f"bad recall list {str(text)!r}: expected increasing integers "
                           "separated by commas, like 1,5,10,20")
     values = tuple(int(v) for v in str(text).split(","))
@@ -231,6 +232,7 @@ def evaluate_file(
     check_search_options(threshold, block_rows, nprobe)
     check_method(test_method)
     check_bootstrap(bootstrap)
+    check_seed(seed)
     if not math.isfinite(majority_weight):
         raise VprkitError(f"--majority-weight must be a finite number, got {majority_weight}")
     recalls = tuple(recalls)
@@ -358,16 +360,17 @@ def write_query_pictures(folder: str | Path, store: DescriptorFile, predictions:
     from .pictures import Match, QueryPicture, select, write_pictures
 
     db_folder, q_folder = (recorded_images(store.dataset, r) for r in ("database", "queries"))
-    q_names, db_names = store.names("queries"), store.names("database")
+    q_names, db_names = store.names("queries"), store.names("database")  # (refused if outside)
     q_utm, db_utm = store.utm("queries"), store.utm("database")
     queries = []
     for qi, (pred, dist) in enumerate(zip(predictions, distances, strict=True)):
         pos = set(positives[qi].tolist())
-        matches = [Match(path=db_folder / db_names[di], name=db_names[di], rank=r + 1,
-                         distance=float(d), metres=float(np.linalg.norm(q_utm[qi] - db_utm[di])),
+        matches = [Match(path=image_inside(db_folder, db_names[di], store.path), name=db_names[di],
+                         rank=r + 1, distance=float(d),
+                         metres=float(np.linalg.norm(q_utm[qi] - db_utm[di])),
                          positive=int(di) in pos)
                    for r, (di, d) in enumerate(zip(pred, dist, strict=True)) if di >= 0]
-        queries.append(QueryPicture(query_path=q_folder / q_names[qi],
+        queries.append(QueryPicture(query_path=image_inside(q_folder, q_names[qi], store.path),
                                     query_name=q_names[qi], matches=matches,
                                     caption=f"{len(pos)} positives in the database"))
     return write_pictures(Path(folder), select(queries, only_wrong, limit), title)

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .datasets import ROLES, Split
+from .errors import VprkitError
 from .images import file_sha256
 from .progress import progress_bar
 
@@ -59,7 +60,7 @@ def changed_image(stored, split: Split, rows: dict[str, int], progress: bool) ->
 def _sha256_or_none(path: Path) -> bytes | None:
     try:
         return file_sha256(path)
-    except OSError:
+    except (OSError, VprkitError):  # gone, unreadable, or no longer a regular file
         return None
 
 

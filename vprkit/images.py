@@ -40,6 +40,9 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
+from . import inputs
+from .errors import VprkitError, shown
+
 WIDE_GREY_MODES = ("I", "F")  # and every "I;16..." mode
 
 MEAN = (0.485, 0.456, 0.406)
@@ -120,15 +123,19 @@ def load_image(path: str | Path | IO[bytes]) -> torch.Tensor:
 
 def read_image(path: Path) -> tuple[torch.Tensor, bytes]:
     """``load_image`` of the file and the SHA-256 of its bytes (read once for both), which the
-    descriptor file keeps so that a resumed or extended extraction can check its images."""
-    data = Path(path).read_bytes()
+    descriptor file keeps so that a resumed or extended extraction can check its images.
+
+    Only a regular file (or a link to one) of at most ``vprkit.inputs.IMAGE_FILE_LIMIT`` bytes
+    is read: a FIFO, a device or a larger file raises ``VprkitError`` naming it."""
+    data = inputs.read_bytes(path, "image", inputs.IMAGE_FILE_LIMIT)
     return load_image(io.BytesIO(data)), hashlib.sha256(data).digest()
 
 
 def file_sha256(path: Path) -> bytes:
-    """SHA-256 of a file's bytes, read in blocks."""
+    """SHA-256 of a regular file's bytes, read in blocks (``VprkitError`` for a FIFO, a device,
+    a folder: ``vprkit.inputs.open_input``)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with inputs.open_input(path, "image") as handle:
         while block := handle.read(1 << 20):
             digest.update(block)
     return digest.digest()
@@ -223,8 +230,11 @@ class ImageScalesDataset(Dataset):
         path = self.paths[index]
         try:
             image, digest = read_image(path)
+        except VprkitError as err:  # not a regular file, or too large: its line says so
+            return index, None, str(err), None
         except Exception as err:
-            return index, None, f"cannot read image {path}: {type(err).__name__}: {err}", None
+            why = f"{type(err).__name__}: {shown(err)}"
+            return index, None, f"cannot read image {shown(path)}: {why}", None
         return index, preprocess(image, self.size, self.scales, self.view), None, digest
 
 

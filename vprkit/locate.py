@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .datasets import IMAGE_EXTENSIONS, parse_utm, recorded_images
-from .errors import VprkitError
+from .datasets import IMAGE_EXTENSIONS, parse_utm
+from .errors import VprkitError, shown
 from .geo import Position, position_of
 from .inference import (
     InferenceOptions,
@@ -38,7 +38,12 @@ from .inference import (
     infer_batch,
     resolve_device,
 )
-from .models import ModelConfig, VPRModel, build_model, fingerprint
+from .inputs import check_regular, file_problem
+from .locate_output import geojson as geojson  # (re-exported: written here before)
+from .locate_output import photo_text
+from .locate_output import write_csv as write_csv
+from .locate_output import write_location_pictures as write_location_pictures
+from .models import VPRModel, build_model, fingerprint, validate_model_config
 from .progress import progress_bar
 from .pyramid import pyramid
 from .search import blocked_search
@@ -73,6 +78,7 @@ class LocatedPhoto:
     def to_dict(self) -> dict:
         out = asdict(self)
         out["position"] = self.position.to_dict()
+        out["photo"] = photo_text(self.photo)  # valid UTF-8 (``locate_output``)
         return out
 
 
@@ -94,25 +100,36 @@ class LocateResult:
         return {"database": self.database, "scale": self.scale, "top_k": self.top_k,
                 "threshold": self.threshold, "photos": len(self.located) + len(self.failed),
                 "located": len(self.located), "search": self.search,
-                "failed": [{"photo": p, "error": e} for p, e in self.failed],
+                "failed": [{"photo": photo_text(p), "error": photo_text(e)}
+                           for p, e in self.failed],
                 "seconds": self.seconds, "first_answer_seconds": self.first_answer_seconds,
                 "locations": [loc.to_dict() for loc in self.located]}
 
 
 def find_photos(inputs: Sequence[str | Path]) -> list[Path]:
-    """The photos named, and those under the folders named (recursively, sorted by path)."""
+    """The photos named, and those under the folders named (recursively, sorted by path).
+
+    Each must be a regular file or a link to one (``vprkit.inputs``): a FIFO, a device, a socket
+    or a broken link, named or found in a folder with a photo extension, is refused with one
+    line naming it, as extract refuses it, and never opened. (Folders with a photo extension are
+    searched, not read.) Files that are not images are no error here: ``locate`` lists them."""
     photos: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
             found = sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
                            and not p.is_dir())
             if not found:
-                raise VprkitError(f"no photos ({', '.join(IMAGE_EXTENSIONS)}) under {item}")
+                raise VprkitError(f"no photos ({', '.join(IMAGE_EXTENSIONS)}) under {shown(item)}")
+            problems = [(p, why) for p in found if (why := file_problem(p)) is not None]
+            if problems:
+                more = f" (and {len(problems) - 1} more such entries)" if len(problems) > 1 else ""
+                raise VprkitError(f"cannot read photo {shown(problems[0][0])}: {problems[0][1]}; "
+                                  f"fix or remove it{more}")
             photos += found
         elif item.exists() or item.is_symlink():
-            photos.append(item)
+            photos.append(check_regular(item, "photo"))
         else:
-            raise VprkitError(f"{item} does not exist")
+            raise VprkitError(f"{shown(item)} does not exist")
     if not photos:
         raise VprkitError("no photos given")
     return photos
@@ -133,12 +150,7 @@ def rebuild_network(store: DescriptorFile, seed: int = 0) -> VPRModel:
         if value and not Path(value).is_file():
             raise VprkitError(f"the {key} {value} that made {store.path} is missing; locate needs "
                               "the same file to rebuild the network")
-    zoo = m.get("model")
-    config = ModelConfig(backbone="resnet18conv4" if zoo else m["backbone"],
-                         aggregation="gem" if zoo else m["aggregation"],
-                         clusters=int(m.get("clusters", 64)), weights=m.get("weights", "imagenet"),
-                         checkpoint=m.get("checkpoint"), l2=m.get("l2"),
-                         fc_output_dim=m.get("fc_output_dim"), model=zoo)
+    config = validate_model_config(m, str(store.path), "model", "header attribute")
     torch.manual_seed(seed)
     model = build_model(config).eval()
     arrays = store.aggregation_arrays()
@@ -181,7 +193,7 @@ def locate(
         workers: image-decoding processes.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         index: faiss factory string for approximate search (None: exact), as ``evaluate``.
-        nprobe: inverted lists visited per photo by IVF indexes.
+        nprobe: inverted lists visited per photo by IVF indexes (at least 1).
         seed: the seed random weights (``--weights none``) were made with at extraction.
         progress: show a progress bar.
 
@@ -191,13 +203,16 @@ def locate(
 
     Raises:
         VprkitError: a missing or unusable database, a network that cannot be rebuilt, no
-            photos, bad options. Photos that cannot be read are not errors: they are listed
-            in ``LocateResult.failed``.
+            photos, a photo that is not a regular file (``find_photos``), bad options. Photos
+            that cannot be read as images (or hold more than ``vprkit.inputs.IMAGE_FILE_LIMIT``
+            bytes) are not errors: they are listed, with the reason, in ``LocateResult.failed``.
     """
     started = time.perf_counter()
     if top_k < 1 or batch_size < 1 or workers < 0 or not threshold > 0:
         raise VprkitError("--top-k and --batch-size must be at least 1, --workers not negative, "
                           "--threshold positive")
+    if nprobe < 1:
+        raise VprkitError(f"nprobe must be at least 1, got {nprobe}")
     with DescriptorFile(database) as store:
         refuse_shard(store)
         scales = parse_scale_spec(scale) if scale else (store.scales[0],)
@@ -301,70 +316,3 @@ def _located(photo: str, distances: np.ndarray, ids: np.ndarray, names: list[str
         error = float(np.hypot(truth[0] - position.east, truth[1] - position.north))
     return LocatedPhoto(photo=photo, position=position, confidence=confidence, matches=matches,
                         true_position=truth, error_m=error)
-
-
-def write_csv(result: LocateResult, path: str | Path) -> Path:
-    """One row per located photo: photo, east, north, zone, letter, lat, lon, confidence, best
-    match, its distance, error in metres (empty where unknown)."""
-    import csv
-
-    from .files import atomic_output
-
-    def text(value) -> str:
-        return "" if value is None else f"{value:.6f}" if isinstance(value, float) else str(value)
-
-    with atomic_output(path, "w", newline="", encoding="utf-8") as handle:
-        out = csv.writer(handle)
-        out.writerow(["photo", "east", "north", "zone", "letter", "lat", "lon", "confidence",
-                      "best_match", "distance", "error_m"])
-        for loc in result.located:
-            p = loc.position
-            out.writerow([loc.photo, *(text(v) for v in (p.east, p.north, p.zone, p.letter,
-                                                          p.lat, p.lon, loc.confidence)),
-                          loc.matches[0]["name"], text(loc.matches[0]["distance"]),
-                          text(loc.error_m)])
-    return Path(path)
-
-
-def geojson(result: LocateResult) -> dict:
-    """A GeoJSON FeatureCollection: a Point (longitude, latitude) per located photo, with its
-    best match, confidence and UTM position as properties (``geometry`` null where the
-    latitude and longitude are unknown)."""
-    features = []
-    for loc in result.located:
-        p = loc.position
-        geometry = None if p.lat is None or p.lon is None else \
-            {"type": "Point", "coordinates": [p.lon, p.lat]}
-        features.append({"type": "Feature", "geometry": geometry, "properties": {
-            "photo": loc.photo, "best_match": loc.matches[0]["name"],
-            "confidence": loc.confidence, "east": p.east, "north": p.north, "zone": p.zone,
-            "letter": p.letter, "error_m": loc.error_m}})
-    return {"type": "FeatureCollection", "features": features}
-
-
-def write_location_pictures(result: LocateResult, database: str | Path, folder: str | Path,
-                            progress: bool = True) -> Path:
-    """``vprkit.pictures`` of each located photo and its top-K matches (framed green or red
-    where the photo's name gives its true position, grey otherwise); returns index.html."""
-    from .pictures import Match, QueryPicture, write_pictures
-
-    with DescriptorFile(database) as store:
-        db_folder = recorded_images(store.dataset, "database")
-    pictures = []
-    for loc in result.located:
-        matches = []
-        for m in loc.matches:
-            metres = None if loc.true_position is None else float(np.hypot(
-                loc.true_position[0] - m["position"]["east"],
-                loc.true_position[1] - m["position"]["north"]))
-            matches.append(Match(path=db_folder / m["name"], name=m["name"],
-                                 rank=m["rank"], distance=m["distance"], metres=metres,
-                                 positive=None if metres is None else metres <= result.threshold))
-        p = loc.position
-        where = f"{p.east:.1f} E, {p.north:.1f} N" + (f", zone {p.zone}{p.letter or ''}"
-                                                      if p.zone else "")
-        conf = "-" if loc.confidence is None else f"{loc.confidence:.3g}"
-        pictures.append(QueryPicture(query_path=Path(loc.photo), query_name=Path(loc.photo).name,
-                                     matches=matches, caption=f"at {where}; confidence {conf}"))
-    return write_pictures(Path(folder), pictures, f"located against {Path(database).name}",
-                          progress=progress)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .errors import VprkitError, shown
 from .files import write_text
+from .inputs import DATA_LIMIT, NOTES_LIMIT, read_text
 from .plotting import integer_ticks, pyplot, save_figure
 from .report_statistics import (
     comparison_lines,
@@ -69,18 +70,10 @@ def _slug(label: str, taken: set[str]) -> str:
     return slug
 
 
-def _read_text(path: Path, what: str) -> str:
-    """A file's text, which must be UTF-8; one line naming the file otherwise."""
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise VprkitError(f"cannot read {what} {shown(path)}: {err.strerror}") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data[:err.start].count(b"\n") + 1
-        raise VprkitError(f"{what} {shown(path)} is not UTF-8 text (byte 0x{data[err.start]:02x} "
-                          f"on line {line})") from None
+def _read_text(path: Path, what: str, limit: int = DATA_LIMIT) -> str:
+    """A regular file's text, which must be UTF-8 and at most ``limit`` bytes; one line naming
+    the file otherwise (``vprkit.inputs``: never a FIFO or a device)."""
+    return read_text(path, what, limit)
 
 
 def _parse_json(text: str, where: str):
@@ -316,7 +309,9 @@ def write_report(inputs: list[str | Path], output: str | Path, title: str = "vpr
 
     Sections and runs are named by their file or folder name, lengthened by parent folders where
     two would read alike (``efficientnet_lite0/table1_multiscale/table1``). ``notes``: a markdown
-    file put under the title (hand-written commentary that a rerun keeps).
+    file put under the title (hand-written commentary that a rerun keeps): a regular file (or a
+    link to one) of at most ``vprkit.inputs.NOTES_LIMIT`` (1 MiB), read before anything is
+    written.
     """
     output = Path(output)
     evaluations, runs = [], []
@@ -332,7 +327,7 @@ def write_report(inputs: list[str | Path], output: str | Path, title: str = "vpr
         raise VprkitError("nothing to report: give evaluation JSON files or run folders")
     lines = [f"# {shown(title)}", ""]
     if notes is not None:
-        lines += [_read_text(Path(notes), "the notes").strip(), ""]
+        lines += [_read_text(Path(notes), "the notes", NOTES_LIMIT).strip(), ""]
     slugs: set[str] = set()
     output.parent.mkdir(parents=True, exist_ok=True)
     labels = unique_labels([path.resolve() for path, _ in evaluations])

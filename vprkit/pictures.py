@@ -51,7 +51,7 @@ _NAME_CHARS = 80
 class Match:
     """One retrieved database image of a query."""
 
-    path: Path  # the database image file
+    path: Path  # the database image file (a stored name resolved by datasets.image_inside)
     name: str  # its name relative to the database folder
     rank: int  # 1-based
     distance: float  # squared L2

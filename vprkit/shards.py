@@ -6,6 +6,9 @@ rows: rows ``[N*i//n, N*(i+1)//n)`` of each. A shard is an ordinary descriptor f
 ``dataset`` attribute carries ``shard = {index, count, rows, totals, names_sha256}``; the hash of
 the split's full image lists lets ``merge`` prove that the shards cover exactly the same images.
 
+An extraction is cut into at most ``MAX_SHARDS`` (10000) shards: ``--shard i/n``, the Slurm
+array size and torchrun's WORLD_SIZE are refused beyond it (a merge checks every shard).
+
 ``merge(shards, output)`` checks that the shards come from the same extraction (same model
 fingerprint, preprocessing, storage type, dataset, scales, image lists) and that all n are there,
 then streams them block by block into one file, written as ``output.partial`` and renamed when
@@ -22,19 +25,32 @@ from pathlib import Path
 import numpy as np
 
 from .datasets import ROLES, ImageList, Split
-from .errors import VprkitError
+from .errors import VprkitError, shown
 from .progress import console, progress_bar, styled
 from .store import DescriptorFile, Header, writing
+from .store.writer import rows_bytes
 from .views import HARD_RESIZE, VIEWS
 
 SHARD_SUFFIX = re.compile(r"\.shard(\d+)of(\d+)$")
+MAX_SHARDS = 10000  # an extraction is cut into at most this many shards (a merge checks each)
+
+
+def check_shard_count(count: int, where: str) -> None:
+    """One clear line where ``count`` shards are more than ``MAX_SHARDS`` (``where`` says
+    where the count came from)."""
+    if isinstance(count, int) and count > MAX_SHARDS:
+        raise VprkitError(f"{where}: too many shards (an extraction is cut into at most "
+                          f"{MAX_SHARDS} shards)")
 
 
 def parse_shard(text: str) -> tuple[int, int]:
-    """``"0/4"`` -> (0, 4): shard index (from 0) and shard count."""
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    """``"0/4"`` -> (0, 4): shard index (from 0) and shard count (at most ``MAX_SHARDS``)."""
+    match = re.fullmatch(r"[ \t]*([0-9]{1,12})[ \t]*/[ \t]*([0-9]+)[ \t]*", str(text))
     if not match:
-        raise VprkitError(f"bad shard {text!r}: expected INDEX/COUNT such as 0/4 (index from 0)")
+        raise VprkitError(f"bad shard {shown(repr(text), 40)}: expected INDEX/COUNT such as 0/4 "
+                          "(index from 0)")
+    if len(match[2]) > 12 or int(match[2]) > MAX_SHARDS:
+        raise VprkitError(f"bad shard {shown(repr(text), 40)}: at most {MAX_SHARDS} shards")
     index, count = int(match[1]), int(match[2])
     if count < 1 or index >= count:
         raise VprkitError(f"bad shard {text!r}: the index counts from 0 to COUNT-1 "
@@ -75,6 +91,13 @@ def take_shard(split: Split, index: int, count: int) -> tuple[Split, dict]:
 
 
 def _check_same(files: list[DescriptorFile]) -> None:
+    """One line where the shard files are not of one extraction (each header was checked when
+    its file was opened: ``vprkit.store.validate``; merge also needs each shard's hash)."""
+    for f in files:
+        if "names_sha256" not in f.dataset["shard"]:
+            raise VprkitError(f"{f.path}: header attribute 'dataset.shard.names_sha256' is "
+                              "missing: merge cannot prove that the shards cover one image list "
+                              "(the file is damaged or was not written by vprkit)")
     first = files[0]
     base = {k: v for k, v in first.dataset.items() if k != "shard"}
     for f in files[1:]:
@@ -115,6 +138,7 @@ def merge(shards: list[str | Path], output: str | Path, overwrite: bool = False,
                 raise VprkitError(f"{path} is not a shard (it was extracted without --shard)")
         files.sort(key=lambda f: f.dataset["shard"]["index"])
         count = files[0].dataset["shard"]["count"]
+        check_shard_count(count, f"{files[0].path} is a shard of {count}")
         indices = [f.dataset["shard"]["index"] for f in files]
         for f in files:
             if f.dataset["shard"]["count"] != count:
@@ -154,9 +178,13 @@ def _write_merged(files: list[DescriptorFile], output: Path, progress: bool) -> 
              for s in first.scales}
     total = sum(f.num(r) for f in files for s in first.scales for r, _ in parts[s])
     block = first.default_block_rows(64 << 20)
+    aggregation = first.aggregation_arrays()
+    # everything written after the names, checked and reserved with them before the first byte
+    more = sum(rows_bytes(len(names[role]) * VIEWS[view], first.dim, first.dtype,
+                          first.stat_specs(s)) for s in first.scales for role, view in parts[s])
+    more += sum(np.asarray(a).nbytes for a in aggregation.values())
     with writing(output) as out:
-        writer = out.create(header, names, utm, hashes)
-        aggregation = first.aggregation_arrays()
+        writer = out.create(header, names, utm, hashes, more_bytes=more)
         if aggregation:
             writer.write_aggregation_arrays(aggregation)
         with progress_bar(progress) as bar:

@@ -30,12 +30,15 @@ import numpy as np
 
 from .choices import DEFAULT_RESAMPLES, DEFAULT_SEED, DEFAULT_THRESHOLDS
 from .errors import VprkitError
+from .numbers import parse_float
 
 __all__ = ["DEFAULT_RESAMPLES", "DEFAULT_SEED", "DEFAULT_THRESHOLDS", "DEFAULT_LEVEL",
            "QueryOutcomes", "bootstrap_recalls", "paired_bootstrap", "mcnemar_exact",
-           "precision_recall", "recall_at_thresholds", "query_outcomes", "parse_thresholds"]
+           "precision_recall", "recall_at_thresholds", "query_outcomes", "parse_thresholds",
+           "SEED_MAX", "check_seed"]
 
 DEFAULT_LEVEL = 0.95
+SEED_MAX = 2**32 - 1  # the largest bootstrap seed (``--seed``)
 RESAMPLE_BLOCK = 2**22  # query indices drawn at a time by the bootstrap (bounds its memory)
 
 
@@ -135,6 +138,14 @@ def check_bootstrap(resamples: int, level: float = DEFAULT_LEVEL) -> None:
         raise VprkitError(f"the confidence level must be between 0 and 1, got {level}")
 
 
+def check_seed(seed: int) -> None:
+    """One clear line for a bootstrap seed that is not a whole number from 0 to ``SEED_MAX``
+    (numpy refuses negative seeds; the CLI takes the same range)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) \
+            or not 0 <= int(seed) <= SEED_MAX:
+        raise VprkitError(f"seed must be a whole number from 0 to {SEED_MAX}, got {seed!r}")
+
+
 def _resampled_means(values: np.ndarray, resamples: int, seed: int) -> np.ndarray:
     """(resamples, columns) means of ``values`` (queries, columns) over bootstrap resamples."""
     rng = np.random.default_rng(seed)
@@ -159,6 +170,7 @@ def bootstrap_recalls(outcomes: QueryOutcomes, ns: Sequence[int],
                       level: float = DEFAULT_LEVEL) -> dict[int, tuple[float, float]]:
     """``{n: (low, high)}``: percentile bootstrap interval of Recall@n in percent."""
     check_bootstrap(resamples, level)
+    check_seed(seed)
     if resamples == 0:
         return {}
     means = _resampled_means(outcomes.hits(ns).astype(np.float64) * 100.0, resamples, seed)
@@ -172,6 +184,7 @@ def paired_bootstrap(a: QueryOutcomes, b: QueryOutcomes, ns: Sequence[int],
     """``{n: (low, high)}``: interval of Recall@n of ``b`` minus ``a`` (points), resampling the
     same queries for both."""
     check_bootstrap(resamples, level)
+    check_seed(seed)
     if resamples == 0:
         return {}
     same_queries(a, b)
@@ -245,8 +258,8 @@ def parse_thresholds(text: str) -> tuple[float, ...]:
     if str(text).strip().lower() in ("", "none"):
         return ()
     try:
-        values = tuple(float(v) for v in str(text).split(","))
-    except ValueError:
+        values = tuple(parse_float(v, "threshold") for v in str(text).split(","))
+    except ValueError:  # NumberError too: no underscores, inf or nan
         values = ()
     if not values or not all(math.isfinite(v) and v > 0 for v in values) \
             or list(values) != sorted(set(values)):

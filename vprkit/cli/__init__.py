@@ -63,8 +63,9 @@ def statistics_options(function):
         show_default=True, metavar="M1,M2,...",
         help="Metres at which R@1 is also given (top-1 within M metres); none: no such "
              "table.")(function)
-    function = click.option("--seed", default=DEFAULT_SEED, show_default=True,
-                            help="Seed of the bootstrap resampling.")(function)
+    function = click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=DEFAULT_SEED,
+                            show_default=True,
+                            help="Seed of the bootstrap resampling (0 to 2**32-1).")(function)
     return click.option(
         "--bootstrap", type=click.IntRange(min=0), default=DEFAULT_RESAMPLES, show_default=True,
         help="Resamples of the queries for the 95% intervals of Recall@N (0: none).")(function)

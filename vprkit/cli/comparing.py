@@ -20,8 +20,8 @@ from . import emit_json, json_option, main
 @click.option("--bootstrap", type=click.IntRange(min=0), default=DEFAULT_RESAMPLES,
               show_default=True,
               help="Resamples of the queries for the 95% paired intervals (0: none).")
-@click.option("--seed", default=DEFAULT_SEED, show_default=True,
-              help="Seed of the bootstrap resampling.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=DEFAULT_SEED, show_default=True,
+              help="Seed of the bootstrap resampling (0 to 2**32-1).")
 @json_option("the comparisons", is_output=True)
 def compare(files, baseline, bootstrap, seed, json_path):
     """Is a Recall@N difference clear? Rows of vprkit evaluate --json, query by query.

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..errors import VprkitError
 from ..progress import console, results_console, styled
 from . import emit_json, json_option, main
 
@@ -21,12 +22,15 @@ from . import emit_json, json_option, main
               help="Metres beyond which a candidate is another place (confidence), and within "
                    "which a photo with known coordinates counts as located right.")
 @json_option("every photo's position, confidence and matches")
-@click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None,
-              help="Write one row per photo (position, confidence, best match) as CSV.  "
-                   "[default: none]")
-@click.option("--geojson", "geojson_path", type=click.Path(path_type=Path), default=None,
-              help="Write the positions as a GeoJSON FeatureCollection of points.  "
-                   "[default: none]")
+@click.option("--csv", "csv_path", type=click.Path(allow_dash=True), default=None,
+              metavar="PATH|-",
+              help="Write one row per photo (position, confidence, best match) as CSV to PATH, "
+                   "or print it alone to stdout with -. Names that begin like a spreadsheet "
+                   "formula (= + - @) get a leading '.  [default: none]")
+@click.option("--geojson", "geojson_path", type=click.Path(allow_dash=True), default=None,
+              metavar="PATH|-",
+              help="Write the positions as a GeoJSON FeatureCollection of points to PATH, or "
+                   "print it alone to stdout with -.  [default: none]")
 @click.option("--pictures", "pictures_dir", type=click.Path(path_type=Path), default=None,
               metavar="DIR", help="Write a PNG per photo with its top-K matches and DIR/index.html.  "
                    "[default: none]")
@@ -38,9 +42,9 @@ from . import emit_json, json_option, main
 @click.option("--index", default=None,
               help="APPROXIMATE search with a faiss factory string, as evaluate --index.  "
                    "[default: exact search]")
-@click.option("--nprobe", default=16, show_default=True,
+@click.option("--nprobe", type=click.IntRange(min=1), default=16, show_default=True,
               help="Inverted lists visited per photo by IVF indexes.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
               help="The --seed the database was extracted with (random weights only).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def locate(photos, database, scale, top_k, threshold, json_path, csv_path, geojson_path,
@@ -49,28 +53,38 @@ def locate(photos, database, scale, top_k, threshold, json_path, csv_path, geojs
 
     Each photo's position is that of its best match (UTM with zone, and latitude/longitude
     where the database names carry them); the confidence is the distance margin to the first
-    candidate of another place.
+    candidate of another place. Photos that cannot be read are listed; none readable is an
+    error. Photo names that are not valid UTF-8 are written with \\xNN escapes.
     """
-    from ..locate import geojson, write_csv
     from ..locate import locate as run_locate
+    from ..locate_output import csv_text, geojson, write_csv
 
+    to_stdout = [flag for flag, path in (("--json", json_path), ("--csv", csv_path),
+                                         ("--geojson", geojson_path)) if path == "-"]
+    if len(to_stdout) > 1:
+        raise VprkitError(f"only one output can go to stdout: give a file to {to_stdout[0]} or "
+                          f"{' or '.join(to_stdout[1:])}")
     result = run_locate(photos, database, scale=scale, top_k=top_k, threshold=threshold,
                         batch_size=batch_size, workers=workers, device=device, index=index,
                         nprobe=nprobe, seed=seed, progress=not quiet)
     for _, error in result.failed:
         console.print(styled("skipped", "red", f" {error}"))
-    if csv_path:
+    if not result.located:
+        raise VprkitError(f"no photo could be read ({len(result.failed)} failed, listed above)")
+    if csv_path == "-":
+        click.echo(csv_text(result), nl=False)
+    elif csv_path:
         write_csv(result, csv_path)
     if geojson_path:
-        emit_json(str(geojson_path), geojson(result))
+        emit_json(geojson_path, geojson(result))
     if pictures_dir:
-        from ..locate import write_location_pictures
+        from ..locate_output import write_location_pictures
 
         page = write_location_pictures(result, database, pictures_dir, progress=not quiet)
         console.print(f"pictures: {page}")
-    if emit_json(json_path, result.to_dict() if json_path else None):
-        return
-    results_console.print(location_table(result))
+    emit_json(json_path, result.to_dict() if json_path else None)
+    if not to_stdout:
+        results_console.print(location_table(result))
 
 
 def location_table(result):

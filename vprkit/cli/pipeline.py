@@ -65,7 +65,7 @@ from . import (
                    "AVX512-BF16/AMX processors); recorded in the file.  [default: off]")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32",
               show_default=True, help="Storage type of the descriptors.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
               help="Seed of random weights and of NetVLAD's k-means sampling.")
 @click.option("--cluster-split", type=NamedChoice("split", SPLITS), default=None,
               help="Split whose database images initialise an untrained NetVLAD's clusters by "
@@ -73,8 +73,9 @@ from . import (
 @click.option("--skip-unparsable", is_flag=True,
               help="Skip (and count) file names without coordinates instead of failing.")
 @click.option("--shard", default=None, metavar="I/N|slurm",
-              help="Extract slice I of N (I from 0) into OUTPUT's name + .shardIofN, for N "
-                   "processes, GPUs or machines; join them with vprkit merge. slurm: the shard "
+              help="Extract slice I of N (I from 0, N at most 10000) into OUTPUT's name + "
+                   ".shardIofN, for N processes, GPUs or machines; join them with vprkit merge. "
+                   "slurm: the shard "
                    "of this Slurm job array task (SLURM_ARRAY_TASK_ID, _MIN, _COUNT). Under "
                    "torchrun the shard is the rank and the shards are merged.  [default: all]")
 @click.option("--merge-when-complete", is_flag=True,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
@@ -154,6 +153,7 @@ def train(root, output, deprecated_out, resume, recipe, backbone, aggregation, c
     vprkit train ROOT -o RUN_DIR [--recipe NAME], or vprkit train --resume RUN_DIR. The best
     model is RUN_DIR/best.pth, ready for vprkit extract --checkpoint.
     """
+    from ..distributed_extract import World
     from ..train import resume as resume_run
     from ..train import train as run_train
     from ..train.recipes import config_from_recipe, recipe_fields
@@ -185,6 +185,6 @@ def train(root, output, deprecated_out, resume, recipe, backbone, aggregation, c
                 if name in fields and not _explicit(ctx, name):
                     del fields[name]
         path = run_train(config_from_recipe(recipe, **fields), out, progress=not quiet)
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: process 0 only
+    if World.from_env().rank == 0:  # under torchrun: process 0 only
         if not emit_json(json_path, run_summary(path.parent) if json_path else None):
             console.print(styled("best model", "green", f": {path}"))

@@ -4,6 +4,7 @@ from .aggregations import AGGREGATIONS, GeM, NetVLAD, build_aggregation, get_agg
 from .backbones import BACKBONES, build_backbone, get_backbone
 from .checkpoints import infer_architecture, load_model_from_checkpoint, save_checkpoint
 from .network import ModelConfig, VPRModel, fingerprint
+from .validation import check_sizes, validate_model_config
 
 __all__ = [
     "AGGREGATIONS",
@@ -15,6 +16,7 @@ __all__ = [
     "build_aggregation",
     "build_backbone",
     "build_model",
+    "check_sizes",
     "fingerprint",
     "get_aggregation",
     "get_backbone",
@@ -22,6 +24,7 @@ __all__ = [
     "load_model_from_checkpoint",
     "pyramid",
     "save_checkpoint",
+    "validate_model_config",
 ]
 
 

@@ -14,10 +14,12 @@ from pathlib import Path
 import torch
 
 from ..errors import VprkitError
+from ..store.checks import Where, image_size
 from .aggregations import AGGREGATIONS, get_aggregation, recognise_aggregation
 from .backbones import recognise_backbone
 from .network import ModelConfig, VPRModel
 from .serialization import load_safely, save_atomically
+from .validation import stored_config, validate_model_config
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | None]:
@@ -32,8 +34,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | N
         state = data["state_dict"]
     else:
         state = data
-    if config is not None and not isinstance(config, dict):
-        raise VprkitError(f"checkpoint {path} has a damaged model_config")
+    config = stored_config(config, path)
     if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v)
                                               for k, v in state.items()):
         raise VprkitError(f"checkpoint {path} does not hold a model state dict")
@@ -98,9 +99,10 @@ def load_model_from_checkpoint(
     to fine-tune). Explicit options must agree with what the checkpoint holds; ``aggregation``
     and ``l2`` choose where its keys cannot tell (see ``infer_architecture``)."""
     state, stored = read_checkpoint(path)
-    arch = dict(stored) if stored else infer_architecture(state, aggregation, l2)
-    if not isinstance(arch.get("backbone"), str) or not isinstance(arch.get("aggregation"), str):
-        raise VprkitError(f"checkpoint {path} has a damaged model_config (no backbone/aggregation)")
+    if stored:  # checked before any layer is built
+        arch = validate_model_config(stored, f"checkpoint {path}", zoo=False).to_dict()
+    else:
+        arch = infer_architecture(state, aggregation, l2)
     held = {"backbone": arch["backbone"], "aggregation": arch["aggregation"],
             "l2": arch.get("l2") or "before_pool", "fc_output_dim": arch.get("fc_output_dim")}
     for key, given in (("backbone", backbone), ("aggregation", aggregation), ("l2", l2),
@@ -146,14 +148,10 @@ NOT_RECORDED = "not recorded"
 
 def trained_image_size(path: str | Path) -> tuple[int, int] | None | str:
     """The image size (H, W) a vprkit checkpoint was trained at, None where it was trained at
-    the images' native size, or ``NOT_RECORDED`` (a benchmark checkpoint, a bare state dict)."""
+    the images' native size, or ``NOT_RECORDED`` (a benchmark checkpoint, a bare state dict);
+    one line naming the checkpoint where the recorded size is not [H, W] of 1..``MAX_SIDE``."""
     data = load_safely(Path(path), "checkpoint")
     config = data.get("train_config") if isinstance(data, dict) else None
     if not isinstance(config, dict) or "resize" not in config:
         return NOT_RECORDED
-    size = config["resize"]
-    if size is None:
-        return None
-    if isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) for v in size):
-        return int(size[0]), int(size[1])
-    return NOT_RECORDED
+    return image_size(Where(f"checkpoint {path}", "stored", "train_config.resize"), config["resize"])

@@ -71,6 +71,9 @@ class VPRModel(nn.Module):
     """``backbone`` -> local features (N, C, H, W) -> ``aggregation`` -> descriptors (N, D)."""
 
     def __init__(self, config: ModelConfig):
+        from .validation import check_sizes
+
+        check_sizes(config)  # before any layer is built: no huge allocation
         super().__init__()
         self.config = config
         weights = "none" if config.checkpoint else config.weights

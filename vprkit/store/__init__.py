@@ -69,6 +69,17 @@ Datasets and groups (``<role>`` is ``database`` or ``queries``, N and M their im
                                        ``fitted_on``, ``rows``, ``method``
 =====================================  ==============================================================
 
+Reading: ``DescriptorFile`` checks, when it opens a file, every root attribute above, every scale's
+attributes and the ``/combine`` record for their types, ranges and sizes (``vprkit.store.validate``;
+the limits, such as image sides 1..16384, NetVLAD clusters 1..4096 and descriptors of at most 2^20
+dimensions, are in ``vprkit.store.checks``): a value that is not so is one line naming the file and
+the attribute (``gem.h5: header attribute 'model.clusters' is 'abc'; expected an integer
+1..4096 ...``). Image names are resolved inside their role's folder only: a name that is empty,
+absolute, or holds NUL or a ``..`` component is refused when the names are read (symbolic links
+inside the dataset are followed: they are its owner's). What rebuilding the network needs (a
+registered backbone and aggregation) is checked where it is rebuilt
+(``vprkit.models.validate_model_config``).
+
 Writing: a file is written as ``<name>.partial`` while ``<name>.lock`` is held (a second writer
 is refused), and renamed to ``<name>`` once ``complete`` is true, so a file at the final path is
 always whole. Rows are written block by block; after each block the data is flushed, then the

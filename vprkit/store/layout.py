@@ -8,6 +8,7 @@ import numpy as np
 from ..pyramid import stat_names
 from ..roles import ROLES
 from ..views import HARD_RESIZE, VIEWS
+from .checks import MAX_DIM
 from .format import HASH_BYTES, descriptor_key, rows_done_attr, stats_key
 
 
@@ -59,7 +60,7 @@ def _check_part(h5: h5py.File, aggregation: dict, scale: int, role: str, view: s
     rows = images * VIEWS[view]
     key = descriptor_key(scale, role, view)
     ds = h5[key]
-    if ds.ndim != 2 or ds.shape[0] != rows or ds.dtype.kind != "f" or not ds.shape[1]:
+    if ds.ndim != 2 or ds.shape[0] != rows or ds.dtype.kind != "f" or not 0 < ds.shape[1] <= MAX_DIM:
         raise ValueError(f"{key} has shape {ds.shape}, type {ds.dtype}")
     done = int(h5[f"scales/{scale}"].attrs.get(rows_done_attr(role, view), -1))
     if complete and done != images:

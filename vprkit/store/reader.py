@@ -16,14 +16,12 @@ from ..files import (
 )
 from ..pyramid import pyramid, stat_names
 from ..views import HARD_RESIZE, VIEWS
+from .checks import MISSING
 from .format import (
-    FORMAT,
-    FORMAT_VERSION,
     HEADER_ATTRS,
     MAX_ATTR_CHARS,
     PCA_ARRAYS,
     PCA_ATTRS,
-    Header,
     _json_dict,
     _text_attr,
     descriptor_key,
@@ -34,12 +32,22 @@ from .format import (
     stats_key,
 )
 from .layout import check_layout
+from .validate import (
+    check_combine,
+    check_counts,
+    check_format,
+    check_names,
+    check_scales,
+    read_header,
+    role_counts,
+)
 
 
 class DescriptorFile:
     """Read access to a descriptor file; rows are read lazily, block by block.
 
-    Opening checks the format, version, completeness and layout; the header is parsed then,
+    Opening checks the format, version, completeness and layout, and every recorded attribute
+    (types, ranges, sizes: ``vprkit.store.validate``); the header is parsed then,
     the descriptors are read only by ``read_rows``, ``read_index`` and ``iter_blocks``, as
     float32 whatever the storage type. A role is ``"database"`` or ``"queries"``; a scale
     spec is a sequence of stored scales: ``(2,)`` for one scale, ``(1, 2, 3)`` for the pyramid
@@ -86,18 +94,11 @@ class DescriptorFile:
             raise
 
     def _open_header(self, require_complete: bool) -> None:
-        attrs = self.h5.attrs
+        attrs, file = self.h5.attrs, str(self.path)
         with self._damaged("its header"):
-            fmt = attrs.get("format")
-            version = int(attrs.get("format_version", -1)) if fmt == FORMAT else None
-            complete = bool(attrs.get("complete", False))
-        if fmt != FORMAT:
-            raise VprkitError(f"{self.path} is not a vprkit descriptor file (no format={FORMAT!r})")
-        if version != FORMAT_VERSION:
-            raise VprkitError(
-                f"{self.path} has descriptor format version {version}; this vprkit reads "
-                f"version {FORMAT_VERSION}"
-            )
+            fmt, version, complete = (attrs.get(k, MISSING) for k in ("format", "format_version",
+                                                                       "complete"))
+        version, complete = check_format(fmt, version, complete, file)
         if require_complete and not complete:
             raise VprkitError(f"{self.path} is incomplete (its extraction did not finish)")
         self.complete = complete
@@ -108,7 +109,7 @@ class DescriptorFile:
                 if isinstance(value, (str, bytes)) and len(value) > MAX_ATTR_CHARS:
                     raise ValueError(f"attribute {key} holds {len(value)} characters, more than "
                                      f"{MAX_ATTR_CHARS}")
-            self.header = Header.from_attrs(attrs)
+            self.header = read_header(attrs, file)
             self.model = self.header.model
             self.aggregation = self.header.aggregation
             self.dataset = self.header.dataset
@@ -117,7 +118,11 @@ class DescriptorFile:
             self.vprkit_version = _text_attr(attrs.get("vprkit_version"))
             self.created = _text_attr(attrs.get("created"))
         with self._damaged("its layout"):
+            counts = role_counts(self.h5)
+            check_scales(self.h5, file, counts)
+            check_counts(self.header, file, counts)
             self._utm = check_layout(self.h5, self.aggregation, self.dtype, require_complete)
+            check_combine(self.h5, file)
 
     @contextmanager
     def _damaged(self, what: str) -> Iterator[None]:
@@ -186,13 +191,16 @@ class DescriptorFile:
         """The N image paths of ``role``, relative to its folder, in row order.
 
         Raises:
-            VprkitError: the stored names are damaged (not valid UTF-8).
+            VprkitError: the stored names are damaged (not valid UTF-8), or a name is empty,
+                absolute, holds NUL or a ``..`` component (it would name a file outside the
+                folder: ``vprkit.store.checks.name_problem``).
         """
         with self._damaged(f"the {role} names"):
             names = [n.decode() if isinstance(n, bytes) else str(n)
                      for n in self.h5[f"{role}/names"][:]]
             "\n".join(names).encode("utf-8")  # damaged bytes come back as surrogates
-            return names
+        check_names(names, role, str(self.path))
+        return names
 
     def utm(self, role: str) -> np.ndarray:
         """UTM coordinates of ``role``'s images: a copy, ``(N, 2)`` float64 east, north (m)."""

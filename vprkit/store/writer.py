@@ -16,6 +16,7 @@ import numpy as np
 from .. import __version__
 from ..errors import VprkitError
 from ..files import (
+    RESERVE_SLACK,
     refuse_link,
     require_space,
     reserve,
@@ -39,6 +40,32 @@ from .format import (
     stats_key,
 )
 
+METADATA_BYTES = 64 << 10  # counted once per file for its groups and indexes
+
+
+def header_bytes(names: Mapping[str, Sequence[str]]) -> int:
+    """At least the bytes that ``DescriptorWriter.create`` writes for these image names: the
+    names (variable-length strings: the text and about 100 bytes an entry, measured), their UTM
+    positions, their SHA-256 and the file's metadata."""
+    total = METADATA_BYTES
+    for role in ROLES:
+        text = sum(len(name.encode("utf-8", "surrogatepass")) for name in names[role])
+        total += text + text // 4 + len(names[role]) * (256 + 16 + HASH_BYTES)
+    return total
+
+
+def rows_bytes(rows: int, dim: int, dtype: str | np.dtype,
+               stats: Mapping[str, tuple[tuple[int, ...], str]]) -> int:
+    """At least the bytes of ``rows`` descriptors of ``dim`` values of ``dtype`` (in whole
+    chunks, as ``add_scale`` makes them) and of their statistics."""
+    itemsize = np.dtype(dtype).itemsize
+    chunk = chunk_rows(dim, itemsize, max(rows, 1))
+    chunks = -(-rows // chunk)
+    total = chunks * (chunk * dim * itemsize + 64)
+    for shape, stat_dtype in stats.values():
+        total += rows * int(np.prod(shape, dtype=np.int64)) * np.dtype(stat_dtype).itemsize
+    return total
+
 
 class DescriptorWriter:
     """Creates or resumes a ``.partial`` descriptor file and finalises it by renaming.
@@ -46,9 +73,10 @@ class DescriptorWriter:
     Commands write through ``writing`` (lock, guarded writes, finalisation); the writer holds
     the open file: ``add_scale``, ``write`` then ``commit_rows`` block by block, ``finalize``."""
 
-    def __init__(self, h5: h5py.File, path: Path):
+    def __init__(self, h5: h5py.File, path: Path, reserved: int = 0):
         self.h5 = h5
         self.path = path
+        self.reserved = reserved  # bytes of the file allocated ahead (``create``'s plan)
         self._open: dict[str, h5py.Dataset] = {}
 
     @classmethod
@@ -59,36 +87,61 @@ class DescriptorWriter:
         names: dict[str, list[str]],
         utm: dict[str, np.ndarray],
         hashes: dict[str, np.ndarray] | None = None,
+        more_bytes: int = 0,
     ) -> DescriptorWriter:
-        """A new file at ``path`` (a .partial path, which must not exist: not even as a link)."""
+        """A new file at ``path`` (a .partial path, which must not exist: not even as a link).
+
+        Before anything is written, the space for the names, positions and hashes
+        (``header_bytes``) and ``more_bytes`` more (the rows a merge or combine will write) is
+        checked (free space, file-size limit) and reserved: HDF5 meeting a full disk while it
+        writes the names crashes the process. A failure removes the new file."""
         header = Header.of(header)
         refuse_link(path)
+        attrs = header.to_attrs()
+        text = sum(len(str(v).encode("utf-8", "surrogatepass")) + 64 for v in attrs.values())
+        need = header_bytes(names) + text + text // 4 + max(0, more_bytes)
+        require_space(path, need, what="the file needs")
         try:
             h5 = h5py.File(path, "x")  # O_CREAT | O_EXCL: never through a planted link
         except FileExistsError:
             raise VprkitError(f"{path} exists already (left by another process?); remove it") \
                 from None
-        attrs = h5.attrs
-        attrs["format"] = FORMAT
-        attrs["format_version"] = FORMAT_VERSION
-        attrs["vprkit_version"] = __version__
-        attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        attrs["complete"] = False
-        for key, value in header.to_attrs().items():
-            attrs[key] = value
-        for role in ROLES:
-            h5.create_dataset(f"{role}/names", data=np.array(names[role], dtype=object),
-                              dtype=STRINGS)
-            h5.create_dataset(f"{role}/utm", data=np.asarray(utm[role], dtype=np.float64))
-            rows = len(names[role])
-            if hashes is not None:
-                h5.create_dataset(f"{role}/sha256", data=np.asarray(hashes[role], dtype=np.uint8)
-                                  .reshape(rows, HASH_BYTES))
-            else:
-                h5.create_dataset(f"{role}/sha256", shape=(rows, HASH_BYTES), dtype=np.uint8)
-        h5.create_group("scales")
-        h5.flush()
-        return cls(h5, path)
+        writer = cls(h5, path)
+        try:
+            if reserve(h5.id.get_vfd_handle(), path, 0, need):
+                writer.reserved = need + RESERVE_SLACK
+            writer._write_header(attrs, names, utm, hashes)
+        except BaseException:
+            writer._abandon()
+            path.unlink(missing_ok=True)
+            raise
+        return writer
+
+    def _write_header(self, header: Mapping, names: dict[str, list[str]],
+                      utm: dict[str, np.ndarray], hashes: dict[str, np.ndarray] | None) -> None:
+        h5 = self.h5
+        with self._failing_write():
+            attrs = h5.attrs
+            attrs["format"] = FORMAT
+            attrs["format_version"] = FORMAT_VERSION
+            attrs["vprkit_version"] = __version__
+            attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            attrs["complete"] = False
+            for key, value in header.items():
+                attrs[key] = value
+            for role in ROLES:
+                h5.create_dataset(f"{role}/names", data=np.array(names[role], dtype=object),
+                                  dtype=STRINGS)
+                h5.create_dataset(f"{role}/utm", data=np.asarray(utm[role], dtype=np.float64))
+                rows = len(names[role])
+                if hashes is not None:
+                    h5.create_dataset(f"{role}/sha256", data=np.asarray(hashes[role],
+                                                                        dtype=np.uint8)
+                                      .reshape(rows, HASH_BYTES))
+                else:
+                    h5.create_dataset(f"{role}/sha256", shape=(rows, HASH_BYTES), dtype=np.uint8)
+            h5.create_group("scales")
+            h5.flush()
 
     @classmethod
     def open(cls, path: Path) -> DescriptorWriter:
@@ -228,21 +281,30 @@ class DescriptorWriter:
         try:
             yield
         except (OSError, RuntimeError):
-            try:
-                null = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(null, self.h5.id.get_vfd_handle())
-                os.close(null)
-                self._open.clear()
-                self.h5.close()
-            except Exception:  # noqa: S110  (the original error is what the caller reports)
-                pass
+            self._abandon()
             raise
+
+    def _abandon(self) -> None:
+        """Close the file without writing to it again (HDF5's descriptor is pointed at
+        /dev/null first): what the last flush committed stays as it is."""
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self.h5.id.get_vfd_handle())
+            os.close(null)
+            self._open.clear()
+            self.h5.close()
+        except Exception:  # noqa: S110  (the original error is what the caller reports)
+            pass
 
     def ensure_space(self, nbytes: int) -> None:
         """Stop with one clear line, before HDF5 writes, where ``nbytes`` more would not fit:
-        the free-space margin, then a reservation of the blocks (quota, file-size limit)."""
-        require_space(self.path, nbytes)
-        reserve(self.h5.id.get_vfd_handle(), self.path, self.h5.id.get_filesize(), nbytes)
+        the free-space margin (blocks reserved ahead but not used yet count as free), then a
+        reservation of the blocks (quota, file-size limit)."""
+        size = self.h5.id.get_filesize()
+        require_space(self.path, nbytes, size=size, reserved=self.reserved - size)
+        if size + nbytes + RESERVE_SLACK > self.reserved \
+                and reserve(self.h5.id.get_vfd_handle(), self.path, size, nbytes):
+            self.reserved = size + nbytes + RESERVE_SLACK
 
     def commit_rows(self, role: str, scales: Sequence[int], rows: int,
                     view: str = HARD_RESIZE) -> None:

@@ -61,14 +61,16 @@ class Output:
         return writer
 
     def create(self, header: Header | Mapping, names: dict[str, list[str]],
-               utm: dict[str, np.ndarray], hashes: dict[str, np.ndarray] | None = None
-               ) -> DescriptorWriter:
+               utm: dict[str, np.ndarray], hashes: dict[str, np.ndarray] | None = None,
+               more_bytes: int = 0) -> DescriptorWriter:
         """A new file (a ``.partial`` left there is removed first, unless ``resumable``: a
-        resumable output resumes it or refuses)."""
+        resumable output resumes it or refuses). ``more_bytes``: what will be written after
+        the names (the rows: ``writer.rows_bytes``), checked and reserved with them before
+        anything is written (merge and combine know it; extract checks block by block)."""
         with guarded_write(self.partial, self.path, resumable=self.resumable):
             if not self.resumable:
                 self.partial.unlink(missing_ok=True)
-            writer = DescriptorWriter.create(self.partial, header, names, utm, hashes)
+            writer = DescriptorWriter.create(self.partial, header, names, utm, hashes, more_bytes)
         return self._start(writer)
 
     def resume(self) -> DescriptorWriter | None:

@@ -4,6 +4,8 @@ Modules: ``config`` (``TrainConfig``), ``trainer`` (the loop: ``train``, ``resum
 (triplet images, loss, optimiser, scheduler, precision and memory format, optimisation steps),
 ``caches`` (the descriptors of a cache refresh, one inference pass), ``validation`` (validation
 descriptors, Recall@N), ``checkpoint_io`` (run state written and restored, ``run_summary``),
+``validate_run`` (checks of a run folder: every value of ``last.pth`` on resume, the files that a
+new run may replace),
 ``runlog`` (``train.log``, ``metrics.jsonl``), ``plots`` (``plot_run``), ``recipes`` (named
 presets of ``TrainConfig`` fields), ``mining``, ``neighbours`` (mining's nearest neighbours:
 faiss or torch shortlists, exactly the reference ranking), ``augment``, ``distributed``. Inference is

@@ -17,6 +17,8 @@ from ..models import save_checkpoint
 from ..models.serialization import load_safely
 from .config import TrainConfig
 from .distributed import Processes
+from .validate_run import LAST_KEYS as LAST_KEYS
+from .validate_run import check_fits, check_run_state
 
 
 def _process_seed(seed: int, rank: int, *more: int) -> int:
@@ -42,33 +44,31 @@ def _save(path: Path, model, optimizer, scheduler, rng, state, config: TrainConf
                         **extra)
 
 
-LAST_KEYS = ("model_state_dict", "optimizer_state_dict", "rng_numpy", "rng_torch", "state")
-
-
 def _dataset_identity(split: Split, val_split: Split) -> dict:
     """What a resumed run checks: the image lists of the training and validation splits."""
     return {s.name + "_" + role: hashlib.sha256("\n".join(s.role(role).names).encode()).hexdigest()
             for s in (split, val_split) for role in ("database", "queries")}
 
 
-def _read_last(path: Path, split: Split, val_split: Split) -> dict:
-    """``last.pth`` read safely and checked: its keys, and that the dataset is the one it was
-    trained on; one clear line otherwise."""
+def _read_last(path: Path, split: Split, val_split: Split, config: TrainConfig) -> dict:
+    """``last.pth`` read safely and checked: that the dataset is the one it was trained on, and
+    every value (``validate_run.check_run_state``); one clear line otherwise."""
     data = load_safely(path, "run state")
-    missing = [k for k in LAST_KEYS if not isinstance(data, dict) or k not in data]
-    if missing:
-        raise VprkitError(f"{path} is not a vprkit run state (no {', '.join(missing)}); "
-                          "it cannot be resumed")
-    stored = data["state"].get("dataset") if isinstance(data["state"], dict) else None
-    if stored is not None and stored != _dataset_identity(split, val_split):
-        changed = [k for k, v in _dataset_identity(split, val_split).items() if stored.get(k) != v]
+    state = data.get("state") if isinstance(data, dict) else None
+    stored = state.get("dataset") if isinstance(state, dict) else None
+    identity = _dataset_identity(split, val_split)
+    if isinstance(stored, dict) and stored != identity:
+        changed = [k for k, v in identity.items() if stored.get(k) != v]
         raise VprkitError(f"the images of {split.root} changed since {path.parent} was started "
                           f"({', '.join(changed)} differ); start a new run with another --out")
-    return data
+    return check_run_state(data, path, config, split)
 
 
 def _restore(data: dict, model, optimizer, scheduler, rng, procs: Processes, seed: int,
-             scaler=None) -> dict:
+             scaler=None, path: Path = Path("last.pth")) -> dict:
+    """The run state ``data`` (read by ``_read_last``) into the model, optimiser, scheduler,
+    gradient scaler and RNGs of this process; returns the progress (``state``)."""
+    check_fits(data, path, optimizer, scheduler, scaler)
     try:
         model.load_state_dict(data["model_state_dict"])
         optimizer.load_state_dict(data["optimizer_state_dict"])
@@ -79,7 +79,7 @@ def _restore(data: dict, model, optimizer, scheduler, rng, procs: Processes, see
         rng.bit_generator.state = data["rng_numpy"]
     except (RuntimeError, ValueError, KeyError, TypeError) as err:
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise VprkitError(f"the run state last.pth does not fit this run's config ({detail}); "
+        raise VprkitError(f"the run state {path} does not fit this run's config ({detail}); "
                           "it cannot be resumed") from None
     data["state"]["neg_cache"] = {int(q): np.asarray(negs)
                                   for q, negs in data["state"].get("neg_cache", {}).items()}

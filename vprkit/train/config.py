@@ -1,15 +1,21 @@
-"""The configuration of a training run (``TrainConfig``, stored as RUN_DIR/config.json)."""
+"""The configuration of a training run (``TrainConfig``, stored as RUN_DIR/config.json), and the
+checks of its every field (the same for a command line's, a Python caller's and a stored one)."""
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import TypeGuard
 
-from ..choices import DEFAULT_RESIZE, L2_PLACEMENTS, RECIPES
-from ..errors import VprkitError
-from .augment import build_augmentation
+import numpy as np
+
+from ..choices import AGGREGATIONS, AUGMENT_PRESETS, BACKBONES, DEFAULT_RESIZE, L2_PLACEMENTS, RECIPES
+from ..errors import VprkitError, shown
+from ..store.checks import MAX_SIDE
 from .mining import MINING
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "asgd")
@@ -18,6 +24,17 @@ SCHEDULERS = ("none", "plateau", "cosine")
 STEP_DEFAULTS = {"amp": False, "channels_last": True}
 # fields added after the first runs: what a config.json without them ran with (TrainConfig.load)
 RAN_BEFORE = {"amp": False, "channels_last": False}
+# "format" of the config.json that vprkit writes (absent from those of earlier versions)
+FORMAT = "vprkit.train"
+# the keys of every config.json vprkit wrote (the other fields came later: l2, fc_output_dim,
+# recipe, amp, channels_last)
+FIRST_KEYS = ("root", "backbone", "aggregation", "clusters", "weights", "checkpoint", "resize",
+              "train_split", "val_split", "mining", "negatives", "neg_samples", "margin",
+              "queries_per_epoch", "cache_refresh", "batch_size", "infer_batch_size", "epochs",
+              "patience", "optimizer", "lr", "weight_decay", "scheduler", "augment", "recalls",
+              "seed", "workers", "device")
+MAX_CONFIG_BYTES = 1 << 20  # a vprkit config.json is about 1 kB
+MAX_WORKERS = 1024  # image-decoding processes
 
 
 @dataclass
@@ -101,53 +118,225 @@ class TrainConfig:
     channels_last: bool = STEP_DEFAULTS["channels_last"]
     recipe: str | None = None
 
-    def check(self) -> None:
-        for name, value, allowed in (("mining", self.mining, MINING),
-                                     ("optimizer", self.optimizer, OPTIMIZERS),
-                                     ("scheduler", self.scheduler, SCHEDULERS)):
-            if value not in allowed:
-                raise VprkitError(f"unknown --{name} {value!r}; choose one of {', '.join(allowed)}")
-        for name in ("negatives", "neg_samples", "queries_per_epoch", "cache_refresh", "batch_size",
-                     "epochs", "patience", "infer_batch_size"):
-            if getattr(self, name) < 1:
-                raise VprkitError(f"--{name.replace('_', '-')} must be at least 1")
-        if not (math.isfinite(self.lr) and math.isfinite(self.weight_decay)
-                and math.isfinite(self.margin)) \
-                or self.lr <= 0 or self.weight_decay < 0 or self.margin <= 0:
-            raise VprkitError("--lr and --margin must be positive, --weight-decay not negative "
-                              f"(got {self.lr}, {self.margin}, {self.weight_decay})")
-        if self.workers < 0 or self.seed < 0 or self.clusters < 1:
-            raise VprkitError("--workers and --seed must not be negative, --clusters at least 1")
-        if self.l2 is not None and self.l2 not in L2_PLACEMENTS:
-            raise VprkitError(f"unknown --l2 {self.l2!r}; choose one of {', '.join(L2_PLACEMENTS)}")
-        if self.fc_output_dim is not None and self.fc_output_dim < 1:
-            raise VprkitError(f"--fc-output-dim must be at least 1, got {self.fc_output_dim}")
-        if self.resize is not None and (len(self.resize) != 2 or min(self.resize) < 1):
-            raise VprkitError(f"bad --resize {self.resize}: height and width must be positive")
-        if not self.recalls or min(self.recalls) < 1:
-            raise VprkitError(f"bad recalls {self.recalls}: expected integers >= 1")
-        if self.recipe is not None and self.recipe not in RECIPES:
-            raise VprkitError(f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
-        build_augmentation(self.augment)  # refuses unknown presets
+    def check(self, source: Path | None = None) -> None:
+        """Refuse a field of the wrong type or value (``bool`` is not an integer) in one line:
+        naming the option (``--batch-size must be at least 1``), or with ``source``, the
+        config.json it was read from and the key (``RUN/config.json: 'batch_size' is 0; expected
+        an integer >= 1``)."""
+        for item in fields(self):
+            value = getattr(self, item.name)
+            ok, expected = RULES[item.name]
+            if ok(value):
+                continue
+            if source is not None:
+                raise VprkitError(f"{source}: {item.name!r} is {shown_value(value)}; "
+                                  f"expected {expected}")
+            raise VprkitError(_option_message(item.name, value)
+                              or f"{_option(item.name)} is {shown_value(value)}; expected {expected}")
+        _check_model(self, source)
+
+    def to_json(self) -> str:
+        """The text of RUN_DIR/config.json (marked ``"format": "vprkit.train"``)."""
+        return json.dumps({"format": FORMAT, **asdict(self)}, indent=2) + "\n"
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
-        """The config of a run folder; one clear line where it is missing or damaged."""
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(data, dict):
-                raise ValueError(f"a JSON {type(data).__name__}, not an object")
-            for key in ("resize", "recalls"):
-                if data.get(key) is not None:
-                    data[key] = tuple(data[key])
-            for key, value in RAN_BEFORE.items():
-                data.setdefault(key, value)
-            config = cls(**data)
-            if not isinstance(config.root, str):
-                raise ValueError("'root' is not a path")
-        except FileNotFoundError:
-            raise VprkitError(f"{path} does not exist: not a run folder") from None
-        except (OSError, ValueError, TypeError) as err:  # JSONDecodeError, unknown or missing keys
-            detail = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise VprkitError(f"{path} is damaged ({detail}); it cannot be resumed") from None
+        """The config of a run folder, every key and value checked (``check``); one clear line
+        naming the file (and the key) where it is missing, damaged or not vprkit's."""
+        data = _read_json(path)
+
+        def damaged(detail: str) -> VprkitError:
+            return VprkitError(f"{path} is damaged ({detail}); it cannot be resumed")
+
+        if not isinstance(data, dict):
+            raise damaged(f"a JSON {_json_type(data)}, not an object")
+        if "format" in data and data["format"] != FORMAT:
+            raise VprkitError(f"{path}: 'format' is {shown_value(data['format'])}; expected "
+                              f"{json.dumps(FORMAT)} (a config.json of vprkit train)")
+        known = {item.name for item in fields(cls)}
+        unknown = [key for key in data if key not in known and key != "format"]
+        if unknown:
+            raise damaged(f"unknown key {shown(repr(unknown[0]), 60)}")
+        missing = [key for key in FIRST_KEYS if key not in data]
+        if missing:
+            raise damaged(f"no {missing[0]!r} key")
+        values = {key: value for key, value in data.items() if key != "format"}
+        for key in ("resize", "recalls"):
+            if isinstance(values.get(key), list):
+                values[key] = tuple(values[key])
+        config = cls(**{**RAN_BEFORE, **values})
+        config.check(path)
         return config
+
+
+def _read_json(path: Path) -> object:
+    """The JSON value of a config.json (at most ``MAX_CONFIG_BYTES``); one line otherwise."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ValueError(f"more than {MAX_CONFIG_BYTES} bytes")
+        return json.loads(raw.decode("utf-8"))
+    except FileNotFoundError:
+        raise VprkitError(f"{path} does not exist: not a run folder") from None
+    except (OSError, ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise VprkitError(f"{path} is damaged ({shown(detail, 120)}); it cannot be resumed") from None
+
+
+def _json_type(value: object) -> str:
+    return {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number")
+
+
+def shown_value(value: object) -> str:
+    """A stored value as a message shows it: short, printable, JSON-like (``0``, ``"x"``,
+    ``NaN``, ``[32, 40]``), or what it is (``a dict of 3 keys``, ``a torch.float32 tensor of
+    shape (3,)``)."""
+    if value is None or isinstance(value, (str, int, float, bool, np.integer, np.floating)):
+        if isinstance(value, (np.integer, np.floating)):
+            value = value.item()
+        try:
+            return shown(json.dumps(value), 40)
+        except ValueError:  # an integer of more than 4300 digits
+            return "an integer of thousands of digits"
+    if isinstance(value, (list, tuple)):
+        if len(value) <= 4 and all(v is None or isinstance(v, (str, int, float)) for v in value):
+            return shown("[" + ", ".join(shown_value(v) for v in value) + "]", 60)
+        return f"a list of {len(value)} items"
+    if isinstance(value, dict):
+        return f"a dict of {len(value)} keys"
+    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+    if shape is not None and dtype is not None:
+        return f"a {dtype} {type(value).__name__.lower()} of shape {tuple(shape)}"
+    return f"a {type(value).__name__}"
+
+
+def is_int(value: object) -> TypeGuard[int]:
+    """An integer, not a bool (numpy integers included)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def is_number(value: object) -> TypeGuard[float]:
+    """A real number, not a bool (numpy numbers included)."""
+    return is_int(value) or isinstance(value, (float, np.floating))
+
+
+def _name(value: object) -> bool:
+    """A non-empty one-line string (a path, a name)."""
+    return isinstance(value, str) and value != "" and "\x00" not in value
+
+
+def _split_name(value: object) -> bool:
+    """A folder name of ROOT/images: no separator, not ``.`` or ``..``."""
+    return _name(value) and not re.search(r"[/\\]", str(value)) and value not in (".", "..")
+
+
+Rule = tuple[Callable[[object], bool], str]
+
+
+def _int_rule(low: int, high: int | None = None) -> Rule:
+    text = f"an integer >= {low}" if high is None else f"an integer from {low} to {high}"
+    return (lambda v: is_int(v) and low <= v and (high is None or v <= high)), text
+
+
+def _choice_rule(allowed: tuple[str, ...], optional: bool = False) -> Rule:
+    return ((lambda v: (optional and v is None) or (isinstance(v, str) and v in allowed)),
+            ("null or " if optional else "") + f"one of {', '.join(allowed)}")
+
+
+def _number_rule(positive: bool) -> Rule:
+    return ((lambda v: is_number(v) and math.isfinite(v) and (v > 0 if positive else v >= 0)),
+            f"a finite number {'>' if positive else '>='} 0")
+
+
+_COUNTS = ("clusters", "negatives", "neg_samples", "queries_per_epoch", "cache_refresh",
+           "batch_size", "infer_batch_size", "epochs", "patience")
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d{1,4})?")
+# every field of TrainConfig: what a value must be, and how a message says it
+RULES: dict[str, Rule] = {
+    "root": (_name, "the path of a dataset (a non-empty string)"),
+    "backbone": _choice_rule(BACKBONES),
+    "aggregation": _choice_rule(AGGREGATIONS),
+    **{name: _int_rule(1) for name in _COUNTS},
+    "weights": (_name, "imagenet, none or the path of a state dict"),
+    "checkpoint": (lambda v: v is None or _name(v), "null or the path of a checkpoint"),
+    "l2": _choice_rule(L2_PLACEMENTS, optional=True),
+    "fc_output_dim": (lambda v: v is None or (is_int(v) and v >= 1), "null or an integer >= 1"),
+    "resize": (lambda v: v is None or (isinstance(v, (list, tuple)) and len(v) == 2
+                                       and all(is_int(x) and 1 <= x <= MAX_SIDE for x in v)),
+               f"null or [height, width], integers from 1 to {MAX_SIDE}"),
+    "train_split": (_split_name, "the name of a split (a folder of ROOT/images)"),
+    "val_split": (_split_name, "the name of a split (a folder of ROOT/images)"),
+    "mining": _choice_rule(MINING),
+    "margin": _number_rule(positive=True),
+    "optimizer": _choice_rule(OPTIMIZERS),
+    "lr": _number_rule(positive=True),
+    "weight_decay": _number_rule(positive=False),
+    "scheduler": _choice_rule(SCHEDULERS),
+    "augment": (lambda v: isinstance(v, (list, tuple))
+                and all(isinstance(x, str) and x in AUGMENT_PRESETS for x in v),
+                f"a list of augmentation presets ({', '.join(AUGMENT_PRESETS)})"),
+    "recalls": (lambda v: isinstance(v, (list, tuple)) and len(v) > 0
+                and all(is_int(x) and x >= 1 for x in v), "a non-empty list of integers >= 1"),
+    "seed": _int_rule(0, 2**64 - 1),  # what torch.manual_seed takes
+    "workers": _int_rule(0, MAX_WORKERS),
+    "device": (lambda v: isinstance(v, str) and DEVICE.fullmatch(v) is not None,
+               "auto, cpu, cuda or cuda:N"),
+    "amp": (lambda v: isinstance(v, bool), "true or false"),
+    "channels_last": (lambda v: isinstance(v, bool), "true or false"),
+    "recipe": _choice_rule(RECIPES, optional=True),
+}
+
+
+def _option(name: str) -> str:
+    return {"root": "ROOT", "recalls": "recalls"}.get(name, "--" + name.replace("_", "-"))
+
+
+def _option_message(name: str, value: object) -> str | None:
+    """The command line's wording of a refused value of the right type, where it has one."""
+    if isinstance(value, str) and name in ("mining", "optimizer", "scheduler", "l2", "recipe"):
+        allowed = {"mining": MINING, "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS,
+                   "l2": L2_PLACEMENTS, "recipe": RECIPES}[name]
+        what = "recipe" if name == "recipe" else f"--{name}"
+        return f"unknown {what} {shown(repr(value), 60)}; choose one of {', '.join(allowed)}"
+    if name == "augment" and isinstance(value, (list, tuple)):
+        bad = next((x for x in value if x not in AUGMENT_PRESETS), None)
+        if isinstance(bad, str):
+            return (f"unknown augmentation {shown(repr(bad), 60)}; choose from "
+                    f"{', '.join(AUGMENT_PRESETS)}")
+    if is_int(value) and (name in _COUNTS or name == "fc_output_dim") and value < 1:
+        return f"{_option(name)} must be at least 1, got {value}"
+    if is_number(value) and name in ("lr", "margin", "weight_decay"):
+        return "--lr and --margin must be positive, --weight-decay not negative " \
+               f"(got {shown_value(value)} for {_option(name)})"
+    if is_int(value) and name in ("workers", "seed") and value < 0:
+        return f"--workers and --seed must not be negative (got {value} for {_option(name)})"
+    if name == "resize" and isinstance(value, (list, tuple)) and len(value) == 2 \
+            and all(is_int(x) for x in value) and min(value) < 1:
+        return f"bad --resize {tuple(value)}: height and width must be positive"
+    return None
+
+
+MODEL_FIELDS = ("backbone", "aggregation", "clusters", "weights", "checkpoint", "l2", "fc_output_dim")
+
+
+def _check_model(config: TrainConfig, source: Path | None) -> None:
+    """The model fields as vprkit.models checks them: a stored config as a stored model config
+    (``validate_model_config``), a given one as a network is built (``--l2`` where it applies,
+    layers of the sizes vprkit builds)."""
+    import torch
+
+    from ..models import ModelConfig
+    from ..models.aggregations import build_aggregation
+    from ..models.backbones import backbone_channels
+    from ..models.validation import check_sizes, validate_model_config
+
+    record = {name: getattr(config, name) for name in MODEL_FIELDS}
+    if source is not None:
+        validate_model_config(record, str(source), key="", kind="key", zoo=False)
+        return
+    check_sizes(ModelConfig(**record))
+    with torch.device("meta"):  # no memory: the refusals of the builder
+        build_aggregation(config.aggregation, backbone_channels(config.backbone),
+                          clusters=config.clusters, l2=config.l2)

@@ -19,7 +19,6 @@ operations with a differentiable all-reduce.
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
 import numpy as np
@@ -27,6 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..distributed_extract import World
 from ..errors import VprkitError
 
 TIMEOUT = timedelta(minutes=30)  # a process that stops answering fails the others after this
@@ -131,13 +131,12 @@ class Processes:
     def from_env(cls) -> Processes:
         """The processes torchrun started (``WORLD_SIZE`` > 1), with the process group set up;
         otherwise the single process."""
-        world = int(os.environ.get("WORLD_SIZE", "1"))
+        env = World.from_env()  # plain whole numbers, checked, as extraction reads them
+        world, rank, local_rank = env.size, env.rank, env.local_rank
         if world <= 1:
             return cls()
         if not dist.is_available():
             raise VprkitError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
-        rank = int(os.environ["RANK"])
-        local_rank = int(os.environ.get("LOCAL_RANK", rank))
         owns = not dist.is_initialized()
         if owns:
             backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"

@@ -45,7 +45,6 @@ draws differ from an uninterrupted run.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Iterator
@@ -57,7 +56,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..datasets import load_split
+from ..datasets import Split, load_split
 from ..errors import VprkitError
 from ..files import output_lock, refuse_link, write_text
 from ..inference import half_dtype, resolve_device, sample_local_features
@@ -78,6 +77,7 @@ from .runlog import Log, RunLog, _drop_partial_line, _Silent
 from .steps import Precision, _train_groups, build_optimizer, build_scheduler
 from .steps import TripletImages as TripletImages
 from .steps import triplet_loss as triplet_loss
+from .validate_run import check_config_fits, stale_files
 from .validation import _inference_options, validate
 
 
@@ -136,7 +136,8 @@ def train(config: TrainConfig | None, run_dir: str | Path, resume: bool = False,
         config: the run's configuration (ignored with ``resume``: the run folder's
             ``config.json`` is used). Sampling sizes larger than the dataset are clipped.
         run_dir: the run folder, created if needed; it must not already hold a run unless
-            ``resume``.
+            ``resume``. The files of a vprkit run stopped before its first checkpoint are
+            replaced; a file there that vprkit did not write is refused, never replaced.
         resume: continue the run of ``run_dir`` from its ``last.pth`` (model, optimizer,
             scheduler, RNG states and progress), losing at most one cache refresh; the same as
             ``resume(run_dir)``.
@@ -148,8 +149,9 @@ def train(config: TrainConfig | None, run_dir: str | Path, resume: bool = False,
 
     Raises:
         VprkitError: a bad configuration, a dataset or image that cannot be read, a run folder
-            that already holds a run (or, with ``resume``, holds none or a damaged one), or a
-            run folder that another ``train`` is using.
+            that already holds a run or files vprkit did not write (or, with ``resume``, holds
+            none or a damaged one: every value of its config.json and last.pth is checked
+            before anything in it changes), or a run folder that another ``train`` is using.
     """
     procs = Processes.from_env()
     run_dir = Path(run_dir)
@@ -190,6 +192,8 @@ def _run_lock(run_dir: Path, resume: bool) -> Iterator[None]:
 
 
 def _prepare_run_dir(config: TrainConfig | None, run_dir: Path, resume: bool) -> TrainConfig:
+    """The run's config: resume, the run folder's, checked; a new run, ``config`` checked and
+    the files of a vprkit run stopped before its first checkpoint removed."""
     config_path = run_dir / "config.json"
     if resume:
         if not (run_dir / "last.pth").is_file():
@@ -200,9 +204,9 @@ def _prepare_run_dir(config: TrainConfig | None, run_dir: Path, resume: bool) ->
                           "another -o/--output")
     if config is None:
         raise VprkitError("a new run needs its TrainConfig (or resume=True)")
-    for stale in ("config.json", "train.log", "metrics.jsonl"):  # a run stopped before
-        (run_dir / stale).unlink(missing_ok=True)                # its first checkpoint
     config.check()
+    for stale in stale_files(run_dir):  # a vprkit run stopped before its first checkpoint;
+        stale.unlink(missing_ok=True)   # refused where a file is not provably vprkit's
     run_dir.mkdir(parents=True, exist_ok=True)
     return config
 
@@ -214,9 +218,6 @@ def _train(config: TrainConfig | None, run_dir: Path, resume: bool, progress: bo
     root = Path(config.root)
     device = procs.each(lambda: procs.pin(resolve_device(config.device)))
     log = RunLog(run_dir) if procs.main else _Silent()
-    if resume and procs.main:
-        for name in ("train.log", "metrics.jsonl"):
-            _drop_partial_line(run_dir / name)
 
     def load():
         split = load_split(root, config.train_split)
@@ -224,6 +225,8 @@ def _train(config: TrainConfig | None, run_dir: Path, resume: bool, progress: bo
         return split, val_split, TripletSource.from_split(split)
 
     split, val_split, source = procs.each(load)
+    # resume: every check before anything in the run folder changes
+    data = procs.on_main(lambda: _read_run(config, run_dir, source, val_split)) if resume else {}
     if not resume:
         def adapt() -> TrainConfig:
             assert config is not None
@@ -231,7 +234,7 @@ def _train(config: TrainConfig | None, run_dir: Path, resume: bool, progress: bo
                 log.say(f"{source.dropped} {config.train_split} queries have no database image "
                         "within 10 m and are not used")
             adapted = _adapted(config, source, log)
-            write_text(run_dir / "config.json", json.dumps(asdict(adapted), indent=2) + "\n")
+            write_text(run_dir / "config.json", adapted.to_json())
             return adapted
 
         config = procs.on_main(adapt)
@@ -242,23 +245,22 @@ def _train(config: TrainConfig | None, run_dir: Path, resume: bool, progress: bo
     model = procs.each(lambda: _init_model(config, source, device, log, kmeans=not resume))
     precision = Precision.of(config, device)
     precision.prepare(model)
-    log.say(_describe(precision))
+    shared = ""
     if procs.world > 1:
-        model = _for_processes(model, config, device, procs, log)
+        model, shared = _for_processes(model, config, device, procs)
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, refreshes)
     rng = np.random.default_rng(config.seed)
     state: dict[str, Any] = {"epoch": 0, "refresh": 0, "best_r5": -1.0, "not_improved": 0,
                              "neg_cache": {},
                              "dataset": _dataset_identity(split, val_split)}
+    notes = [_describe(precision), shared]
     if resume:
-        data = procs.on_main(lambda: _read_last(run_dir / "last.pth", split, val_split))
-        state = _restore(data, model, optimizer, scheduler, rng, procs, config.seed,
-                         precision.scaler)
-        saved = data.get("world_size", 1)
-        log.say(f"resuming {run_dir} at epoch {state['epoch'] + 1}, refresh "
-                f"{state['refresh'] + 1}" + (f" ({saved} process(es) before, {procs.world} now)"
-                                             if saved != procs.world else ""))
+        state = procs.each(lambda: _restore(data, model, optimizer, scheduler, rng, procs,
+                                            config.seed, precision.scaler, run_dir / "last.pth"))
+        notes.append(_resumed(run_dir, data, state, procs))
+    for note in filter(None, notes):
+        log.say(note)
     net = procs.wrap(model, device)  # the model itself for one process
     if not resume and config.epochs:
         recalls = validate(model, val_split, config, device, procs)
@@ -310,10 +312,29 @@ def _train(config: TrainConfig | None, run_dir: Path, resume: bool, progress: bo
     return run_dir / "best.pth"
 
 
-def _for_processes(model: VPRModel, config: TrainConfig, device, procs: Processes,
-                   log: Log) -> VPRModel:
+def _read_run(config: TrainConfig, run_dir: Path, source: TripletSource, val_split: Split) -> dict:
+    """Resume: the stored config's sizes against the dataset, and ``last.pth`` read and checked."""
+    check_config_fits(config, run_dir / "config.json", source)
+    return _read_last(run_dir / "last.pth", source.split, val_split, config)
+
+
+def _resumed(run_dir: Path, data: dict, state: dict, procs: Processes) -> str:
+    """Once every check passed: the log lines cut by a kill dropped; the line saying where the
+    run goes on."""
+    if procs.main:
+        for name in ("train.log", "metrics.jsonl"):
+            refuse_link(run_dir / name)
+        for name in ("train.log", "metrics.jsonl"):
+            _drop_partial_line(run_dir / name)
+    saved = data.get("world_size", 1)
+    return (f"resuming {run_dir} at epoch {state['epoch'] + 1}, refresh {state['refresh'] + 1}"
+            + (f" ({saved} process(es) before, {procs.world} now)" if saved != procs.world else ""))
+
+
+def _for_processes(model: VPRModel, config: TrainConfig, device,
+                   procs: Processes) -> tuple[VPRModel, str]:
     """Several processes: BatchNorm over the whole step, a torch seed of each process's own for
-    augmentation, and a line saying how the step is shared."""
+    augmentation; and the log line saying how the step is shared."""
     synchronized = procs.synchronize_batchnorm(model, device)
     assert isinstance(synchronized, VPRModel)  # converted in place
     model = synchronized
@@ -321,11 +342,10 @@ def _for_processes(model: VPRModel, config: TrainConfig, device, procs: Processe
         torch.manual_seed(_process_seed(config.seed, procs.rank))  # own augmentation draws
     per = config.batch_size / procs.world
     backend = "nccl" if device.type == "cuda" else "gloo"
-    log.say(f"{procs.world} processes ({backend} on {device.type}): {config.batch_size} "
-            f"triplet groups per step in all, {per:g} per process"
-            + (" (some processes idle in every step: use a --batch-size of at least the "
-               "number of processes)" if per < 1 else ""))
-    return model
+    return model, (f"{procs.world} processes ({backend} on {device.type}): {config.batch_size} "
+                   f"triplet groups per step in all, {per:g} per process"
+                   + (" (some processes idle in every step: use a --batch-size of at least the "
+                      "number of processes)" if per < 1 else ""))
 
 
 def _describe(precision: Precision) -> str:
