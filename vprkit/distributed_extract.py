@@ -25,7 +25,7 @@ import stat
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -36,11 +36,12 @@ from .errors import VprkitError, shown
 from .extract import ExtractOptions, extract
 from .inference import resolve_device
 from .models import ModelConfig
-from .numbers import NumberError, parse_int
+from .numbers import NumberError
 from .progress import console, inert
 from .shards import check_shard_count, merge, shard_path
 from .store import DescriptorFile, parse_scales
 from .views import parse_views
+from .world import World, env_int
 
 WAIT = timedelta(hours=24)  # how long a process that finished waits for the others
 RESUME = "; the shards keep their finished rows: rerun the same command to resume"
@@ -59,44 +60,6 @@ class ProcessFailed(VprkitError):
     def __init__(self, message: str, ranks: list[int], reported: bool):
         super().__init__(message)
         self.ranks, self.reported = ranks, reported
-
-
-@dataclass(frozen=True)
-class World:
-    """The processes torchrun started: this one's ``rank``, their ``size``, its ``local_rank``."""
-
-    rank: int = 0
-    size: int = 1
-    local_rank: int = 0
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> World:
-        """From torchrun's ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``; one process without them.
-
-        Plain whole numbers only (``vprkit.numbers``), and at most ``MAX_SHARDS`` processes
-        (each extracts a shard)."""
-        env = os.environ if environ is None else environ
-        size = _env_int(env, "WORLD_SIZE", "1")
-        if size <= 1:
-            return cls()
-        check_shard_count(size, f"WORLD_SIZE={size} (one shard a process)")
-        if not env.get("RANK"):
-            raise VprkitError("WORLD_SIZE > 1 needs integer RANK and LOCAL_RANK, as torchrun sets "
-                              "them")
-        rank = _env_int(env, "RANK")
-        local_rank = _env_int(env, "LOCAL_RANK", str(rank))
-        if not 0 <= rank < size or local_rank < 0:
-            raise VprkitError(f"RANK {rank} is not one of the WORLD_SIZE {size} processes")
-        return cls(rank, size, local_rank)
-
-
-def _env_int(env: Mapping[str, str], name: str, default: str | None = None) -> int:
-    """The whole number in environment variable ``name`` (``default`` where unset or empty);
-    one line naming the variable where it is anything else."""
-    text = env.get(name) or default
-    if text is None:
-        raise VprkitError(f"{name} is not set")
-    return parse_int(text, f"environment variable {name}")
 
 
 def process_device(device: str, local_rank: int) -> torch.device:
@@ -124,7 +87,7 @@ def slurm_shard(environ: Mapping[str, str] | None = None) -> tuple[int, int]:
 
     def number(name: str, default: str | None = None) -> int:
         try:
-            return _env_int(env, name, default)
+            return env_int(env, name, default)
         except NumberError:
             raise VprkitError(f"the SLURM_ARRAY_TASK_* variables are not integers: {name}="
                               f"{shown(repr(env.get(name)), 40)} (digits 0-9 only)") from None

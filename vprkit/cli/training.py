@@ -153,11 +153,11 @@ def train(root, output, deprecated_out, resume, recipe, backbone, aggregation, c
     vprkit train ROOT -o RUN_DIR [--recipe NAME], or vprkit train --resume RUN_DIR. The best
     model is RUN_DIR/best.pth, ready for vprkit extract --checkpoint.
     """
-    from ..distributed_extract import World
     from ..train import resume as resume_run
     from ..train import train as run_train
     from ..train.recipes import config_from_recipe, recipe_fields
     from ..train.trainer import run_summary
+    from ..world import World
 
     out = resolve_output(output, deprecated_out)
     if resume:
