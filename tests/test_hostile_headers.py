@@ -230,6 +230,32 @@ class TestHeaders:
         path = crafted(gem_file, tmp_path, widen)
         one_error_line(["info", path], str(path), "scales/1/database has shape (24, 2097152)")
 
+    @pytest.mark.parametrize("chunked", [False, True])
+    def test_rows_declared_but_not_stored_are_refused(self, gem_file, tmp_path, chunked):
+        """Names and coordinates of 2^33 images that the file never stored: refused on open,
+        before reading them would ask for 128 GiB (checked under a 4 GiB address-space cap)."""
+        import subprocess
+        import sys
+
+        rows = 1 << 33
+
+        def sparse(h5: h5py.File) -> None:
+            for role in ("database", "queries"):
+                for name, shape, dtype in (("names", (rows,), h5py.string_dtype()),
+                                           ("utm", (rows, 2), "float64"),
+                                           ("sha256", (rows, 32), "uint8")):
+                    del h5[f"{role}/{name}"]
+                    h5.create_dataset(f"{role}/{name}", shape=shape, dtype=dtype,
+                                      chunks=(1024, *shape[1:]) if chunked else None)
+        path = crafted(gem_file, tmp_path, sparse)
+        code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30)); "
+                "from vprkit.cli import main; sys.argv = ['vprkit', 'info', sys.argv[1]]; main()")
+        done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                              text=True, timeout=120)
+        lines = (done.stdout + done.stderr).splitlines()
+        assert done.returncode == 1 and len(lines) == 1, (done.stdout, done.stderr)
+        assert str(path) in lines[0] and "database/names declares 8589934592 rows" in lines[0]
+
     def test_the_valid_file_still_opens(self, gem_file):
         with DescriptorFile(gem_file) as f:
             assert f.preprocessing["resize"] == [64, 80] and f.image_size(1) == (64, 80)

@@ -12,6 +12,19 @@ from .checks import MAX_DIM
 from .format import HASH_BYTES, descriptor_key, rows_done_attr, stats_key
 
 
+def check_stored(dataset: h5py.Dataset) -> None:
+    """ValueError where ``dataset``, read whole when a file is opened (names, coordinates), does
+    not hold its rows: a crafted file may declare billions of rows that it never stored (HDF5
+    allocates nothing for them), and reading them would ask for as many bytes of memory."""
+    if dataset.chunks is None:
+        stored = dataset.id.get_storage_size() >= dataset.size * dataset.dtype.itemsize
+    else:
+        per_chunk = int(np.prod(dataset.chunks))
+        stored = dataset.id.get_num_chunks() >= -(-dataset.size // per_chunk)
+    if not stored:
+        raise ValueError(f"{dataset.name} declares {dataset.shape[0]} rows but does not store them")
+
+
 def check_layout(h5: h5py.File, aggregation: dict, dtype: str, complete: bool
                  ) -> dict[str, np.ndarray]:
     """Check a descriptor file's datasets (names, coordinates, hashes, every scale and view);
@@ -29,6 +42,8 @@ def check_layout(h5: h5py.File, aggregation: dict, dtype: str, complete: bool
         if hashes is not None and (hashes.shape != (names.shape[0], HASH_BYTES)
                                    or hashes.dtype != np.uint8):
             raise ValueError(f"{role}/sha256 has shape {hashes.shape}, type {hashes.dtype}")
+        for dataset in (names, utm):
+            check_stored(dataset)
         utm_of[role] = utm[()]
         bad = ~np.isfinite(utm_of[role]).all(axis=1)
         if bad.any():
