@@ -1,6 +1,11 @@
 """Helpers shared by tests: hand-made descriptor files (written by ``vprkit.testing``), file
-comparisons, an interrupted training. The oracles are in ``tests/reference/``."""
+comparisons, an interrupted training, and `guarded` (an alarm and an address-space cap, so that a
+hang or a read without end fails a test). The oracles are in ``tests/reference/``."""
 
+import contextlib
+import os
+import resource
+import signal
 from pathlib import Path
 
 import h5py
@@ -50,3 +55,35 @@ def interrupt_training_at(monkeypatch, call: int) -> None:
         return real(*args, **kw)
 
     monkeypatch.setattr(trainer, "_train_groups", interrupted)
+
+
+ALARM_S = 30  # far beyond what any guarded case takes (a few seconds)
+MEMORY_HEADROOM = 1 << 30  # address space a case may add before a read without end fails
+
+
+class Hung(Exception):
+    """A case ran past ``ALARM_S`` (blocked opening or reading a FIFO)."""
+
+
+@contextlib.contextmanager
+def guarded():
+    """An alarm (a blocked open or read raises ``Hung``) and a cap on the address space (a read
+    without end raises MemoryError), both lifted after the block."""
+    def ring(signum, frame):
+        raise Hung(f"still running after {ALARM_S} s")
+
+    with open("/proc/self/statm") as handle:
+        used = int(handle.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = used + MEMORY_HEADROOM
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    previous = signal.signal(signal.SIGALRM, ring)
+    signal.alarm(ALARM_S)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

@@ -9,53 +9,21 @@ A regression must fail, not hang or exhaust memory: the FIFO cases run under an 
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import os
-import resource
 import shutil
-import signal
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import Hung, guarded
 
 from vprkit.cli import main
 from vprkit.locate_output import BENCHMARK_NAME, spreadsheet_safe
 
-ALARM_S = 30  # far beyond what any case here takes (a few seconds)
-MEMORY_HEADROOM = 1 << 30  # address space a case may add before a read without end fails
 BAD_NAME = b"caf\xe9.jpg"  # Latin-1, not valid UTF-8
-
-
-class Hung(Exception):
-    """A case ran past ``ALARM_S`` (blocked opening or reading a FIFO)."""
-
-
-@contextlib.contextmanager
-def guarded():
-    """An alarm (a blocked open or read raises ``Hung``) and a cap on the address space (a read
-    without end raises MemoryError), both lifted after the block."""
-    def ring(signum, frame):
-        raise Hung(f"still running after {ALARM_S} s")
-
-    with open("/proc/self/statm") as handle:
-        used = int(handle.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    cap = used + MEMORY_HEADROOM
-    if hard != resource.RLIM_INFINITY:
-        cap = min(cap, hard)
-    previous = signal.signal(signal.SIGALRM, ring)
-    signal.alarm(ALARM_S)
-    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def run_cli(*args):

@@ -10,13 +10,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import interrupt_training_at
+from helpers import guarded, interrupt_training_at
 
 from vprkit.cli import main
 from vprkit.errors import VprkitError
@@ -167,6 +168,14 @@ class TestResumeConfig:
         run = copy_of(stopped_run, tmp_path)
         (run / "config.json").write_text(text)
         assert_refused(["train", "--resume", run, "--quiet"], run, f"{run}/config.json")
+
+    def test_a_pipe_named_config_json_is_refused_without_waiting(self, stopped_run, tmp_path):
+        run = copy_of(stopped_run, tmp_path)
+        (run / "config.json").unlink()
+        os.mkfifo(run / "config.json")
+        with guarded():  # a read that waits for a writer fails the test instead of hanging
+            assert_refused(["train", "--resume", run, "--quiet"], run, f"{run}/config.json",
+                           "named pipe")
 
     def test_library_callers_get_the_same_checks(self, root):
         for kw in ({"batch_size": True}, {"epochs": "x"}, {"workers": 1.5}, {"seed": 2**64},

@@ -15,7 +15,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import NoReturn
+from typing import NoReturn, TypeGuard
 
 import numpy as np
 
@@ -81,16 +81,16 @@ def get(data: Mapping, key: str) -> object:
     return data.get(key, MISSING)
 
 
-def is_int(value: object) -> bool:
+def is_int(value: object) -> TypeGuard[int]:
     """An integer (numpy's too), not a bool."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def integer(at: Where, value: object, low: int, high: int) -> int:
     """An integer (not a bool) in low..high."""
-    if not is_int(value) or not low <= int(value) <= high:  # type: ignore[call-overload]
+    if not is_int(value) or not low <= int(value) <= high:
         at.fail(value, f"an integer {low}..{high}")
-    return int(value)  # type: ignore[call-overload]
+    return int(value)
 
 
 def number(at: Where, value: object, low: float, high: float, low_open: bool = False) -> float:

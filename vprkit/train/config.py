@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -15,7 +16,8 @@ import numpy as np
 
 from ..choices import AGGREGATIONS, AUGMENT_PRESETS, BACKBONES, DEFAULT_RESIZE, L2_PLACEMENTS, RECIPES
 from ..errors import VprkitError, shown
-from ..store.checks import MAX_SIDE
+from ..inputs import read_bytes
+from ..store.checks import MAX_SIDE, is_int
 from .mining import MINING
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "asgd")
@@ -170,16 +172,14 @@ class TrainConfig:
 
 
 def _read_json(path: Path) -> object:
-    """The JSON value of a config.json (at most ``MAX_CONFIG_BYTES``); one line otherwise."""
+    """The JSON value of a config.json (a regular file of at most ``MAX_CONFIG_BYTES``, read by
+    ``vprkit.inputs``); one line otherwise."""
+    if not os.path.lexists(path):
+        raise VprkitError(f"{path} does not exist: not a run folder")
+    raw = read_bytes(path, "run config", MAX_CONFIG_BYTES)
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_CONFIG_BYTES + 1)
-        if len(raw) > MAX_CONFIG_BYTES:
-            raise ValueError(f"more than {MAX_CONFIG_BYTES} bytes")
         return json.loads(raw.decode("utf-8"))
-    except FileNotFoundError:
-        raise VprkitError(f"{path} does not exist: not a run folder") from None
-    except (OSError, ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError
         detail = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise VprkitError(f"{path} is damaged ({shown(detail, 120)}); it cannot be resumed") from None
 
@@ -210,11 +210,6 @@ def shown_value(value: object) -> str:
     if shape is not None and dtype is not None:
         return f"a {dtype} {type(value).__name__.lower()} of shape {tuple(shape)}"
     return f"a {type(value).__name__}"
-
-
-def is_int(value: object) -> TypeGuard[int]:
-    """An integer, not a bool (numpy integers included)."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def is_number(value: object) -> TypeGuard[float]:

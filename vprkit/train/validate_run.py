@@ -21,7 +21,8 @@ import torch
 
 from ..datasets import Split
 from ..errors import VprkitError, shown
-from .config import TrainConfig, is_int, is_number, shown_value
+from ..store.checks import is_int
+from .config import TrainConfig, is_number, shown_value
 from .mining import TripletSource
 
 # the keys of every last.pth
