@@ -70,12 +70,6 @@ def _slug(label: str, taken: set[str]) -> str:
     return slug
 
 
-def _read_text(path: Path, what: str, limit: int = DATA_LIMIT) -> str:
-    """A regular file's text, which must be UTF-8 and at most ``limit`` bytes; one line naming
-    the file otherwise (``vprkit.inputs``: never a FIFO or a device)."""
-    return read_text(path, what, limit)
-
-
 def _parse_json(text: str, where: str):
     try:
         return json.loads(text)
@@ -141,7 +135,7 @@ def _recalls_problem(recalls, ns: list[str] | None) -> str | None:
 
 def _load_evaluation(path: Path) -> list[dict]:
     where = shown(path)
-    rows = _parse_json(_read_text(path, "evaluation JSON"), f"evaluation JSON {where}")
+    rows = _parse_json(read_text(path, "evaluation JSON", DATA_LIMIT), f"evaluation JSON {where}")
     expected = f"{where} is not the JSON that 'vprkit evaluate --json' writes"
     if not isinstance(rows, list):
         raise VprkitError(f"{expected}: {_type_name(rows)}, not a list of rows")
@@ -197,9 +191,10 @@ def _load_run(folder: Path) -> dict:
         raise VprkitError(f"{shown(folder)} is not a training run folder "
                           "(no config.json/metrics.jsonl)")
     where = f"run configuration {shown(config)}"
-    settings = _check_run_config(_parse_json(_read_text(config, "run configuration"), where), where)
+    text = read_text(config, "run configuration", DATA_LIMIT)
+    settings = _check_run_config(_parse_json(text, where), where)
     rows = []
-    for number, line in enumerate(_read_text(metrics, "run metrics").split("\n"), start=1):
+    for number, line in enumerate(read_text(metrics, "run metrics", DATA_LIMIT).split("\n"), start=1):
         if not line.strip():
             continue
         row = _parse_json(line, f"{shown(metrics)} line {number}")
@@ -327,7 +322,7 @@ def write_report(inputs: list[str | Path], output: str | Path, title: str = "vpr
         raise VprkitError("nothing to report: give evaluation JSON files or run folders")
     lines = [f"# {shown(title)}", ""]
     if notes is not None:
-        lines += [_read_text(Path(notes), "the notes", NOTES_LIMIT).strip(), ""]
+        lines += [read_text(notes, "the notes", NOTES_LIMIT).strip(), ""]
     slugs: set[str] = set()
     output.parent.mkdir(parents=True, exist_ok=True)
     labels = unique_labels([path.resolve() for path, _ in evaluations])
