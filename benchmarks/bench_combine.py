@@ -21,11 +21,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from vprkit.combine import combine
-from vprkit.evaluate import evaluate_file
-from vprkit.extract import ExtractOptions, extract
+from vprkit.data.synthetic import generate_dataset
+from vprkit.ensemble.combine import combine
+from vprkit.evaluate.evaluation import evaluate_file
+from vprkit.extract.split import ExtractOptions, extract
 from vprkit.models import ModelConfig
-from vprkit.synthetic import generate_dataset
 
 
 def timed(fn):

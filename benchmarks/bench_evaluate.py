@@ -1,4 +1,4 @@
-"""Time and peak memory of ``vprkit.evaluate.evaluate_file`` on a large synthetic descriptor file.
+"""Time and peak memory of ``vprkit.evaluate.evaluation.evaluate_file`` on a large synthetic descriptor file.
 
 Writes a descriptor file with ``vprkit.testing.write_descriptor_file`` (through ``vprkit.store``;
 GeM header, one scale): ``--database`` N x ``--dim`` D random L2-normalised float32 rows, written
@@ -10,13 +10,13 @@ block by block so that the generator stays in bounded memory (the M queries asid
    inherits nothing) and reports its wall time and the child's peak resident memory (VmHWM),
    next to the database size;
 2. checks the blocked search: the top-20 predictions that ``evaluate_file`` writes (its
-   predictions CSV) must equal one-shot ``vprkit.search.exact_search`` over the same rows, on the
+   predictions CSV) must equal one-shot ``vprkit.search.exact.exact_search`` over the same rows, on the
    whole database when it fits in ``--check-max-bytes``, else on its first ``--check-rows`` rows
    copied into a file of their own (searched in at least two blocks).
 
 With ``--dtype float16`` the file stores float16 rows (half the bytes; evaluate reads them block
 by block as float32). With ``--pca D`` it also times, in another fresh process,
-``vprkit.combine.combine([file], pca=D, pca_fit="database")`` (PCA fitted on the database rows:
+``vprkit.ensemble.combine.combine([file], pca=D, pca_fit="database")`` (PCA fitted on the database rows:
 exact when they fit 2 GiB, else streamed with IncrementalPCA) and reports its peak memory.
 
 Generated files are deleted at the end unless ``--keep``.
@@ -47,11 +47,12 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from vprkit.combine import combine
-from vprkit.datasets import EVAL_POSITIVE_RADIUS, ROLES, positives_within
+from vprkit.data.datasets import EVAL_POSITIVE_RADIUS, ROLES, positives_within
+from vprkit.ensemble.combine import combine
 from vprkit.errors import VprkitError
-from vprkit.evaluate import DEFAULT_RECALLS, evaluate_file, recall_at_n
-from vprkit.search import exact_search
+from vprkit.evaluate.evaluation import DEFAULT_RECALLS, evaluate_file, recall_at_n
+from vprkit.report.predictions import write_predictions
+from vprkit.search.exact import exact_search
 from vprkit.store import DescriptorFile, human_bytes
 from vprkit.testing import GEM, random_unit_rows, write_descriptor_file
 
@@ -254,7 +255,8 @@ def check_blocked_search(path: Path, tmp: Path, block_rows: int, args) -> dict:
     if block_rows >= rows:  # make sure the check searches several blocks, the last one ragged
         block_rows = max(1, rows // 4 + 7)
     csv_path = tmp / "check_predictions.csv"
-    result = evaluate_file(check_path, "1", block_rows=block_rows, predictions_path=csv_path)
+    result = evaluate_file(check_path, "1", block_rows=block_rows)
+    write_predictions(result, csv_path)
     database, queries = read_all(check_path)
     blocked = read_predictions(csv_path, len(queries), K)
     exact_dist, exact_ids = exact_search(queries, database, K)

@@ -1,9 +1,9 @@
-"""Extraction throughput of ``vprkit.extract`` against the benchmark's own test loop.
+"""Extraction throughput of ``vprkit.extract.split`` against the benchmark's own test loop.
 
-Generates a dataset with ``vprkit.synthetic.generate_dataset`` in a temporary folder and times,
+Generates a dataset with ``vprkit.data.synthetic.generate_dataset`` in a temporary folder and times,
 side by side in the same process:
 
-- ``vprkit.extract.extract`` (weights "none", progress off) for scales ``1`` and ``1,2,3``;
+- ``vprkit.extract.split.extract`` (weights "none", progress off) for scales ``1`` and ``1,2,3``;
 - "the benchmark's own test loop": a re-implementation of the Deep Visual Geo-localization
   Benchmark's ``test()`` feature loop (DataLoader over ``PIL.Image.open(...).convert("RGB")``,
   ``ToTensor`` + ImageNet ``Normalize``, ``transforms.functional.resize(img, [H, W])`` on the
@@ -49,9 +49,10 @@ from rich.table import Table
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from vprkit.data.images import MEAN, STD
+from vprkit.data.synthetic import generate_dataset
 from vprkit.errors import VprkitError
-from vprkit.extract import ExtractOptions, extract, resolve_device
-from vprkit.images import MEAN, STD
+from vprkit.extract.split import ExtractOptions, extract, resolve_device
 from vprkit.models import (
     BACKBONES,
     ModelConfig,
@@ -62,7 +63,6 @@ from vprkit.models import (
     save_checkpoint,
 )
 from vprkit.models.aggregations import AGGREGATIONS
-from vprkit.synthetic import generate_dataset
 
 # Wide enough for the table when the output is not a terminal (a log file, a pipe).
 console = Console(width=None if sys.stdout.isatty() else 110)

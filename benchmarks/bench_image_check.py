@@ -1,4 +1,4 @@
-"""What checking the images of a resumed or extended extraction costs (vprkit.extract).
+"""What checking the images of a resumed or extended extraction costs (vprkit.extract.split).
 
 A descriptor file keeps the SHA-256 of every image file; a resumed or extended extraction hashes
 the images again and compares. This script writes N JPEG images of H x W (default 10,000 at
@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vprkit.datasets import load_split
-from vprkit.image_check import changed_image as _changed_image
-from vprkit.images import load_image, preprocess, read_image
-from vprkit.synthetic import _panorama
+from vprkit.data.datasets import load_split
+from vprkit.data.image_check import changed_image as _changed_image
+from vprkit.data.images import load_image, preprocess, read_image
+from vprkit.data.synthetic import _panorama
 
 
 def write_images(root: Path, n: int, size: tuple[int, int]) -> Path:

@@ -22,7 +22,7 @@ from bench_evaluate import generate
 from rich.console import Console
 from rich.table import Table
 
-from vprkit.evaluate import evaluate_file
+from vprkit.evaluate.evaluation import evaluate_file
 
 
 def main() -> None:

@@ -24,12 +24,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from vprkit.extract import ExtractOptions, extract
-from vprkit.locate import locate
+from vprkit.data.synthetic import generate_dataset
+from vprkit.extract.split import ExtractOptions, extract
+from vprkit.locate.photos import locate
 from vprkit.models import ModelConfig
 from vprkit.store import DescriptorFile, partial_path
 from vprkit.store.writer import DescriptorWriter
-from vprkit.synthetic import generate_dataset
 
 
 def big_database(small: Path, out: Path, rows: int, seed: int = 0) -> Path:

@@ -2,7 +2,7 @@
 
 For each ``--database NxD`` it makes random unit rows (``--dtype``, as a descriptor file stores
 them) and ``--queries`` noisy unit copies of some of them, then times
-``vprkit.search.faiss_blocked_search`` and ``torch_blocked_search`` over the same blocks of
+``vprkit.search.exact.faiss_blocked_search`` and ``torch_blocked_search`` over the same blocks of
 ``--block-rows`` rows (as ``evaluate`` reads them from the file: 256 MiB of float32 rows by
 default), for the top ``--k``. Each method gets an untimed warm-up on a small slice first; the
 fastest of ``--repeat`` runs is shown. The CUDA time includes moving every block and the
@@ -30,7 +30,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from vprkit.search import faiss_blocked_search, torch_blocked_search
+from vprkit.search.exact import faiss_blocked_search, torch_blocked_search
 
 console = Console(width=None if sys.stdout.isatty() else 120)
 

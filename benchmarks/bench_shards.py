@@ -1,6 +1,6 @@
 """Sharded extraction: one ``vprkit extract`` process against N ``--shard i/N`` processes + merge.
 
-Generates a dataset with ``vprkit.synthetic.generate_dataset`` in a temporary folder, then runs,
+Generates a dataset with ``vprkit.data.synthetic.generate_dataset`` in a temporary folder, then runs,
 as separate processes through the command line (what users run):
 
 1. ``vprkit extract ROOT -o whole.h5`` with all of the machine's threads;
@@ -35,7 +35,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from vprkit.synthetic import generate_dataset
+from vprkit.data.synthetic import generate_dataset
 
 console = Console(width=None if sys.stdout.isatty() else 110)
 

@@ -1,6 +1,6 @@
 """Training throughput of vprkit's training path against the benchmark's own training loop.
 
-Generates a train split with ``vprkit.synthetic.generate_dataset`` (``--size`` images) in a
+Generates a train split with ``vprkit.data.synthetic.generate_dataset`` (``--size`` images) in a
 temporary folder and times one cache refresh of partial mining, side by side in one process:
 
 - ``benchmark``: the Deep Visual Geo-localization Benchmark's ``train.py`` loop, re-implemented
@@ -57,10 +57,10 @@ from dvgl_train_loop import (
 from rich.console import Console
 from rich.table import Table
 
-from vprkit.datasets import load_split
-from vprkit.inference import InferenceOptions, sample_local_features
+from vprkit.data.datasets import load_split
+from vprkit.data.synthetic import generate_dataset
+from vprkit.extract.inference import InferenceOptions, sample_local_features
 from vprkit.models import ModelConfig, NetVLAD, VPRModel
-from vprkit.synthetic import generate_dataset
 from vprkit.train import TrainConfig, TripletSource, mine, triplet_loss
 from vprkit.train.caches import cache_features
 from vprkit.train.steps import Precision, _train_groups, build_optimizer

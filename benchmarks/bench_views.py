@@ -25,12 +25,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from vprkit.evaluate import evaluate_file
-from vprkit.extract import ExtractOptions, extract
+from vprkit.data.synthetic import generate_dataset
+from vprkit.descriptors.views import TEST_METHODS, VIEWS
+from vprkit.evaluate.evaluation import evaluate_file
+from vprkit.extract.split import ExtractOptions, extract
 from vprkit.files import human_bytes
 from vprkit.models import ModelConfig
-from vprkit.synthetic import generate_dataset
-from vprkit.views import TEST_METHODS, VIEWS
 
 VIEW_SETS = {"hard_resize": ("hard_resize",), "+ five_crops": ("hard_resize", "five_crops"),
              "every view": tuple(VIEWS)}

@@ -26,10 +26,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from vprkit.extract import ExtractOptions, extract
+from vprkit.data.synthetic import generate_dataset
+from vprkit.extract.split import ExtractOptions, extract
 from vprkit.models import ModelConfig
 from vprkit.models.zoo import zoo_models
-from vprkit.synthetic import generate_dataset
 
 DEFAULT = ("cosplace_resnet18_512", "cosplace_resnet50_2048", "cosplace_resnet101_2048",
            "cosplace_resnet152_2048", "cosplace_vgg16_512", "mixvpr_resnet50_4096",

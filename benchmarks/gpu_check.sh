@@ -74,7 +74,7 @@ env_report() {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || echo "no nvidia-smi"
   python - <<'EOF'
 import faiss, torch
-from vprkit.index import faiss_has_gpu
+from vprkit.search.index import faiss_has_gpu
 print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, available: "
       f"{torch.cuda.is_available()}, GPUs: {torch.cuda.device_count()}, NCCL: "
       f"{torch.cuda.nccl.version() if torch.cuda.is_available() else 'n/a'}")
@@ -91,7 +91,7 @@ train_check() {
   rm -rf "$out/data" "$out/run"
   python - "$out/data" <<'EOF'
 import sys
-from vprkit.synthetic import generate_dataset
+from vprkit.data.synthetic import generate_dataset
 generate_dataset(sys.argv[1], {"train": (200, 80), "val": (60, 30), "test": (60, 30)},
                  size=(120, 160), seed=0)
 EOF

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from vprkit.extract import ExtractOptions, extract
+from vprkit.data.synthetic import generate_dataset
+from vprkit.extract.split import ExtractOptions, extract
 from vprkit.models import ModelConfig
-from vprkit.synthetic import generate_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("VPRKIT_SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -44,7 +44,6 @@ def interrupt_training_at(monkeypatch, call: int) -> None:
     """Make the trainer's ``call``-th batch of triplet steps raise KeyboardInterrupt (a Ctrl-C
     between cache refreshes)."""
     from vprkit.train import trainer
-
     real = trainer._train_groups
     calls = {"n": 0}
 

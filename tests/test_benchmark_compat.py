@@ -37,11 +37,11 @@ from reference.benchmark import (
 from torch import nn
 
 from vprkit.cli import main
+from vprkit.data.synthetic import generate_dataset
 from vprkit.errors import VprkitError
 from vprkit.models import infer_architecture, load_model_from_checkpoint
 from vprkit.models.checkpoints import read_checkpoint
 from vprkit.store import DescriptorFile
-from vprkit.synthetic import generate_dataset
 
 AGGREGATIONS = ("gem", "netvlad")
 # bare state dict / benchmark's checkpoint dict, each without and with DataParallel's prefix

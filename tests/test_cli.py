@@ -13,7 +13,7 @@ from conftest import SIZE
 
 from vprkit import __version__
 from vprkit.cli import main
-from vprkit.synthetic import generate_dataset
+from vprkit.data.synthetic import generate_dataset
 
 RESIZE = ["--resize", str(SIZE[0]), str(SIZE[1])]
 FAST = ["--weights", "none", *RESIZE, "--workers", "0", "--quiet", "--device", "cpu"]
@@ -168,7 +168,6 @@ def test_train_option_defaults_are_trainconfig_defaults():
     import dataclasses
 
     from vprkit.train import TrainConfig
-
     fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)
               if f.default is not dataclasses.MISSING}
     command = main.commands["train"]
@@ -181,8 +180,7 @@ def test_train_option_defaults_are_trainconfig_defaults():
 
 
 def test_extract_option_defaults_are_extractoptions_defaults():
-    from vprkit.extract import ExtractOptions
-
+    from vprkit.extract.split import ExtractOptions
     defaults = ExtractOptions()
     command = main.commands["extract"]
     ctx = click.Context(command)
@@ -210,10 +208,9 @@ class TestVocabulary:
 
     def test_choices_equal_the_registries(self):
         from vprkit import choices
-        from vprkit.datasets import SPLITS
+        from vprkit.data.datasets import SPLITS
         from vprkit.models import AGGREGATIONS, BACKBONES
         from vprkit.train.augment import PRESETS
-
         assert choices.BACKBONES == tuple(BACKBONES) and choices.AGGREGATIONS == tuple(AGGREGATIONS)
         assert choices.SPLITS == SPLITS and set(choices.AUGMENT_PRESETS) == set(PRESETS)
 
@@ -317,9 +314,9 @@ class TestCheckpointPreprocessing:
 
 
 @pytest.mark.parametrize("command, function, names", [
-    ("evaluate", "vprkit.evaluate:evaluate_file", ("threshold", "nprobe", "block_rows")),
-    ("combine", "vprkit.combine:combine", ("pca", "whiten", "block_rows", "overwrite")),
-    ("merge", "vprkit.shards:merge", ("overwrite",)),
+    ("evaluate", "vprkit.evaluate.evaluation:evaluate_file", ("threshold", "nprobe", "block_rows")),
+    ("combine", "vprkit.ensemble.combine:combine", ("pca", "whiten", "block_rows", "overwrite")),
+    ("merge", "vprkit.extract.shards:merge", ("overwrite",)),
 ])
 def test_option_defaults_are_the_library_defaults(command, function, names):
     """Each command's option defaults equal its library function's (one source of defaults)."""
@@ -333,6 +330,6 @@ def test_option_defaults_are_the_library_defaults(command, function, names):
     for option in names:
         assert options[option] == signature.parameters[option].default, (command, option)
     if command == "evaluate":
-        from vprkit.evaluate import DEFAULT_RECALLS
+        from vprkit.evaluate.evaluation import DEFAULT_RECALLS
         assert tuple(int(n) for n in options["recalls"].split(",")) == DEFAULT_RECALLS
         assert signature.parameters["recalls"].default == DEFAULT_RECALLS

@@ -13,9 +13,9 @@ from helpers import write_file
 from sklearn.decomposition import PCA, IncrementalPCA
 
 from vprkit.cli import main
-from vprkit.combine import EnsembleTransform, combine
+from vprkit.ensemble.combine import EnsembleTransform, combine
 from vprkit.errors import VprkitError
-from vprkit.evaluate import evaluate_file
+from vprkit.evaluate.evaluation import evaluate_file
 from vprkit.store import DescriptorFile, partial_path
 
 
@@ -155,9 +155,8 @@ class TestRefusals:
     def test_different_images(self, gem_file, tmp_path):
         from conftest import config, options
 
-        from vprkit.extract import extract
-        from vprkit.synthetic import generate_dataset
-
+        from vprkit.data.synthetic import generate_dataset
+        from vprkit.extract.split import extract
         other_root = generate_dataset(tmp_path / "o", {"test": (20, 12)}, size=(64, 80), seed=5)
         other = extract(other_root, tmp_path / "o.h5", config(), options(), progress=False)
         with pytest.raises(VprkitError, match="describe different database images: "
@@ -172,7 +171,7 @@ class TestRefusals:
             combine([gem_file, netvlad_file], tmp_path / "x.h5", pca=pca, progress=False)
 
     def test_pca_larger_than_input_dim(self, gem_file, netvlad_file, tmp_path):
-        from vprkit.combine import fit_pca
+        from vprkit.ensemble.combine import fit_pca
         with DescriptorFile(gem_file) as f, pytest.raises(VprkitError, match="larger than the 256 dim"):
             fit_pca((1,), 300, [(f, "database")], False, 100, 1 << 30, "gem.h5")
 

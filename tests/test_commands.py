@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from vprkit.synthetic import generate_dataset
+from vprkit.data.synthetic import generate_dataset
 
 COMMANDS = Path(__file__).resolve().parents[1] / "commands"
 

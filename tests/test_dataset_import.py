@@ -8,8 +8,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from vprkit.cli import main
-from vprkit.dataset_import import exif_latlon, import_images
-from vprkit.datasets import ImageList, load_split
+from vprkit.data.datasets import ImageList, load_split
+from vprkit.data.importing import exif_latlon, import_images
 from vprkit.errors import VprkitError
 
 

@@ -3,15 +3,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vprkit.datasets import (
+from vprkit.data.datasets import (
     dataset_info,
     list_images,
     load_split,
     parse_utm,
     positives_within,
 )
+from vprkit.data.synthetic import generate_dataset
 from vprkit.errors import VprkitError
-from vprkit.synthetic import generate_dataset
 
 
 def touch(path: Path) -> Path:

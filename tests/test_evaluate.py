@@ -5,8 +5,9 @@ import pytest
 from helpers import write_file
 
 from vprkit.errors import VprkitError
-from vprkit.evaluate import evaluate_file, parse_recalls, recall_at_n
-from vprkit.search import blocked_search, exact_search
+from vprkit.evaluate.evaluation import evaluate_file, parse_recalls, recall_at_n
+from vprkit.report.predictions import write_predictions
+from vprkit.search.exact import blocked_search, exact_search
 from vprkit.store import DescriptorFile
 
 
@@ -67,7 +68,7 @@ class TestEvaluateFile:
     def test_predictions_csv(self, tmp_path):
         db = np.arange(10, dtype=np.float32).reshape(5, 2)
         path = write_file(tmp_path / "p.h5", db, db[:2])
-        evaluate_file(path, recalls=(1, 2), predictions_path=tmp_path / "pred.csv")
+        write_predictions(evaluate_file(path, recalls=(1, 2)), tmp_path / "pred.csv")
         lines = (tmp_path / "pred.csv").read_text().splitlines()
         assert lines[0] == "query,rank,database,distance,metres,positive,method,top1_metres"
         assert lines[1] == "@0@5@.jpg,1,@0@0@.jpg,0,5.0,1,hard_resize,5.0"
@@ -79,8 +80,7 @@ class TestEvaluateFile:
             evaluate_file(path, threshold=0)
 
     def test_pyramid_file_search_equals_in_memory_reference(self, gem_file, small_root):
-        from vprkit.datasets import load_split
-
+        from vprkit.data.datasets import load_split
         with DescriptorFile(gem_file) as f:
             db = f.read_rows("database", (1, 2), 0, f.num("database"))
             q = f.read_rows("queries", (1, 2), 0, f.num("queries"))
@@ -107,7 +107,7 @@ class TestApproximateIndex:
         assert exact.search == "exact" and approx.search.startswith("approximate (IVF4,Flat")
 
     def test_index_is_stored_and_reused(self, file):
-        from vprkit.index import build_or_load, index_path
+        from vprkit.search.index import build_or_load, index_path
 
         with DescriptorFile(file) as f:
             _, loaded = build_or_load(f, (1,), "IVF4,Flat", 100)

@@ -12,11 +12,11 @@ import torch
 from conftest import config, options
 from PIL import Image
 
-from vprkit.datasets import dataset_info, load_split
-from vprkit.extract import extract
-from vprkit.images import load_image, read_image
+from vprkit.data.datasets import dataset_info, load_split
+from vprkit.data.images import load_image, read_image
+from vprkit.data.synthetic import generate_dataset
+from vprkit.extract.split import extract
 from vprkit.store import DescriptorFile
-from vprkit.synthetic import generate_dataset
 
 ORIENTATION = 0x0112
 

@@ -18,7 +18,7 @@ from helpers import write_file
 
 from vprkit.cli import main
 from vprkit.errors import VprkitError
-from vprkit.export import export_hloc, export_pairs
+from vprkit.report.export import export_hloc, export_pairs
 from vprkit.testing import random_unit_rows, write_descriptor_file
 
 DIM = 16
@@ -136,7 +136,6 @@ class TestPairs:
 
     def test_pyramid_of_an_extracted_file(self, gem_file, tmp_path):
         from vprkit.store import DescriptorFile
-
         with DescriptorFile(gem_file) as f:
             db, q = (f.read_rows(r, (1, 2), 0, f.num(r)) for r in ("database", "queries"))
             db_names, q_names = f.names("database"), f.names("queries")
@@ -150,7 +149,7 @@ class TestPairs:
             assert np.array_equal(h5[f"query/{q_names[-1]}/global_descriptor"][()], q[-1])
 
     def test_failed_export_leaves_the_output(self, desc, tmp_path, monkeypatch):
-        import vprkit.export
+        import vprkit.report.export
 
         path, _, _ = desc
         out = tmp_path / "pairs.txt"
@@ -159,7 +158,7 @@ class TestPairs:
         def broken(*args, **kw):
             raise RuntimeError("search failed")
 
-        monkeypatch.setattr(vprkit.export, "blocked_search", broken)
+        monkeypatch.setattr(vprkit.report.export, "blocked_search", broken)
         with pytest.raises(RuntimeError):
             export_pairs(path, out)
         assert out.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == \

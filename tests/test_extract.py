@@ -19,14 +19,14 @@ from conftest import SIZE, config, options
 from helpers import datasets_of, identical
 from PIL import Image
 
-from vprkit.datasets import load_split
+from vprkit.data.datasets import load_split
+from vprkit.data.images import load_image, preprocess
+from vprkit.data.synthetic import generate_dataset
 from vprkit.errors import VprkitError
-from vprkit.extract import extract
+from vprkit.extract.split import extract
 from vprkit.files import output_lock
-from vprkit.images import load_image, preprocess
 from vprkit.models import VPRModel
 from vprkit.store import DescriptorFile, DescriptorWriter, partial_path
-from vprkit.synthetic import generate_dataset
 
 
 def reference_model(aggregation: str, file: Path, seed: int = 0, clusters: int = 8) -> VPRModel:

@@ -17,18 +17,18 @@ from click.testing import CliRunner
 from helpers import datasets_of, identical
 
 from vprkit.cli import main
-from vprkit.datasets import load_split
-from vprkit.distributed_extract import (
+from vprkit.data.datasets import load_split
+from vprkit.errors import VprkitError
+from vprkit.extract.distributed import (
     World,
     _failure_message,
     merge_if_complete,
     process_device,
     slurm_shard,
 )
-from vprkit.errors import VprkitError
-from vprkit.extract import ExtractOptions, extract
+from vprkit.extract.shards import shard_path
+from vprkit.extract.split import ExtractOptions, extract
 from vprkit.models import ModelConfig
-from vprkit.shards import shard_path
 from vprkit.store import DescriptorFile, partial_path
 
 REPO = Path(__file__).resolve().parents[1]  # the processes import this checkout's vprkit
@@ -45,8 +45,7 @@ NO_SLURM = {name: None for name in ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COU
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
     """12 database images and 6 queries: shard 1 of 2 holds database rows 6-11, queries 3-5."""
-    from vprkit.synthetic import generate_dataset
-
+    from vprkit.data.synthetic import generate_dataset
     return generate_dataset(tmp_path_factory.mktemp("data"), {"test": (12, 6)}, size=SIZE, seed=3)
 
 

@@ -25,12 +25,12 @@ from helpers import datasets_of, identical, write_file
 import vprkit.files as files
 import vprkit.store as store
 from vprkit.cli import main
-from vprkit.combine import combine
+from vprkit.data.synthetic import generate_dataset
+from vprkit.ensemble.combine import combine
 from vprkit.errors import VprkitError
-from vprkit.extract import extract
-from vprkit.shards import merge
+from vprkit.extract.shards import merge
+from vprkit.extract.split import extract
 from vprkit.store import partial_path
-from vprkit.synthetic import generate_dataset
 
 
 @contextmanager

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vprkit.cli import main
-from vprkit.datasets import parse_utm
+from vprkit.data.datasets import parse_utm
 from vprkit.errors import VprkitError
 
 FUZZ = settings(max_examples=int(__import__("os").environ.get("VPRKIT_FUZZ_EXAMPLES", 60)), deadline=None,

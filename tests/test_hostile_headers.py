@@ -149,8 +149,8 @@ def one_error_line(args, *fragments) -> str:
 @pytest.fixture
 def no_work(monkeypatch) -> list[str]:
     """Record (and stop) any network build, photo loading or picture drawing of locate."""
-    import vprkit.locate as locate_module
-    import vprkit.pictures as pictures_module
+    import vprkit.locate.photos as locate_module
+    import vprkit.report.pictures as pictures_module
 
     reached: list[str] = []
 
@@ -263,8 +263,7 @@ class TestHeaders:
 
 @pytest.fixture(scope="module")
 def ensemble_file(gem_file, tmp_path_factory) -> Path:
-    from vprkit.combine import combine
-
+    from vprkit.ensemble.combine import combine
     out = tmp_path_factory.mktemp("ensemble") / "ens.h5"
     return combine([gem_file, gem_file], out, scales=["1", "2"], progress=False)
 
@@ -361,7 +360,6 @@ class TestCheckpoints:
 
     def test_validate_model_config(self):
         from vprkit.models import validate_model_config
-
         config = validate_model_config({**GOOD_CONFIG, "output_dim": 2048, "fingerprint": "ab"},
                                        "f.h5", "model", "header attribute")
         assert config == ModelConfig(backbone="resnet18conv4", aggregation="netvlad", clusters=8,
@@ -429,8 +427,7 @@ class TestNamesStayInside:
             f.names("database")
 
     def test_image_inside(self, tmp_path):
-        from vprkit.datasets import image_inside
-
+        from vprkit.data.datasets import image_inside
         assert image_inside(tmp_path, "a/b.jpg", "f.h5") == tmp_path / "a" / "b.jpg"
         for bad in ("../x.jpg", "a/../../x.jpg", "/etc/x.jpg", "", "a\x00b.jpg", "a/.."):
             with pytest.raises(VprkitError, match="f.h5"):

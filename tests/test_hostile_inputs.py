@@ -23,13 +23,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from vprkit import dataset_import
 from vprkit.cli import main
-from vprkit.dataset_import import GpsTagError, exif_latlon, import_images
-from vprkit.datasets import ImageList, list_images, load_split, shown
+from vprkit.data import importing as dataset_import
+from vprkit.data.datasets import ImageList, list_images, load_split, shown
+from vprkit.data.images import ImageScalesDataset, load_image
+from vprkit.data.importing import GpsTagError, exif_latlon, import_images
 from vprkit.errors import VprkitError
-from vprkit.images import ImageScalesDataset, load_image
-from vprkit.markdown_report import write_report
+from vprkit.report.markdown import write_report
 
 FUZZ = settings(max_examples=30, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from helpers import Hung, guarded
 
 from vprkit.cli import main
-from vprkit.locate_output import BENCHMARK_NAME, spreadsheet_safe
+from vprkit.report.locations import BENCHMARK_NAME, spreadsheet_safe
 
 BAD_NAME = b"caf\xe9.jpg"  # Latin-1, not valid UTF-8
 
@@ -141,15 +141,13 @@ class TestLocatePhotoFiles:
         """A photo swapped for a FIFO after the check is still refused, without blocking."""
         from vprkit import inputs
         from vprkit.errors import VprkitError
-
         pipe = fifo(tmp_path / "x.jpg")
         monkeypatch.setattr(inputs, "check_regular", lambda path, what: Path(path))
         with guarded(), pytest.raises(VprkitError, match="x.jpg.*FIFO"):
             inputs.open_input(pipe, "image")
 
     def test_photo_swapped_for_a_fifo_is_listed_unreadable(self, small_root, tmp_path):
-        from vprkit.images import ImageScalesDataset
-
+        from vprkit.data.images import ImageScalesDataset
         pipe = fifo(tmp_path / "x.jpg")
         with guarded():
             item = ImageScalesDataset([queries(small_root)[0], pipe], None, (1,))[1]
@@ -158,8 +156,7 @@ class TestLocatePhotoFiles:
     def test_photo_over_the_size_limit_is_listed_unreadable(self, small_root, gem_file,
                                                             monkeypatch):
         from vprkit import inputs
-        from vprkit.locate import locate
-
+        from vprkit.locate.photos import locate
         photo = queries(small_root)[0]
         monkeypatch.setattr(inputs, "IMAGE_FILE_LIMIT", 100)
         result = locate([photo], gem_file, progress=False)
@@ -214,8 +211,7 @@ class TestLocateNprobe:
 
     def test_library_names_the_parameter(self, small_root, gem_file):
         from vprkit.errors import VprkitError
-        from vprkit.locate import locate
-
+        from vprkit.locate.photos import locate
         with pytest.raises(VprkitError, match="nprobe must be at least 1"):
             locate([queries(small_root)[0]], gem_file, index="IVF2,Flat", nprobe=-1,
                    progress=False)

@@ -20,8 +20,8 @@ from click.testing import CliRunner
 from helpers import guarded, interrupt_training_at
 
 from vprkit.cli import main
+from vprkit.data.synthetic import generate_dataset
 from vprkit.errors import VprkitError
-from vprkit.synthetic import generate_dataset
 from vprkit.train import TrainConfig, train
 
 SIZE = (32, 40)

@@ -21,16 +21,17 @@ from click.testing import CliRunner
 from conftest import options
 from helpers import write_file
 
-import vprkit.distributed_extract as distributed_extract
+import vprkit.extract.distributed as distributed_extract
 import vprkit.files as files
 from vprkit.cli import main
-from vprkit.combine import combine
-from vprkit.datasets import parse_utm
-from vprkit.distributed_extract import World, merge_if_complete, slurm_shard
+from vprkit.data.datasets import parse_utm
+from vprkit.ensemble.combine import combine
 from vprkit.errors import VprkitError
-from vprkit.evaluate import evaluate_file, results_json
-from vprkit.shards import merge, names_sha256, parse_shard
-from vprkit.statistics import bootstrap_recalls
+from vprkit.evaluate.evaluation import evaluate_file
+from vprkit.evaluate.results import results_json
+from vprkit.evaluate.statistics import bootstrap_recalls
+from vprkit.extract.distributed import World, merge_if_complete, slurm_shard
+from vprkit.extract.shards import merge, names_sha256, parse_shard
 from vprkit.testing import synthetic_header, write_descriptor_file
 
 # ----------------------------------------------------------------------------------- helpers
@@ -219,8 +220,7 @@ class TestSeeds:
     @pytest.mark.parametrize("seed", [-1, 2**32, 1.5, True, "0"])
     def test_library_refuses_naming_seed(self, evaluations, seed):
         path, a, b = evaluations
-        from vprkit.compare import compare_files
-
+        from vprkit.evaluate.compare import compare_files
         for call in (lambda: evaluate_file(path, recalls=(1,), seed=seed),
                      lambda: compare_files([a, b], seed=seed)):
             with pytest.raises(VprkitError, match=r"^seed must be a whole number from 0 to "):
@@ -284,7 +284,6 @@ class TestShardCounts:
                                            ({"WORLD_SIZE": "2", "RANK": "a"}, "RANK")])
     def test_training_reads_torchrun_numbers_strictly(self, env, name, monkeypatch):
         from vprkit.train.distributed import Processes
-
         for key, value in env.items():
             monkeypatch.setenv(key, value)
         with pytest.raises(VprkitError, match=name):
@@ -411,8 +410,7 @@ class TestDebris:
 
     @pytest.mark.parametrize("text", ["1_0", "5,2_5", "\u0665,10"])
     def test_thresholds_are_strict(self, text):
-        from vprkit.statistics import parse_thresholds
-
+        from vprkit.evaluate.statistics import parse_thresholds
         assert parse_thresholds(" 5, 10,25") == (5.0, 10.0, 25.0)
         with pytest.raises(VprkitError, match="bad threshold list"):
             parse_thresholds(text)
@@ -426,14 +424,12 @@ class TestDebris:
 class TestNumbers:
     @pytest.mark.parametrize("text", ["1_0", "\u0661,5", "1,\u0665"])
     def test_recall_lists_are_ascii(self, text):
-        from vprkit.evaluate import parse_recalls
-
+        from vprkit.evaluate.evaluation import parse_recalls
         with pytest.raises(VprkitError, match="bad recall list"):
             parse_recalls(text)
 
     def test_parse_float(self):
         from vprkit.numbers import parse_float
-
         assert parse_float("45.5", "lat") == 45.5 and parse_float(" -1e3\t", "lat") == -1000.0
         assert parse_float("inf", "x", finite=False) == float("inf")
         for bad in ("500_000.5", "1_0", "nan", "inf", "-Infinity", "1e999", "", "  ", "1.2.3",
@@ -443,7 +439,6 @@ class TestNumbers:
 
     def test_parse_int(self):
         from vprkit.numbers import parse_int
-
         assert parse_int("12", "RANK") == 12 and parse_int("+3", "RANK") == 3
         assert parse_int("-3", "RANK") == -3
         for bad in ("1_0", "1.0", "", "\u0663", "0x1", "1e3", "9" * 5000, "4 2"):
@@ -456,7 +451,6 @@ class TestNumbers:
 
     def test_messages_are_one_printable_line(self):
         from vprkit.numbers import parse_float
-
         with pytest.raises(VprkitError) as caught:
             parse_float("1\x1b[31m\n" + "9" * 500, "lat")
         text = str(caught.value)

@@ -1,4 +1,4 @@
-"""vprkit.inference: the one place where extraction and training run a network over images."""
+"""vprkit.extract.inference: the one place where extraction and training run a network over images."""
 
 from __future__ import annotations
 
@@ -10,11 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from vprkit import extract, inference, netvlad_init
+from vprkit.data.synthetic import generate_dataset
 from vprkit.errors import VprkitError
-from vprkit.extract import ExtractOptions
+from vprkit.extract import clusters as netvlad_init
+from vprkit import devices
+from vprkit.extract import inference
+from vprkit.extract import split as extract
+from vprkit.extract.split import ExtractOptions
 from vprkit.models import ModelConfig, build_model
-from vprkit.synthetic import generate_dataset
 from vprkit.train import TrainConfig, resume, trainer
 from vprkit.train.validation import _inference_options
 
@@ -26,20 +29,20 @@ def test_training_does_not_import_extract():
             "print(sorted(m for m in sys.modules if m.startswith('vprkit.')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     loaded = result.stdout
-    assert "vprkit.inference" in loaded and "vprkit.train.trainer" in loaded
-    assert "vprkit.extract" not in loaded
+    assert "vprkit.extract.inference" in loaded and "vprkit.train.trainer" in loaded
+    assert "vprkit.extract.split" not in loaded
 
 
 def test_extract_runs_the_inference_module():
-    assert extract.resolve_device is inference.resolve_device
-    assert extract.cpu_has_bf16 is inference.cpu_has_bf16
+    assert extract.resolve_device is devices.resolve_device
+    assert extract.cpu_has_bf16 is devices.cpu_has_bf16
     assert netvlad_init.sample_local_features is inference.sample_local_features  # extract's k-means
     assert extract._fold_batch_norm is inference.fold_batch_norm
     assert extract._infer is inference.infer_batch
     assert extract._loader is inference.image_loader
     assert extract._check_items is inference.check_items
-    assert extract._half_dtype is inference.half_dtype
-    assert trainer.resolve_device is inference.resolve_device
+    assert extract._half_dtype is devices.half_dtype
+    assert trainer.resolve_device is devices.resolve_device
     assert trainer.sample_local_features is inference.sample_local_features
 
 
@@ -57,12 +60,11 @@ def test_inference_options_are_extract_options_defaults():
 
 def test_same_descriptors_with_either_options(tmp_path):
     root = generate_dataset(tmp_path, {"test": (5, 3)}, size=SIZE, seed=1)
-    from vprkit.datasets import load_split
-
+    from vprkit.data.datasets import load_split
     paths = load_split(root, "test").database.paths()
     torch.manual_seed(0)
     model = build_model(ModelConfig(weights="none")).eval()
-    device = inference.resolve_device("cpu")
+    device = devices.resolve_device("cpu")
     a = inference.compute_descriptors(model, paths, inference.InferenceOptions(
         resize=SIZE, batch_size=2, workers=0), device)
     b = inference.compute_descriptors(model, paths, ExtractOptions(resize=SIZE, batch_size=2,

@@ -15,13 +15,15 @@ from click.testing import CliRunner
 from conftest import shared_dataset
 
 from vprkit.cli import main
+from vprkit.data.synthetic import generate_dataset
 from vprkit.errors import VprkitError
-from vprkit.evaluate import evaluate_file
-from vprkit.extract import ExtractOptions, extract
-from vprkit.geo import position_of
-from vprkit.locate import geojson, locate, write_csv
+from vprkit.evaluate.evaluation import evaluate_file
+from vprkit.extract.split import ExtractOptions, extract
+from vprkit.geo.positions import position_of
+from vprkit.locate.photos import locate
+from vprkit.report.locations import geojson, write_csv
 from vprkit.models import ModelConfig, build_model
-from vprkit.synthetic import generate_dataset
+from vprkit.report.predictions import write_predictions
 
 SIZE = (64, 80)
 
@@ -51,7 +53,7 @@ def database(root, tmp_path_factory) -> Path:
 
 def predictions_top1(path: Path, scale: str, tmp_path: Path) -> dict[str, str]:
     out = tmp_path / f"pred{scale}.csv"
-    evaluate_file(path, scale, recalls=(1,), predictions_path=out)
+    write_predictions(evaluate_file(path, scale, recalls=(1,)), out)
     with open(out, newline="") as handle:
         return {row["query"]: row["database"] for row in csv.DictReader(handle)}
 

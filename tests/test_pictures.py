@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from vprkit import pictures
 from vprkit.errors import VprkitError
-from vprkit.pictures import FRAME, MARGIN, MIN_TILE, Match, QueryPicture, select, write_pictures
+from vprkit.report import pictures
+from vprkit.report.pictures import FRAME, MARGIN, MIN_TILE, Match, QueryPicture, select, write_pictures
 
 TH = 60  # thumbnail height of these tests
 FILL = (250, 230, 0)  # the images' colour, unlike every frame colour

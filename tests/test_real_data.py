@@ -17,8 +17,8 @@ from PIL import Image
 from reference.benchmark import RefGeoLocalizationNet
 
 from vprkit.cli import main
-from vprkit.evaluate import evaluate_file
-from vprkit.extract import ExtractOptions, extract
+from vprkit.evaluate.evaluation import evaluate_file
+from vprkit.extract.split import ExtractOptions, extract
 from vprkit.models import ModelConfig
 
 NORDLAND_FRAMES = 200  # a contiguous stretch of the test split: summer database, winter queries

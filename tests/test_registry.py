@@ -16,6 +16,7 @@ from conftest import SIZE
 from reference.benchmark import RefGeoLocalizationNet, ref_aggregation, ref_backbone
 
 from vprkit import choices
+from vprkit.descriptors.pyramid import RULES, stat_spec
 from vprkit.models import (
     AGGREGATIONS,
     BACKBONES,
@@ -28,7 +29,6 @@ from vprkit.models import (
     load_model_from_checkpoint,
 )
 from vprkit.models.aggregations import L2_PLACEMENTS
-from vprkit.pyramid import RULES, stat_spec
 
 HAVE_EFFICIENTNET = importlib.util.find_spec("efficientnet_lite_pytorch") is not None
 PARAMETER_FREE = ("mac", "rmac", "spoc")
@@ -46,7 +46,6 @@ def test_backbone_modules_declare_what_they_register():
     """Each module's literal NAMES (what the CLI's choices read, unimported) is what it
     registers, in order: a new backbone touches its own file only."""
     from vprkit.models import backbones
-
     folder = Path(backbones.__file__).parent
     assert set(backbones.REGISTERED_BY) == {p.stem for p in folder.glob("*.py")} - {"__init__", "base"}
     for module, registered in backbones.REGISTERED_BY.items():
@@ -148,7 +147,8 @@ def test_default_configs_are_unchanged():
 
 
 def test_store_imports_no_torch():
-    code = "import sys, vprkit.store, vprkit.pyramid, vprkit.choices; assert 'torch' not in sys.modules"
+    code = ("import sys, vprkit.store, vprkit.descriptors.pyramid, vprkit.choices; "
+            "assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -5,7 +5,7 @@ from click.testing import CliRunner
 
 from vprkit.cli import main
 from vprkit.errors import VprkitError
-from vprkit.markdown_report import write_report
+from vprkit.report.markdown import write_report
 
 
 def test_report_from_evaluation_json_and_run(gem_file, tmp_path):
@@ -45,8 +45,7 @@ def test_refusals(tmp_path):
 def test_unique_labels_lengthen_only_where_names_collide():
     from pathlib import Path
 
-    from vprkit.markdown_report import unique_labels
-
+    from vprkit.report.markdown import unique_labels
     paths = [Path("/r/effnet/table1/table1.json"), Path("/r/resnet/table1/table1.json"),
              Path("/r/effnet/table2/table2.json"), Path("/r/effnet/night/vanilla"),
              Path("/r/effnet/occlusion/vanilla"), Path("/r/adamw_lr0.0001_wd0"),
@@ -97,9 +96,8 @@ def test_runs_grouped_by_their_folder(tmp_path):
 def test_plots_tick_n_and_epoch_axes_at_integers(gem_file, tmp_path, monkeypatch):
     """Recall@N against N and recalls against epochs: whole-number tick labels only (epochs 0..2
     would otherwise be ticked 0.00, 0.25, ...)."""
-    from vprkit import markdown_report
+    from vprkit.report import markdown as markdown_report
     from vprkit.train import plots
-
     labels = {}
     for module in (markdown_report, plots):
         def drawn(fig, path, real=module.save_figure):

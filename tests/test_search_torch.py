@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from vprkit import index as index_module
-from vprkit import search
 from vprkit.errors import VprkitError
-from vprkit.evaluate import evaluate_file
-from vprkit.kmeans import faiss_kmeans, faiss_permutation, kmeans, torch_kmeans
+from vprkit.evaluate.evaluation import evaluate_file
+from vprkit.extract.clusters import NETVLAD_KMEANS_ITERATIONS, torch_init_netvlad
 from vprkit.models import NetVLAD
-from vprkit.netvlad_init import NETVLAD_KMEANS_ITERATIONS, torch_init_netvlad
-from vprkit.search import blocked_search, faiss_blocked_search, torch_blocked_search
+from vprkit.search import exact as search
+from vprkit.search import index as index_module
+from vprkit.search.exact import blocked_search, faiss_blocked_search, torch_blocked_search
+from vprkit.search.kmeans import faiss_kmeans, faiss_permutation, kmeans, torch_kmeans
 from vprkit.testing import write_descriptor_file
 
 
@@ -316,7 +316,7 @@ class TestKmeans:
             torch_kmeans(np.ones((3, 2), np.float32), 4, 10, 0, device)
 
     def test_dispatch(self, monkeypatch):
-        import vprkit.kmeans as module
+        import vprkit.search.kmeans as module
 
         monkeypatch.setattr(module, "torch_kmeans", _fail)
         x = unit_blobs(400, 4, 3, 0.3, 0)
@@ -345,7 +345,6 @@ class TestNetVLADInit:
 
     def test_extraction_records_one_method_and_the_device(self, netvlad_file):
         from vprkit.store import DescriptorFile
-
         with DescriptorFile(netvlad_file) as f:
             init = f.model["netvlad_init"]
         assert init["method"] == "faiss k-means" and init["kmeans_device"] == "cpu"

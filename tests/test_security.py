@@ -17,14 +17,14 @@ from conftest import SIZE, config, options
 from helpers import write_file
 
 from vprkit.cli import main
+from vprkit.data.synthetic import generate_dataset
 from vprkit.errors import VprkitError
-from vprkit.extract import extract
+from vprkit.extract.split import extract
 from vprkit.files import atomic_output, output_lock, partial_path
 from vprkit.models import VPRModel, load_model_from_checkpoint
 from vprkit.models.network import ModelConfig
 from vprkit.models.serialization import load_safely
 from vprkit.progress import inert
-from vprkit.synthetic import generate_dataset
 from vprkit.train import TrainConfig, train
 
 RESIZE = ["--resize", str(SIZE[0]), str(SIZE[1])]
@@ -257,7 +257,7 @@ class TestPlantedLinks:
     def test_faiss_index(self, gem_file, tmp_path, target):
         local = tmp_path / "g.h5"
         shutil.copy(gem_file, local)
-        from vprkit.index import index_path
+        from vprkit.search.index import index_path
         from vprkit.store import DescriptorFile
         with DescriptorFile(local) as f:
             path = index_path(f, (1,), "IVF2,Flat")
@@ -393,7 +393,6 @@ class TestInertText:
 def _interrupted_extract(root: Path, out: Path, monkeypatch, after_commits: int = 2) -> None:
     """An extraction stopped (Ctrl-C) after ``after_commits`` committed batches."""
     from vprkit.store import DescriptorWriter
-
     real = DescriptorWriter.commit_rows
     calls = {"n": 0}
 
@@ -430,7 +429,7 @@ class TestImagesChecked:
     def test_hashes_stored_and_equal_to_the_files(self, gem_file, small_root):
         import hashlib
 
-        from vprkit.datasets import load_split
+        from vprkit.data.datasets import load_split
         from vprkit.store import DescriptorFile
         split = load_split(small_root, "test")
         with DescriptorFile(gem_file) as f:
@@ -491,7 +490,7 @@ class TestImagesChecked:
                        r"\(1 database images differ")
 
     def test_merged_shards_keep_the_hashes(self, gem_file, small_root, tmp_path):
-        from vprkit.shards import merge
+        from vprkit.extract.shards import merge
         from vprkit.store import DescriptorFile
         shards = [extract(small_root, tmp_path / "g.h5", config(), options(shard=(i, 3)),
                           progress=False) for i in range(3)]

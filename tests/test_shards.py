@@ -15,9 +15,9 @@ from helpers import datasets_of, identical
 
 from vprkit.cli import main
 from vprkit.errors import VprkitError
-from vprkit.evaluate import evaluate_file
-from vprkit.extract import extract
-from vprkit.shards import merge, parse_shard, shard_path, shard_rows
+from vprkit.evaluate.evaluation import evaluate_file
+from vprkit.extract.shards import merge, parse_shard, shard_path, shard_rows
+from vprkit.extract.split import extract
 from vprkit.store import DescriptorFile, partial_path
 
 

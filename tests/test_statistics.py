@@ -1,5 +1,5 @@
-"""Bootstrap intervals, precision-recall, McNemar's test and R@1 at thresholds (vprkit.statistics,
-vprkit.compare), checked against scikit-learn, scipy and hand computations."""
+"""Bootstrap intervals, precision-recall, McNemar's test and R@1 at thresholds (vprkit.evaluate.statistics,
+vprkit.evaluate.compare), checked against scikit-learn, scipy and hand computations."""
 
 import csv
 import json
@@ -11,13 +11,12 @@ from click.testing import CliRunner
 from scipy.stats import binomtest
 from sklearn.metrics import auc, precision_recall_curve
 
-from vprkit import statistics
 from vprkit.cli import main
-from vprkit.compare import compare_files, compare_rows
 from vprkit.errors import VprkitError
-from vprkit.evaluate import evaluate_file
-from vprkit.markdown_report import write_report
-from vprkit.statistics import (
+from vprkit.evaluate import statistics
+from vprkit.evaluate.compare import compare_files, compare_rows
+from vprkit.evaluate.evaluation import evaluate_file
+from vprkit.evaluate.statistics import (
     QueryOutcomes,
     bootstrap_recalls,
     mcnemar_exact,
@@ -27,6 +26,8 @@ from vprkit.statistics import (
     query_outcomes,
     recall_at_thresholds,
 )
+from vprkit.report.markdown import write_report
+from vprkit.report.predictions import write_predictions
 from vprkit.testing import write_descriptor_file
 
 
@@ -175,7 +176,8 @@ class TestThresholds:
 class TestOnAStoredFile:
     def test_curve_equals_scikit_learn_on_the_predictions(self, tmp_path):
         path, _ = two_files(tmp_path)
-        res = evaluate_file(path, predictions_path=tmp_path / "p.csv", recalls=(1, 5))
+        res = evaluate_file(path, recalls=(1, 5))
+        write_predictions(res, tmp_path / "p.csv")
         with open(tmp_path / "p.csv", newline="") as handle:
             first = [r for r in csv.DictReader(handle) if r["rank"] == "1"]
         labels = np.array([r["positive"] == "1" for r in first])

@@ -108,8 +108,7 @@ class TestLightImport:
         assert out.stdout.strip() == "", f"import vprkit.store imported {out.stdout.strip()}"
 
     def test_roles_are_shared_with_the_datasets(self):
-        from vprkit import datasets
-
+        from vprkit.data import datasets
         assert datasets.ROLES is store.ROLES == ("database", "queries")
 
     def test_no_raw_hdf5_outside_the_store(self):

@@ -13,10 +13,10 @@ from click.testing import CliRunner
 from helpers import interrupt_training_at
 
 from vprkit.cli import main
-from vprkit.datasets import load_split
+from vprkit.data.datasets import load_split
+from vprkit.data.synthetic import generate_dataset
 from vprkit.errors import VprkitError
 from vprkit.models import ModelConfig, VPRModel, load_model_from_checkpoint
-from vprkit.synthetic import generate_dataset
 from vprkit.train import (
     TrainConfig,
     TripletSource,

@@ -26,10 +26,10 @@ from click.testing import CliRunner
 from helpers import interrupt_training_at
 
 from vprkit.cli import main
-from vprkit.datasets import load_split
+from vprkit.data.datasets import load_split
+from vprkit.data.synthetic import generate_dataset
 from vprkit.models import load_model_from_checkpoint
 from vprkit.models.checkpoints import read_checkpoint
-from vprkit.synthetic import generate_dataset
 from vprkit.train import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]  # the processes import this checkout's vprkit

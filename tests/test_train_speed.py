@@ -12,10 +12,10 @@ import torch
 from click.testing import CliRunner
 
 from vprkit.cli import main
-from vprkit.datasets import load_split
+from vprkit.data.datasets import load_split
+from vprkit.data.synthetic import generate_dataset
 from vprkit.errors import VprkitError
 from vprkit.models import ModelConfig, VPRModel, load_model_from_checkpoint
-from vprkit.synthetic import generate_dataset
 from vprkit.train import TrainConfig, TripletSource, mine, train
 from vprkit.train.caches import cache_features
 from vprkit.train.neighbours import Shortlists, reference_nearest
@@ -121,7 +121,6 @@ class TestMiningEqualsReference:
     def test_full_mining_pair_by_pair(self, mining_source, kind, dim, monkeypatch):
         """Full mining on a large database: fast distances for each query's candidates only."""
         from vprkit.train import mining
-
         monkeypatch.setattr(mining, "PER_QUERY", 1)
         features = table_features(mining_source, dim, kind, seed=5)
         rng_ref, rng = np.random.default_rng(3), np.random.default_rng(3)
@@ -139,7 +138,6 @@ class TestMiningEqualsReference:
         """The ``near`` features are a real test: faiss alone orders them otherwise, and the
         shortlists ranked exactly are the near-tied cluster, not every candidate."""
         from vprkit.train import neighbours
-
         db, q = table_features(mining_source, dim, "near")(np.arange(90), np.arange(30))
         differs = 0
         for qi in range(len(q)):
@@ -235,7 +233,6 @@ class TestCache:
 
     def test_one_pass_per_refresh(self, train_root, tmp_path, monkeypatch):
         from vprkit.train import caches
-
         real, calls = caches.dataset_descriptors, []
 
         def counted(model, dataset, *args, **kw):

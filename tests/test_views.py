@@ -26,14 +26,9 @@ from reference.test_methods import merge_maj_voting as ref_maj_voting
 from reference.test_methods import merge_nearest_crop as ref_nearest_crop
 
 from vprkit.cli import main
-from vprkit.errors import VprkitError
-from vprkit.evaluate import evaluate_file
-from vprkit.extract import ExtractOptions, extract
-from vprkit.images import load_image, normalize, preprocess, view_image
-from vprkit.models import ModelConfig
-from vprkit.store import DescriptorFile
-from vprkit.synthetic import generate_dataset
-from vprkit.views import (
+from vprkit.data.images import load_image, normalize, preprocess, view_image
+from vprkit.data.synthetic import generate_dataset
+from vprkit.descriptors.views import (
     TEST_METHODS,
     VIEWS,
     merge_maj_voting,
@@ -42,6 +37,11 @@ from vprkit.views import (
     query_rows_for,
     top_n_voting,
 )
+from vprkit.errors import VprkitError
+from vprkit.evaluate.evaluation import evaluate_file
+from vprkit.extract.split import ExtractOptions, extract
+from vprkit.models import ModelConfig
+from vprkit.store import DescriptorFile
 
 RESIZE = (96, 128)
 ALL_VIEWS = ",".join(VIEWS)
@@ -332,7 +332,6 @@ class TestExtractViews:
 
     def test_interrupted_view_pass_resumes(self, root, tmp_path, monkeypatch):
         from vprkit.store import DescriptorWriter
-
         out = tmp_path / "r.h5"
         opts = small_options(views=("hard_resize", "five_crops"))
         real = DescriptorWriter.commit_rows

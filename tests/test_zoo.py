@@ -13,14 +13,14 @@ import torch
 from click.testing import CliRunner
 
 from vprkit.cli import main
+from vprkit.data.synthetic import generate_dataset
 from vprkit.errors import VprkitError
-from vprkit.evaluate import evaluate_file
-from vprkit.extract import ExtractOptions, extract
-from vprkit.locate import locate
+from vprkit.evaluate.evaluation import evaluate_file
+from vprkit.extract.split import ExtractOptions, extract
+from vprkit.locate.photos import locate
 from vprkit.models import ModelConfig, build_model
 from vprkit.models.zoo import get_zoo_model, zoo_models
 from vprkit.store import DescriptorFile
-from vprkit.synthetic import generate_dataset
 
 SMALL = "cosplace_resnet18_32"
 SIZE = (64, 80)
@@ -81,7 +81,7 @@ class TestRegistry:
 class TestExtract:
     def test_rows_are_the_networks(self, root, checkpoint, zoo_file):
         model = build_model(ModelConfig(model=SMALL, checkpoint=str(checkpoint))).eval()
-        from vprkit.images import load_image, preprocess
+        from vprkit.data.images import load_image, preprocess
 
         with DescriptorFile(zoo_file) as f:
             names = f.names("database")[:3]

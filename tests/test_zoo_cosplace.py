@@ -20,13 +20,13 @@ from reference.cosplace import (
     save_release,
 )
 
+from vprkit.data.synthetic import generate_dataset
 from vprkit.errors import VprkitError
-from vprkit.extract import ExtractOptions, extract
+from vprkit.extract.split import ExtractOptions, extract
 from vprkit.models import ModelConfig
 from vprkit.models.serialization import load_safely
 from vprkit.models.zoo import get_zoo_model, zoo_models
 from vprkit.store import DescriptorFile
-from vprkit.synthetic import generate_dataset
 
 FAMILIES = {"cosplace": COSPLACE_RELEASED, "eigenplaces": EIGENPLACES_RELEASED}
 NAME = re.compile(r"^(cosplace|eigenplaces)_(vgg16|resnet18|resnet50|resnet101|resnet152)_([0-9]+)$")
@@ -190,7 +190,7 @@ def test_every_layout_has_upstream_keys(backbone):
 
 
 def test_extract_end_to_end(tmp_path, releases):
-    """``vprkit.extract`` with ``ModelConfig(model=..., checkpoint=...)`` stores the reference's
+    """``vprkit.extract.split`` with ``ModelConfig(model=..., checkpoint=...)`` stores the reference's
     descriptors of the dataset's images (upstream's preprocessing; resized as vprkit resizes)."""
     ref, path = releases("ResNet18", 32)
     root = generate_dataset(tmp_path / "data", {"test": (10, 5)}, size=(64, 80), seed=0)

@@ -283,12 +283,11 @@ def test_boq_dinov2_refuses_what_does_not_fit(boq_dinov2_reference, boq_dinov2_m
 
 @pytest.mark.slow
 def test_extract_with_the_mixvpr_release(mixvpr_reference, mixvpr_release, tmp_path):
-    from vprkit.datasets import load_split
-    from vprkit.extract import ExtractOptions, extract
+    from vprkit.data.datasets import load_split
+    from vprkit.data.synthetic import generate_dataset
+    from vprkit.extract.split import ExtractOptions, extract
     from vprkit.models import ModelConfig
     from vprkit.store.reader import DescriptorFile
-    from vprkit.synthetic import generate_dataset
-
     root = generate_dataset(tmp_path / "data", {"test": (4, 3)}, size=(320, 320), seed=0)
     out = extract(root, tmp_path / "mixvpr.h5",
                   ModelConfig(model="mixvpr_resnet50_4096", checkpoint=str(mixvpr_release)),

@@ -306,21 +306,19 @@ def test_checkpoint_with_objects_refused(tmp_path):
 
 # --------------------------------------------------------------------------- end to end
 def test_extract_end_to_end(tmp_path, salad):
-    """``vprkit.extract`` with ``ModelConfig(model=..., checkpoint=...)`` at 126x126 stores the
+    """``vprkit.extract.split`` with ``ModelConfig(model=..., checkpoint=...)`` at 126x126 stores the
     reference's descriptors of the dataset's images (PIL, /255, ImageNet normalisation, resized
     bilinear with antialiasing as vprkit resizes)."""
     try:
-        from vprkit.extract import ExtractOptions, extract
+        from vprkit.extract.split import ExtractOptions, extract
         from vprkit.models import ModelConfig
-
         ModelConfig(model=SALAD, checkpoint="x")
     except (ImportError, TypeError) as err:  # pragma: no cover  (the integration is not there)
         pytest.skip(f"no zoo support in ModelConfig / extract yet: {err}")
     from PIL import Image
 
+    from vprkit.data.synthetic import generate_dataset
     from vprkit.store import DescriptorFile
-    from vprkit.synthetic import generate_dataset
-
     ref, _, _, path = salad
     root = generate_dataset(tmp_path / "data", {"test": (4, 2)}, size=(64, 80), seed=0)
     out = tmp_path / "salad.h5"

@@ -12,7 +12,7 @@ The public API (see ``docs/api.md``) is importable from the package itself::
 resolved on first use (PEP 562 module ``__getattr__``), importing only the submodule that defines
 it. The functions are named after what they act on (``extract_split``, ``combine_files``,
 ``train_model``, ``merge_shards``) so that they never hide the submodules of the same verb:
-``vprkit.extract`` stays the module and ``from vprkit.extract import extract`` keeps working.
+``vprkit.extract.split`` stays the module and ``from vprkit.extract.split import extract`` keeps working.
 """
 
 from __future__ import annotations
@@ -23,23 +23,26 @@ import pkgutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vprkit import lazy as _moved
+
 __version__ = "0.2.0.dev0"
+
+_moved.install()  # the old module names of the flat layout still import (with a warning)
 
 # public name -> (module that defines it, its name there)
 _LAZY: dict[str, tuple[str, str]] = {
     "DescriptorFile": ("vprkit.store", "DescriptorFile"),
-    "EvaluationResult": ("vprkit.evaluate", "EvaluationResult"),
-    "ExtractOptions": ("vprkit.extract", "ExtractOptions"),
+    "EvaluationResult": ("vprkit.evaluate.results", "EvaluationResult"),
+    "ExtractOptions": ("vprkit.extract.split", "ExtractOptions"),
     "ModelConfig": ("vprkit.models.network", "ModelConfig"),
     "TrainConfig": ("vprkit.train.trainer", "TrainConfig"),
     "VprkitError": ("vprkit.errors", "VprkitError"),
-    "combine_files": ("vprkit.combine", "combine"),
-    "compare_files": ("vprkit.compare", "compare_files"),
-    "evaluate_file": ("vprkit.evaluate", "evaluate_file"),
-    "extract_split": ("vprkit.extract", "extract"),
-    "export_hloc": ("vprkit.export", "export_hloc"),
-    "export_pairs": ("vprkit.export", "export_pairs"),
-    "locate_photos": ("vprkit.locate", "locate"),
+    "combine_files": ("vprkit.ensemble.combine", "combine"),
+    "compare_files": ("vprkit.evaluate.compare", "compare_files"),
+    "extract_split": ("vprkit.extract.split", "extract"),
+    "export_hloc": ("vprkit.report.export", "export_hloc"),
+    "export_pairs": ("vprkit.report.export", "export_pairs"),
+    "locate_photos": ("vprkit.locate.photos", "locate"),
     "train_model": ("vprkit.train.trainer", "train"),
 }
 
@@ -62,20 +65,18 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .combine import combine as combine_files
-    from .compare import compare_files
-    from .errors import VprkitError
-    from .evaluate import EvaluationResult, evaluate_file
-    from .export import export_hloc, export_pairs
-    from .extract import ExtractOptions
-    from .extract import extract as extract_split
-    from .locate import locate as locate_photos
-    from .models.network import ModelConfig
-    from .store import DescriptorFile
-    from .train.trainer import TrainConfig
-    from .train.trainer import train as train_model
-
-
+    from vprkit.ensemble.combine import combine as combine_files
+    from vprkit.errors import VprkitError
+    from vprkit.evaluate.compare import compare_files
+    from vprkit.evaluate.results import EvaluationResult
+    from vprkit.extract.split import ExtractOptions
+    from vprkit.extract.split import extract as extract_split
+    from vprkit.locate.photos import locate as locate_photos
+    from vprkit.models.network import ModelConfig
+    from vprkit.report.export import export_hloc, export_pairs
+    from vprkit.store import DescriptorFile
+    from vprkit.train.trainer import TrainConfig
+    from vprkit.train.trainer import train as train_model
 def merge_shards(shards: list[str | Path], output: str | Path, overwrite: bool = False,
                  progress: bool = True) -> Path:
     """Join the shard files of one sharded extraction into one descriptor file.
@@ -85,7 +86,7 @@ def merge_shards(shards: list[str | Path], output: str | Path, overwrite: bool =
     checks that the shards come from the same extraction (model fingerprint, preprocessing,
     storage type, dataset, scales, image lists) and that all ``n`` are there, then streams them
     into ``output``, written as ``output.partial`` and renamed when complete. The merged file
-    equals an unsharded extraction row for row. Delegates to ``vprkit.shards.merge``.
+    equals an unsharded extraction row for row. Delegates to ``vprkit.extract.shards.merge``.
 
     Args:
         shards: the ``n`` shard files, in any order.
@@ -100,9 +101,52 @@ def merge_shards(shards: list[str | Path], output: str | Path, overwrite: bool =
         VprkitError: no shards, a file that is not a shard, shards of different extractions,
             a shard missing or given twice, or ``output`` existing without ``overwrite``.
     """
-    from .shards import merge
-
+    from vprkit.extract.shards import merge
     return merge(shards, output, overwrite=overwrite, progress=progress)
+
+
+def evaluate_file(path: str | Path, scale: str | None = None, *args: Any,
+                  predictions_path: str | Path | None = None, pictures: str | Path | None = None,
+                  only_wrong: bool = False, pictures_limit: int | None = None,
+                  pictures_top_k: int = 5, **kwargs: Any) -> EvaluationResult:
+    """Recall@N of one scale or pyramid of a descriptor file: ``vprkit.evaluate.evaluate_file``
+    (see there for the arguments and the result).
+
+    ``predictions_path`` and ``pictures`` (with ``only_wrong``, ``pictures_limit`` and
+    ``pictures_top_k``) are deprecated here: write them from the result with
+    ``vprkit.report.write_predictions(result, path)`` and
+    ``vprkit.report.write_query_pictures(result, folder, only_wrong, limit, top_k)``.
+
+    Args:
+        path: a complete descriptor file.
+        scale: ``"2"`` for one stored scale, ``"1+2+3"`` for a pyramid; None: the first scale.
+        *args: the further arguments of ``vprkit.evaluate.evaluate_file``, in its order.
+        predictions_path: deprecated; a CSV of each query's top predictions.
+        pictures: deprecated; a folder of pictures of each query's predictions.
+        only_wrong: deprecated, with ``pictures``: the wrong queries only.
+        pictures_limit: deprecated, with ``pictures``: at most this many.
+        pictures_top_k: deprecated, with ``pictures``: predictions shown per query.
+        **kwargs: the keyword arguments of ``vprkit.evaluate.evaluate_file``.
+
+    Returns:
+        The ``EvaluationResult``, with each query's ranking.
+    """
+    import warnings
+
+    from vprkit.evaluate.evaluation import evaluate_file as evaluate
+
+    result = evaluate(path, scale, *args, **kwargs)
+    if predictions_path is not None or pictures is not None:
+        from vprkit.report.predictions import write_predictions, write_query_pictures
+
+        warnings.warn("evaluate_file(predictions_path=, pictures=) are deprecated: use "
+                      "vprkit.report.write_predictions and write_query_pictures on the result",
+                      DeprecationWarning, stacklevel=2)
+        if predictions_path is not None:
+            write_predictions(result, predictions_path)
+        if pictures is not None:
+            write_query_pictures(result, pictures, only_wrong, pictures_limit, pictures_top_k)
+    return result
 
 
 def __getattr__(name: str) -> Any:

@@ -5,7 +5,7 @@ declares (read from its source with ``ast``), the aggregations from the module n
 ``vprkit/models/aggregations``, the training recipes from the ``RECIPES`` of
 ``vprkit/train/recipes.py``; nothing is to be added here for a new one. ``tests/test_cli.py`` and
 ``tests/test_registry.py`` check that each equals the registry it mirrors (and the L2 placements
-of ``vprkit.models``, the splits of ``vprkit.datasets``, the presets of
+of ``vprkit.models``, the splits of ``vprkit.data.datasets``, the presets of
 ``vprkit.train.augment``)."""
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ import pkgutil
 from pathlib import Path
 
 _HERE = Path(__file__).parent
+
+ROLES = ("database", "queries")  # the two roles of a split's images
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # the image files a dataset folder holds
 
 
 def _modules(folder: Path) -> list[str]:
@@ -60,13 +63,13 @@ RECIPES: tuple[str, ...] = tuple(literal_of(_HERE / "train" / "recipes.py", "REC
 L2_PLACEMENTS = ("before_pool", "after_pool", "none")  # the benchmark's --l2
 AUGMENT_PRESETS = tuple(f"{kind}:M{i}" for kind in ("night", "occlusion") for i in range(1, 7))
 DEFAULT_RESIZE = (480, 640)  # the benchmark's image size (H, W)
-# query view -> rows stored per query, and test method -> the view it reads (vprkit.views)
+# query view -> rows stored per query, and test method -> the view it reads (vprkit.descriptors.views)
 VIEWS = {"hard_resize": 1, "single_query": 1, "central_crop": 1, "five_crops": 5}
 TEST_METHODS = {"hard_resize": "hard_resize", "single_query": "single_query",
                 "central_crop": "central_crop", "five_crops": "five_crops",
                 "nearest_crop": "five_crops", "maj_voting": "five_crops"}
 DEFAULT_MAJORITY_WEIGHT = 0.01  # the benchmark's --majority_weight
-# evaluate's statistics (vprkit.statistics): bootstrap resamples and seed, R@1 thresholds (m)
+# evaluate's statistics (vprkit.evaluate.statistics): bootstrap resamples and seed, R@1 thresholds (m)
 DEFAULT_RESAMPLES = 1000
 DEFAULT_SEED = 0
 DEFAULT_THRESHOLDS = (5.0, 10.0, 25.0, 50.0, 100.0)

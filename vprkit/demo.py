@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .combine import combine
-from .evaluate import EvaluationResult, evaluate_file
-from .extract import ExtractOptions, extract
-from .models import ModelConfig
-from .progress import console
-from .store import parse_scales, spec_name
-from .synthetic import generate_dataset
+from vprkit.data.synthetic import generate_dataset
+from vprkit.ensemble.combine import combine
+from vprkit.evaluate.evaluation import evaluate_file
+from vprkit.evaluate.results import EvaluationResult
+from vprkit.extract.split import ExtractOptions, extract
+from vprkit.models import ModelConfig
+from vprkit.progress import console
+from vprkit.store import parse_scales, spec_name
 
 DEMO_SIZE = (120, 160)
 DEMO_SPLITS = {"train": (150, 75), "val": (60, 30), "test": (150, 75)}
@@ -38,9 +39,8 @@ def run_demo(out: str | Path = "vprkit_demo", backbone: str = "resnet18conv4",
     models = {"gem": ModelConfig(backbone=backbone, aggregation="gem", weights=weights),
               "netvlad": ModelConfig(backbone=backbone, aggregation="netvlad", weights=weights)}
     if train:
-        from .train import TrainConfig
-        from .train import train as run_train
-
+        from vprkit.train import TrainConfig
+        from vprkit.train import train as run_train
         run = out / "runs" / "gem"
         if not (run / "best.pth").exists():
             if run.exists():

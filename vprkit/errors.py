@@ -3,6 +3,7 @@ which makes text from files and names safe to put in such a line or on a termina
 
 from __future__ import annotations
 
+import os
 import re
 
 # C0 controls but tab, DEL, C1 controls, and the invisible or reordering format characters
@@ -33,3 +34,13 @@ def shown(value: object, limit: int | None = None) -> str:
     if limit is not None and len(text) > limit:
         text = f"{text[:limit]}... ({len(text) - limit} more characters)"
     return text
+
+
+def photo_text(name: str) -> str:
+    """``name`` as valid UTF-8 text: bytes of a file name that are not UTF-8 (surrogate escapes)
+    become ``\\xNN``; everything else is kept."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")

@@ -43,7 +43,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import VprkitError
+from vprkit.errors import VprkitError
 
 SPACE_MARGIN = 64 << 20  # writers stop cleanly when a write would leave less free disk space
 RESERVE_SLACK = 1 << 20  # reserved beyond each block, for the metadata written with it

@@ -25,7 +25,7 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import VprkitError, shown
+from vprkit.errors import VprkitError, shown
 
 NOTES_LIMIT = 1 << 20  # 1 MiB of hand-written markdown
 DATA_LIMIT = 1 << 30  # evaluation JSON (with per-query rows), run metrics, coordinates CSV

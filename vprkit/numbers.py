@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import re
 
-from .errors import VprkitError, shown
+from vprkit.errors import VprkitError, shown
 
 __all__ = ["NumberError", "parse_float", "parse_int"]
 

@@ -22,7 +22,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from .errors import shown
+from vprkit.errors import shown
 
 MAX_SHOWN = 2000  # characters of one text shown at most (the rest is counted, not printed)
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .roles import ROLES
-from .store import DescriptorWriter, Header, partial_path, writing
+from vprkit.choices import ROLES
+from vprkit.store import DescriptorWriter, Header, partial_path, writing
 
 GEM = {"type": "gem", "p": 3.0, "eps": 1e-6}
 # GeM's pyramid statistic: local features per image

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import click
 
-from .. import __version__
-from ..choices import DEFAULT_RESAMPLES, DEFAULT_SEED, DEFAULT_THRESHOLDS, L2_PLACEMENTS
-from ..errors import VprkitError
-from ..files import write_text
-from ..progress import console, inert, styled
+from vprkit import __version__
+from vprkit.choices import DEFAULT_RESAMPLES, DEFAULT_SEED, DEFAULT_THRESHOLDS, L2_PLACEMENTS
+from vprkit.errors import VprkitError
+from vprkit.files import write_text
+from vprkit.progress import console, inert, styled
 
 SCALE_HELP = "a scale such as 1, or a pyramid such as 1+2+3"
 SIZE_HELP = "sizes are H W (height first), as shown everywhere"
@@ -53,7 +53,7 @@ def json_option(what: str, is_output: bool = False):
 
 def statistics_options(function):
     """``--bootstrap``, ``--seed``, ``--thresholds`` and ``--drop-unmatched``: how evaluate
-    states its uncertainty (``vprkit.statistics``)."""
+    states its uncertainty (``vprkit.evaluate.statistics``)."""
     function = click.option(
         "--drop-unmatched", is_flag=True,
         help="Leave queries without any positive out of the precision-recall curve.  [default: "
@@ -166,4 +166,4 @@ def main() -> None:
                 pass
 
 
-from . import comparing, export, inspect, locating, pipeline, training, zoo  # noqa: E402,F401  (commands)
+from vprkit.cli import comparing, export, inspect, locating, pipeline, training, zoo  # noqa: E402,F401  (commands)

@@ -1,5 +1,5 @@
 """``python -m vprkit.cli``: the command line (also under torchrun)."""
 
-from . import main
+from vprkit.cli import main
 
 main()

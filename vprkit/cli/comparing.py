@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from ..choices import DEFAULT_RESAMPLES, DEFAULT_SEED
-from ..progress import results_console
-from . import emit_json, json_option, main
+from vprkit.choices import DEFAULT_RESAMPLES, DEFAULT_SEED
+from vprkit.cli import emit_json, json_option, main
+from vprkit.progress import results_console
 
 
 @main.command()
@@ -32,9 +32,8 @@ def compare(files, baseline, bootstrap, seed, json_path):
 
     Example: vprkit compare gem.json netvlad.json
     """
-    from ..compare import compare_files, comparisons_json
-    from ..report import comparison_table
-
+    from vprkit.evaluate.compare import compare_files, comparisons_json
+    from vprkit.report.tables import comparison_table
     comparisons = compare_files(list(files), baseline, bootstrap, seed)
     if json_path != "-":
         results_console.print(comparison_table(comparisons))

@@ -6,16 +6,16 @@ from pathlib import Path
 
 import click
 
-from ..progress import console, styled
-from . import SCALE_HELP, emit_json, json_option, main
+from vprkit.cli import SCALE_HELP, emit_json, json_option, main
+from vprkit.progress import console, styled
 
 PREFIX_HELP = "Text put before every {} name, e.g. {} (hloc selects images by name prefix)"
 
 
 def _counts(file: Path, scale: str | None) -> tuple[str, int, int]:
     """The scale spec used for ``file`` and its database and query image counts."""
-    from ..export import resolve_scale
-    from ..store import DescriptorFile, spec_name
+    from vprkit.report.export import resolve_scale
+    from vprkit.store import DescriptorFile, spec_name
 
     with DescriptorFile(file) as store:
         return spec_name(resolve_scale(store, scale)), store.num("database"), store.num("queries")
@@ -54,8 +54,7 @@ def pairs(file, output, top_k, scale, database_pairs, block_rows, db_prefix, que
 
     Example: vprkit export pairs netvlad.h5 -o pairs-query-netvlad20.txt --top-k 20
     """
-    from ..export import export_pairs
-
+    from vprkit.report.export import export_pairs
     path = export_pairs(file, output, top_k=top_k, scale=scale, database_pairs=database_pairs,
                         block_rows=block_rows, db_prefix=db_prefix, query_prefix=query_prefix)
     spec, n_db, n_q = _counts(file, scale)
@@ -89,8 +88,7 @@ def hloc(file, output, scale, db_prefix, query_prefix, block_rows, normalize, ov
 
     Example: vprkit export hloc netvlad.h5 -o global-feats.h5 --db-prefix db/ --query-prefix query/
     """
-    from ..export import export_hloc
-
+    from vprkit.report.export import export_hloc
     path = export_hloc(file, output, scale=scale, overwrite=overwrite, db_prefix=db_prefix,
                        query_prefix=query_prefix, block_rows=block_rows, normalize=normalize)
     spec, n_db, n_q = _counts(file, scale)

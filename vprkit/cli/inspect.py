@@ -7,10 +7,8 @@ from pathlib import Path
 
 import click
 
-from ..choices import BACKBONES, SPLITS
-from ..errors import VprkitError
-from ..progress import console, results_console, styled
-from . import (
+from vprkit.choices import BACKBONES, SPLITS
+from vprkit.cli import (
     NamedChoice,
     emit_json,
     json_option,
@@ -18,6 +16,8 @@ from . import (
     output_option,
     resolve_output,
 )
+from vprkit.errors import VprkitError
+from vprkit.progress import console, results_console, styled
 
 
 # --------------------------------------------------------------------------- report
@@ -32,8 +32,7 @@ from . import (
 @json_option("the report's path and its plots")
 def report(inputs, output, title, notes, json_path):
     """Markdown tables and plots from evaluation JSON files and training run folders."""
-    from ..markdown_report import write_report
-
+    from vprkit.report.markdown import write_report
     path = write_report(list(inputs), output, title, notes=notes)
     plots = sorted(str(p) for p in path.parent.glob(f"{path.stem}_*.png"))
     if not emit_json(json_path, {"report": str(path), "plots": plots}):
@@ -46,7 +45,7 @@ def report(inputs, output, title, notes, json_path):
 @json_option("the description", is_output=True)
 def info(file, json_path):
     """Describe a descriptor file: images, scales, dimensions, model and preprocessing."""
-    from ..report import describe_file, describe_table
+    from vprkit.report.tables import describe_file, describe_table
 
     desc = describe_file(file)
     if json_path != "-":
@@ -68,9 +67,8 @@ def dataset() -> None:
 @json_option("the rows (sizes as HxW)", is_output=True)
 def dataset_info_cmd(root, threshold, no_sizes, json_path):
     """Images per split and role, queries without positives, and image sizes (H x W)."""
-    from ..datasets import dataset_info
-    from ..report import dataset_table
-
+    from vprkit.data.datasets import dataset_info
+    from vprkit.report.tables import dataset_table
     rows = dataset_info(root, threshold, image_sizes=not no_sizes)
     if json_path != "-":
         results_console.print(dataset_table(rows, root, threshold))
@@ -100,8 +98,7 @@ def dataset_import_cmd(images, root, output, split, role, coordinates, copy, ski
                        json_path):
     """Put your own geotagged photos (IMAGES folder) into the benchmark layout under ROOT
     (or -o ROOT)."""
-    from ..dataset_import import import_images
-
+    from vprkit.data.importing import import_images
     if root is None and output is None or root is not None and output is not None and root != output:
         raise VprkitError("give the dataset root once: as ROOT or as -o/--output ROOT")
     root = root or output
@@ -132,10 +129,9 @@ def demo(output, deprecated_out, backbone, weights, scales, train, quiet, json_p
 
     Needs no download; 41 s on two idle CPU cores (time vprkit demo).
     """
-    from ..demo import next_steps, run_demo
-    from ..evaluate import results_json
-    from ..report import recall_table
-
+    from vprkit.demo import next_steps, run_demo
+    from vprkit.evaluate.results import results_json
+    from vprkit.report.tables import recall_table
     out = resolve_output(output, deprecated_out) or Path("vprkit_demo")
     results = run_demo(out, backbone=backbone, weights=weights, scales=scales, train=train,
                        progress=not quiet)

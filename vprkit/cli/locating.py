@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from ..errors import VprkitError
-from ..progress import console, results_console, styled
-from . import emit_json, json_option, main
+from vprkit.cli import emit_json, json_option, main
+from vprkit.errors import VprkitError
+from vprkit.progress import console, results_console, styled
 
 
 @main.command()
@@ -56,8 +56,8 @@ def locate(photos, database, scale, top_k, threshold, json_path, csv_path, geojs
     candidate of another place. Photos that cannot be read are listed; none readable is an
     error. Photo names that are not valid UTF-8 are written with \\xNN escapes.
     """
-    from ..locate import locate as run_locate
-    from ..locate_output import csv_text, geojson, write_csv
+    from vprkit.locate.photos import locate as run_locate
+    from vprkit.report.locations import csv_text, geojson, write_csv
 
     to_stdout = [flag for flag, path in (("--json", json_path), ("--csv", csv_path),
                                          ("--geojson", geojson_path)) if path == "-"]
@@ -78,8 +78,7 @@ def locate(photos, database, scale, top_k, threshold, json_path, csv_path, geojs
     if geojson_path:
         emit_json(geojson_path, geojson(result))
     if pictures_dir:
-        from ..locate_output import write_location_pictures
-
+        from vprkit.report.locations import write_location_pictures
         page = write_location_pictures(result, database, pictures_dir, progress=not quiet)
         console.print(f"pictures: {page}")
     emit_json(json_path, result.to_dict() if json_path else None)
@@ -92,8 +91,7 @@ def location_table(result):
     their UTM positions, latitude/longitude and distances; confidence and error on rank 1."""
     from rich.table import Table
 
-    from ..report import cell
-
+    from vprkit.report.tables import cell
     table = Table(title=cell(f"{len(result.located)} photos located against "
                              f"{Path(result.database).name} (scale {result.scale}, "
                              f"{result.search} search)"))

@@ -8,10 +8,8 @@ from pathlib import Path
 
 import click
 
-from ..choices import AGGREGATIONS, BACKBONES, DEFAULT_MAJORITY_WEIGHT, SPLITS, TEST_METHODS, VIEWS
-from ..errors import VprkitError
-from ..progress import console, results_console
-from . import (
+from vprkit.choices import AGGREGATIONS, BACKBONES, DEFAULT_MAJORITY_WEIGHT, SPLITS, TEST_METHODS, VIEWS
+from vprkit.cli import (
     SCALE_HELP,
     NamedChoice,
     aggregation_options,
@@ -20,6 +18,8 @@ from . import (
     main,
     statistics_options,
 )
+from vprkit.errors import VprkitError
+from vprkit.progress import console, results_console
 
 
 # --------------------------------------------------------------------------- extract
@@ -99,23 +99,21 @@ def extract(root, output, split, backbone, aggregation, clusters, l2, fc_output_
     An interrupted run resumes when the same command is run again. Started by torchrun,
     every process extracts a shard and process 0 merges them.
     """
-    from ..distributed_extract import (
+    from vprkit.descriptors.views import parse_views
+    from vprkit.extract.distributed import (
         ProcessFailed,
         World,
         extract_distributed,
         extract_shard_task,
         slurm_shard,
     )
-    from ..extract import ExtractOptions, image_size_for
-    from ..models import ModelConfig
-    from ..report import describe_file
-    from ..shards import parse_shard
-    from ..store import parse_scales
-    from ..views import parse_views
-
+    from vprkit.extract.shards import parse_shard
+    from vprkit.extract.split import ExtractOptions, image_size_for
+    from vprkit.models import ModelConfig
+    from vprkit.report.tables import describe_file
+    from vprkit.store import parse_scales
     if model is not None:
-        from ..models.zoo import get_zoo_model
-
+        from vprkit.models.zoo import get_zoo_model
         if backbone or aggregation:
             raise VprkitError("--model is a whole network: give it without --backbone and "
                               "--aggregation")
@@ -181,9 +179,8 @@ def merge(shards, output, overwrite, quiet, json_path):
     All N shards must be given (e.g. gem.shard*of4.h5) and come from the same model,
     preprocessing and dataset; the result equals an extraction without --shard.
     """
-    from ..report import describe_file
-    from ..shards import merge as run_merge
-
+    from vprkit.extract.shards import merge as run_merge
+    from vprkit.report.tables import describe_file
     path = run_merge(list(shards), output, overwrite=overwrite, progress=not quiet)
     emit_json(json_path, describe_file(path) if json_path else None)
 
@@ -237,11 +234,12 @@ def evaluate(files, scales, recalls, threshold, json_path, predictions, block_ro
     curve of the top-1 answers (scored by their distance), the recall at 100% precision and R@1
     at other thresholds; --json holds them with every query's outcome, for vprkit compare.
     """
-    from ..evaluate import check_search_options, evaluate_file, parse_recalls, results_json
-    from ..report import comparison_table, recall_table, threshold_table
-    from ..statistics import check_bootstrap, parse_thresholds
-    from ..store import parse_scale_spec
-
+    from vprkit.evaluate.evaluation import check_search_options, evaluate_file, parse_recalls
+    from vprkit.evaluate.results import results_json
+    from vprkit.evaluate.statistics import check_bootstrap, parse_thresholds
+    from vprkit.report.predictions import write_predictions, write_query_pictures
+    from vprkit.report.tables import comparison_table, recall_table, threshold_table
+    from vprkit.store import parse_scale_spec
     ns = parse_recalls(recalls)
     check_search_options(threshold, block_rows, nprobe)
     check_bootstrap(bootstrap)
@@ -258,13 +256,16 @@ def evaluate(files, scales, recalls, threshold, json_path, predictions, block_ro
     if predictions == "-" and json_path == "-":
         raise VprkitError("--json - and --predictions - cannot both print to stdout")
     results = [
-        evaluate_file(f, s, ns, threshold, block_rows=block_rows, predictions_path=predictions,
-                      index=index, nprobe=nprobe, test_method=test_method,
-                      majority_weight=majority_weight, pictures=pictures, only_wrong=only_wrong,
-                      pictures_limit=limit, bootstrap=bootstrap, seed=seed, thresholds=metres,
+        evaluate_file(f, s, ns, threshold, block_rows=block_rows, index=index, nprobe=nprobe,
+                      test_method=test_method, majority_weight=majority_weight,
+                      bootstrap=bootstrap, seed=seed, thresholds=metres,
                       drop_unmatched=drop_unmatched, device=device)
         for f in files for s in specs
     ]
+    if predictions:
+        write_predictions(results[0], predictions)
+    if pictures:
+        write_query_pictures(results[0], pictures, only_wrong, limit)
     comparisons = paired_comparisons(results, bootstrap, seed) if paired else []
     if pictures:
         console.print(f"pictures: {pictures / 'index.html'}")
@@ -284,8 +285,7 @@ def evaluate(files, scales, recalls, threshold, json_path, predictions, block_ro
 
 def paired_comparisons(results, bootstrap: int, seed: int) -> list:
     """``evaluate --paired``: every result row against the first."""
-    from ..compare import compare_rows
-
+    from vprkit.evaluate.compare import compare_rows
     if len(results) < 2:
         raise VprkitError("--paired compares rows with the first: give several files or --scale")
     rows = [r.to_dict() for r in results]
@@ -325,9 +325,8 @@ def combine(inputs, output, scales, pca, pca_fit, whiten, part_weights, deprecat
 
     Example: vprkit combine gem.h5 netvlad.h5 --pca 2048 -o ens.h5 && vprkit evaluate ens.h5
     """
-    from ..combine import combine as run_combine
-    from ..report import describe_file
-
+    from vprkit.ensemble.combine import combine as run_combine
+    from vprkit.report.tables import describe_file
     if deprecated_weights is not None:
         warnings.warn("combine --weights is deprecated (it reads like backbone weights); use "
                       "--part-weights", DeprecationWarning, stacklevel=1)

@@ -7,10 +7,8 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from ..choices import AGGREGATIONS, AUGMENT_PRESETS, BACKBONES, RECIPES, SPLITS, literal_of
-from ..errors import VprkitError
-from ..progress import console, results_console, styled
-from . import (
+from vprkit.choices import AGGREGATIONS, AUGMENT_PRESETS, BACKBONES, RECIPES, SPLITS, literal_of
+from vprkit.cli import (
     NamedChoice,
     aggregation_options,
     emit_json,
@@ -19,6 +17,8 @@ from . import (
     output_option,
     resolve_output,
 )
+from vprkit.errors import VprkitError
+from vprkit.progress import console, results_console, styled
 
 # --------------------------------------------------------------------------- train
 # TrainConfig's defaults of --amp and --channels-last, read from its source (no torch import)
@@ -30,8 +30,7 @@ def _list_augments(ctx, param, value):
         return
     from rich.table import Table
 
-    from ..train.augment import describe_presets
-
+    from vprkit.train.augment import describe_presets
     table = Table(title="augmentation presets (vprkit train --augment NAME)")
     table.add_column("preset")
     table.add_column("parameters")
@@ -46,8 +45,7 @@ def _list_recipes(ctx, param, value):
         return
     from rich.table import Table
 
-    from ..train.recipes import describe_recipes
-
+    from vprkit.train.recipes import describe_recipes
     table = Table(title="training recipes (vprkit train --recipe NAME; options given override "
                         "them)")
     table.add_column("recipe")
@@ -153,12 +151,11 @@ def train(root, output, deprecated_out, resume, recipe, backbone, aggregation, c
     vprkit train ROOT -o RUN_DIR [--recipe NAME], or vprkit train --resume RUN_DIR. The best
     model is RUN_DIR/best.pth, ready for vprkit extract --checkpoint.
     """
-    from ..train import resume as resume_run
-    from ..train import train as run_train
-    from ..train.recipes import config_from_recipe, recipe_fields
-    from ..train.trainer import run_summary
-    from ..world import World
-
+    from vprkit.extract.world import World
+    from vprkit.train import resume as resume_run
+    from vprkit.train import train as run_train
+    from vprkit.train.recipes import config_from_recipe, recipe_fields
+    from vprkit.train.trainer import run_summary
     out = resolve_output(output, deprecated_out)
     if resume:
         if recipe is not None:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import click
 
-from ..progress import results_console
-from . import emit_json, json_option, main
+from vprkit.cli import emit_json, json_option, main
+from vprkit.progress import results_console
 
 
 def zoo_rows() -> list[dict]:
     """One row per zoo model: name, family, backbone, aggregation, dimension, input rule,
     weights source, extra packages."""
-    from ..models.zoo import zoo_models
-
+    from vprkit.models.zoo import zoo_models
     return [{"name": s.name, "family": s.family, "backbone": s.backbone,
              "aggregation": s.aggregation, "dim": s.output_dim,
              "input": (f"{s.resize[0]}x{s.resize[1]}" if s.resize else "native size")
@@ -32,8 +31,7 @@ def models(family, json_path):
     """
     from rich.table import Table
 
-    from ..report import cell
-
+    from vprkit.report.tables import cell
     rows = [r for r in zoo_rows() if family is None or r["family"] == family]
     if emit_json(json_path, rows):
         return

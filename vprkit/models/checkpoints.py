@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
-from ..errors import VprkitError
-from ..store.checks import Where, image_size
-from .aggregations import AGGREGATIONS, get_aggregation, recognise_aggregation
-from .backbones import recognise_backbone
-from .network import ModelConfig, VPRModel
-from .serialization import load_safely, save_atomically
-from .validation import stored_config, validate_model_config
+from vprkit.errors import VprkitError
+from vprkit.models.aggregations import AGGREGATIONS, get_aggregation, recognise_aggregation
+from vprkit.models.backbones import recognise_backbone
+from vprkit.models.network import ModelConfig, VPRModel
+from vprkit.models.serialization import load_safely, save_atomically
+from vprkit.models.validation import stored_config, validate_model_config
+from vprkit.store.checks import Where, image_size
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | None]:

@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .aggregations import build_aggregation
-from .backbones import backbone_channels, build_backbone
+from vprkit.models.aggregations import build_aggregation
+from vprkit.models.backbones import backbone_channels, build_backbone
 
 
 @dataclass
@@ -71,8 +71,7 @@ class VPRModel(nn.Module):
     """``backbone`` -> local features (N, C, H, W) -> ``aggregation`` -> descriptors (N, D)."""
 
     def __init__(self, config: ModelConfig):
-        from .validation import check_sizes
-
+        from vprkit.models.validation import check_sizes
         check_sizes(config)  # before any layer is built: no huge allocation
         super().__init__()
         self.config = config

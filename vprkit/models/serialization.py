@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import VprkitError
-from ..files import atomic_output
+from vprkit.errors import VprkitError
+from vprkit.files import atomic_output
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 

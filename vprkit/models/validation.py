@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import torch
 
-from ..choices import L2_PLACEMENTS
-from ..store.checks import (
+from vprkit.choices import L2_PLACEMENTS
+from vprkit.models.aggregations import AGGREGATIONS, get_aggregation
+from vprkit.models.backbones import REGISTRY as BACKBONE_REGISTRY
+from vprkit.models.network import ModelConfig
+from vprkit.store.checks import (
     MAX_CLUSTERS,
     MAX_DIM,
     MAX_LAYER_WEIGHTS,
@@ -23,9 +26,6 @@ from ..store.checks import (
     model_record,
     text,
 )
-from .aggregations import AGGREGATIONS, get_aggregation
-from .backbones import REGISTRY as BACKBONE_REGISTRY
-from .network import ModelConfig
 
 
 def validate_model_config(data: object, file: str, key: str = "model_config",
@@ -53,8 +53,7 @@ def validate_model_config(data: object, file: str, key: str = "model_config",
     if record.get("model") is not None:
         if not zoo:
             at.at("model").fail(record["model"], "absent (a backbone and an aggregation)")
-        from .zoo import zoo_models
-
+        from vprkit.models.zoo import zoo_models
         if record["model"] not in zoo_models():
             at.at("model").fail(record["model"], "a model of the zoo (vprkit models lists them)")
         return ModelConfig(model=record["model"], weights=str(weights), checkpoint=checkpoint)

@@ -53,7 +53,7 @@ Datasets and groups (``<role>`` is ``database`` or ``queries``, N and M their im
                                        several scales is formed (GeM: ``count`` (N,) int64 local
                                        features; NetVLAD: ``cluster_norms`` (N, K) float32)
 ``/scales/<s>/views/<view>``           query descriptors of a view other than ``hard_resize``
-                                       (``vprkit.views``): (M, D), or (5 M, D) for
+                                       (``vprkit.descriptors.views``): (M, D), or (5 M, D) for
                                        ``five_crops`` (row 5 q + c); the scale group's
                                        attributes ``rows_done_view_<view>`` (queries committed)
                                        and ``image_size_<view>`` (since vprkit 0.2; a file
@@ -88,9 +88,9 @@ rows and an extraction resumes from them. A complete file is extended with new s
 copying it to ``<name>.partial``. No step writes through a symbolic link.
 """
 
-from ..files import human_bytes, partial_path
-from ..roles import ROLES
-from .format import (
+from vprkit.choices import ROLES
+from vprkit.files import human_bytes, partial_path
+from vprkit.store.format import (
     FORMAT,
     FORMAT_VERSION,
     HASH_BYTES,
@@ -102,9 +102,9 @@ from .format import (
     parse_scales,
     spec_name,
 )
-from .reader import DescriptorFile
-from .writer import DescriptorWriter
-from .writing import Output, writing
+from vprkit.store.reader import DescriptorFile
+from vprkit.store.writer import DescriptorWriter
+from vprkit.store.writing import Output, writing
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "HASH_BYTES", "MAX_ATTR_CHARS", "ROLES", "DescriptorFile",
            "DescriptorWriter", "Header", "Output", "chunk_rows", "human_bytes", "image_hashes",

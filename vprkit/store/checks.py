@@ -15,12 +15,12 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import NoReturn, TypeGuard
+from typing import Any, NoReturn, TypeGuard
 
 import numpy as np
 
-from ..choices import L2_PLACEMENTS
-from ..errors import VprkitError, shown
+from vprkit.choices import L2_PLACEMENTS
+from vprkit.errors import VprkitError, shown
 
 MAX_SIDE = 16384  # pixels: each side of an image size (resize, image_size, a checkpoint's resize)
 MAX_CLUSTERS = 4096  # NetVLAD clusters
@@ -249,3 +249,11 @@ def weights(at: Where, value: object, count: int) -> None:
             isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w)
             for w in value):
         at.fail(value, f"null or a list of {count} finite numbers")
+
+
+def refuse_shard(f: Any) -> None:
+    """One clear error where a single shard is given as a database."""
+    shard = f.dataset.get("shard")
+    if shard:
+        raise VprkitError(f"{f.path} is shard {shard['index']} of {shard['count']} of an extraction; "
+                          "join the shards first: vprkit merge SHARDS... -o FILE")

@@ -10,8 +10,8 @@ from dataclasses import dataclass, fields
 import h5py
 import numpy as np
 
-from ..errors import VprkitError
-from ..views import HARD_RESIZE, VIEWS
+from vprkit.descriptors.views import HARD_RESIZE, VIEWS
+from vprkit.errors import VprkitError
 
 FORMAT = "vprkit.descriptors"
 FORMAT_VERSION = 1

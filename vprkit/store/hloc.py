@@ -10,7 +10,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..errors import VprkitError, shown
+from vprkit.errors import VprkitError, shown
 
 HLOC_KEY = "global_descriptor"  # the dataset hloc reads in each image's group
 

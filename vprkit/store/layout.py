@@ -5,11 +5,11 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
-from ..pyramid import stat_names
-from ..roles import ROLES
-from ..views import HARD_RESIZE, VIEWS
-from .checks import MAX_DIM
-from .format import HASH_BYTES, descriptor_key, rows_done_attr, stats_key
+from vprkit.choices import ROLES
+from vprkit.descriptors.pyramid import stat_names
+from vprkit.descriptors.views import HARD_RESIZE, VIEWS
+from vprkit.store.checks import MAX_DIM
+from vprkit.store.format import HASH_BYTES, descriptor_key, rows_done_attr, stats_key
 
 
 def check_stored(dataset: h5py.Dataset) -> None:

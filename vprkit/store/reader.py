@@ -10,14 +10,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..errors import VprkitError
-from ..files import (
+from vprkit.descriptors.pyramid import pyramid, stat_names
+from vprkit.descriptors.views import HARD_RESIZE, VIEWS
+from vprkit.errors import VprkitError
+from vprkit.files import (
     partial_path,
 )
-from ..pyramid import pyramid, stat_names
-from ..views import HARD_RESIZE, VIEWS
-from .checks import MISSING
-from .format import (
+from vprkit.store.checks import MISSING
+from vprkit.store.format import (
     HEADER_ATTRS,
     MAX_ATTR_CHARS,
     PCA_ARRAYS,
@@ -31,8 +31,8 @@ from .format import (
     spec_name,
     stats_key,
 )
-from .layout import check_layout
-from .validate import (
+from vprkit.store.layout import check_layout
+from vprkit.store.validate import (
     check_combine,
     check_counts,
     check_format,
@@ -167,7 +167,7 @@ class DescriptorFile:
         return self.num(role) * VIEWS[view]
 
     def views(self, scales: Sequence[int] | None = None) -> list[str]:
-        """The query views (``vprkit.views``) stored at every scale of ``scales`` (None: at
+        """The query views (``vprkit.descriptors.views``) stored at every scale of ``scales`` (None: at
         every stored scale), ``hard_resize`` first."""
         have = None
         for s in self.check_spec(scales) if scales is not None else self.scales:
@@ -309,7 +309,7 @@ class DescriptorFile:
             scales: a scale spec: ``(2,)`` for one stored scale, ``(1, 2)`` for the pyramid.
             start: first row.
             stop: row after the last (at most ``num_rows(role, view)``).
-            view: the query view (``vprkit.views``); ``five_crops`` has 5 rows per query.
+            view: the query view (``vprkit.descriptors.views``); ``five_crops`` has 5 rows per query.
 
         Returns:
             ``(stop - start, D)`` float32 descriptors, in row order (a pyramid is formed from

@@ -16,11 +16,10 @@ from collections.abc import Mapping
 
 import h5py
 
-from ..choices import L2_PLACEMENTS
-from ..errors import VprkitError, shown
-from ..pyramid import NO_RULE, RULES
-from ..roles import ROLES
-from .checks import (
+from vprkit.choices import L2_PLACEMENTS, ROLES
+from vprkit.descriptors.pyramid import NO_RULE, RULES
+from vprkit.errors import VprkitError, shown
+from vprkit.store.checks import (
     DAMAGED,
     MAX_CLUSTERS,
     MAX_DEPTH,
@@ -47,7 +46,7 @@ from .checks import (
     sha256_hex,
     text,
 )
-from .format import FORMAT, FORMAT_VERSION, MAX_ATTR_CHARS, PCA_ARRAYS, Header, _json_dict
+from vprkit.store.format import FORMAT, FORMAT_VERSION, MAX_ATTR_CHARS, PCA_ARRAYS, Header, _json_dict
 
 DTYPES = ("float32", "float16")
 AGGREGATION_TYPES = (*RULES, NO_RULE, "ensemble")
@@ -145,7 +144,7 @@ def _shard(value: object, at: Where, counts: Mapping[str, int] | None) -> None:
     assert shard is not None
     count = integer(at.at("count"), get(shard, "count"), 1, MAX_SHARDS)
     integer(at.at("index"), get(shard, "index"), 0, count - 1)
-    if "names_sha256" in shard:  # (merge needs it: vprkit.shards)
+    if "names_sha256" in shard:  # (merge needs it: vprkit.extract.shards)
         sha256_hex(at.at("names_sha256"), shard["names_sha256"])
     for role in ROLES:
         total = MAX_ROWS

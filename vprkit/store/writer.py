@@ -13,17 +13,17 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .. import __version__
-from ..errors import VprkitError
-from ..files import (
+from vprkit import __version__
+from vprkit.choices import ROLES
+from vprkit.descriptors.views import HARD_RESIZE, VIEWS
+from vprkit.errors import VprkitError
+from vprkit.files import (
     RESERVE_SLACK,
     refuse_link,
     require_space,
     reserve,
 )
-from ..roles import ROLES
-from ..views import HARD_RESIZE, VIEWS
-from .format import (
+from vprkit.store.format import (
     FORMAT,
     FORMAT_VERSION,
     HASH_BYTES,

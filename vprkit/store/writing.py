@@ -9,19 +9,19 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import VprkitError
-from ..files import (
+from vprkit.errors import VprkitError
+from vprkit.files import (
     copy_exclusive,
     guarded_write,
     output_lock,
     partial_path,
     require_space,
 )
-from .format import (
+from vprkit.store.format import (
     Header,
 )
-from .reader import DescriptorFile
-from .writer import DescriptorWriter
+from vprkit.store.reader import DescriptorFile
+from vprkit.store.writer import DescriptorWriter
 
 
 class Output:

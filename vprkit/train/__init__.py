@@ -9,16 +9,16 @@ new run may replace),
 ``runlog`` (``train.log``, ``metrics.jsonl``), ``plots`` (``plot_run``), ``recipes`` (named
 presets of ``TrainConfig`` fields), ``mining``, ``neighbours`` (mining's nearest neighbours:
 faiss or torch shortlists, exactly the reference ranking), ``augment``, ``distributed``. Inference is
-``vprkit.inference``'s, shared with extraction; training does not import ``vprkit.extract``.
+``vprkit.extract.inference``'s, shared with extraction; training does not import ``vprkit.extract.split``.
 """
 
-from .augment import PRESETS, build_augmentation, build_preset
-from .checkpoint_io import run_summary
-from .config import OPTIMIZERS, SCHEDULERS, TrainConfig
-from .mining import MINING, TripletSource, mine
-from .recipes import RECIPES, config_from_recipe
-from .steps import triplet_loss
-from .trainer import resume, train
+from vprkit.train.augment import PRESETS, build_augmentation, build_preset
+from vprkit.train.checkpoint_io import run_summary
+from vprkit.train.config import OPTIMIZERS, SCHEDULERS, TrainConfig
+from vprkit.train.mining import MINING, TripletSource, mine
+from vprkit.train.recipes import RECIPES, config_from_recipe
+from vprkit.train.steps import triplet_loss
+from vprkit.train.trainer import resume, train
 
 __all__ = ["MINING", "OPTIMIZERS", "PRESETS", "RECIPES", "SCHEDULERS", "TrainConfig",
            "TripletSource", "build_augmentation", "build_preset", "config_from_recipe", "mine",

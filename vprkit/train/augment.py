@@ -22,7 +22,7 @@ import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 
-from ..errors import VprkitError
+from vprkit.errors import VprkitError
 
 NIGHT: dict[str, dict[str, Any]] = {
     "M1": {"tool": "ColorJitter", "brightness": 1.0, "contrast": 1.0, "saturation": 2.0, "hue": 0.0},

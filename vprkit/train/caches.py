@@ -1,11 +1,11 @@
 """The descriptors a cache refresh mines from: computed once per refresh, in one batched pass over
 the database images and queries that the mining method needs, with the shared inference module
-(``vprkit.inference.dataset_descriptors``: inference mode, float32 even with ``--amp``, so that
+(``vprkit.extract.inference.dataset_descriptors``: inference mode, float32 even with ``--amp``, so that
 mining ranks as without it, the run's memory format),
 from the images exactly as the training steps see them (``steps.training_image``, without
 augmentation), so that the cache holds the descriptors of the network's training forward in
 evaluation mode. The pass runs a copy of the network with its BatchNorm folded into the
-convolutions (``vprkit.inference.fold_batch_norm``: the same descriptors to float rounding, about
+convolutions (``vprkit.extract.inference.fold_batch_norm``: the same descriptors to float rounding, about
 15% faster on a CPU). Several processes compute whole batches each and gather them."""
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import VprkitError
-from ..inference import dataset_descriptors, fold_batch_norm
-from ..models import VPRModel
-from .config import TrainConfig
-from .distributed import Processes
-from .mining import TripletSource
-from .steps import training_image
+from vprkit.errors import VprkitError
+from vprkit.extract.inference import dataset_descriptors, fold_batch_norm
+from vprkit.models import VPRModel
+from vprkit.train.config import TrainConfig
+from vprkit.train.distributed import Processes
+from vprkit.train.mining import TripletSource
+from vprkit.train.steps import training_image
 
 Features = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 

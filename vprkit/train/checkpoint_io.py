@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..datasets import Split
-from ..errors import VprkitError
-from ..models import save_checkpoint
-from ..models.serialization import load_safely
-from .config import TrainConfig
-from .distributed import Processes
-from .validate_run import LAST_KEYS as LAST_KEYS
-from .validate_run import check_fits, check_run_state
+from vprkit.data.datasets import Split
+from vprkit.errors import VprkitError
+from vprkit.models import save_checkpoint
+from vprkit.models.serialization import load_safely
+from vprkit.train.config import TrainConfig
+from vprkit.train.distributed import Processes
+from vprkit.train.validate_run import LAST_KEYS as LAST_KEYS
+from vprkit.train.validate_run import check_fits, check_run_state
 
 
 def _process_seed(seed: int, rank: int, *more: int) -> int:

@@ -14,11 +14,11 @@ from typing import TypeGuard
 
 import numpy as np
 
-from ..choices import AGGREGATIONS, AUGMENT_PRESETS, BACKBONES, DEFAULT_RESIZE, L2_PLACEMENTS, RECIPES
-from ..errors import VprkitError, shown
-from ..inputs import read_bytes
-from ..store.checks import MAX_SIDE, is_int
-from .mining import MINING
+from vprkit.choices import AGGREGATIONS, AUGMENT_PRESETS, BACKBONES, DEFAULT_RESIZE, L2_PLACEMENTS, RECIPES
+from vprkit.errors import VprkitError, shown
+from vprkit.inputs import read_bytes
+from vprkit.store.checks import MAX_SIDE, is_int
+from vprkit.train.mining import MINING
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "asgd")
 SCHEDULERS = ("none", "plateau", "cosine")
@@ -322,10 +322,10 @@ def _check_model(config: TrainConfig, source: Path | None) -> None:
     layers of the sizes vprkit builds)."""
     import torch
 
-    from ..models import ModelConfig
-    from ..models.aggregations import build_aggregation
-    from ..models.backbones import backbone_channels
-    from ..models.validation import check_sizes, validate_model_config
+    from vprkit.models import ModelConfig
+    from vprkit.models.aggregations import build_aggregation
+    from vprkit.models.backbones import backbone_channels
+    from vprkit.models.validation import check_sizes, validate_model_config
 
     record = {name: getattr(config, name) for name in MODEL_FIELDS}
     if source is not None:

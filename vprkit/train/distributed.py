@@ -26,8 +26,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..errors import VprkitError
-from ..world import World
+from vprkit.errors import VprkitError
+from vprkit.extract.world import World
 
 TIMEOUT = timedelta(minutes=30)  # a process that stops answering fails the others after this
 

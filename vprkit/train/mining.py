@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..datasets import EVAL_POSITIVE_RADIUS, TRAIN_POSITIVE_RADIUS, Split, positives_within
-from ..errors import VprkitError
-from .neighbours import Shortlists, reference_nearest
+from vprkit.data.datasets import EVAL_POSITIVE_RADIUS, TRAIN_POSITIVE_RADIUS, Split, positives_within
+from vprkit.errors import VprkitError
+from vprkit.train.neighbours import Shortlists, reference_nearest
 
 MINING = ("partial", "full", "random")
 # full mining computes fast distances query by query, for its own candidates only, when the

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..plotting import integer_ticks, pyplot, save_figure
+from vprkit.report.plotting import integer_ticks, pyplot, save_figure
 
 
 def plot_run(run_dir: Path) -> Path | None:

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import VprkitError
-from .config import TrainConfig
+from vprkit.errors import VprkitError
+from vprkit.train.config import TrainConfig
 
 # name -> {"about": one line citing its source, "fields": TrainConfig fields it sets}
 RECIPES: dict[str, dict[str, Any]] = {

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from ..files import open_append, refuse_link
-from ..progress import console
+from vprkit.files import open_append, refuse_link
+from vprkit.progress import console
 
 
 class RunLog:

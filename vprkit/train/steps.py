@@ -13,13 +13,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import VprkitError
-from ..images import load_image, normalize, resize
-from ..inference import autocast
-from ..progress import progress_bar
-from .config import TrainConfig
-from .distributed import Processes
-from .mining import TripletSource
+from vprkit.data.images import load_image, normalize, resize
+from vprkit.devices import autocast
+from vprkit.errors import VprkitError
+from vprkit.progress import progress_bar
+from vprkit.train.config import TrainConfig
+from vprkit.train.distributed import Processes
+from vprkit.train.mining import TripletSource
 
 
 def training_image(path: Path, size: tuple[int, int] | None, augment=None) -> torch.Tensor:

@@ -56,29 +56,30 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..datasets import Split, load_split
-from ..errors import VprkitError
-from ..files import output_lock, refuse_link, write_text
-from ..inference import half_dtype, resolve_device, sample_local_features
-from ..models import ModelConfig, NetVLAD, VPRModel, build_model
-from ..netvlad_init import init_netvlad
-from .augment import build_augmentation
-from .caches import cache_features
-from .checkpoint_io import LAST_KEYS as LAST_KEYS
-from .checkpoint_io import _dataset_identity, _process_seed, _read_last, _restore, _save
-from .checkpoint_io import run_summary as run_summary
-from .config import OPTIMIZERS as OPTIMIZERS
-from .config import SCHEDULERS as SCHEDULERS
-from .config import TrainConfig
-from .distributed import Processes
-from .mining import TripletSource, mine
-from .plots import plot_run
-from .runlog import Log, RunLog, _drop_partial_line, _Silent
-from .steps import Precision, _train_groups, build_optimizer, build_scheduler
-from .steps import TripletImages as TripletImages
-from .steps import triplet_loss as triplet_loss
-from .validate_run import check_config_fits, stale_files
-from .validation import _inference_options, validate
+from vprkit.data.datasets import Split, load_split
+from vprkit.devices import half_dtype, resolve_device
+from vprkit.errors import VprkitError
+from vprkit.extract.clusters import init_netvlad
+from vprkit.extract.inference import sample_local_features
+from vprkit.files import output_lock, refuse_link, write_text
+from vprkit.models import ModelConfig, NetVLAD, VPRModel, build_model
+from vprkit.train.augment import build_augmentation
+from vprkit.train.caches import cache_features
+from vprkit.train.checkpoint_io import LAST_KEYS as LAST_KEYS
+from vprkit.train.checkpoint_io import _dataset_identity, _process_seed, _read_last, _restore, _save
+from vprkit.train.checkpoint_io import run_summary as run_summary
+from vprkit.train.config import OPTIMIZERS as OPTIMIZERS
+from vprkit.train.config import SCHEDULERS as SCHEDULERS
+from vprkit.train.config import TrainConfig
+from vprkit.train.distributed import Processes
+from vprkit.train.mining import TripletSource, mine
+from vprkit.train.plots import plot_run
+from vprkit.train.runlog import Log, RunLog, _drop_partial_line, _Silent
+from vprkit.train.steps import Precision, _train_groups, build_optimizer, build_scheduler
+from vprkit.train.steps import TripletImages as TripletImages
+from vprkit.train.steps import triplet_loss as triplet_loss
+from vprkit.train.validate_run import check_config_fits, stale_files
+from vprkit.train.validation import _inference_options, validate
 
 
 def _init_model(config: TrainConfig, source: TripletSource, device, log: Log,

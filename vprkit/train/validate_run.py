@@ -19,11 +19,11 @@ from typing import NoReturn
 import numpy as np
 import torch
 
-from ..datasets import Split
-from ..errors import VprkitError, shown
-from ..store.checks import is_int
-from .config import TrainConfig, is_number, shown_value
-from .mining import TripletSource
+from vprkit.data.datasets import Split
+from vprkit.errors import VprkitError, shown
+from vprkit.store.checks import is_int
+from vprkit.train.config import TrainConfig, is_number, shown_value
+from vprkit.train.mining import TripletSource
 
 # the keys of every last.pth
 LAST_KEYS = ("model_state_dict", "optimizer_state_dict", "rng_numpy", "rng_torch", "state")

@@ -1,5 +1,5 @@
 """Validation descriptors in memory (split among the processes, computed as ``vprkit extract``
-computes them, in float32) and validation Recall@N; inference itself is ``vprkit.inference``'s,
+computes them, in float32) and validation Recall@N; inference itself is ``vprkit.extract.inference``'s,
 as for extraction. The caches are ``vprkit.train.caches``'."""
 
 from __future__ import annotations
@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..datasets import EVAL_POSITIVE_RADIUS, Split
-from ..evaluate import recall_at_n
-from ..inference import InferenceOptions, compute_descriptors
-from ..models import VPRModel
-from ..search import blocked_search
-from .caches import shared_rows
-from .config import TrainConfig
-from .distributed import Processes
+from vprkit.data.datasets import EVAL_POSITIVE_RADIUS, Split
+from vprkit.evaluate.evaluation import recall_at_n
+from vprkit.extract.inference import InferenceOptions, compute_descriptors
+from vprkit.models import VPRModel
+from vprkit.search.exact import blocked_search
+from vprkit.train.caches import shared_rows
+from vprkit.train.config import TrainConfig
+from vprkit.train.distributed import Processes
 
 
 def validate(model: VPRModel, split: Split, config: TrainConfig, device,

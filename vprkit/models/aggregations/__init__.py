@@ -3,7 +3,7 @@
 To add an aggregation ``foo``, write ``vprkit/models/aggregations/foo.py`` holding one subclass
 of ``base.Aggregation`` (or ``base.ShallowAggregation`` for a pooling layer that takes the
 benchmark's ``--l2``) whose ``name = "foo"``; it declares its output dimension, its pyramid rule
-(a rule of ``vprkit.pyramid`` and its parameters, or none), how its checkpoint keys are
+(a rule of ``vprkit.descriptors.pyramid`` and its parameters, or none), how its checkpoint keys are
 recognised, and how it is built. ``build_aggregation``, checkpoint loading, extraction and the
 command line read everything from here (``vprkit.choices`` mirrors the names, checked by tests).
 
@@ -13,7 +13,7 @@ its parameter names (``aggregation.1.p`` for GeM, ``aggregation.centroids`` and
 
 The multi-scale pyramid: each layer's ``forward_with_stats`` returns, besides the descriptor, the
 small per-image statistics its pyramid rule needs, so that the pyramid of ANY subset of stored
-scales can later be formed from descriptors alone (``vprkit.pyramid``), without the network.
+scales can later be formed from descriptors alone (``vprkit.descriptors.pyramid``), without the network.
 """
 
 from __future__ import annotations
@@ -24,9 +24,16 @@ import pkgutil
 
 import torch
 
-from ...errors import VprkitError
-from ...pyramid import pyramid, stat_names  # noqa: F401  (re-exported)
-from .base import L2_PLACEMENTS, Aggregation, Flatten, L2Norm, ShallowAggregation, WithFC
+from vprkit.descriptors.pyramid import pyramid, stat_names  # noqa: F401  (re-exported)
+from vprkit.errors import VprkitError
+from vprkit.models.aggregations.base import (
+    L2_PLACEMENTS,
+    Aggregation,
+    Flatten,
+    L2Norm,
+    ShallowAggregation,
+    WithFC,
+)
 
 _SKIP = {"base"}
 AGGREGATIONS: tuple[str, ...] = tuple(sorted(

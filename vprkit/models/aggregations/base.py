@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...errors import VprkitError
-from ...pyramid import NO_RULE, stat_spec
+from vprkit.descriptors.pyramid import NO_RULE, stat_spec
+from vprkit.errors import VprkitError
 
 L2_PLACEMENTS = ("before_pool", "after_pool", "none")  # the benchmark's --l2; default first
 
@@ -46,7 +46,7 @@ class Aggregation(nn.Module):
         name: the ``--aggregation`` name; it must equal the module's name.
         help: one line for the documentation.
         uses_l2: the benchmark's ``--l2`` placement applies (shallow pooling layers).
-        pyramid_rule: the ``vprkit.pyramid`` rule (None: no pyramid of stored scales).
+        pyramid_rule: the ``vprkit.descriptors.pyramid`` rule (None: no pyramid of stored scales).
 
     Subclasses implement ``build``, ``output_dim``, ``recognise`` and, with a pyramid rule,
     ``forward_with_stats`` and ``pyramid_params``.

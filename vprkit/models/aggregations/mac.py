@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import ShallowAggregation
+from vprkit.models.aggregations.base import ShallowAggregation
 
 
 class _MaxPool(nn.Module):

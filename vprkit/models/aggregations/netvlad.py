@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...errors import VprkitError
-from .base import Aggregation
+from vprkit.errors import VprkitError
+from vprkit.models.aggregations.base import Aggregation
 
 
 class NetVLAD(Aggregation):

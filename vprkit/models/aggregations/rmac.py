@@ -10,7 +10,7 @@ import math
 import torch
 from torch import nn
 
-from .base import ShallowAggregation
+from vprkit.models.aggregations.base import ShallowAggregation
 
 OVERLAP = 0.4  # wanted overlap of neighbouring regions
 STEPS = (2, 3, 4, 5, 6, 7)  # candidate numbers of regions along the long side

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import ShallowAggregation
+from vprkit.models.aggregations.base import ShallowAggregation
 
 
 class _MeanPool(nn.Module):

@@ -18,8 +18,8 @@ import pkgutil
 import torch
 from torch import nn
 
-from ...errors import VprkitError
-from .base import REGISTRY, BackboneSpec, register
+from vprkit.errors import VprkitError
+from vprkit.models.backbones.base import REGISTRY, BackboneSpec, register
 
 # module name -> the backbones it registered (in order), which its NAMES must declare
 REGISTERED_BY: dict[str, tuple[str, ...]] = {}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import BackboneSpec, freeze, register, torchvision_model
+from vprkit.models.backbones.base import BackboneSpec, freeze, register, torchvision_model
 
 NAMES = ("alexnet",)  # what this module registers (vprkit.choices reads it without importing)
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ...errors import VprkitError
-from ..serialization import load_safely
+from vprkit.errors import VprkitError
+from vprkit.models.serialization import load_safely
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ import io
 import torch
 from torch import nn
 
-from ...errors import VprkitError
-from .base import BackboneSpec, freeze, load_weights_file, register
+from vprkit.errors import VprkitError
+from vprkit.models.backbones.base import BackboneSpec, freeze, load_weights_file, register
 
 NAMES = ("efficientnet_lite0",)  # what this module registers (read by vprkit.choices unimported)
 

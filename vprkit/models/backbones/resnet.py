@@ -7,7 +7,7 @@ from functools import partial
 
 from torch import nn
 
-from .base import BackboneSpec, freeze, register, torchvision_model
+from vprkit.models.backbones.base import BackboneSpec, freeze, register, torchvision_model
 
 # what this module registers, ARCH + conv4|conv5 (vprkit.choices reads it without importing)
 NAMES = ("resnet18conv4", "resnet18conv5", "resnet50conv4", "resnet50conv5", "resnet101conv4",

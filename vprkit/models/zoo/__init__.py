@@ -16,8 +16,8 @@ import pkgutil
 import torch
 from torch import nn
 
-from ...errors import VprkitError
-from .base import REGISTRY, ZooSpec, register
+from vprkit.errors import VprkitError
+from vprkit.models.zoo.base import REGISTRY, ZooSpec, register
 
 _LOADED = False
 
@@ -83,8 +83,7 @@ class ZooNetwork(nn.Module):
         self.backbone = self.spec.build()
         self.aggregation = _NoPyramid(self.spec.name)
         if config.checkpoint:
-            from ..serialization import load_safely
-
+            from vprkit.models.serialization import load_safely
             state = load_safely(config.checkpoint, "checkpoint")
             try:
                 self.spec.load_state_dict(self.backbone, state)

@@ -52,9 +52,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from ...errors import VprkitError
-from . import dinov2
-from .base import ZooSpec, register, strict_load, strip_prefix
+from vprkit.errors import VprkitError
+from vprkit.models.zoo import dinov2
+from vprkit.models.zoo.base import ZooSpec, register, strict_load, strip_prefix
 
 RELEASE = "https://github.com/amaralibey/Bag-of-Queries/releases/download/v1.0/"
 PATCH = dinov2.PATCH_SIZE

@@ -25,10 +25,10 @@ import torch
 import torchvision
 from torch import nn
 
-from ...errors import VprkitError
-from ..aggregations.base import Flatten, L2Norm
-from ..aggregations.gem import GeMPool
-from .base import REGISTRY, ZooSpec, register, strict_load, strip_prefix
+from vprkit.errors import VprkitError
+from vprkit.models.aggregations.base import Flatten, L2Norm
+from vprkit.models.aggregations.gem import GeMPool
+from vprkit.models.zoo.base import REGISTRY, ZooSpec, register, strict_load, strip_prefix
 
 # upstream's backbone names -> (torchvision constructor, channels of the last conv, table name)
 BACKBONES: dict[str, tuple[str, int, str]] = {

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...errors import VprkitError
+from vprkit.errors import VprkitError
 
 PATCH_SIZE = 14
 EMBED_DIM = 768

@@ -6,7 +6,7 @@ robustness. Every network released on upstream's torch.hub (``gmberton/eigenplac
 
 from __future__ import annotations
 
-from .cosplace import register_family
+from vprkit.models.zoo.cosplace import register_family
 
 # EigenPlaces' hubconf.py AVAILABLE_TRAINED_MODELS (its README lists ResNet-50 and ResNet-101
 # without 1024, the hub with it; no ResNet-152 is released although the code builds one)

@@ -35,10 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...errors import VprkitError
-from .base import ZooSpec, register
-from .dinov2 import PATCH_SIZE, DinoV2Backbone, build_dinov2_vitb14
-from .salad import SaladAggregator, load_backbone_and_head
+from vprkit.errors import VprkitError
+from vprkit.models.zoo.base import ZooSpec, register
+from vprkit.models.zoo.dinov2 import PATCH_SIZE, DinoV2Backbone, build_dinov2_vitb14
+from vprkit.models.zoo.salad import SaladAggregator, load_backbone_and_head
 
 
 class MegaLocAggregator(nn.Module):

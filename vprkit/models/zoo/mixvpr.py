@@ -44,8 +44,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from ...errors import VprkitError
-from .base import ZooSpec, register, strict_load, strip_prefix
+from vprkit.errors import VprkitError
+from vprkit.models.zoo.base import ZooSpec, register, strict_load, strip_prefix
 
 SIZE = (320, 320)
 GRID = (20, 20)  # layer3's map at 320 x 320 (stride 16)

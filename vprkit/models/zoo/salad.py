@@ -42,9 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...errors import VprkitError
-from .base import ZooSpec, register, strict_load
-from .dinov2 import DinoV2Backbone, build_dinov2_vitb14, load_dinov2_state
+from vprkit.errors import VprkitError
+from vprkit.models.zoo.base import ZooSpec, register, strict_load
+from vprkit.models.zoo.dinov2 import DinoV2Backbone, build_dinov2_vitb14, load_dinov2_state
 
 SINKHORN_ITERATIONS = 3  # upstream's log_optimal_transport(p, dust_bin, 3)
 

@@ -1,0 +1,1 @@
+"""Datasets in the benchmark layout, images, importing own photos, generated data."""

@@ -1,0 +1,163 @@
+"""The report's statistics: intervals in its tables, curves of the top-1 answers, paired tests.
+
+``vprkit report`` uses these for every evaluation file whose rows carry them (``vprkit evaluate``
+writes them; older files simply lack them):
+
+- ``row_problem``: what is wrong with a row's statistics fields, for one clear error line;
+- ``recall_cell`` / ``curve_cells``: Recall@N as ``67.6 ±4.3`` and the AUC-PR and R@100%P;
+- ``plot_statistics``: one figure of three panels per file: the precision-recall curves of the
+  top-1 answers, R@1 against the threshold in metres, and a histogram of the top-1 errors;
+- ``comparison_lines``: a markdown table of paired comparisons (``vprkit.evaluate.compare``), each row
+  against its baseline: the first row of the same descriptor file (another scale or pyramid of
+  it), else the first row on the same queries.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from vprkit.errors import VprkitError, shown
+from vprkit.evaluate.compare import compare_rows, row_label
+from vprkit.evaluate.statistics import QueryOutcomes, precision_recall
+from vprkit.report.plotting import pyplot, save_figure
+
+CURVE_METRES = np.geomspace(1, 1000, 61)  # thresholds of the R@1-vs-metres curve
+
+
+def _number(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and np.isfinite(value)
+
+
+def row_problem(row: dict) -> str | None:
+    """What is wrong with the statistics fields of an evaluation row (all optional), or None."""
+    ci = row.get("recall_ci")
+    if ci is not None:
+        if not isinstance(ci, dict) or not all(
+                isinstance(v, list) and len(v) == 2 and all(_number(x) for x in v)
+                for v in ci.values()):
+            return "'recall_ci' is not an object of N -> [low, high]"
+    for key in ("auc_pr", "recall_at_full_precision"):
+        if row.get(key) is not None and not _number(row[key]):
+            return f"{key!r} is {shown(json.dumps(row[key]))[:40]}, not a number"
+    by_metres = row.get("recall_at_thresholds")
+    if by_metres is not None and not (isinstance(by_metres, dict)
+                                      and all(_number(v) for v in by_metres.values())):
+        return "'recall_at_thresholds' is not an object of metres -> R@1 (%)"
+    return None
+
+
+def recall_cell(row: dict, n: str) -> str:
+    """Recall@n of a row, with half its interval where the row has one."""
+    ci = (row.get("recall_ci") or {}).get(n)
+    value = row["recalls"][n]
+    return f"{value:.1f}" if ci is None else f"{value:.1f} ±{(ci[1] - ci[0]) / 2:.1f}"
+
+
+def has_curves(rows: list[dict]) -> bool:
+    """Whether any row carries the precision-recall summaries."""
+    return any(r.get("recall_at_full_precision") is not None for r in rows)
+
+
+def curve_cells(row: dict) -> list[str]:
+    """The AUC-PR and recall at 100% precision cells of a row (``-`` where absent)."""
+    auc, full = row.get("auc_pr"), row.get("recall_at_full_precision")
+    return ["-" if auc is None else f"{auc:.3f}", "-" if full is None else f"{full:.1f}"]
+
+
+def _outcomes(row: dict, where: str) -> QueryOutcomes | None:
+    if row.get("per_query") is None:
+        return None
+    return QueryOutcomes.from_dict(row["per_query"], where)
+
+
+def plot_statistics(rows: list[dict], out: Path, title: str, where: str) -> Path | None:
+    """Precision-recall, R@1-vs-metres and top-1 error panels of the rows with per-query
+    outcomes; None when none has them (or matplotlib is missing)."""
+    pairs = [(r, o) for i, r in enumerate(rows, start=1)
+             if (o := _outcomes(r, f"{where} row {i}")) is not None]
+    plt = pyplot()
+    if not pairs or plt is None:
+        return None
+    fig, (ax_pr, ax_t, ax_h) = plt.subplots(1, 3, figsize=(15, 4.2))
+    top = max(float(o.top1_metres.max()) for _, o in pairs)
+    bins = np.geomspace(0.5, max(top, 1000.0) * 1.01, 40)
+    for row, o in pairs:
+        label = row_label(row).replace("$", "\\$")
+        curve = precision_recall(o, row.get("unmatched") == "dropped")
+        ax_pr.plot(curve.recall, curve.precision, label=label)
+        ax_t.plot(CURVE_METRES, [np.mean(o.top1_metres <= t) * 100 for t in CURVE_METRES],
+                  label=label)
+        ax_h.hist(np.maximum(o.top1_metres, 0.5), bins=bins, histtype="step", label=label)
+    ax_pr.set(xlabel="recall (share of right top-1 answers accepted)", ylabel="precision",
+              title="precision-recall of the top-1 answers", xlim=(0, 1.02), ylim=(0, 1.02))
+    threshold = rows[0]["threshold"]
+    ax_t.axvline(threshold, color="grey", linestyle=":", linewidth=1)
+    ax_t.set(xscale="log", xlabel="threshold (m)", ylabel="R@1 (%)",
+             title="R@1 against the threshold")
+    ax_h.axvline(threshold, color="grey", linestyle=":", linewidth=1)
+    ax_h.set(xscale="log", xlabel="top-1 error (m; below 0.5 m shown at 0.5)",
+             ylabel="queries", title="top-1 errors")
+    ax_pr.legend(fontsize=6)
+    fig.suptitle(title.replace("$", "\\$"), fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, out)
+
+
+def baseline_index(rows: list[dict], i: int) -> int | None:
+    """The row that row ``i`` is compared with: the first earlier row of the same file, else the
+    first earlier row on the same queries; None for a row that is its own baseline."""
+    key = (rows[i].get("per_query") or {}).get("queries_sha256")
+    same_queries = [j for j in range(i)
+                    if (rows[j].get("per_query") or {}).get("queries_sha256") == key]
+    same_file = [j for j in same_queries if rows[j]["file"] == rows[i]["file"]]
+    candidates = same_file or same_queries
+    return candidates[0] if candidates else None
+
+
+def comparison_lines(rows: list[dict], where: str, resamples: int | None = None) -> list[str]:
+    """A markdown table of each row with per-query outcomes against its ``baseline_index``."""
+    if not any(r.get("per_query") for r in rows):
+        return []
+    lines = []
+    ns = list(rows[0]["recalls"])
+    for i, row in enumerate(rows):
+        if row.get("per_query") is None:
+            continue
+        j = baseline_index(rows, i)
+        if j is None:
+            continue
+        boot = row.get("bootstrap") or {}
+        try:
+            c = compare_rows(rows[j], row, resamples if resamples is not None else
+                             int(boot.get("resamples", 1000)), int(boot.get("seed", 0)),
+                             where=(f"{where} row {j + 1}", f"{where} row {i + 1}"))
+        except VprkitError as err:
+            raise VprkitError(f"cannot compare the rows of {where}: {err}") from None
+        deltas = {str(d.n): d for d in c.differences}
+        cells = []
+        for n in ns:
+            d = deltas.get(n)
+            cells.append("-" if d is None else f"{d.difference:+.1f}" + (
+                "" if d.low is None else f" [{d.low:+.1f}, {d.high:+.1f}]")
+                + (" **clear**" if d.clear else ""))
+        lines.append(f"| {_cell(c.b)} | {_cell(c.a)} | " + " | ".join(cells)
+                     + f" | {c.only_b} / {c.only_a} | {c.p_value:.3g} | "
+                     + ("**yes**" if c.clear_at_1 else "no") + " |")
+    if not lines:
+        return []
+    head = ["Paired comparisons: each row against the first row of the same file (another scale "
+            "or pyramid), else the first row on the same queries; differences in points with "
+            "their 95% paired bootstrap interval; McNemar's exact test on R@1 (queries right "
+            "only with the row / only with its baseline); clear: the interval leaves out 0 "
+            "and, at R@1, p < 0.05.", "",
+            "| row | baseline | " + " | ".join(f"ΔR@{n}" for n in ns)
+            + " | right only (row / baseline) | McNemar p | R@1 clear at 95% |",
+            "| --- | --- | " + " | ".join("---:" for _ in ns) + " | ---: | ---: | --- |"]
+    return head + lines
+
+
+def _cell(value) -> str:
+    return shown(value).replace("|", "\\|")
