@@ -1,4 +1,5 @@
-"""``writing``: the whole write sequence of a descriptor file (lock, partial, finalise)."""
+"""The whole write sequence of a descriptor file (lock, partial, finalise): ``writing`` and its
+``Output``."""
 
 from __future__ import annotations
 
