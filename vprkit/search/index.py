@@ -112,7 +112,7 @@ def on_device(index: faiss.Index, device, nprobe: int) -> tuple[faiss.Index, str
         if str(device) != "auto":
             warnings.warn("this faiss has no GPU support (faiss-cpu): the --index search runs "
                           "on the CPU; install a faiss GPU build for it to run on the GPU "
-                          "(see README, 'GPU search')", stacklevel=2)
+                          "(see the docs: guides/scale, 'Search and k-means on a GPU')", stacklevel=2)
         return index, "CPU"
     try:
         resources = faiss.StandardGpuResources()
