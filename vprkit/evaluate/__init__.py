@@ -17,6 +17,7 @@ _EXPORTS = {
     "compare_rows": "vprkit.evaluate.compare",
     "comparisons_json": "vprkit.evaluate.compare",
     "evaluate_file": "vprkit.evaluate.evaluation",
+    "load_results": "vprkit.evaluate.results",
     "load_rows": "vprkit.evaluate.compare",
     "model_label": "vprkit.evaluate.evaluation",
     "parse_recalls": "vprkit.evaluate.evaluation",
@@ -35,6 +36,7 @@ __all__ = [
     "compare_rows",
     "comparisons_json",
     "evaluate_file",
+    "load_results",
     "load_rows",
     "model_label",
     "parse_recalls",
@@ -62,4 +64,4 @@ if TYPE_CHECKING:
         parse_recalls,
         recall_at_n,
     )
-    from vprkit.evaluate.results import EvaluationResult, Ranking, results_json
+    from vprkit.evaluate.results import EvaluationResult, Ranking, load_results, results_json

@@ -20,7 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from vprkit.descriptors.views import HARD_RESIZE
 from vprkit.errors import VprkitError, shown
+from vprkit.evaluate.results import EvaluationResult, load_results
 from vprkit.evaluate.statistics import (
     DEFAULT_LEVEL,
     DEFAULT_RESAMPLES,
@@ -119,47 +121,61 @@ class Comparison:
         }
 
 
-def row_label(row: dict) -> str:
+def _result(row: EvaluationResult | dict, where: str) -> EvaluationResult:
+    """``row`` as an ``EvaluationResult`` (a dict is read as a row of ``vprkit evaluate --json``)."""
+    return row if isinstance(row, EvaluationResult) else EvaluationResult.from_dict(row, where)
+
+
+def row_label(row: EvaluationResult | dict) -> str:
     """``file [scale]`` (and the test method when it is not hard_resize) of an evaluation row."""
-    method = row.get("test_method", "hard_resize")
-    return f"{Path(str(row['file'])).name} [{row['scale']}]" + \
-        ("" if method == "hard_resize" else f" {method}")
+    result = _result(row, "the row")
+    return f"{Path(result.file).name} [{result.scale}]" + \
+        ("" if result.test_method == HARD_RESIZE else f" {result.test_method}")
 
 
-def compare_rows(a: dict, b: dict, resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
+def _outcomes(row: EvaluationResult, where: str) -> QueryOutcomes:
+    if row.outcomes is None:
+        raise VprkitError(f"{where} has no per-query outcomes (written by an older vprkit "
+                          "evaluate?): evaluate the file again with this version")
+    return row.outcomes
+
+
+def compare_rows(a: EvaluationResult | dict, b: EvaluationResult | dict,
+                 resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
                  level: float = DEFAULT_LEVEL, where: tuple[str, str] = ("row a", "row b"),
                  ) -> Comparison:
-    """Row ``b`` against row ``a`` (two rows of ``vprkit evaluate --json``, as dicts)."""
+    """Row ``b`` against row ``a`` (two evaluation results with their outcomes, or their
+    ``to_dict()`` form); ``where`` names them in errors."""
     check_seed(seed)
-    oa = QueryOutcomes.from_dict(a.get("per_query"), where[0])
-    ob = QueryOutcomes.from_dict(b.get("per_query"), where[1])
+    ra, rb = _result(a, where[0]), _result(b, where[1])
+    oa, ob = _outcomes(ra, where[0]), _outcomes(rb, where[1])
     same_queries(oa, ob)
-    if a.get("threshold") != b.get("threshold"):
-        raise VprkitError(f"{where[0]} counts positives within {a.get('threshold')} m and "
-                          f"{where[1]} within {b.get('threshold')} m: compare rows of one threshold")
-    ns = [int(n) for n in a["recalls"] if n in b["recalls"]]
+    if ra.threshold != rb.threshold:
+        raise VprkitError(f"{where[0]} counts positives within {ra.threshold:g} m and "
+                          f"{where[1]} within {rb.threshold:g} m: compare rows of one threshold")
+    ns = [n for n in ra.recalls if n in rb.recalls]
     if not ns:
         raise VprkitError(f"{where[0]} and {where[1]} share no N of Recall@N")
     intervals = paired_bootstrap(oa, ob, ns, resamples, seed, level)
     ha, hb = oa.hits(ns), ob.hits(ns)
     differences = []
     for j, n in enumerate(ns):
-        ra, rb = float(ha[:, j].mean() * 100), float(hb[:, j].mean() * 100)
+        ra_n, rb_n = float(ha[:, j].mean() * 100), float(hb[:, j].mean() * 100)
         low, high = intervals.get(n, (None, None))
-        differences.append(Difference(n, ra, rb, rb - ra, low, high))
+        differences.append(Difference(n, ra_n, rb_n, rb_n - ra_n, low, high))
     only_a, only_b, p = mcnemar_exact(oa.first_positive_rank == 1, ob.first_positive_rank == 1)
-    return Comparison(row_label(a), row_label(b), len(oa), differences, only_a, only_b, p, level,
-                      resamples, seed)
+    return Comparison(row_label(ra), row_label(rb), len(oa), differences, only_a, only_b, p,
+                      level, resamples, seed)
 
 
-def load_rows(paths: Sequence[str | Path]) -> list[tuple[str, dict]]:
-    """Every row of the given ``vprkit evaluate --json`` files, in order, with where it is."""
-    from vprkit.report.markdown import _load_evaluation
+def load_rows(paths: Sequence[str | Path]) -> list[tuple[str, EvaluationResult]]:
+    """Every row of the given ``vprkit evaluate --json`` files, in order, with where it is
+    (``"a.json row 2"``)."""
     rows = []
     for path in map(Path, paths):
         if not path.is_file():
             raise VprkitError(f"{shown(path)} does not exist or is not a file")
-        for i, row in enumerate(_load_evaluation(path), start=1):
+        for i, row in enumerate(load_results(path), start=1):
             rows.append((f"{shown(path)} row {i}", row))
     return rows
 

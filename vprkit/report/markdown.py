@@ -9,13 +9,24 @@ and validation R@5 per epoch of every run. Nobody copies numbers by hand.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import re
 from pathlib import Path
 
 from vprkit.errors import VprkitError, shown
+from vprkit.evaluate.results import EvaluationResult, load_results
+from vprkit.evaluate.schema import (
+    NUMBER,
+    TEXT,
+    Key,
+    ListOf,
+    Mismatch,
+    Table,
+    integer,
+    parse_json,
+    type_name,
+)
+from vprkit.evaluate.statistics import threshold_label
 from vprkit.files import write_text
 from vprkit.inputs import DATA_LIMIT, NOTES_LIMIT, read_text
 from vprkit.report.plotting import integer_ticks, pyplot, save_figure
@@ -25,7 +36,6 @@ from vprkit.report.statistics import (
     has_curves,
     plot_statistics,
     recall_cell,
-    row_problem,
 )
 
 
@@ -70,117 +80,40 @@ def _slug(label: str, taken: set[str]) -> str:
     return slug
 
 
-def _parse_json(text: str, where: str):
-    try:
-        return json.loads(text)
-    except RecursionError:
-        raise VprkitError(f"{where}: JSON nested too deeply") from None
-    except ValueError as err:  # JSONDecodeError, and integers too long to convert
-        raise VprkitError(f"{where}: not valid JSON ({shown(err)})") from None
-
-
-def _is_number(value) -> bool:
-    """A finite JSON number (not a boolean, not NaN or infinity)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(float(value))
-    except OverflowError:
-        return False
-
-
-def _is_count(value, least: int = 0) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= least
-
-
-def _type_name(value) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
-            type(None): "null"}.get(type(value), "a number")
-
-
-def _evaluation_row_problem(row, ns: list[str] | None) -> str | None:
-    """What is wrong with one row of 'vprkit evaluate --json' output, or None."""
-    if not isinstance(row, dict):
-        return f"is {_type_name(row)}, not an object"
-    for key in ("file", "scale", "recalls", "queries", "database", "dim", "threshold"):
-        if key not in row:
-            return f"has no {key!r}"
-    for key in ("file", "scale"):
-        if not isinstance(row[key], str) or not row[key]:
-            return f"{key!r} is {_type_name(row[key])}, not a non-empty string"
-    for key in ("model", "dataset", "search"):
-        if key in row and not isinstance(row[key], str):
-            return f"{key!r} is {_type_name(row[key])}, not a string"
-    for key, least in (("queries", 1), ("database", 1), ("dim", 1)):
-        if not _is_count(row[key], least):
-            return f"{key!r} is {shown(json.dumps(row[key]))[:40]}, not an integer >= {least}"
-    if not _is_number(row["threshold"]) or row["threshold"] <= 0:
-        return f"'threshold' is {shown(json.dumps(row['threshold']))[:40]}, not a positive number"
-    return _recalls_problem(row["recalls"], ns) or row_problem(row)
-
-
-def _recalls_problem(recalls, ns: list[str] | None) -> str | None:
-    """What is wrong with a row's ``recalls`` (N -> Recall@N %), or None."""
-    if not isinstance(recalls, dict) or not recalls:
-        return f"'recalls' is {_type_name(recalls)}, not an object of N -> Recall@N (%)"
-    for n, value in recalls.items():
-        if not (n.isascii() and n.isdigit() and n[0] != "0"):
-            return f"'recalls' has the key {shown(repr(n))[:40]}, not an integer N >= 1"
-        if not _is_number(value) or not 0 <= value <= 100:
-            return f"Recall@{n} is {shown(json.dumps(value))[:40]}, not a percentage (0..100)"
-    if ns is not None and list(recalls) != ns:
-        return f"'recalls' has N = {', '.join(recalls)}, other rows {', '.join(ns)}"
-    return None
-
-
-def _load_evaluation(path: Path) -> list[dict]:
-    where = shown(path)
-    rows = _parse_json(read_text(path, "evaluation JSON", DATA_LIMIT), f"evaluation JSON {where}")
-    expected = f"{where} is not the JSON that 'vprkit evaluate --json' writes"
-    if not isinstance(rows, list):
-        raise VprkitError(f"{expected}: {_type_name(rows)}, not a list of rows")
-    if not rows:
-        raise VprkitError(f"{expected}: an empty list, no rows")
-    for i, row in enumerate(rows, start=1):
-        problem = _evaluation_row_problem(row, list(rows[0]["recalls"]) if i > 1 else None)
-        if problem:
-            raise VprkitError(f"{expected}: row {i} {problem}")
-    return rows
-
-
-RUN_CONFIG_KEYS = {"backbone": str, "aggregation": str, "optimizer": str, "lr": float,
-                   "weight_decay": float, "scheduler": str, "augment": list}
+# what the report reads of a training run (``vprkit.evaluate.schema`` kinds)
+RUN_CONFIG = (("backbone", TEXT), ("aggregation", TEXT), ("optimizer", TEXT), ("lr", NUMBER),
+              ("weight_decay", NUMBER), ("scheduler", TEXT),
+              ("augment", ListOf("a list of strings", TEXT)))
+EPOCH = integer(0)
+VAL_RECALLS = Table("an object of N -> Recall@N (%)", Key("a key", str), NUMBER, "Recall@{key}")
 
 
 def _check_run_config(config, where: str) -> dict:
     if not isinstance(config, dict):
-        raise VprkitError(f"{where}: {_type_name(config)}, not an object of settings")
-    for key, kind in RUN_CONFIG_KEYS.items():
+        raise VprkitError(f"{where}: {type_name(config)}, not an object of settings")
+    for key, kind in RUN_CONFIG:
         if key not in config:
             raise VprkitError(f"{where}: no {key!r} (not written by 'vprkit train'?)")
-        value = config[key]
-        if kind is str and not isinstance(value, str):
-            raise VprkitError(f"{where}: {key!r} is {_type_name(value)}, not a string")
-        if kind is float and not _is_number(value):
-            raise VprkitError(f"{where}: {key!r} is {shown(json.dumps(value))[:40]}, not a number")
-        if kind is list and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-            raise VprkitError(f"{where}: {key!r} is not a list of strings")
+        try:
+            kind.read(config[key], repr(key))
+        except Mismatch as err:
+            raise VprkitError(f"{where}: {err}") from None
     return config
 
 
 def _metric_row_problem(row) -> str | None:
     if not isinstance(row, dict):
-        return f"is {_type_name(row)}, not an object"
+        return f"is {type_name(row)}, not an object"
     if "val_recalls" not in row:
         return None
-    if not _is_count(row.get("epoch")):
+    try:
+        EPOCH.read(row.get("epoch"), "'epoch'")
+    except Mismatch:
         return "has validation recalls without an integer 'epoch' >= 0"
-    recalls = row["val_recalls"]
-    if not isinstance(recalls, dict):
-        return f"'val_recalls' is {_type_name(recalls)}, not an object of N -> Recall@N (%)"
-    for n, value in recalls.items():
-        if not _is_number(value):
-            return f"Recall@{shown(n)[:20]} is {shown(json.dumps(value))[:40]}, not a number"
+    try:
+        VAL_RECALLS.read(row["val_recalls"], "'val_recalls'")
+    except Mismatch as err:
+        return str(err)
     return None
 
 
@@ -192,12 +125,12 @@ def _load_run(folder: Path) -> dict:
                           "(no config.json/metrics.jsonl)")
     where = f"run configuration {shown(config)}"
     text = read_text(config, "run configuration", DATA_LIMIT)
-    settings = _check_run_config(_parse_json(text, where), where)
+    settings = _check_run_config(parse_json(text, where), where)
     rows = []
     for number, line in enumerate(read_text(metrics, "run metrics", DATA_LIMIT).split("\n"), start=1):
         if not line.strip():
             continue
-        row = _parse_json(line, f"{shown(metrics)} line {number}")
+        row = parse_json(line, f"{shown(metrics)} line {number}")
         problem = _metric_row_problem(row)
         if problem:
             raise VprkitError(f"{shown(metrics)} line {number} {problem}")
@@ -207,38 +140,37 @@ def _load_run(folder: Path) -> dict:
             "loss": [r for r in rows if "loss" in r]}
 
 
-def _recall_table(rows: list[dict]) -> list[str]:
-    ns = list(rows[0]["recalls"])
+def _recall_table(rows: list[EvaluationResult]) -> list[str]:
+    ns = list(rows[0].recalls)
     curves = has_curves(rows)
     extra = ["AUC-PR", "R@100%P"] if curves else []
     lines = ["| file | model | scale | dim | " + " | ".join([f"R@{n}" for n in ns] + extra) + " |",
              "| --- | --- | --- | ---: | " + " | ".join("---:" for _ in ns + extra) + " |"]
     for r in rows:
-        lines.append(f"| {_cell(Path(r['file']).name)} | {_cell(r.get('model', ''))} | {_cell(r['scale'])} "
-                     f"| {r['dim']} | "
+        lines.append(f"| {_cell(Path(r.file).name)} | {_cell(r.model)} | {_cell(r.scale)} "
+                     f"| {r.dim} | "
                      + " | ".join([recall_cell(r, n) for n in ns]
                                   + (curve_cells(r) if curves else [])) + " |")
-    counts = {r.get("dataset", ""): (r["queries"], r["database"]) for r in rows}
+    counts = {r.dataset: (r.queries, r.database) for r in rows}
     lines.append("")
-    boot = rows[0].get("bootstrap")
+    boot = rows[0].bootstrap
     lines.append("; ".join(f"{shown(d) or 'dataset'}: {q} queries, {db} database images"
                            for d, (q, db) in counts.items())
-                 + f"; positives within {rows[0]['threshold']:g} m; "
-                 f"{shown(rows[0].get('search', 'exact'))} search"
-                 + (f"; ± half the 95% bootstrap interval ({boot.get('resamples')} resamples of "
-                    "the queries)" if isinstance(boot, dict) else "")
+                 + f"; positives within {rows[0].threshold:g} m; "
+                 f"{shown(rows[0].search)} search"
+                 + (f"; ± half the 95% bootstrap interval ({boot['resamples']} resamples of "
+                    "the queries)" if boot is not None else "")
                  + ("; AUC-PR and R@100%P: precision-recall of the top-1 answers scored by their "
-                    f"distance, queries without positives {shown(rows[0].get('unmatched'))}"
+                    f"distance, queries without positives {shown(rows[0].unmatched)}"
                     if curves else "") + ".")
-    by_metres = [r.get("recall_at_thresholds") or {} for r in rows]
-    metres = list(by_metres[0])
-    if metres and all(list(m) == metres for m in by_metres):
+    metres = list(rows[0].recall_at_thresholds)
+    if metres and all(list(r.recall_at_thresholds) == metres for r in rows):
         lines += ["", "R@1 at other thresholds (top-1 prediction within t metres):", "",
-                  "| file | scale | " + " | ".join(f"{shown(t)} m" for t in metres) + " |",
+                  "| file | scale | " + " | ".join(f"{threshold_label(t)} m" for t in metres) + " |",
                   "| --- | --- | " + " | ".join("---:" for _ in metres) + " |"]
-        for r, m in zip(rows, by_metres, strict=True):
-            lines.append(f"| {_cell(Path(r['file']).name)} | {_cell(r['scale'])} | "
-                         + " | ".join(f"{m[t]:.1f}" for t in metres) + " |")
+        for r in rows:
+            lines.append(f"| {_cell(Path(r.file).name)} | {_cell(r.scale)} | "
+                         + " | ".join(f"{r.recall_at_thresholds[t]:.1f}" for t in metres) + " |")
     return lines
 
 
@@ -265,16 +197,15 @@ def _run_table(runs: list[dict]) -> list[str]:
     return lines
 
 
-def _plot_recalls(rows: list[dict], out: Path, title: str) -> Path | None:
+def _plot_recalls(rows: list[EvaluationResult], out: Path, title: str) -> Path | None:
 
     plt = pyplot()
     if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in rows:
-        ns = [int(n) for n in r["recalls"]]
-        ax.plot(ns, list(r["recalls"].values()), marker="o",
-                label=_plot_text(f"{Path(r['file']).stem} [{r['scale']}]"))
+        ax.plot(list(r.recalls), list(r.recalls.values()), marker="o",
+                label=_plot_text(f"{Path(r.file).stem} [{r.scale}]"))
     ax.set(xlabel="N", ylabel="Recall@N (%)", title=_plot_text(title))
     integer_ticks(ax.xaxis)
     ax.legend(fontsize=7)
@@ -309,12 +240,13 @@ def write_report(inputs: list[str | Path], output: str | Path, title: str = "vpr
     written.
     """
     output = Path(output)
-    evaluations, runs = [], []
+    evaluations: list[tuple[Path, list[EvaluationResult]]] = []
+    runs = []
     for item in map(Path, inputs):
         if item.is_dir():
             runs.append(_load_run(item))
         elif item.is_file():
-            evaluations.append((item, _load_evaluation(item)))
+            evaluations.append((item, load_results(item)))
         else:
             raise VprkitError(f"{shown(item)} does not exist" if not item.exists() else
                               f"{shown(item)} is neither a file nor a folder")
@@ -337,7 +269,7 @@ def write_report(inputs: list[str | Path], output: str | Path, title: str = "vpr
         if compared:
             lines += compared + [""]
         stats = plot_statistics(rows, output.with_name(f"{output.stem}{slug}_statistics.png"),
-                                label, shown(path))
+                                label)
         if stats:
             lines += [f"![precision-recall, R@1 against the threshold and top-1 errors, "
                       f"{_alt(label)}]({stats.name})", ""]

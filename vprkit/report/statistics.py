@@ -3,7 +3,6 @@
 ``vprkit report`` uses these for every evaluation file whose rows carry them (``vprkit evaluate``
 writes them; older files simply lack them):
 
-- ``row_problem``: what is wrong with a row's statistics fields, for one clear error line;
 - ``recall_cell`` / ``curve_cells``: Recall@N as ``67.6 ±4.3`` and the AUC-PR and R@100%P;
 - ``plot_statistics``: one figure of three panels per file: the precision-recall curves of the
   top-1 answers, R@1 against the threshold in metres, and a histogram of the top-1 errors;
@@ -14,70 +13,41 @@ writes them; older files simply lack them):
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from vprkit.errors import VprkitError, shown
 from vprkit.evaluate.compare import compare_rows, row_label
-from vprkit.evaluate.statistics import QueryOutcomes, precision_recall
+from vprkit.evaluate.results import EvaluationResult
+from vprkit.evaluate.statistics import precision_recall
 from vprkit.report.plotting import pyplot, save_figure
 
 CURVE_METRES = np.geomspace(1, 1000, 61)  # thresholds of the R@1-vs-metres curve
 
 
-def _number(value) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and np.isfinite(value)
-
-
-def row_problem(row: dict) -> str | None:
-    """What is wrong with the statistics fields of an evaluation row (all optional), or None."""
-    ci = row.get("recall_ci")
-    if ci is not None:
-        if not isinstance(ci, dict) or not all(
-                isinstance(v, list) and len(v) == 2 and all(_number(x) for x in v)
-                for v in ci.values()):
-            return "'recall_ci' is not an object of N -> [low, high]"
-    for key in ("auc_pr", "recall_at_full_precision"):
-        if row.get(key) is not None and not _number(row[key]):
-            return f"{key!r} is {shown(json.dumps(row[key]))[:40]}, not a number"
-    by_metres = row.get("recall_at_thresholds")
-    if by_metres is not None and not (isinstance(by_metres, dict)
-                                      and all(_number(v) for v in by_metres.values())):
-        return "'recall_at_thresholds' is not an object of metres -> R@1 (%)"
-    return None
-
-
-def recall_cell(row: dict, n: str) -> str:
+def recall_cell(row: EvaluationResult, n: int) -> str:
     """Recall@n of a row, with half its interval where the row has one."""
-    ci = (row.get("recall_ci") or {}).get(n)
-    value = row["recalls"][n]
+    ci = row.recall_ci.get(n)
+    value = row.recalls[n]
     return f"{value:.1f}" if ci is None else f"{value:.1f} ±{(ci[1] - ci[0]) / 2:.1f}"
 
 
-def has_curves(rows: list[dict]) -> bool:
+def has_curves(rows: list[EvaluationResult]) -> bool:
     """Whether any row carries the precision-recall summaries."""
-    return any(r.get("recall_at_full_precision") is not None for r in rows)
+    return any(r.recall_at_full_precision is not None for r in rows)
 
 
-def curve_cells(row: dict) -> list[str]:
+def curve_cells(row: EvaluationResult) -> list[str]:
     """The AUC-PR and recall at 100% precision cells of a row (``-`` where absent)."""
-    auc, full = row.get("auc_pr"), row.get("recall_at_full_precision")
+    auc, full = row.auc_pr, row.recall_at_full_precision
     return ["-" if auc is None else f"{auc:.3f}", "-" if full is None else f"{full:.1f}"]
 
 
-def _outcomes(row: dict, where: str) -> QueryOutcomes | None:
-    if row.get("per_query") is None:
-        return None
-    return QueryOutcomes.from_dict(row["per_query"], where)
-
-
-def plot_statistics(rows: list[dict], out: Path, title: str, where: str) -> Path | None:
+def plot_statistics(rows: list[EvaluationResult], out: Path, title: str) -> Path | None:
     """Precision-recall, R@1-vs-metres and top-1 error panels of the rows with per-query
     outcomes; None when none has them (or matplotlib is missing)."""
-    pairs = [(r, o) for i, r in enumerate(rows, start=1)
-             if (o := _outcomes(r, f"{where} row {i}")) is not None]
+    pairs = [(r, r.outcomes) for r in rows if r.outcomes is not None]
     plt = pyplot()
     if not pairs or plt is None:
         return None
@@ -86,14 +56,14 @@ def plot_statistics(rows: list[dict], out: Path, title: str, where: str) -> Path
     bins = np.geomspace(0.5, max(top, 1000.0) * 1.01, 40)
     for row, o in pairs:
         label = row_label(row).replace("$", "\\$")
-        curve = precision_recall(o, row.get("unmatched") == "dropped")
+        curve = precision_recall(o, row.unmatched == "dropped")
         ax_pr.plot(curve.recall, curve.precision, label=label)
         ax_t.plot(CURVE_METRES, [np.mean(o.top1_metres <= t) * 100 for t in CURVE_METRES],
                   label=label)
         ax_h.hist(np.maximum(o.top1_metres, 0.5), bins=bins, histtype="step", label=label)
     ax_pr.set(xlabel="recall (share of right top-1 answers accepted)", ylabel="precision",
               title="precision-recall of the top-1 answers", xlim=(0, 1.02), ylim=(0, 1.02))
-    threshold = rows[0]["threshold"]
+    threshold = rows[0].threshold
     ax_t.axvline(threshold, color="grey", linestyle=":", linewidth=1)
     ax_t.set(xscale="log", xlabel="threshold (m)", ylabel="R@1 (%)",
              title="R@1 against the threshold")
@@ -106,37 +76,41 @@ def plot_statistics(rows: list[dict], out: Path, title: str, where: str) -> Path
     return save_figure(fig, out)
 
 
-def baseline_index(rows: list[dict], i: int) -> int | None:
+def _queries_key(row: EvaluationResult) -> str | None:
+    return None if row.outcomes is None else row.outcomes.queries_sha256
+
+
+def baseline_index(rows: list[EvaluationResult], i: int) -> int | None:
     """The row that row ``i`` is compared with: the first earlier row of the same file, else the
     first earlier row on the same queries; None for a row that is its own baseline."""
-    key = (rows[i].get("per_query") or {}).get("queries_sha256")
-    same_queries = [j for j in range(i)
-                    if (rows[j].get("per_query") or {}).get("queries_sha256") == key]
-    same_file = [j for j in same_queries if rows[j]["file"] == rows[i]["file"]]
+    key = _queries_key(rows[i])
+    same_queries = [j for j in range(i) if _queries_key(rows[j]) == key]
+    same_file = [j for j in same_queries if rows[j].file == rows[i].file]
     candidates = same_file or same_queries
     return candidates[0] if candidates else None
 
 
-def comparison_lines(rows: list[dict], where: str, resamples: int | None = None) -> list[str]:
+def comparison_lines(rows: list[EvaluationResult], where: str,
+                     resamples: int | None = None) -> list[str]:
     """A markdown table of each row with per-query outcomes against its ``baseline_index``."""
-    if not any(r.get("per_query") for r in rows):
+    if not any(r.outcomes is not None for r in rows):
         return []
     lines = []
-    ns = list(rows[0]["recalls"])
+    ns = list(rows[0].recalls)
     for i, row in enumerate(rows):
-        if row.get("per_query") is None:
+        if row.outcomes is None:
             continue
         j = baseline_index(rows, i)
         if j is None:
             continue
-        boot = row.get("bootstrap") or {}
+        boot = row.bootstrap or {}
         try:
             c = compare_rows(rows[j], row, resamples if resamples is not None else
                              int(boot.get("resamples", 1000)), int(boot.get("seed", 0)),
                              where=(f"{where} row {j + 1}", f"{where} row {i + 1}"))
         except VprkitError as err:
             raise VprkitError(f"cannot compare the rows of {where}: {err}") from None
-        deltas = {str(d.n): d for d in c.differences}
+        deltas = {d.n: d for d in c.differences}
         cells = []
         for n in ns:
             d = deltas.get(n)
