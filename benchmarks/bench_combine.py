@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vprkit.data.synthetic import generate_dataset
-from vprkit.ensemble.combine import combine
+from vprkit.ensemble.combining import combine
 from vprkit.evaluate.evaluation import evaluate_file
 from vprkit.extract.split import ExtractOptions, extract
 from vprkit.models import ModelConfig

@@ -16,7 +16,7 @@ block by block so that the generator stays in bounded memory (the M queries asid
 
 With ``--dtype float16`` the file stores float16 rows (half the bytes; evaluate reads them block
 by block as float32). With ``--pca D`` it also times, in another fresh process,
-``vprkit.ensemble.combine.combine([file], pca=D, pca_fit="database")`` (PCA fitted on the database rows:
+``vprkit.ensemble.combining.combine([file], pca=D, pca_fit="database")`` (PCA fitted on the database rows:
 exact when they fit 2 GiB, else streamed with IncrementalPCA) and reports its peak memory.
 
 Generated files are deleted at the end unless ``--keep``.
@@ -48,7 +48,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vprkit.data.datasets import EVAL_POSITIVE_RADIUS, ROLES, positives_within
-from vprkit.ensemble.combine import combine
+from vprkit.ensemble.combining import combine
 from vprkit.errors import VprkitError
 from vprkit.evaluate.evaluation import DEFAULT_RECALLS, evaluate_file, recall_at_n
 from vprkit.report.predictions import write_predictions

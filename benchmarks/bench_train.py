@@ -111,8 +111,9 @@ def run_benchmark(args, aggregation, state, data, positions, rng, device) -> dic
 
 
 def run_vprkit(args, aggregation, state, source, root, query_ids, rng, device, **kw) -> dict:
-    config = TrainConfig(root=str(root), aggregation=aggregation, clusters=args.clusters,
-                         weights="none", resize=tuple(args.size), negatives=args.negatives,
+    config = TrainConfig(root=str(root), model=ModelConfig(aggregation=aggregation,
+                                                           clusters=args.clusters, weights="none"),
+                         resize=tuple(args.size), negatives=args.negatives,
                          neg_samples=args.neg_samples, queries_per_epoch=len(query_ids),
                          cache_refresh=len(query_ids), batch_size=args.batch_size,
                          infer_batch_size=args.infer_batch_size, workers=args.workers,

@@ -47,7 +47,7 @@ def test_every_public_name_resolves_and_is_documented():
 
 
 def test_aliases_and_submodules_keep_their_names():
-    from vprkit.ensemble.combine import combine
+    from vprkit.ensemble.combining import combine
     from vprkit.evaluate.evaluation import evaluate_file
     from vprkit.evaluate.results import EvaluationResult
     from vprkit.extract.split import ExtractOptions, extract

@@ -152,3 +152,52 @@ class TestSize:
     def test_top_level_modules(self):
         top = [p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py"]
         assert len(top) <= MAX_TOP_LEVEL_MODULES, sorted(top)
+
+
+class TestLibrarySpeaksPython:
+    """Only the CLI prints: the library logs (``logging``) and reports progress to a callback.
+    ``vprkit.progress`` is where the CLI's renderers live (the one module that draws)."""
+
+    RENDERER = "vprkit.progress"
+
+    @staticmethod
+    def library() -> dict[str, Path]:
+        return {name: path for name, path in modules().items()
+                if name != "vprkit.cli" and not name.startswith("vprkit.cli.")}
+
+    def test_no_print_outside_the_cli(self):
+        found = []
+        for name, path in self.library().items():
+            if name == self.RENDERER:
+                continue
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if not isinstance(node, ast.Call):
+                    continue
+                f = node.func
+                if (isinstance(f, ast.Name) and f.id == "print") or (
+                        isinstance(f, ast.Attribute) and f.attr == "print"
+                        and ast.unparse(f.value).endswith("console")):
+                    found.append(f"{name}:{node.lineno}: {ast.unparse(node)[:60]}")
+        assert found == []
+
+    def test_no_boolean_progress(self):
+        """``progress: ProgressCallback | None`` (``vprkit.progress`` still takes the deprecated
+        booleans at run time, for one release)."""
+        found = []
+        for name, path in modules().items():
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    args = node.args
+                    for arg in args.posonlyargs + args.args + args.kwonlyargs:
+                        if arg.arg == "progress" and arg.annotation is not None \
+                                and ast.unparse(arg.annotation) == "bool":
+                            found.append(f"{name}:{node.lineno} {node.name}")
+        assert found == []
+
+    def test_the_checks_see_a_print_and_a_boolean(self, tmp_path):
+        source = "def f(progress: bool = True):\n    console.print('x')\n    print('y')\n"
+        tree = ast.parse(source)
+        calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
+        assert {ast.unparse(c.func) for c in calls} == {"console.print", "print"}
+        (fn,) = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)]
+        assert ast.unparse(fn.args.args[0].annotation) == "bool"

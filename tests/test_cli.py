@@ -315,7 +315,7 @@ class TestCheckpointPreprocessing:
 
 @pytest.mark.parametrize("command, function, names", [
     ("evaluate", "vprkit.evaluate.evaluation:evaluate_file", ("threshold", "nprobe", "block_rows")),
-    ("combine", "vprkit.ensemble.combine:combine", ("pca", "whiten", "block_rows", "overwrite")),
+    ("combine", "vprkit.ensemble.combining:combine", ("pca", "whiten", "block_rows", "overwrite")),
     ("merge", "vprkit.extract.shards:merge", ("overwrite",)),
 ])
 def test_option_defaults_are_the_library_defaults(command, function, names):

@@ -13,7 +13,7 @@ from helpers import write_file
 from sklearn.decomposition import PCA, IncrementalPCA
 
 from vprkit.cli import main
-from vprkit.ensemble.combine import EnsembleTransform, combine
+from vprkit.ensemble.combining import EnsembleTransform, combine
 from vprkit.errors import VprkitError
 from vprkit.evaluate.evaluation import evaluate_file
 from vprkit.store import DescriptorFile, partial_path
@@ -118,7 +118,7 @@ class TestPCA:
         with pytest.raises(VprkitError, match="made by another model"):
             combine([gem_file, netvlad_file], tmp_path / "g.h5", pca=8,
                     pca_fit=[netvlad_file, netvlad_file], progress=False)
-        with pytest.raises(VprkitError, match="2 input.* reduced by PCA but 1 --pca-fit"):
+        with pytest.raises(VprkitError, match="2 input.* reduced by PCA but 1 pca_fit"):
             combine([gem_file, netvlad_file], tmp_path / "h.h5", pca=8, pca_fit=[netvlad_file],
                     progress=False)
 
@@ -171,7 +171,7 @@ class TestRefusals:
             combine([gem_file, netvlad_file], tmp_path / "x.h5", pca=pca, progress=False)
 
     def test_pca_larger_than_input_dim(self, gem_file, netvlad_file, tmp_path):
-        from vprkit.ensemble.combine import fit_pca
+        from vprkit.ensemble.combining import fit_pca
         with DescriptorFile(gem_file) as f, pytest.raises(VprkitError, match="larger than the 256 dim"):
             fit_pca((1,), 300, [(f, "database")], False, 100, 1 << 30, "gem.h5")
 
@@ -188,10 +188,10 @@ class TestRefusals:
 
     def test_existing_output_and_bad_weights(self, gem_file, netvlad_file, tmp_path):
         (tmp_path / "x.h5").write_text("keep me")
-        with pytest.raises(VprkitError, match="exists; pass --overwrite"):
+        with pytest.raises(VprkitError, match="exists; pass overwrite"):
             combine([gem_file, netvlad_file], tmp_path / "x.h5", progress=False)
         assert (tmp_path / "x.h5").read_text() == "keep me"
-        with pytest.raises(VprkitError, match="--part-weights needs 2"):
+        with pytest.raises(VprkitError, match="weights needs 2"):
             combine([gem_file, netvlad_file], tmp_path / "y.h5", weights=[1.0], progress=False)
         assert not partial_path(tmp_path / "y.h5").exists()
 

@@ -300,3 +300,18 @@ class TestBadImages:
         with pytest.raises(VprkitError, match=f"cannot read image .*{victim.name}"):
             extract(root, out, config(), options(resize=(32, 40)), progress=False)
         assert not out.exists()
+
+
+def test_the_one_process_path_is_run_extraction_and_the_old_name_warns(monkeypatch, tmp_path):
+    """``extract_distributed`` was renamed ``run_extraction``; the old name is a deprecated alias
+    for one release, and ``vprkit.extract.split.ExtractOptions`` still imports."""
+    import vprkit.extract
+    import vprkit.extract.split
+    from vprkit.extract import distributed, options
+
+    assert vprkit.extract.ExtractOptions is vprkit.extract.split.ExtractOptions is options.ExtractOptions
+    calls = []
+    monkeypatch.setattr(distributed, "run_extraction", lambda *a, **kw: calls.append((a, kw)) or "p")
+    with pytest.warns(DeprecationWarning, match="run_extraction"):
+        assert distributed.extract_distributed("r", "o", progress=None) == "p"
+    assert calls == [(("r", "o"), {"progress": None})]

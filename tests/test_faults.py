@@ -26,7 +26,7 @@ import vprkit.files as files
 import vprkit.store as store
 from vprkit.cli import main
 from vprkit.data.synthetic import generate_dataset
-from vprkit.ensemble.combine import combine
+from vprkit.ensemble.combining import combine
 from vprkit.errors import VprkitError
 from vprkit.extract.shards import merge
 from vprkit.extract.split import extract

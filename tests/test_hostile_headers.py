@@ -263,7 +263,7 @@ class TestHeaders:
 
 @pytest.fixture(scope="module")
 def ensemble_file(gem_file, tmp_path_factory) -> Path:
-    from vprkit.ensemble.combine import combine
+    from vprkit.ensemble.combining import combine
     out = tmp_path_factory.mktemp("ensemble") / "ens.h5"
     return combine([gem_file, gem_file], out, scales=["1", "2"], progress=False)
 

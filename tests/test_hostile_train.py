@@ -21,7 +21,8 @@ from helpers import guarded, interrupt_training_at
 
 from vprkit.cli import main
 from vprkit.data.synthetic import generate_dataset
-from vprkit.errors import VprkitError
+from vprkit.errors import ParameterError
+from vprkit.models import ModelConfig
 from vprkit.train import TrainConfig, train
 
 SIZE = (32, 40)
@@ -37,8 +38,14 @@ FIRST_KEYS = ("root", "backbone", "aggregation", "clusters", "weights", "checkpo
               "seed", "workers", "device")
 
 
+def first_version(stored: dict) -> dict:
+    """A config.json of the first vprkit runs: the model's fields flat, FIRST_KEYS only."""
+    flat = {**stored, **stored["model"]}
+    return {k: flat.get(k) for k in FIRST_KEYS}
+
+
 def small_config(root: Path) -> TrainConfig:
-    return TrainConfig(root=str(root), weights="none", resize=SIZE, queries_per_epoch=4,
+    return TrainConfig(root=str(root), model=ModelConfig(weights="none"), resize=SIZE, queries_per_epoch=4,
                        cache_refresh=2, batch_size=2, negatives=2, neg_samples=8, epochs=1,
                        infer_batch_size=8, workers=0, device="cpu", lr=1e-3)
 
@@ -103,11 +110,14 @@ def assert_refused(args, folder: Path, *fragments: str) -> str:
 
 
 def edit_config(run: Path, key: str, value) -> None:
+    """Set (or with DELETE remove) ``key`` of config.json; ``model.clusters``: inside "model"."""
     stored = json.loads((run / "config.json").read_text())
+    where, _, name = key.rpartition(".")
+    held = stored[where] if where else stored
     if value is DELETE:
-        del stored[key]
+        del held[name]
     else:
-        stored[key] = value
+        held[name] = value
     (run / "config.json").write_text(json.dumps(stored, indent=2) + "\n")
 
 
@@ -143,10 +153,12 @@ class TestResumeConfig:
         ("recalls", [1, True]), ("seed", -1), ("seed", 2**64), ("seed", "0"),
         ("resize", [0, 10]), ("resize", [32]), ("resize", "32x40"), ("resize", [32.5, 40]),
         ("device", 7), ("device", "gpu"), ("amp", "yes"), ("channels_last", 1),
-        ("recipe", "fast"), ("recipe", 1), ("root", 5), ("root", ""), ("backbone", "resnet7"),
-        ("aggregation", 1), ("clusters", 0), ("clusters", "64"), ("l2", "sideways"),
-        ("fc_output_dim", 0), ("fc_output_dim", 1.5), ("weights", 3), ("weights", ""),
-        ("checkpoint", 5), ("train_split", "../x"), ("val_split", 5), ("format", "other"),
+        ("recipe", "fast"), ("recipe", 1), ("root", 5), ("root", ""),
+        ("model.backbone", "resnet7"), ("model.aggregation", 1), ("model.clusters", 0),
+        ("model.clusters", "64"), ("model.l2", "sideways"), ("model.fc_output_dim", 0),
+        ("model.fc_output_dim", 1.5), ("model.weights", 3), ("model.weights", ""),
+        ("model.checkpoint", 5), ("model", "gem"), ("model", DELETE), ("backbone", "gem"),
+        ("train_split", "../x"), ("val_split", 5), ("format", "other"),
         ("batch_size", DELETE), ("lr", DELETE), ("root", DELETE),
     ])
     def test_one_line_naming_the_key(self, stopped_run, tmp_path, key, value):
@@ -180,10 +192,12 @@ class TestResumeConfig:
     def test_library_callers_get_the_same_checks(self, root):
         for kw in ({"batch_size": True}, {"epochs": "x"}, {"workers": 1.5}, {"seed": 2**64},
                    {"resize": (32,)}, {"augment": "night:M1"}, {"device": 7}, {"lr": "1"}):
-            with pytest.raises(VprkitError) as err:
+            with pytest.raises(ParameterError) as err:
                 dataclasses.replace(small_config(root), **kw).check()
             assert "\n" not in str(err.value), err.value
-            assert f"--{next(iter(kw)).replace('_', '-')}" in str(err.value), err.value
+            name = next(iter(kw))  # the parameter (the CLI shows its option)
+            assert err.value.parameter == name and name in str(err.value), err.value
+            assert "--" not in str(err.value), err.value
 
 
 class TestResumeState:
@@ -333,7 +347,7 @@ class TestGenuineRunsResume:
     def test_a_run_of_the_first_versions(self, stopped_run, tmp_path):
         run = copy_of(stopped_run, tmp_path)
         stored = json.loads((run / "config.json").read_text())
-        (run / "config.json").write_text(json.dumps({k: stored[k] for k in FIRST_KEYS}, indent=2))
+        (run / "config.json").write_text(json.dumps(first_version(stored), indent=2))
 
         def old(data):
             for key in ("world_size", "model_config", "train_config"):
@@ -410,7 +424,7 @@ class TestStaleVprkitRun:
     def test_a_stale_run_of_the_first_versions(self, stale_run, tmp_path, root):
         out = copy_of(stale_run, tmp_path)
         stored = json.loads((out / "config.json").read_text())
-        (out / "config.json").write_text(json.dumps({k: stored[k] for k in FIRST_KEYS}, indent=2))
+        (out / "config.json").write_text(json.dumps(first_version(stored), indent=2))
         code, output = cli("train", root, "-o", out, *NEW_RUN)
         assert code == 0, output
         assert (out / "last.pth").is_file()

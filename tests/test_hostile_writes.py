@@ -25,7 +25,7 @@ import vprkit.extract.distributed as distributed_extract
 import vprkit.files as files
 from vprkit.cli import main
 from vprkit.data.datasets import parse_utm
-from vprkit.ensemble.combine import combine
+from vprkit.ensemble.combining import combine
 from vprkit.errors import VprkitError
 from vprkit.evaluate.evaluation import evaluate_file
 from vprkit.evaluate.results import results_json

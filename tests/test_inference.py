@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from vprkit import devices
 from vprkit.data.synthetic import generate_dataset
 from vprkit.errors import VprkitError
 from vprkit.extract import clusters as netvlad_init
-from vprkit import devices
 from vprkit.extract import inference
 from vprkit.extract import split as extract
 from vprkit.extract.split import ExtractOptions
@@ -46,15 +46,17 @@ def test_extract_runs_the_inference_module():
     assert trainer.sample_local_features is inference.sample_local_features
 
 
-def test_inference_options_are_extract_options_defaults():
-    """Every field that inference reads has ExtractOptions' default: training computes its caches
-    and validation descriptors as it did with ExtractOptions."""
-    defaults = ExtractOptions()
-    for field in dataclasses.fields(inference.InferenceOptions):
-        assert getattr(inference.InferenceOptions(), field.name) == getattr(defaults, field.name)
+def test_extract_options_are_inference_options():
+    """One options type: ExtractOptions extends InferenceOptions (vprkit.extract.options), so
+    their shared fields have one default; training's inference takes those it does not set."""
+    from vprkit.extract import options
+
+    assert issubclass(ExtractOptions, inference.InferenceOptions)
+    assert inference.InferenceOptions is options.InferenceOptions
+    assert ExtractOptions is options.ExtractOptions
     config = TrainConfig(root="x", resize=SIZE, infer_batch_size=3, workers=0, device="cpu", seed=7)
     assert dataclasses.asdict(_inference_options(config)) == {
-        **{f.name: getattr(ExtractOptions(), f.name) for f in dataclasses.fields(inference.InferenceOptions)},
+        **dataclasses.asdict(inference.InferenceOptions()),
         "resize": SIZE, "batch_size": 3, "workers": 0, "device": "cpu", "seed": 7}
 
 

@@ -21,8 +21,8 @@ from vprkit.evaluate.evaluation import evaluate_file
 from vprkit.extract.split import ExtractOptions, extract
 from vprkit.geo.positions import position_of
 from vprkit.locate.photos import locate
-from vprkit.report.locations import geojson, write_csv
 from vprkit.models import ModelConfig, build_model
+from vprkit.report.locations import geojson, write_csv
 from vprkit.report.predictions import write_predictions
 
 SIZE = (64, 80)

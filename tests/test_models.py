@@ -52,6 +52,63 @@ class TestBackbones:
             build_backbone("resnet34conv4", "none")
 
 
+class TestModelConfig:
+    """Per-component options: declared by each component, recorded only where not at their
+    defaults (old configs, headers and checkpoints are unchanged), set by name or by text."""
+
+    OLD = [  # what earlier releases recorded, as they recorded it
+        {"backbone": "resnet18conv4", "aggregation": "gem", "clusters": 64, "weights": "imagenet",
+         "checkpoint": None},
+        {"backbone": "vgg16", "aggregation": "netvlad", "clusters": 8, "weights": "none",
+         "checkpoint": "/runs/a/best.pth", "fc_output_dim": 128},
+        {"backbone": "resnet50conv4", "aggregation": "mac", "clusters": 64, "weights": "none",
+         "checkpoint": None, "l2": "after_pool"},
+        {"weights": "none", "checkpoint": None, "model": "cosplace_resnet18_32"},
+    ]
+
+    @pytest.mark.parametrize("record", OLD)
+    def test_old_records_round_trip_unchanged(self, record):
+        config = ModelConfig.from_dict({**record, "output_dim": 8, "fingerprint": "ab"})
+        assert config.to_dict() == record and list(config.to_dict()) == list(record)
+        assert ModelConfig(**{k: v for k, v in record.items()}).to_dict() == record
+
+    def test_flat_names_are_the_components_options(self):
+        config = ModelConfig(aggregation="netvlad", aggregation_options={"clusters": 8})
+        assert config.clusters == 8 and config.aggregation_options == {}
+        assert config.aggregation_settings().clusters == 8
+        assert ModelConfig(aggregation="netvlad").with_overrides(["aggregation.clusters=32"]) \
+            == ModelConfig(aggregation="netvlad", clusters=32)
+        mac = ModelConfig(aggregation="mac").with_overrides(["aggregation.l2=after_pool",
+                                                             "aggregation.fc_output_dim=16"])
+        assert (mac.l2, mac.fc_output_dim) == ("after_pool", 16)
+        assert ModelConfig(aggregation="gem", clusters=32).to_dict()["clusters"] == 32  # as before
+
+    def test_gem_p(self):
+        config = ModelConfig(weights="none").with_overrides(["aggregation.p=3.5"])
+        assert config.aggregation_options == {"p": 3.5}
+        assert config.to_dict()["aggregation_options"] == {"p": 3.5}
+        assert VPRModel(config).aggregation.pyramid_params()["p"] == 3.5
+        assert ModelConfig(aggregation_options={"p": 3}).aggregation_options == {}  # the default
+
+    def test_refusals_name_the_option(self):
+        with pytest.raises(VprkitError, match=r"aggregation gem has no option 'clusters' "
+                                              r"\(its options: fc_output_dim, l2, p\)"):
+            ModelConfig().with_overrides(["aggregation.clusters=8"])
+        with pytest.raises(VprkitError, match=r"setting 'aggregation.clusters=8.5': '8.5' is not "
+                                              "a whole number"):
+            ModelConfig(aggregation="netvlad").with_overrides(["aggregation.clusters=8.5"])
+        with pytest.raises(VprkitError, match=r"backbone resnet18conv4 has no option 'depth' "
+                                              r"\(its options: none\)"):
+            ModelConfig(backbone_options={"depth": 3})
+        with pytest.raises(VprkitError, match=r"setting 'backbone.depth=3': backbone resnet18conv4 has no "
+                                              "option 'depth'"):
+            ModelConfig().with_overrides(["backbone.depth=3"])
+        with pytest.raises(VprkitError, match=r"the zoo model cosplace_resnet18_32 has no"):
+            ModelConfig(model="cosplace_resnet18_32").with_overrides(["aggregation.p=3"])
+        with pytest.raises(VprkitError, match=r"option 'clusters' is '8'; expected int"):
+            ModelConfig(aggregation="netvlad", aggregation_options={"clusters": "8"})
+
+
 class TestCheckpoints:
     @pytest.mark.parametrize("backbone", ["resnet18conv4", "resnet18conv5", "resnet50conv4",
                                           "vgg16", "efficientnet_lite0"])

@@ -42,16 +42,39 @@ def test_choices_equal_registries():
     assert {"resnet101conv4", "resnet101conv5", "alexnet"} <= set(BACKBONES)
 
 
-def test_backbone_modules_declare_what_they_register():
-    """Each module's literal NAMES (what the CLI's choices read, unimported) is what it
-    registers, in order: a new backbone touches its own file only."""
-    from vprkit.models import backbones
-    folder = Path(backbones.__file__).parent
-    assert set(backbones.REGISTERED_BY) == {p.stem for p in folder.glob("*.py")} - {"__init__", "base"}
-    for module, registered in backbones.REGISTERED_BY.items():
-        declared = importlib.import_module(f"vprkit.models.backbones.{module}").NAMES
-        assert isinstance(declared, tuple) and declared == registered != (), module
-        assert choices.literal_of(folder / f"{module}.py", "NAMES") == declared, module
+@pytest.mark.parametrize("kind", ["backbones", "aggregations"])
+def test_one_module_per_name(kind):
+    """The names are the module file names (what the CLI's choices list, unimported and without
+    reading source); each module registers its own name: a new component is its own file only."""
+    package = importlib.import_module(f"vprkit.models.{kind}")
+    registry = package.REGISTRY
+    assert registry.declared() == choices.component_names(Path(package.__file__).parent)
+    assert registry.names()[:len(registry.declared())] == registry.declared()
+    for name in registry.declared():
+        item = registry.get(name)
+        defined_in = item.builder.__module__ if kind == "backbones" else item.__module__
+        assert defined_in == f"vprkit.models.{kind}.{name}", name
+
+
+def test_registry_refusals():
+    from vprkit.errors import VprkitError
+    from vprkit.models.aggregations import REGISTRY, GeM
+    from vprkit.models.registry import Registry
+
+    with pytest.raises(VprkitError, match=r"unknown aggregation 'nope'; choose one of gem, mac, "):
+        get_aggregation("nope")
+    with pytest.raises(VprkitError, match=r"unknown backbone 'resnet34conv4'; choose one of alexnet"):
+        get_backbone("resnet34conv4")
+    with pytest.raises(ValueError, match="'gem' registered twice"):
+        REGISTRY.add("gem", GeM)
+    with pytest.raises(ValueError, match="must be registered by vprkit.models.aggregations.newpool"):
+        REGISTRY.add("newpool", GeM, "vprkit.models.aggregations.gem")
+    assert "newpool" not in REGISTRY
+    zoo: Registry[str] = Registry("model", "vprkit.models.zoo", family_of=lambda n: n.split("_")[0])
+    assert zoo.module_of("cosplace_resnet18_32") == "cosplace"
+    zoo.add("mine_1", "a model of a test")
+    assert zoo.get("mine_1") == "a model of a test" and "mine_1" in zoo.names()
+    assert zoo.unregister("mine_1") == "a model of a test" and "mine_1" not in zoo
 
 
 def test_literal_of_refuses_what_it_cannot_read(tmp_path):

@@ -199,8 +199,9 @@ class TestRunFolderLock:
         run.mkdir()
         with output_lock(run / "train"):
             with pytest.raises(VprkitError, match="another vprkit process is writing the run folder"):
-                train(TrainConfig(root=str(train_root), weights="none", resize=SIZE, workers=0,
-                                  device="cpu", epochs=1), run, progress=False)
+                train(TrainConfig(root=str(train_root), model=ModelConfig(weights="none"),
+                                  resize=SIZE, workers=0, device="cpu", epochs=1), run,
+                      progress=False)
             with pytest.raises(VprkitError, match="another vprkit process"):
                 train(None, run, resume=True, progress=False)
         assert not (run / "last.pth").exists()
@@ -513,15 +514,15 @@ class TestLibraryOptionValues:
     """The library refuses what the CLI's ranges refuse, for Python callers."""
 
     @pytest.mark.parametrize("kw, pattern", [
-        ({"workers": -1}, "--workers and --seed must not be negative"),
-        ({"seed": -1}, "--workers and --seed must not be negative"),
-        ({"batch_size": 0}, "--batch-size must be at least 1"),
+        ({"workers": -1}, "^workers must not be negative, got -1$"),
+        ({"seed": -1}, "^seed must not be negative, got -1$"),
+        ({"batch_size": 0}, "^batch_size must be at least 1, got 0$"),
     ])
     def test_extract_options(self, small_root, tmp_path, kw, pattern):
         with pytest.raises(VprkitError, match=pattern):
             extract(small_root, tmp_path / "x.h5", config(), options(**kw), progress=False)
 
     def test_clusters(self, small_root, tmp_path):
-        with pytest.raises(VprkitError, match="--clusters must be at least 1"):
+        with pytest.raises(VprkitError, match="clusters must be at least 1"):
             extract(small_root, tmp_path / "x.h5", config("netvlad", clusters=0), options(),
                     progress=False)

@@ -101,7 +101,7 @@ class TestMerge:
         with pytest.raises(VprkitError, match="is shard 1 of 2"):
             merge([paths[0], two], tmp_path / "m.h5", progress=False)
         (tmp_path / "exists.h5").write_bytes(b"")
-        with pytest.raises(VprkitError, match="exists; pass --overwrite"):
+        with pytest.raises(VprkitError, match="exists; pass overwrite"):
             merge(paths, tmp_path / "exists.h5", progress=False)
         assert (tmp_path / "exists.h5").read_bytes() == b""  # untouched
         assert not (tmp_path / "m.h5").exists() and not partial_path(tmp_path / "m.h5").exists()

@@ -121,7 +121,7 @@ class TestBootstrap:
 
     def test_zero_resamples_and_refusals(self):
         assert bootstrap_recalls(outcomes([1, 0]), (1,), resamples=0) == {}
-        with pytest.raises(VprkitError, match="--bootstrap"):
+        with pytest.raises(VprkitError, match="^bootstrap must be a whole number"):
             bootstrap_recalls(outcomes([1, 0]), (1,), resamples=-1)
 
     def test_paired_interval_of_identical_rows_is_zero(self):

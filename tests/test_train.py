@@ -41,7 +41,15 @@ def small_config(root, **kw) -> TrainConfig:
                 batch_size=2, negatives=2, neg_samples=10, epochs=2, infer_batch_size=8,
                 workers=0, device="cpu", lr=1e-3)
     base.update(kw)
-    return TrainConfig(**base)
+    return flat_config(**base)
+
+
+def flat_config(**fields) -> TrainConfig:
+    """A TrainConfig from flat fields: the model's (backbone, aggregation, clusters, weights ...)
+    go to ``TrainConfig.model``."""
+    names = ("backbone", "aggregation", "clusters", "weights", "checkpoint", "l2", "fc_output_dim")
+    model = {k: fields.pop(k) for k in names if k in fields}
+    return TrainConfig(**fields, model=ModelConfig(**model))
 
 
 class TestPresets:
@@ -203,9 +211,9 @@ class TestRun:
 class TestRefusals:
     @pytest.mark.parametrize("kw, pattern", [
         ({"augment": ["night:M9"]}, "unknown augmentation"),
-        ({"optimizer": "rmsprop"}, "unknown --optimizer"),
-        ({"batch_size": 0}, "--batch-size must be at least 1"),
-        ({"lr": 0}, "--lr"),
+        ({"optimizer": "rmsprop"}, "unknown optimizer"),
+        ({"batch_size": 0}, "^batch_size must be at least 1, got 0$"),
+        ({"lr": 0}, "^lr and margin must be positive"),
     ])
     def test_bad_options(self, train_root, tmp_path, kw, pattern):
         with pytest.raises(VprkitError, match=pattern):
@@ -353,3 +361,109 @@ def dataclasses_without_recipe(config: TrainConfig) -> dict:
     import dataclasses
 
     return {k: v for k, v in dataclasses.asdict(config).items() if k != "recipe"}
+
+
+# a config.json as the previous release (0.2.0.dev0 before the nested model) wrote it: every
+# field of its TrainConfig, the model's flat
+PREVIOUS_RELEASE_CONFIG = """{
+  "format": "vprkit.train",
+  "root": "/data/pitts30k",
+  "backbone": "resnet18conv5",
+  "aggregation": "netvlad",
+  "clusters": 32,
+  "weights": "none",
+  "checkpoint": null,
+  "l2": null,
+  "fc_output_dim": 128,
+  "resize": [240, 320],
+  "train_split": "train",
+  "val_split": "val",
+  "mining": "full",
+  "negatives": 5,
+  "neg_samples": 500,
+  "margin": 0.2,
+  "queries_per_epoch": 2000,
+  "cache_refresh": 500,
+  "batch_size": 8,
+  "infer_batch_size": 32,
+  "epochs": 3,
+  "patience": 2,
+  "optimizer": "adamw",
+  "lr": 0.0001,
+  "weight_decay": 0.001,
+  "scheduler": "plateau",
+  "augment": ["night:M1"],
+  "recalls": [1, 5],
+  "seed": 7,
+  "workers": 1,
+  "device": "cpu",
+  "amp": true,
+  "channels_last": false,
+  "recipe": "paper-adamw-plateau"
+}
+"""
+
+
+class TestNestedModel:
+    """TrainConfig.model is a ModelConfig; config.json of the previous release (flat) loads."""
+
+    def test_a_previous_release_config_loads_nested_with_equal_values(self, tmp_path):
+        (tmp_path / "config.json").write_text(PREVIOUS_RELEASE_CONFIG)
+        config = TrainConfig.load(tmp_path / "config.json")
+        old = json.loads(PREVIOUS_RELEASE_CONFIG)
+        assert config.model == ModelConfig(backbone="resnet18conv5", aggregation="netvlad",
+                                           clusters=32, weights="none", fc_output_dim=128)
+        for key in ("backbone", "aggregation", "clusters", "weights", "checkpoint", "l2",
+                    "fc_output_dim"):
+            assert getattr(config.model, key) == old[key], key
+        rest = {k: v for k, v in old.items() if k != "format" and not hasattr(config.model, k)}
+        assert rest and all(getattr(config, k) == (tuple(v) if k in ("resize", "recalls") else v)
+                            for k, v in rest.items()), rest
+        # written back in the nested form, which loads to the same config
+        data = json.loads(config.to_json())
+        assert data["model"] == config.model.to_dict() and "backbone" not in data
+        (tmp_path / "config.json").write_text(config.to_json())
+        assert TrainConfig.load(tmp_path / "config.json") == config
+
+    def test_component_options_round_trip(self, tmp_path):
+        model = ModelConfig(weights="none").with_overrides(["aggregation.p=3.5"])
+        config = TrainConfig(root="r", model=model)
+        config.check()
+        (tmp_path / "config.json").write_text(config.to_json())
+        assert TrainConfig.load(tmp_path / "config.json").model.aggregation_options == {"p": 3.5}
+
+    def test_a_config_mixing_both_forms_is_refused(self, tmp_path):
+        data = json.loads(TrainConfig(root="r").to_json())
+        data["clusters"] = 64
+        (tmp_path / "config.json").write_text(json.dumps(data))
+        with pytest.raises(VprkitError, match="unknown key 'clusters'"):
+            TrainConfig.load(tmp_path / "config.json")
+
+    def test_the_model_is_checked_with_the_options_wording(self):
+        with pytest.raises(VprkitError, match="^clusters must be at least 1"):
+            TrainConfig(root="r", model=ModelConfig(aggregation="netvlad", clusters=0)).check()
+        with pytest.raises(VprkitError, match="zoo"):
+            TrainConfig(root="r", model=ModelConfig(model="cosplace_resnet101_128")).check()
+
+    def test_cli_set_overrides_component_options(self, monkeypatch, train_root, tmp_path):
+        import vprkit.train
+
+        made = []
+        monkeypatch.setattr(vprkit.train, "train",
+                            lambda config, run_dir, progress=None: made.append(config)
+                            or run_dir / "best.pth")
+
+        def run(*options):
+            return CliRunner().invoke(main, ["train", str(train_root), "-o", str(tmp_path / "r"),
+                                             *options])
+        result = run("--aggregation", "netvlad", "--set", "aggregation.clusters=32",
+                     "--set", "aggregation.fc_output_dim=128")
+        assert result.exit_code == 0, result.output
+        assert (made[-1].model.aggregation, made[-1].model.clusters,
+                made[-1].model.fc_output_dim) == ("netvlad", 32, 128)
+        result = run("--set", "aggregation.clusters")
+        assert result.exit_code != 0 and "Error: " in result.output
+        assert "COMPONENT.OPTION=VALUE" in result.output and "Traceback" not in result.output
+        refused = CliRunner().invoke(main, ["train", "--resume", str(tmp_path / "r"), "--set",
+                                            "aggregation.clusters=32"])
+        assert refused.exit_code != 0 and "--set configures a new run" in refused.output

@@ -28,7 +28,7 @@ from helpers import interrupt_training_at
 from vprkit.cli import main
 from vprkit.data.datasets import load_split
 from vprkit.data.synthetic import generate_dataset
-from vprkit.models import load_model_from_checkpoint
+from vprkit.models import ModelConfig, load_model_from_checkpoint
 from vprkit.models.checkpoints import read_checkpoint
 from vprkit.train import TrainConfig, train
 
@@ -40,6 +40,14 @@ OPTIONS = dict(weights="none", resize=SIZE, aggregation="netvlad", clusters=4, q
                cache_refresh=4, batch_size=3, negatives=2, neg_samples=10, epochs=1,
                infer_batch_size=8, workers=0, device="cpu", optimizer="sgd", lr=1.0, margin=1.0)
 RUN_FILES = {"config.json", "train.log", "metrics.jsonl", "last.pth", "best.pth", "curves.png"}
+
+
+def flat_config(**fields) -> TrainConfig:
+    """A TrainConfig from flat fields: the model's (backbone, aggregation, clusters, weights ...)
+    go to ``TrainConfig.model``."""
+    names = ("backbone", "aggregation", "clusters", "weights", "checkpoint", "l2", "fc_output_dim")
+    model = {k: fields.pop(k) for k in names if k in fields}
+    return TrainConfig(**fields, model=ModelConfig(**model))
 
 
 def cli_options(options: dict) -> list[str]:
@@ -97,7 +105,7 @@ def one_thread():
 def one_process(root, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("one") / "run"
     with one_thread():
-        train(TrainConfig(root=str(root), **OPTIONS), run, progress=False)
+        train(flat_config(root=str(root), **OPTIONS), run, progress=False)
     return run
 
 
@@ -140,7 +148,7 @@ def test_resume_a_one_process_run_with_two(root, one_process, tmp_path, monkeypa
     run = tmp_path / "run"
     interrupt_training_at(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt), one_thread():
-        train(TrainConfig(root=str(root), **OPTIONS), run, progress=False)
+        train(flat_config(root=str(root), **OPTIONS), run, progress=False)
     monkeypatch.undo()
     assert len(losses(run)) == 1
 

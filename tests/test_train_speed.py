@@ -209,7 +209,15 @@ def small_config(root, **kw) -> TrainConfig:
                 batch_size=2, negatives=2, neg_samples=10, epochs=1, infer_batch_size=4,
                 workers=0, device="cpu", lr=1e-3)
     base.update(kw)
-    return TrainConfig(**base)
+    return flat_config(**base)
+
+
+def flat_config(**fields) -> TrainConfig:
+    """A TrainConfig from flat fields: the model's (backbone, aggregation, clusters, weights ...)
+    go to ``TrainConfig.model``."""
+    names = ("backbone", "aggregation", "clusters", "weights", "checkpoint", "l2", "fc_output_dim")
+    model = {k: fields.pop(k) for k in names if k in fields}
+    return TrainConfig(**fields, model=ModelConfig(**model))
 
 
 class TestCache:
@@ -298,9 +306,8 @@ class TestPrecisionOptions:
         assert "[default: no-amp]" in text and "[default: channels-last]" in text
 
     def test_runs_from_before_the_options_resume_as_they_ran(self, tmp_path):
-        stored = {k: v for k, v in TrainConfig(root="r").__dict__.items()
+        stored = {k: v for k, v in TrainConfig(root="r").to_dict().items()
                   if k not in ("amp", "channels_last")}
-        stored["resize"] = list(stored["resize"])
         (tmp_path / "config.json").write_text(json.dumps(stored))
         config = TrainConfig.load(tmp_path / "config.json")
         assert (config.amp, config.channels_last) == (False, False)

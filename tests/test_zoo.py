@@ -92,6 +92,25 @@ class TestExtract:
         with torch.no_grad():
             assert np.abs(model(x).numpy() - stored).max() < 1e-4
 
+    def test_the_file_records_what_the_network_describes(self, checkpoint, zoo_file):
+        """A zoo network is a DescriptorNet as a classic one is: its record is the header's,
+        with its parts for tables; no aggregation layer, no statistics, no pyramid rule."""
+        from vprkit.models.protocol import InputRule
+        from vprkit.models.zoo import ZooNetwork
+
+        config = ModelConfig(model=SMALL, weights="none", checkpoint=str(checkpoint.resolve()))
+        model = build_model(config).eval()
+        assert isinstance(model, ZooNetwork) and not hasattr(model, "aggregation")
+        assert model.label == SMALL and model.input_rule == InputRule()
+        assert model.stats_spec() == {} and model.pyramid_params() == {"type": "none",
+                                                                       "aggregation": SMALL}
+        with DescriptorFile(zoo_file) as f:
+            assert {**model.describe(), "netvlad_init": None} == f.model
+            assert f.model["backbone"] == "ResNet-18" and f.aggregation == model.pyramid_params()
+        with torch.no_grad():
+            desc, stats = model.forward_with_stats(torch.rand(1, 3, *SIZE))
+        assert desc.shape == (1, model.output_dim) and stats == {}
+
     def test_downstream(self, root, zoo_file, tmp_path):
         assert evaluate_file(zoo_file, "2").queries == 8
         with pytest.raises(VprkitError, match="no pyramid rule"):

@@ -33,11 +33,11 @@ _moved.install()  # the old module names of the flat layout still import (with a
 _LAZY: dict[str, tuple[str, str]] = {
     "DescriptorFile": ("vprkit.store", "DescriptorFile"),
     "EvaluationResult": ("vprkit.evaluate.results", "EvaluationResult"),
-    "ExtractOptions": ("vprkit.extract.split", "ExtractOptions"),
+    "ExtractOptions": ("vprkit.extract.options", "ExtractOptions"),
     "ModelConfig": ("vprkit.models.network", "ModelConfig"),
     "TrainConfig": ("vprkit.train.trainer", "TrainConfig"),
     "VprkitError": ("vprkit.errors", "VprkitError"),
-    "combine_files": ("vprkit.ensemble.combine", "combine"),
+    "combine_files": ("vprkit.ensemble.combining", "combine"),
     "compare_files": ("vprkit.evaluate.compare", "compare_files"),
     "extract_split": ("vprkit.extract.split", "extract"),
     "export_hloc": ("vprkit.report.export", "export_hloc"),
@@ -65,20 +65,21 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from vprkit.ensemble.combine import combine as combine_files
+    from vprkit.ensemble.combining import combine as combine_files
     from vprkit.errors import VprkitError
     from vprkit.evaluate.compare import compare_files
     from vprkit.evaluate.results import EvaluationResult
-    from vprkit.extract.split import ExtractOptions
+    from vprkit.extract.options import ExtractOptions
     from vprkit.extract.split import extract as extract_split
     from vprkit.locate.photos import locate as locate_photos
     from vprkit.models.network import ModelConfig
+    from vprkit.progress import ProgressCallback
     from vprkit.report.export import export_hloc, export_pairs
     from vprkit.store import DescriptorFile
     from vprkit.train.trainer import TrainConfig
     from vprkit.train.trainer import train as train_model
 def merge_shards(shards: list[str | Path], output: str | Path, overwrite: bool = False,
-                 progress: bool = True) -> Path:
+                 progress: ProgressCallback | None = None) -> Path:
     """Join the shard files of one sharded extraction into one descriptor file.
 
     ``extract_split(..., options=ExtractOptions(shard=(i, n)))`` (``vprkit extract --shard i/n``)
@@ -92,7 +93,8 @@ def merge_shards(shards: list[str | Path], output: str | Path, overwrite: bool =
         shards: the ``n`` shard files, in any order.
         output: the merged descriptor file to write.
         overwrite: replace ``output`` if it exists (otherwise an existing output is refused).
-        progress: show a progress bar and a summary line.
+        progress: called as the work goes (``vprkit.progress``); None: silent. The summary
+            line is logged (``logging``, ``vprkit`` logger).
 
     Returns:
         The path of the merged file (``output``).
@@ -102,7 +104,8 @@ def merge_shards(shards: list[str | Path], output: str | Path, overwrite: bool =
             a shard missing or given twice, or ``output`` existing without ``overwrite``.
     """
     from vprkit.extract.shards import merge
-    return merge(shards, output, overwrite=overwrite, progress=progress)
+    from vprkit.progress import progress_callback
+    return merge(shards, output, overwrite=overwrite, progress=progress_callback(progress))
 
 
 def evaluate_file(path: str | Path, scale: str | None = None, *args: Any,

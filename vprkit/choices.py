@@ -1,17 +1,19 @@
 """The closed sets of names that the command line offers (``click.Choice``), without importing
 torch: ``vprkit --help`` stays fast. Each is found where it is defined, without importing that
-module: the backbones from the ``NAMES`` tuple that each module of ``vprkit/models/backbones``
-declares (read from its source with ``ast``), the aggregations from the module names of
-``vprkit/models/aggregations``, the training recipes from the ``RECIPES`` of
-``vprkit/train/recipes.py``; nothing is to be added here for a new one. ``tests/test_cli.py`` and
-``tests/test_registry.py`` check that each equals the registry it mirrors (and the L2 placements
-of ``vprkit.models``, the splits of ``vprkit.data.datasets``, the presets of
-``vprkit.train.augment``)."""
+module: the backbones and the aggregations are the module names of ``vprkit/models/backbones``
+and ``vprkit/models/aggregations`` (one module per name, ``component_names``; their
+``vprkit.models.registry.Registry`` lists them the same way), the training recipes from the
+``RECIPES`` of ``vprkit/train/recipes.py``; nothing is to be added here for a new one.
+``tests/test_cli.py`` and ``tests/test_registry.py`` check that each equals the registry it
+mirrors (and the L2 placements of ``vprkit.models``, the splits of ``vprkit.data.datasets``, the
+presets of ``vprkit.train.augment``). The default backbone and aggregation are here, the one
+place every default names them from."""
 
 from __future__ import annotations
 
 import ast
 import pkgutil
+import re
 from pathlib import Path
 
 _HERE = Path(__file__).parent
@@ -20,16 +22,14 @@ ROLES = ("database", "queries")  # the two roles of a split's images
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # the image files a dataset folder holds
 
 
-def _modules(folder: Path) -> list[str]:
-    """The extension modules of a registry package, sorted (not ``base`` nor ``_private``)."""
-    return sorted(m.name for m in pkgutil.iter_modules([str(folder)])
-                  if not m.name.startswith("_") and m.name != "base")
+def component_names(folder: Path) -> tuple[str, ...]:
+    """The component modules of a registry package (not ``base`` nor ``_private``), in natural
+    order (``resnet18conv4`` before ``resnet101conv4``), read from the folder, unimported."""
+    def natural(name: str) -> list:
+        return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
-
-def _source(folder: Path, module: str) -> Path:
-    """The source file of ``module`` in ``folder`` (a package's ``__init__.py``)."""
-    package = folder / module / "__init__.py"
-    return package if package.is_file() else folder / f"{module}.py"
+    return tuple(sorted((m.name for m in pkgutil.iter_modules([str(folder)])
+                         if not m.name.startswith("_") and m.name != "base"), key=natural))
 
 
 def literal_of(path: Path, name: str):
@@ -51,13 +51,12 @@ def literal_of(path: Path, name: str):
 
 
 SPLITS = ("train", "val", "test")
-# One module (or more) per backbone family in vprkit/models/backbones, each declaring the tuple
-# NAMES of the backbones it registers, in registration order (the registry's order).
-BACKBONES: tuple[str, ...] = tuple(
-    name for module in _modules(_HERE / "models" / "backbones")
-    for name in literal_of(_source(_HERE / "models" / "backbones", module), "NAMES"))
-# One module per aggregation in vprkit/models/aggregations: the names are its module names.
-AGGREGATIONS = tuple(_modules(_HERE / "models" / "aggregations"))
+# One module per backbone in vprkit/models/backbones, one per aggregation in
+# vprkit/models/aggregations: the names are their module names.
+BACKBONES: tuple[str, ...] = component_names(_HERE / "models" / "backbones")
+AGGREGATIONS: tuple[str, ...] = component_names(_HERE / "models" / "aggregations")
+DEFAULT_BACKBONE = "resnet18conv4"  # ResNet-18 up to layer3: 256 channels, stride 16
+DEFAULT_AGGREGATION = "gem"
 # The named training recipes (vprkit train --recipe), in their order.
 RECIPES: tuple[str, ...] = tuple(literal_of(_HERE / "train" / "recipes.py", "RECIPES"))
 L2_PLACEMENTS = ("before_pool", "after_pool", "none")  # the benchmark's --l2

@@ -6,32 +6,49 @@ NetVLAD at scales 1,2,3 -> combine (concat and PCA) -> evaluate everything in on
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+from vprkit.choices import DEFAULT_BACKBONE
 from vprkit.data.synthetic import generate_dataset
-from vprkit.ensemble.combine import combine
+from vprkit.ensemble.combining import combine
 from vprkit.evaluate.evaluation import evaluate_file
 from vprkit.evaluate.results import EvaluationResult
 from vprkit.extract.split import ExtractOptions, extract
 from vprkit.models import ModelConfig
-from vprkit.progress import console
+from vprkit.progress import ProgressCallback, progress_callback
 from vprkit.store import parse_scales, spec_name
 
 DEMO_SIZE = (120, 160)
 DEMO_SPLITS = {"train": (150, 75), "val": (60, 30), "test": (150, 75)}
 DEMO_PCA = 128
 DEMO_TRAIN_QUERIES = 70  # of the 73 training queries with a positive within 10 m: nothing clipped
+logger = logging.getLogger(__name__)
 
 
-def run_demo(out: str | Path = "vprkit_demo", backbone: str = "resnet18conv4",
+def run_demo(out: str | Path = "vprkit_demo", backbone: str = DEFAULT_BACKBONE,
              weights: str = "none", scales: str = "1,2,3", train: bool = True,
-             progress: bool = True) -> list[EvaluationResult]:
-    """The whole pipeline on a generated dataset in ``out``; its Recall@N rows (one table)."""
+             progress: ProgressCallback | None = None) -> list[EvaluationResult]:
+    """The whole pipeline on a generated dataset in ``out``; its Recall@N rows (one table).
+
+    Args:
+        out: the folder of the dataset, the run and the descriptor files.
+        backbone: the backbone of every network.
+        weights: its weights (``"none"``: random).
+        scales: the scales to extract (a pyramid of them is evaluated too).
+        train: train GeM for one epoch and evaluate it too.
+        progress: called as the work goes (``vprkit.progress``); None: silent. What the demo
+            does is logged (``logging``, ``vprkit`` logger).
+
+    Returns:
+        One ``EvaluationResult`` per file and scale or pyramid.
+    """
+    progress = progress_callback(progress)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     root = out / "dataset"
     if not all((root / "images" / s).is_dir() for s in DEMO_SPLITS):
-        console.print(f"generating a dataset in {root}")
+        logger.info(f"generating a dataset in {root}")
         generate_dataset(root, DEMO_SPLITS, size=DEMO_SIZE, seed=0)
     scale_list = parse_scales(scales)
     pyramid = [spec_name(scale_list)] if len(scale_list) > 1 else []
@@ -46,8 +63,8 @@ def run_demo(out: str | Path = "vprkit_demo", backbone: str = "resnet18conv4",
             if run.exists():
                 for f in run.iterdir():
                     f.unlink()
-            console.print(f"training GeM for one epoch in {run}")
-            run_train(TrainConfig(root=str(root.resolve()), backbone=backbone, weights=weights,
+            logger.info(f"training GeM for one epoch in {run}")
+            run_train(TrainConfig(root=str(root.resolve()), model=models["gem"],
                                   resize=DEMO_SIZE, queries_per_epoch=DEMO_TRAIN_QUERIES,
                                   cache_refresh=DEMO_TRAIN_QUERIES,
                                   neg_samples=150, epochs=1, lr=1e-4, workers=1), run,
@@ -61,8 +78,7 @@ def run_demo(out: str | Path = "vprkit_demo", backbone: str = "resnet18conv4",
             results.append(evaluate_file(files[name], spec))
     gem = files.get("gem_trained", files["gem"])
     for name, pca in (("concat", None), ("pca", DEMO_PCA)):
-        path = combine([gem, files["netvlad"]], out / f"{name}.h5", pca=pca, overwrite=True,
-                       progress=False)
+        path = combine([gem, files["netvlad"]], out / f"{name}.h5", pca=pca, overwrite=True)
         results.append(evaluate_file(path))
     return results
 

@@ -1,4 +1,5 @@
-"""The one exception type that the CLI turns into a single clear error line, and ``shown``,
+"""The exception types that the CLI turns into a single clear error line (``VprkitError``, and
+``ParameterError`` naming a parameter, which the CLI shows as its option), and ``shown``,
 which makes text from files and names safe to put in such a line or on a terminal."""
 
 from __future__ import annotations
@@ -16,6 +17,27 @@ class VprkitError(Exception):
 
     The message must say what is wrong and where (a file, a row, an option), in one line.
     """
+
+
+class ParameterError(VprkitError, ValueError):
+    """A bad value of one parameter of a library function.
+
+    The message names the parameter in Python terms (``batch_size must be at least 1, got 0``);
+    the CLI shows the command's option instead (``--batch-size``).
+
+    Args:
+        parameter: the function's keyword name, e.g. ``"batch_size"``.
+        message: the whole message, naming ``parameter`` as it is.
+        others: other parameters the message names (the CLI shows them as options too).
+    """
+
+    def __init__(self, parameter: str, message: str, *others: str):
+        super().__init__(message)
+        self.parameter = parameter
+        self.others = others
+
+    def __reduce__(self):  # pickles (across processes) with its parameters
+        return type(self), (self.parameter, str(self), *self.others)
 
 
 def _escape_surrogate(match: re.Match) -> str:

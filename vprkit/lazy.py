@@ -20,7 +20,7 @@ from typing import Any
 
 # old module -> the module that holds its code now
 MOVED = {
-    "vprkit.combine": "vprkit.ensemble.combine",
+    "vprkit.combine": "vprkit.ensemble.combining",
     "vprkit.utm_zone": "vprkit.geo.zones",
     "vprkit.roles": "vprkit.choices",
     "vprkit.pyramid": "vprkit.descriptors.pyramid",

@@ -8,6 +8,8 @@ info, dataset, demo)."""
 from __future__ import annotations
 
 import json
+import logging
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -16,9 +18,9 @@ import click
 
 from vprkit import __version__
 from vprkit.choices import DEFAULT_RESAMPLES, DEFAULT_SEED, DEFAULT_THRESHOLDS, L2_PLACEMENTS
-from vprkit.errors import VprkitError
+from vprkit.errors import ParameterError, VprkitError
 from vprkit.files import write_text
-from vprkit.progress import console, inert, styled
+from vprkit.progress import ProgressCallback, ProgressRenderer, console, inert, show_logs, styled
 
 SCALE_HELP = "a scale such as 1, or a pyramid such as 1+2+3"
 SIZE_HELP = "sizes are H W (height first), as shown everywhere"
@@ -82,8 +84,10 @@ def aggregation_options(function):
         "--l2", type=NamedChoice("--l2", L2_PLACEMENTS), default=None,
         help="Where gem, mac, spoc and rmac L2-normalise (the benchmark's --l2).  "
              "[default: before_pool, or what --checkpoint holds]")(function)
-    return click.option("--clusters", type=click.IntRange(min=1), default=64, show_default=True,
-                        help="NetVLAD clusters.")(function)
+    from vprkit.cli.defaults import field_default, library_option
+    return library_option("--clusters", type=click.IntRange(min=1),
+                          source=field_default("vprkit.models", "ModelConfig", "clusters"),
+                          help="NetVLAD clusters.")(function)
 
 
 def emit_json(json_path: str | None, data) -> bool:
@@ -122,6 +126,77 @@ def resolve_output(output: Path | None, deprecated_out: Path | None) -> Path | N
     return output
 
 
+def progress_renderer(quiet: bool = False) -> ProgressCallback | None:
+    """The progress callback of a command: a rich bar on a terminal, log lines otherwise
+    (``vprkit.progress.ProgressRenderer``); ``--quiet``: none, and only warnings are logged."""
+    if quiet:
+        logging.getLogger("vprkit").setLevel(logging.WARNING)
+        return None
+    return ProgressRenderer()
+
+
+def _option_name(param: click.Parameter) -> str:
+    """How a user writes ``param``: its first long option (``--batch-size``), or ROOT."""
+    if isinstance(param, click.Option):
+        return next((o for o in param.opts if o.startswith("--")), param.opts[0])
+    return param.human_readable_name
+
+
+def library_names(**names: str) -> None:
+    """Declare, inside a command, which of its options a library parameter is where their names
+    differ (``library_names(weights="part_weights")``), for ``option_message``."""
+    click.get_current_context().meta.setdefault(_NAMES, {}).update(names)
+
+
+_NAMES = "vprkit.library_names"
+
+
+def command_context(tb) -> click.Context | None:
+    """The innermost click context on the traceback ``tb`` (that of the command that raised)."""
+    ctx = None
+    while tb is not None:
+        found = tb.tb_frame.f_locals.get("ctx")
+        ctx = found if isinstance(found, click.Context) else ctx
+        tb = tb.tb_next
+    return ctx
+
+
+def option_message(err: ParameterError, ctx: click.Context | None) -> str:
+    """``err``'s message with its parameters written as the options of the command of ``ctx``
+    (``batch_size`` -> ``--batch-size``); a parameter's name where the command has no such
+    option."""
+    message = str(err)
+    if ctx is None:
+        return message
+    names = ctx.meta.get(_NAMES, {})
+    params = {p.name: p for p in ctx.command.params}
+    for parameter in (err.parameter, *err.others):
+        param = params.get(names.get(parameter, parameter))
+        if param is not None:  # the parameter as a word, not inside a name or a path
+            word = re.compile(rf"(?<![\w./\\-]){re.escape(parameter)}(?![\w/\\-]|\.\w)")
+            message = word.sub(_option_name(param).replace("\\", "\\\\"), message)
+    return message
+
+
+def error_line(err: VprkitError, ctx: click.Context | None) -> str:
+    """The message of ``err`` as the CLI shows it: that of a ``ParameterError``, or of one that
+    ``err`` quotes as its cause (a torchrun failure), with options for parameters."""
+    cause = err if isinstance(err, ParameterError) else err.__cause__
+    message = str(err)
+    if isinstance(cause, ParameterError) and str(cause) in message:
+        message = message.replace(str(cause), option_message(cause, ctx))
+    return message
+
+
+def _log_line(record: logging.LogRecord) -> str:
+    """A log record's message, where it quotes a ``ParameterError`` with options (``error_line``)."""
+    error = getattr(record, "error", None)
+    text = record.getMessage()
+    if isinstance(error, ParameterError) and str(error) in text:
+        text = text.replace(str(error), option_message(error, click.get_current_context(True)))
+    return text
+
+
 class VprkitGroup(click.Group):
     """Turns library errors into one clear line and a non-zero exit code, never a traceback."""
 
@@ -133,7 +208,8 @@ class VprkitGroup(click.Group):
             click.echo(f"Error: {inert(err.format_message())}{where}", err=True)
             sys.exit(2)
         except VprkitError as err:
-            raise click.ClickException(inert(err)) from None
+            line = error_line(err, command_context(err.__traceback__))
+            raise click.ClickException(inert(line)) from None
         except KeyboardInterrupt:
             console.print(styled("interrupted", "red", ": rerun the same command to resume"))
             sys.exit(130)
@@ -157,6 +233,8 @@ def main() -> None:
     stored descriptors without running it again.
     """
     warnings.showwarning = _show_warning
+    # the library's messages (logging, ``vprkit`` logger) on stderr while the command runs
+    click.get_current_context().call_on_close(show_logs(logging.INFO, _log_line))
     for stream in (sys.stdout, sys.stderr):  # text from damaged files: escaped, never a crash
         reconfigure = getattr(stream, "reconfigure", None)  # absent on some replaced streams
         if reconfigure is not None:

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import click
 
-from vprkit.choices import BACKBONES, SPLITS
+from vprkit.choices import BACKBONES, DEFAULT_BACKBONE, SPLITS
 from vprkit.cli import (
     NamedChoice,
     emit_json,
     json_option,
     main,
     output_option,
+    progress_renderer,
     resolve_output,
 )
 from vprkit.errors import VprkitError
@@ -114,7 +115,7 @@ def dataset_import_cmd(images, root, output, split, role, coordinates, copy, ski
 # --------------------------------------------------------------------------- demo
 @main.command()
 @output_option("Folder for the generated dataset and descriptor files.  [default: vprkit_demo]")
-@click.option("--backbone", type=NamedChoice("backbone", BACKBONES), default="resnet18conv4",
+@click.option("--backbone", type=NamedChoice("backbone", BACKBONES), default=DEFAULT_BACKBONE,
               show_default=True, help="Backbone to run.")
 @click.option("--weights", default="none", show_default=True,
               help="none (random, no download), imagenet, or a state dict path.")
@@ -134,7 +135,7 @@ def demo(output, deprecated_out, backbone, weights, scales, train, quiet, json_p
     from vprkit.report.tables import recall_table
     out = resolve_output(output, deprecated_out) or Path("vprkit_demo")
     results = run_demo(out, backbone=backbone, weights=weights, scales=scales, train=train,
-                       progress=not quiet)
+                       progress=progress_renderer(quiet))
     if emit_json(json_path, json.loads(results_json(results))):
         return
     results_console.print(recall_table(results, title="vprkit demo: Recall@N on the generated dataset"))

@@ -6,9 +6,15 @@ from pathlib import Path
 
 import click
 
-from vprkit.cli import emit_json, json_option, main
+from vprkit.cli import emit_json, json_option, main, progress_renderer
+from vprkit.cli.defaults import field_default, library_option
 from vprkit.errors import VprkitError
 from vprkit.progress import console, results_console, styled
+
+
+def _locate_default(name: str):
+    """The default of keyword ``name`` of ``vprkit.locate.photos.locate``, read when needed."""
+    return field_default("vprkit.locate.photos", "locate", name)
 
 
 @main.command()
@@ -17,10 +23,11 @@ from vprkit.progress import console, results_console, styled
               help="The descriptor file of the mapped area (made by vprkit extract).")
 @click.option("--scale", default=None,
               help="A scale (2) or pyramid (1+2+3) of the file.  [default: its first scale]")
-@click.option("--top-k", default=5, show_default=True, help="Database matches shown per photo.")
-@click.option("--threshold", default=25.0, show_default=True,
-              help="Metres beyond which a candidate is another place (confidence), and within "
-                   "which a photo with known coordinates counts as located right.")
+@library_option("--top-k", type=int, source=_locate_default("top_k"),
+                help="Database matches shown per photo.")
+@library_option("--threshold", type=float, source=_locate_default("threshold"),
+                help="Metres beyond which a candidate is another place (confidence), and within "
+                     "which a photo with known coordinates counts as located right.")
 @json_option("every photo's position, confidence and matches")
 @click.option("--csv", "csv_path", type=click.Path(allow_dash=True), default=None,
               metavar="PATH|-",
@@ -34,18 +41,19 @@ from vprkit.progress import console, results_console, styled
 @click.option("--pictures", "pictures_dir", type=click.Path(path_type=Path), default=None,
               metavar="DIR", help="Write a PNG per photo with its top-K matches and DIR/index.html.  "
                    "[default: none]")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Photos per inference batch.")
-@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Image decoding processes.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@library_option("--batch-size", type=click.IntRange(min=1), source=_locate_default("batch_size"),
+                help="Photos per inference batch.")
+@library_option("--workers", type=click.IntRange(min=0), source=_locate_default("workers"),
+                help="Image decoding processes.")
+@library_option("--device", type=str, source=_locate_default("device"),
+                help="auto, cpu, cuda or cuda:N.")
 @click.option("--index", default=None,
               help="APPROXIMATE search with a faiss factory string, as evaluate --index.  "
                    "[default: exact search]")
-@click.option("--nprobe", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Inverted lists visited per photo by IVF indexes.")
-@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
-              help="The --seed the database was extracted with (random weights only).")
+@library_option("--nprobe", type=click.IntRange(min=1), source=_locate_default("nprobe"),
+                help="Inverted lists visited per photo by IVF indexes.")
+@library_option("--seed", type=click.IntRange(0, 2**32 - 1), source=_locate_default("seed"),
+                help="The --seed the database was extracted with (random weights only).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def locate(photos, database, scale, top_k, threshold, json_path, csv_path, geojson_path,
            pictures_dir, batch_size, workers, device, index, nprobe, seed, quiet):
@@ -66,7 +74,7 @@ def locate(photos, database, scale, top_k, threshold, json_path, csv_path, geojs
                           f"{' or '.join(to_stdout[1:])}")
     result = run_locate(photos, database, scale=scale, top_k=top_k, threshold=threshold,
                         batch_size=batch_size, workers=workers, device=device, index=index,
-                        nprobe=nprobe, seed=seed, progress=not quiet)
+                        nprobe=nprobe, seed=seed, progress=progress_renderer(quiet))
     for _, error in result.failed:
         console.print(styled("skipped", "red", f" {error}"))
     if not result.located:
@@ -79,7 +87,8 @@ def locate(photos, database, scale, top_k, threshold, json_path, csv_path, geojs
         emit_json(geojson_path, geojson(result))
     if pictures_dir:
         from vprkit.report.locations import write_location_pictures
-        page = write_location_pictures(result, database, pictures_dir, progress=not quiet)
+        page = write_location_pictures(result, database, pictures_dir,
+                                       progress=progress_renderer(quiet))
         console.print(f"pictures: {page}")
     emit_json(json_path, result.to_dict() if json_path else None)
     if not to_stdout:

@@ -8,70 +8,93 @@ from pathlib import Path
 
 import click
 
-from vprkit.choices import AGGREGATIONS, BACKBONES, DEFAULT_MAJORITY_WEIGHT, SPLITS, TEST_METHODS, VIEWS
+from vprkit.choices import AGGREGATIONS, BACKBONES, SPLITS, TEST_METHODS, VIEWS
 from vprkit.cli import (
     SCALE_HELP,
     NamedChoice,
     aggregation_options,
     emit_json,
     json_option,
+    library_names,
     main,
+    progress_renderer,
     statistics_options,
 )
+from vprkit.cli.defaults import field_default, library_option, set_option
 from vprkit.errors import VprkitError
 from vprkit.progress import console, results_console
 
 
 # --------------------------------------------------------------------------- extract
+def _extract_default(name: str, shown=None):
+    """The default of ``ExtractOptions.name`` (``vprkit.extract.options``), read when needed."""
+    return field_default("vprkit.extract.options", "ExtractOptions", name, shown)
+
+
+def _model_default(name: str):
+    """The default of ``ModelConfig.name`` (``vprkit.models``), read when needed."""
+    return field_default("vprkit.models", "ModelConfig", name)
+
+
+def _joined(values) -> str:
+    return ",".join(map(str, values))
+
+
 @main.command()
 @click.argument("root", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="Descriptor file to write (HDF5), e.g. gem.h5.")
-@click.option("--split", type=NamedChoice("split", SPLITS), default="test", show_default=True,
-              help="Dataset split to extract.")
+@library_option("--split", type=NamedChoice("split", SPLITS), source=_extract_default("split"),
+                help="Dataset split to extract.")
 @click.option("--backbone", type=NamedChoice("backbone", BACKBONES), default=None,
               help="The backbone.  [default: resnet18conv4, or what --checkpoint holds]")
 @click.option("--aggregation", type=NamedChoice("aggregation", AGGREGATIONS), default=None,
               help="The aggregation.  [default: gem, or what --checkpoint holds]")
 @aggregation_options
+@set_option
 @click.option("--model", default=None, metavar="NAME",
               help="A whole published model of the zoo instead of --backbone/--aggregation "
                    "(vprkit models lists them: CosPlace, EigenPlaces, MixVPR, ...), with "
                    "--checkpoint FILE (its released weights) or --weights none.  [default: none]")
-@click.option("--weights", default="imagenet", show_default=True,
-              help="Backbone weights: imagenet (torchvision's weights API; efficientnet_lite0 "
-                   "from its offline package), none (random, seeded by --seed), or a state dict path.")
+@library_option("--weights", type=str, source=_model_default("weights"),
+                help="Backbone weights: imagenet (torchvision's weights API; efficientnet_lite0 "
+                     "from its offline package), none (random, seeded by --seed), or a state dict "
+                     "path.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="A benchmark or vprkit checkpoint; architecture taken from it.  [default: none]")
-@click.option("--scales", default="1", show_default=True,
-              help="Comma-separated scales; scale l is the image at H/l x W/l.")
-@click.option("--views", default="hard_resize", show_default=True, metavar="V1,V2,...",
-              help="Query views stored at every scale, for evaluate --test-method: "
-                   f"{', '.join(VIEWS)} (hard_resize is always stored; the database is "
-                   "always hard_resize).")
+@library_option("--scales", type=str, source=_extract_default("scales", _joined),
+                help="Comma-separated scales; scale l is the image at H/l x W/l.")
+@library_option("--views", type=str, source=_extract_default("views", _joined),
+                metavar="V1,V2,...",
+                help="Query views stored at every scale, for evaluate --test-method: "
+                     f"{', '.join(VIEWS)} (hard_resize is always stored; the database is "
+                     "always hard_resize).")
 @click.option("--resize", nargs=2, type=int, default=None, metavar="H W",
               help="Resize every image to H W (height, width) before making the scales.  "
                    "[default: 480 640, or the size that a vprkit --checkpoint was trained at]")
 @click.option("--native-size", is_flag=True,
               help="Keep each image's own size (no --resize).  [default: off, or on where a "
                    "vprkit --checkpoint was trained at native size]")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Images per inference batch.")
-@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
-              help="Image decoding processes.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--half", is_flag=True,
-              help="Reduced-precision inference: float16 on CUDA, bfloat16 on CPU (fast on "
-                   "AVX512-BF16/AMX processors); recorded in the file.  [default: off]")
-@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32",
-              show_default=True, help="Storage type of the descriptors.")
-@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
-              help="Seed of random weights and of NetVLAD's k-means sampling.")
-@click.option("--cluster-split", type=NamedChoice("split", SPLITS), default=None,
-              help="Split whose database images initialise an untrained NetVLAD's clusters by "
-                   "k-means.  [default: --split]")
-@click.option("--skip-unparsable", is_flag=True,
-              help="Skip (and count) file names without coordinates instead of failing.")
+@library_option("--batch-size", type=click.IntRange(min=1), source=_extract_default("batch_size"),
+                help="Images per inference batch.")
+@library_option("--workers", type=click.IntRange(min=0), source=_extract_default("workers"),
+                help="Image decoding processes.")
+@library_option("--device", type=str, source=_extract_default("device"),
+                help="auto, cpu, cuda or cuda:N.")
+@library_option("--half", is_flag=True, source=_extract_default("half"), show_default=False,
+                help="Reduced-precision inference: float16 on CUDA, bfloat16 on CPU (fast on "
+                     "AVX512-BF16/AMX processors); recorded in the file.  [default: off]")
+@library_option("--dtype", type=click.Choice(["float32", "float16"]),
+                source=_extract_default("dtype"), help="Storage type of the descriptors.")
+@library_option("--seed", type=click.IntRange(0, 2**32 - 1), source=_extract_default("seed"),
+                help="Seed of random weights and of NetVLAD's k-means sampling.")
+@library_option("--cluster-split", type=NamedChoice("split", SPLITS), show_default=False,
+                source=_extract_default("cluster_split"),
+                help="Split whose database images initialise an untrained NetVLAD's clusters by "
+                     "k-means.  [default: --split]")
+@library_option("--skip-unparsable", is_flag=True, source=_extract_default("skip_unparsable"),
+                show_default=False,
+                help="Skip (and count) file names without coordinates instead of failing.")
 @click.option("--shard", default=None, metavar="I/N|slurm",
               help="Extract slice I of N (I from 0, N at most 10000) into OUTPUT's name + "
                    ".shardIofN, for N processes, GPUs or machines; join them with vprkit merge. "
@@ -84,11 +107,12 @@ from vprkit.progress import console, results_console
 @click.option("--keep-shards", is_flag=True,
               help="Keep the shard files after torchrun or --merge-when-complete merged them.  "
                    "[default: removed]")
-@click.option("--overwrite", is_flag=True, help="Replace an existing or unfinished output.")
+@library_option("--overwrite", is_flag=True, source=_extract_default("overwrite"),
+                show_default=False, help="Replace an existing or unfinished output.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @json_option("what the file holds (as vprkit info --json)")
-def extract(root, output, split, backbone, aggregation, clusters, l2, fc_output_dim, model,
-            weights,
+def extract(root, output, split, backbone, aggregation, clusters, l2, fc_output_dim, settings,
+            model, weights,
             checkpoint, scales, views,
             resize, native_size, batch_size, workers, device, half, dtype, seed, cluster_split,
             shard, merge_when_complete, keep_shards, skip_unparsable, overwrite, quiet,
@@ -103,8 +127,8 @@ def extract(root, output, split, backbone, aggregation, clusters, l2, fc_output_
     from vprkit.extract.distributed import (
         ProcessFailed,
         World,
-        extract_distributed,
         extract_shard_task,
+        run_extraction,
         slurm_shard,
     )
     from vprkit.extract.shards import parse_shard
@@ -127,14 +151,19 @@ def extract(root, output, split, backbone, aggregation, clusters, l2, fc_output_
                               f"{model} is evaluated at (--resize H W to choose another)")
             else:
                 native_size = True
-    elif checkpoint is None:
-        config = ModelConfig(backbone=backbone or "resnet18conv4",
-                             aggregation=aggregation or "gem", clusters=clusters, weights=weights,
-                             l2=l2, fc_output_dim=fc_output_dim)
+    elif checkpoint is None:  # ModelConfig's defaults where not given
+        named = {k: v for k, v in (("backbone", backbone), ("aggregation", aggregation)) if v}
+        config = ModelConfig(**named, clusters=clusters, weights=weights, l2=l2,
+                             fc_output_dim=fc_output_dim)
     else:
         config = ModelConfig(backbone=backbone, aggregation=aggregation, clusters=clusters,
                              weights="none", checkpoint=str(checkpoint), l2=l2,
                              fc_output_dim=fc_output_dim)
+    if settings:  # --set KEY=VALUE: the components' own options
+        if checkpoint is not None and model is None and not (backbone and aggregation):
+            raise VprkitError("--set with --checkpoint needs --backbone and --aggregation (the "
+                              "components whose options it sets)")
+        config = config.with_overrides(list(settings))
     size, note = image_size_for(None if model else checkpoint, tuple(resize) if resize else None,
                                 native_size)
     if note and World.from_env().rank == 0:
@@ -149,8 +178,8 @@ def extract(root, output, split, backbone, aggregation, clusters, l2, fc_output_
     world = World.from_env()
     if world.size > 1:
         try:
-            path = extract_distributed(root, output, config, options, keep_shards=keep_shards,
-                                       progress=not quiet, announce_failure=True)
+            path = run_extraction(root, output, config, options, keep_shards=keep_shards,
+                                  progress=progress_renderer(quiet), announce_failure=True)
         except ProcessFailed as err:
             if err.reported:  # process 0 wrote the one line
                 raise SystemExit(1) from None
@@ -158,9 +187,9 @@ def extract(root, output, split, backbone, aggregation, clusters, l2, fc_output_
     elif shard == "slurm" or merge_when_complete:
         path = extract_shard_task(root, output, config, options,
                                   merge_when_complete=merge_when_complete,
-                                  keep_shards=keep_shards, progress=not quiet)
+                                  keep_shards=keep_shards, progress=progress_renderer(quiet))
     else:
-        path = extract_distributed(root, output, config, options, progress=not quiet)
+        path = run_extraction(root, output, config, options, progress=progress_renderer(quiet))
     if world.rank == 0:
         emit_json(json_path, describe_file(path) if json_path else None)
 
@@ -181,18 +210,24 @@ def merge(shards, output, overwrite, quiet, json_path):
     """
     from vprkit.extract.shards import merge as run_merge
     from vprkit.report.tables import describe_file
-    path = run_merge(list(shards), output, overwrite=overwrite, progress=not quiet)
+    path = run_merge(list(shards), output, overwrite=overwrite, progress=progress_renderer(quiet))
     emit_json(json_path, describe_file(path) if json_path else None)
 
 
 # --------------------------------------------------------------------------- evaluate
+def _evaluate_default(name: str, shown=None):
+    """The default of keyword ``name`` of ``vprkit.evaluate.evaluation.evaluate_file``."""
+    return field_default("vprkit.evaluate.evaluation", "evaluate_file", name, shown)
+
+
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--scale", "scales", multiple=True,
               help=f"Repeatable: {SCALE_HELP}.  [default: the file's first scale]")
-@click.option("--recalls", default="1,5,10,20", show_default=True, help="The N of Recall@N.")
-@click.option("--threshold", default=25.0, show_default=True,
-              help="Metres within which a database image is a positive.")
+@library_option("--recalls", type=str, source=_evaluate_default("recalls", _joined),
+                help="The N of Recall@N.")
+@library_option("--threshold", type=float, source=_evaluate_default("threshold"),
+                help="Metres within which a database image is a positive.")
 @json_option("the result rows", is_output=True)
 @click.option("--predictions", default=None, metavar="PATH|-",
               help="Write each query's top-N predictions as CSV to PATH, or alone to stdout with "
@@ -202,17 +237,17 @@ def merge(shards, output, overwrite, quiet, json_path):
 @click.option("--index", default=None,
               help="APPROXIMATE search with a faiss index factory string such as IVF1024,PQ32, "
                    "built once and stored next to FILE.  [default: exact search]")
-@click.option("--nprobe", default=16, show_default=True,
-              help="Inverted lists visited per query by IVF indexes.")
-@click.option("--device", default="auto", show_default=True,
-              help="Where the search runs: auto, cpu (faiss), cuda or cuda:N (torch; a faiss GPU "
-                   "build for --index).")
-@click.option("--test-method", type=NamedChoice("test method", tuple(TEST_METHODS)),
-              default="hard_resize", show_default=True,
-              help="The benchmark's query method; all but hard_resize need the query view that "
-                   "extract --views stored (nearest_crop and maj_voting: five_crops).")
-@click.option("--majority-weight", default=DEFAULT_MAJORITY_WEIGHT, show_default=True,
-              help="maj_voting: distance taken off per vote.")
+@library_option("--nprobe", type=int, source=_evaluate_default("nprobe"),
+                help="Inverted lists visited per query by IVF indexes.")
+@library_option("--device", type=str, source=_evaluate_default("device"),
+                help="Where the search runs: auto, cpu (faiss), cuda or cuda:N (torch; a faiss GPU "
+                     "build for --index).")
+@library_option("--test-method", type=NamedChoice("test method", tuple(TEST_METHODS)),
+                source=_evaluate_default("test_method"),
+                help="The benchmark's query method; all but hard_resize need the query view that "
+                     "extract --views stored (nearest_crop and maj_voting: five_crops).")
+@library_option("--majority-weight", type=float, source=_evaluate_default("majority_weight"),
+                help="maj_voting: distance taken off per vote.")
 @click.option("--pictures", type=click.Path(path_type=Path), default=None, metavar="DIR",
               help="Write a PNG per query with its top predictions (green: positive, red: not) "
                    "and DIR/index.html, a gallery of them (single file and scale only).  "
@@ -265,7 +300,8 @@ def evaluate(files, scales, recalls, threshold, json_path, predictions, block_ro
     if predictions:
         write_predictions(results[0], predictions)
     if pictures:
-        write_query_pictures(results[0], pictures, only_wrong, limit)
+        write_query_pictures(results[0], pictures, only_wrong, limit,
+                             progress=progress_renderer())
     comparisons = paired_comparisons(results, bootstrap, seed) if paired else []
     if pictures:
         console.print(f"pictures: {pictures / 'index.html'}")
@@ -314,8 +350,9 @@ def paired_comparisons(results, bootstrap: int, seed: int) -> list:
                    "L2-normalise the result.  [default: plain concatenation, as the paper]")
 @click.option("--weights", "deprecated_weights", default=None, hidden=True,
               help="Deprecated alias of --part-weights.  [default: none]")
-@click.option("--block-rows", default=8192, show_default=True,
-              help="Rows read and written at a time (bounds memory).")
+@library_option("--block-rows", type=int,
+                source=field_default("vprkit.ensemble.combining", "combine", "block_rows"),
+                help="Rows read and written at a time (bounds memory).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @json_option("what the ensemble file holds (as vprkit info --json)")
@@ -325,7 +362,7 @@ def combine(inputs, output, scales, pca, pca_fit, whiten, part_weights, deprecat
 
     Example: vprkit combine gem.h5 netvlad.h5 --pca 2048 -o ens.h5 && vprkit evaluate ens.h5
     """
-    from vprkit.ensemble.combine import combine as run_combine
+    from vprkit.ensemble.combining import combine as run_combine
     from vprkit.report.tables import describe_file
     if deprecated_weights is not None:
         warnings.warn("combine --weights is deprecated (it reads like backbone weights); use "
@@ -343,6 +380,8 @@ def combine(inputs, output, scales, pca, pca_fit, whiten, part_weights, deprecat
         except ValueError:
             raise VprkitError(f"bad --part-weights {weights!r}: expected numbers like 1,0.5") \
                 from None
+    library_names(weights="part_weights")
     path = run_combine(inputs, output, list(scales) or None, pca, fit, whiten, parsed,
-                       block_rows=block_rows, overwrite=overwrite, progress=not quiet)
+                       block_rows=block_rows, overwrite=overwrite,
+                       progress=progress_renderer(quiet))
     emit_json(json_path, describe_file(path) if json_path else None)

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from vprkit.choices import AGGREGATIONS, AUGMENT_PRESETS, BACKBONES, RECIPES, SPLITS, literal_of
+from vprkit.choices import AGGREGATIONS, AUGMENT_PRESETS, BACKBONES, RECIPES, SPLITS
 from vprkit.cli import (
     NamedChoice,
     aggregation_options,
@@ -15,14 +15,24 @@ from vprkit.cli import (
     json_option,
     main,
     output_option,
+    progress_renderer,
     resolve_output,
 )
+from vprkit.cli.defaults import field_default, library_option, set_option
 from vprkit.errors import VprkitError
 from vprkit.progress import console, results_console, styled
 
+
 # --------------------------------------------------------------------------- train
-# TrainConfig's defaults of --amp and --channels-last, read from its source (no torch import)
-_STEP_DEFAULTS = literal_of(Path(__file__).parents[1] / "train" / "config.py", "STEP_DEFAULTS")
+def _default(name: str):
+    """The default of ``TrainConfig.name`` (``vprkit.train.config``), read when needed."""
+    return field_default("vprkit.train.config", "TrainConfig", name)
+
+
+def _model_default(name: str):
+    """The default of ``ModelConfig.name`` (``vprkit.models``), the network that
+    ``TrainConfig.model`` holds by default, read when needed."""
+    return field_default("vprkit.models", "ModelConfig", name)
 
 
 def _list_augments(ctx, param, value):
@@ -80,68 +90,72 @@ def _explicit(ctx: click.Context, field: str) -> bool:
                    "--list-recipes); options given explicitly override it.  [default: none]")
 @click.option("--list-recipes", is_flag=True, expose_value=False, is_eager=True,
               callback=_list_recipes, help="Print every training recipe and exit.")
-@click.option("--backbone", type=NamedChoice("backbone", BACKBONES), default="resnet18conv4",
-              show_default=True, help="The backbone to train.")
-@click.option("--aggregation", type=NamedChoice("aggregation", AGGREGATIONS), default="gem",
-              show_default=True, help="The aggregation to train.")
+@library_option("--backbone", type=NamedChoice("backbone", BACKBONES),
+                source=_model_default("backbone"), help="The backbone to train.")
+@library_option("--aggregation", type=NamedChoice("aggregation", AGGREGATIONS),
+                source=_model_default("aggregation"), help="The aggregation to train.")
 @aggregation_options
-@click.option("--weights", default="imagenet", show_default=True,
-              help="Initial backbone weights: imagenet, none or a state dict path.")
+@set_option
+@library_option("--weights", type=str, source=_model_default("weights"),
+                help="Initial backbone weights: imagenet, none or a state dict path.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="Start from this benchmark or vprkit checkpoint.  [default: none]")
-@click.option("--resize", nargs=2, type=int, default=(480, 640), show_default=True,
-              metavar="H W", help="Training and validation image size, height then width.")
+@library_option("--resize", nargs=2, type=int, source=_default("resize"), metavar="H W",
+                help="Training and validation image size, height then width.")
 @click.option("--native-size", is_flag=True, help="Keep the images' own (equal) size.")
-@click.option("--mining", type=click.Choice(["partial", "full", "random"]), default="partial",
-              show_default=True, help="Negative mining.")
-@click.option("--negatives", default=10, show_default=True, help="Hard negatives per query.")
-@click.option("--neg-samples", default=1000, show_default=True,
-              help="Database images sampled as negative candidates per cache refresh.")
-@click.option("--margin", default=0.1, show_default=True, help="Triplet margin.")
-@click.option("--queries-per-epoch", default=5000, show_default=True,
-              help="Training queries per epoch.")
-@click.option("--cache-refresh", default=1000, show_default=True,
-              help="Queries mined with the current model at each cache refresh.")
-@click.option("--batch-size", default=4, show_default=True, help="Triplet groups per step.")
-@click.option("--infer-batch-size", default=16, show_default=True,
-              help="Images per batch when computing caches and validation.")
-@click.option("--epochs", default=5, show_default=True, help="Maximum epochs.")
-@click.option("--patience", default=3, show_default=True,
-              help="Stop after this many epochs without a better validation R@5.")
-@click.option("--optimizer", type=click.Choice(["sgd", "adam", "adamw", "asgd"]), default="adam",
-              show_default=True, help="Optimiser.")
-@click.option("--lr", default=1e-5, show_default=True, help="Learning rate.")
-@click.option("--weight-decay", default=0.0, show_default=True, help="Weight decay.")
-@click.option("--scheduler", type=click.Choice(["none", "plateau", "cosine"]), default="none",
-              show_default=True,
-              help="plateau: x0.1 on the refresh loss (patience 1, threshold 0.005); "
-                   "cosine: over all cache refreshes.")
+@library_option("--mining", type=click.Choice(["partial", "full", "random"]),
+                source=_default("mining"), help="Negative mining.")
+@library_option("--negatives", type=int, source=_default("negatives"),
+                help="Hard negatives per query.")
+@library_option("--neg-samples", type=int, source=_default("neg_samples"),
+                help="Database images sampled as negative candidates per cache refresh.")
+@library_option("--margin", type=float, source=_default("margin"), help="Triplet margin.")
+@library_option("--queries-per-epoch", type=int, source=_default("queries_per_epoch"),
+                help="Training queries per epoch.")
+@library_option("--cache-refresh", type=int, source=_default("cache_refresh"),
+                help="Queries mined with the current model at each cache refresh.")
+@library_option("--batch-size", type=int, source=_default("batch_size"),
+                help="Triplet groups per step.")
+@library_option("--infer-batch-size", type=int, source=_default("infer_batch_size"),
+                help="Images per batch when computing caches and validation.")
+@library_option("--epochs", type=int, source=_default("epochs"), help="Maximum epochs.")
+@library_option("--patience", type=int, source=_default("patience"),
+                help="Stop after this many epochs without a better validation R@5.")
+@library_option("--optimizer", type=click.Choice(["sgd", "adam", "adamw", "asgd"]),
+                source=_default("optimizer"), help="Optimiser.")
+@library_option("--lr", type=float, source=_default("lr"), help="Learning rate.")
+@library_option("--weight-decay", type=float, source=_default("weight_decay"),
+                help="Weight decay.")
+@library_option("--scheduler", type=click.Choice(["none", "plateau", "cosine"]),
+                source=_default("scheduler"),
+                help="plateau: x0.1 on the refresh loss (patience 1, threshold 0.005); "
+                     "cosine: over all cache refreshes.")
 @click.option("--augment", multiple=True, type=NamedChoice("augmentation preset", AUGMENT_PRESETS),
               help="Augmentation preset for training queries, repeatable.  [default: none]")
 @click.option("--list-augments", is_flag=True, expose_value=False, is_eager=True,
               callback=_list_augments, help="Print every augmentation preset and exit.")
-@click.option("--train-split", type=NamedChoice("split", SPLITS), default="train", show_default=True,
-              help="Split to train on.")
-@click.option("--val-split", type=NamedChoice("split", SPLITS), default="val", show_default=True,
-              help="Split to validate on.")
-@click.option("--seed", default=0, show_default=True, help="Seed of every random choice.")
-@click.option("--workers", default=2, show_default=True, help="Image loading processes.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--amp/--no-amp", default=_STEP_DEFAULTS["amp"], show_default=True,
-              help="Mixed precision (autocast) for the training steps: bfloat16 on a CPU, "
-                   "float16 with a gradient scaler on CUDA; caches and validation stay float32. "
-                   "Faster where the CPU computes bfloat16 natively (AVX512-BF16, AMX: 1.8x per "
-                   "step at 480x640 on the 2-core machine of the README); without them (not measured "
-                   "here) it can be slower: check with benchmarks/bench_train.py --amp.")
-@click.option("--channels-last/--no-channels-last", default=_STEP_DEFAULTS["channels_last"],
-              show_default=True,
-              help="Channels-last memory format for the network and its inputs: the same "
-                   "computation in another layout, 1.4x faster steps at 480x640 on the 2-core "
-                   "CPU of the README.")
+@library_option("--train-split", type=NamedChoice("split", SPLITS), source=_default("train_split"),
+                help="Split to train on.")
+@library_option("--val-split", type=NamedChoice("split", SPLITS), source=_default("val_split"),
+                help="Split to validate on.")
+@library_option("--seed", type=int, source=_default("seed"), help="Seed of every random choice.")
+@library_option("--workers", type=int, source=_default("workers"),
+                help="Image loading processes.")
+@library_option("--device", type=str, source=_default("device"), help="auto, cpu, cuda or cuda:N.")
+@library_option("--amp/--no-amp", source=_default("amp"),
+                help="Mixed precision (autocast) for the training steps: bfloat16 on a CPU, "
+                     "float16 with a gradient scaler on CUDA; caches and validation stay float32. "
+                     "Faster where the CPU computes bfloat16 natively (AVX512-BF16, AMX: 1.8x per "
+                     "step at 480x640 on the 2-core machine of the README); without them (not measured "
+                     "here) it can be slower: check with benchmarks/bench_train.py --amp.")
+@library_option("--channels-last/--no-channels-last", source=_default("channels_last"),
+                help="Channels-last memory format for the network and its inputs: the same "
+                     "computation in another layout, 1.4x faster steps at 480x640 on the 2-core "
+                     "CPU of the README.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @json_option("the run's folder, best checkpoint and best validation recalls")
 def train(root, output, deprecated_out, resume, recipe, backbone, aggregation, clusters, l2,
-          fc_output_dim, weights,
+          fc_output_dim, settings, weights,
           checkpoint, resize, native_size, mining, negatives, neg_samples, margin,
           queries_per_epoch, cache_refresh, batch_size, infer_batch_size, epochs, patience,
           optimizer, lr, weight_decay, scheduler, augment, train_split, val_split, seed, workers,
@@ -152,6 +166,7 @@ def train(root, output, deprecated_out, resume, recipe, backbone, aggregation, c
     model is RUN_DIR/best.pth, ready for vprkit extract --checkpoint.
     """
     from vprkit.extract.world import World
+    from vprkit.models import ModelConfig
     from vprkit.train import resume as resume_run
     from vprkit.train import train as run_train
     from vprkit.train.recipes import config_from_recipe, recipe_fields
@@ -161,14 +176,20 @@ def train(root, output, deprecated_out, resume, recipe, backbone, aggregation, c
         if recipe is not None:
             raise VprkitError("--recipe starts a new run; --resume continues a run with its own "
                               "config.json")
-        path = resume_run(resume, progress=not quiet)
+        if settings:
+            raise VprkitError("--set configures a new run's network; --resume continues a run "
+                              "with its own config.json")
+        path = resume_run(resume, progress=progress_renderer(quiet))
     else:
         if root is None or out is None:
             raise VprkitError("give ROOT and --output RUN_DIR (-o RUN_DIR), or --resume RUN_DIR")
+        network = ModelConfig(backbone=backbone, aggregation=aggregation, clusters=clusters, l2=l2,
+                              fc_output_dim=fc_output_dim, weights=weights,
+                              checkpoint=str(Path(checkpoint).resolve()) if checkpoint else None)
+        if settings:  # --set KEY=VALUE: the components' own options
+            network = network.with_overrides(list(settings))
         fields = dict(
-            root=str(Path(root).resolve()), backbone=backbone, aggregation=aggregation,
-            clusters=clusters, l2=l2, fc_output_dim=fc_output_dim, weights=weights,
-            checkpoint=str(Path(checkpoint).resolve()) if checkpoint else None,
+            root=str(Path(root).resolve()), model=network,
             resize=None if native_size else tuple(resize), train_split=train_split,
             val_split=val_split, mining=mining, negatives=negatives, neg_samples=neg_samples,
             margin=margin, queries_per_epoch=queries_per_epoch, cache_refresh=cache_refresh,
@@ -181,7 +202,8 @@ def train(root, output, deprecated_out, resume, recipe, backbone, aggregation, c
             for name in recipe_fields(recipe):
                 if name in fields and not _explicit(ctx, name):
                     del fields[name]
-        path = run_train(config_from_recipe(recipe, **fields), out, progress=not quiet)
+        path = run_train(config_from_recipe(recipe, **fields), out,
+                         progress=progress_renderer(quiet))
     if World.from_env().rank == 0:  # under torchrun: process 0 only
         if not emit_json(json_path, run_summary(path.parent) if json_path else None):
             console.print(styled("best model", "green", f": {path}"))

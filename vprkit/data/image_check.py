@@ -11,7 +11,7 @@ from pathlib import Path
 from vprkit.data.datasets import ROLES, Split
 from vprkit.data.images import file_sha256
 from vprkit.errors import VprkitError
-from vprkit.progress import progress_bar
+from vprkit.progress import ProgressCallback, progress_task
 
 
 def same_images(writer_or_file, split: Split) -> str | None:
@@ -27,7 +27,8 @@ def same_images(writer_or_file, split: Split) -> str | None:
     return None
 
 
-def changed_image(stored, split: Split, rows: dict[str, int], progress: bool) -> str | None:
+def changed_image(stored, split: Split, rows: dict[str, int],
+                  progress: ProgressCallback | None = None) -> str | None:
     """None if the first ``rows[role]`` images of each role still have the bytes whose SHA-256
     ``stored`` (a descriptor file or writer) kept, else the first image that changed. Files made
     before vprkit kept hashes cannot be checked (a warning says so)."""
@@ -42,8 +43,8 @@ def changed_image(stored, split: Split, rows: dict[str, int], progress: bool) ->
     if not checks:
         return None
     paths = {role: split.role(role).paths() for role in ROLES}
-    with progress_bar(progress) as bar, ThreadPoolExecutor(max_workers=8) as pool:
-        task = bar.add_task("check images", total=len(checks), rate="")
+    with progress_task(progress, "check images", len(checks)) as task, \
+            ThreadPoolExecutor(max_workers=8) as pool:
         for start in range(0, len(checks), 1024):  # in blocks: stop soon after a difference
             block = checks[start:start + 1024]
             digests = pool.map(_sha256_or_none, [paths[role][i] for role, i, _ in block])
@@ -53,7 +54,7 @@ def changed_image(stored, split: Split, rows: dict[str, int], progress: bool) ->
                     return f"{role} image {name} cannot be read"
                 if digest != kept and any(kept):
                     return f"{role} image {name} has other bytes than when it was extracted"
-            bar.update(task, advance=len(block))
+            task.advance(len(block))
     return None
 
 

@@ -41,7 +41,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from vprkit import inputs
-from vprkit.errors import VprkitError, shown
+from vprkit.errors import ParameterError, VprkitError, shown
 
 WIDE_GREY_MODES = ("I", "F")  # and every "I;16..." mode
 
@@ -180,7 +180,7 @@ def preprocess(image: torch.Tensor, size: tuple[int, int] | None,
     image = normalize(image)
     if view != "hard_resize":
         if size is None:
-            raise ValueError(f"view {view} needs a --resize")
+            raise ParameterError("resize", f"view {view} needs a resize (H, W)")
         image = view_image(image, view, size)
     elif size is not None:
         image = resize(image, size)

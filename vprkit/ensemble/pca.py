@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vprkit.errors import VprkitError
+from vprkit.errors import ParameterError, VprkitError
 from vprkit.store import DescriptorFile
 
 
@@ -88,10 +88,11 @@ def fit_pca(scales, dim: int, sources: list[tuple[DescriptorFile, str]],
     rows = sum(f.num(role) for f, role in sources)
     in_dim = sources[0][0].dim
     if dim > in_dim:
-        raise VprkitError(f"--pca {dim} is larger than the {in_dim} dimensions of {label}")
+        raise ParameterError("pca", f"pca {dim} is larger than the {in_dim} dimensions of {label}")
     if dim > rows:
-        raise VprkitError(f"--pca {dim} is larger than the {rows} rows that fit it ({label}); "
-                          "choose a smaller --pca or fit on more rows (--pca-fit)")
+        raise ParameterError("pca", f"pca {dim} is larger than the {rows} rows that fit it "
+                                    f"({label}); choose a smaller pca or fit on more rows "
+                                    "(pca_fit)", "pca_fit")
     if rows * in_dim * 4 <= memory_bytes:
         data = np.concatenate([f.read_rows(role, scales, 0, f.num(role)) for f, role in sources])
         model = PCA(n_components=dim, whiten=whiten, svd_solver="full").fit(data)

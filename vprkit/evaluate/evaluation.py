@@ -24,7 +24,7 @@ from vprkit.descriptors.views import (
     merge_results,
     query_rows_for,
 )
-from vprkit.errors import VprkitError
+from vprkit.errors import ParameterError, VprkitError
 from vprkit.evaluate.results import EvaluationResult, Ranking
 from vprkit.evaluate.statistics import (
     DEFAULT_LEVEL,
@@ -59,11 +59,12 @@ def parse_recalls(text: str) -> tuple[int, ...]:
 def check_search_options(threshold: float, block_rows: int | None, nprobe: int) -> None:
     """One clear line for a threshold, block size or nprobe that would give a wrong number."""
     if not math.isfinite(threshold) or threshold <= 0:
-        raise VprkitError(f"--threshold must be a positive number of metres, got {threshold}")
+        raise ParameterError("threshold", f"threshold must be a positive number of metres, got "
+                                          f"{threshold}")
     if block_rows is not None and block_rows < 1:
-        raise VprkitError(f"--block-rows must be at least 1, got {block_rows}")
+        raise ParameterError("block_rows", f"block_rows must be at least 1, got {block_rows}")
     if nprobe < 1:
-        raise VprkitError(f"--nprobe must be at least 1, got {nprobe}")
+        raise ParameterError("nprobe", f"nprobe must be at least 1, got {nprobe}")
 
 
 def recall_at_n(predictions: np.ndarray, positives: Sequence[np.ndarray],
@@ -146,7 +147,8 @@ def evaluate_file(
     check_bootstrap(bootstrap)
     check_seed(seed)
     if not math.isfinite(majority_weight):
-        raise VprkitError(f"--majority-weight must be a finite number, got {majority_weight}")
+        raise ParameterError("majority_weight", f"majority_weight must be a finite number, got "
+                                                f"{majority_weight}")
     recalls = tuple(recalls)
     if not recalls or min(recalls) < 1:
         raise VprkitError(f"bad recalls {recalls}: expected integers >= 1")
@@ -159,8 +161,8 @@ def evaluate_file(
             raise VprkitError(f"{path} has {n_db} database and {n_q} query rows; need both")
         k = max(recalls)
         if k > n_db:
-            raise VprkitError(f"Recall@{k} asks for more predictions than the {n_db} database "
-                              f"images of {path}; choose --recalls up to {n_db}")
+            raise ParameterError("recalls", f"Recall@{k} asks for more predictions than the "
+                                 f"{n_db} database images of {path}; choose recalls up to {n_db}")
         view = TEST_METHODS[test_method]
         store.check_view(scales, view)
         queries = query_rows_for(test_method, store.read_rows(

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vprkit.choices import DEFAULT_RESAMPLES, DEFAULT_SEED, DEFAULT_THRESHOLDS
-from vprkit.errors import VprkitError
+from vprkit.errors import ParameterError, VprkitError
 from vprkit.numbers import parse_float
 
 __all__ = ["DEFAULT_RESAMPLES", "DEFAULT_SEED", "DEFAULT_THRESHOLDS", "DEFAULT_LEVEL",
@@ -132,8 +132,8 @@ def query_outcomes(predictions: np.ndarray, distances: np.ndarray,
 def check_bootstrap(resamples: int, level: float = DEFAULT_LEVEL) -> None:
     """One clear line for a resample count or confidence level that cannot give an interval."""
     if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 0:
-        raise VprkitError(f"--bootstrap must be a whole number of resamples >= 0 (0: none), "
-                          f"got {resamples}")
+        raise ParameterError("bootstrap", f"bootstrap must be a whole number of resamples >= 0 "
+                                          f"(0: none), got {resamples}")
     if not (isinstance(level, float) and 0 < level < 1):
         raise VprkitError(f"the confidence level must be between 0 and 1, got {level}")
 

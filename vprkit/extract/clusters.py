@@ -9,6 +9,7 @@ one method whatever the device.
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,12 @@ from vprkit.errors import VprkitError
 from vprkit.extract.inference import inference_options, sample_local_features
 from vprkit.files import partial_path
 from vprkit.models import NetVLAD, VPRModel, fingerprint
-from vprkit.progress import console
 from vprkit.search.exact import full_fp32_matmul
 from vprkit.search.kmeans import torch_kmeans
 from vprkit.store import DescriptorFile
 
 NETVLAD_KMEANS_ITERATIONS = 100  # as NetVLAD.init_from_descriptors
+logger = logging.getLogger(__name__)
 
 
 def netvlad_clusters(model: VPRModel, root: Path, split: Split, output: Path, options: Any,
@@ -66,8 +67,8 @@ def netvlad_clusters(model: VPRModel, root: Path, split: Split, output: Path, op
         if arrays:
             model.aggregation.load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()})
             return init
-    console.print(f"NetVLAD: k-means on local features of {wanted['images']} {cluster_split} "
-                  "database images")
+    logger.info(f"NetVLAD: k-means on local features of {wanted['images']} {cluster_split} "
+                "database images")
     features = sample_local_features(model, paths, inference_options(options), device)
     init_netvlad(getattr(model.aggregation, "inner", model.aggregation), features, options.seed,
                  device)

@@ -1,13 +1,14 @@
 """Sharded extraction launched by ``torchrun`` or by a Slurm job array, merged when complete.
 
-``extract_distributed``: under torchrun (``WORLD_SIZE`` > 1) every process extracts shard RANK of
-WORLD_SIZE (the slices and file names of ``vprkit.extract.shards``), on ``cuda:LOCAL_RANK`` where it runs
-on CUDA. The processes then agree that every shard succeeded (an all-reduce of a flag over gloo:
-CPU tensors only, and a long timeout, since shards may finish far apart) and process 0 merges the
-shards into ``output``, equal row for row to a one-process extraction, then removes them unless
-``keep_shards``. An error in any process stops all of them with one message naming it; the shards
-keep their committed rows, so the same command resumes them. A complete ``output`` is handled as
-``extract`` handles it: nothing to do, or refused where it was made differently.
+``run_extraction``: ``extract`` in one process; under torchrun (``WORLD_SIZE`` > 1) every
+process extracts shard RANK of WORLD_SIZE (the slices and file names of
+``vprkit.extract.shards``), on ``cuda:LOCAL_RANK`` where it runs on CUDA. The processes then
+agree that every shard succeeded (an all-reduce of a flag over gloo: CPU tensors only, and a
+long timeout, since shards may finish far apart) and process 0 merges the shards into
+``output``, equal row for row to a one-process extraction, then removes them unless
+``keep_shards``. An error in any process stops all of them with one message naming it; the
+shards keep their committed rows, so the same command resumes them. A complete ``output`` is
+handled as ``extract`` handles it: nothing to do, or refused where it was made differently.
 
 ``extract_shard_task``: one shard by itself, e.g. a task of a Slurm job array (``slurm_shard``
 reads its shard from ``SLURM_ARRAY_TASK_ID``, ``_MIN`` and ``_COUNT``). Such tasks share no
@@ -19,10 +20,11 @@ so that of tasks finishing together exactly one merges).
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import socket
 import stat
-import sys
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
@@ -34,19 +36,21 @@ import torch
 
 from vprkit.descriptors.views import parse_views
 from vprkit.devices import resolve_device
-from vprkit.errors import VprkitError, shown
+from vprkit.errors import ParameterError, VprkitError, shown
+from vprkit.extract.options import ExtractOptions
 from vprkit.extract.shards import check_shard_count, merge, shard_path
-from vprkit.extract.split import ExtractOptions, extract
+from vprkit.extract.split import extract
 from vprkit.extract.world import World, env_int
 from vprkit.models import ModelConfig
 from vprkit.numbers import NumberError
-from vprkit.progress import console, inert
+from vprkit.progress import ProgressCallback, progress_callback
 from vprkit.store import DescriptorFile, parse_scales
 
 WAIT = timedelta(hours=24)  # how long a process that finished waits for the others
 RESUME = "; the shards keep their finished rows: rerun the same command to resume"
 SLURM = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN")
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 class ProcessFailed(VprkitError):
@@ -105,11 +109,12 @@ def slurm_shard(environ: Mapping[str, str] | None = None) -> tuple[int, int]:
 
 
 def complete_output(root: str | Path, output: str | Path, model_config: ModelConfig,
-                    options: ExtractOptions, progress: bool = True) -> bool:
+                    options: ExtractOptions, progress: ProgressCallback | None = None) -> bool:
     """Whether a complete ``output`` holds the extraction already (True: nothing to do); False
     where there is none (or ``options.overwrite``). One made differently is refused as
     ``extract`` refuses it, and one without some asked scales or views too (sharded runs do not
     extend a file: one process does)."""
+    progress = progress_callback(progress)
     output = Path(output)
     if options.overwrite or not output.exists():
         return False
@@ -121,17 +126,19 @@ def complete_output(root: str | Path, output: str | Path, model_config: ModelCon
     lacking += [f"view(s) {', '.join(v for v in views if v not in have[s])} at scale {s}"
                 for s in scales if s in have and not set(views) <= have[s]]
     if lacking:
-        raise VprkitError(f"{output} exists without {'; '.join(lacking)}: add them with one process "
-                          "(vprkit extract without --shard or torchrun extends a file of the same "
-                          "model), choose another output, or pass --overwrite")
+        raise ParameterError("overwrite", f"{output} exists without {'; '.join(lacking)}: add "
+                             "them with one process (vprkit extract without --shard or torchrun "
+                             "extends a file of the same model), choose another output, or pass "
+                             "overwrite")
     # extract itself checks it was made the same way ("nothing to do") or refuses it
     extract(root, output, model_config, replace(options, shard=None), progress)
     return True
 
 
 def merge_shards(output: str | Path, count: int, overwrite: bool = False,
-                 keep_shards: bool = False, progress: bool = True) -> Path:
+                 keep_shards: bool = False, progress: ProgressCallback | None = None) -> Path:
     """Merge the ``count`` shards of ``output`` into it; then remove them unless ``keep_shards``."""
+    progress = progress_callback(progress)
     output = Path(output)
     shards: list[str | Path] = [shard_path(output, i, count) for i in range(count)]
     unseen = [str(p) for p in shards if not Path(p).is_file()]
@@ -142,8 +149,7 @@ def merge_shards(output: str | Path, count: int, overwrite: bool = False,
     if not keep_shards:
         for shard in shards:
             Path(shard).unlink()
-        if progress:
-            console.print(f"removed the {count} shard files (--keep-shards keeps them)")
+        logger.info(f"removed the {count} shard files (--keep-shards keeps them)")
     return path
 
 
@@ -198,7 +204,7 @@ class _Group:
         self.dist.all_gather_object(reports, (socket.gethostname(), why), group=self.group)
         message, ranks = _failure_message(reports, only_main, hint)
         if self.announce and self.world.rank == 0:
-            print(f"Error: {inert(message)}", file=sys.stderr, flush=True)
+            logger.error(f"Error: {message}", extra={"error": error})  # (the CLI's line)
         # the line is written before any process exits (torchrun then stops the others)
         self.dist.barrier(group=self.group)
         raise ProcessFailed(message, ranks, self.announce) from error
@@ -225,21 +231,24 @@ def _failure_message(reports: list[tuple[str, str | None]], only_main: bool,
     return f"process {rank}{where} of {len(reports)} failed: {why}{others}{hint}", ranks
 
 
-def extract_distributed(root: str | Path, output: str | Path, model_config: ModelConfig,
-                        options: ExtractOptions | None = None, *, keep_shards: bool = False,
-                        progress: bool = True, timeout: timedelta = WAIT,
-                        announce_failure: bool = False) -> Path:
-    """Extract in the processes torchrun started, then merge; ``extract`` in a single process.
+def run_extraction(root: str | Path, output: str | Path, model_config: ModelConfig,
+                   options: ExtractOptions | None = None, *, keep_shards: bool = False,
+                   progress: ProgressCallback | None = None, timeout: timedelta = WAIT,
+                   announce_failure: bool = False) -> Path:
+    """Extract in this process (``extract``), or in the processes torchrun started, then merge.
 
     Every process calls this with the same arguments (``options.shard`` must be None: the
-    shard is the rank) and gets ``output``. Process 0 shows progress (of its own shard) when
-    ``progress``, checks an existing ``output`` first (``complete_output``) and merges.
+    shard is the rank) and gets ``output``. Process 0 reports progress (of its own shard) to
+    ``progress`` (None: silent), checks an existing ``output`` first (``complete_output``) and
+    merges. With ``announce_failure`` process 0 logs the failure's line (``vprkit`` logger,
+    ERROR) before any process raises.
 
     Raises:
         ProcessFailed: in every process, where any failed; with ``announce_failure`` process 0
-            has written its one line (``Error: ...``) to stderr before any process raises.
+            has logged its one line (``Error: ...``) before any process raises.
         VprkitError: as ``extract``, before the processes meet (a bad environment).
     """
+    progress = progress_callback(progress)
     options = options or ExtractOptions()
     world = World.from_env()
     if world.size == 1:
@@ -257,12 +266,20 @@ def extract_distributed(root: str | Path, output: str | Path, model_config: Mode
                          only_main=True)
         if group.broadcast(done):
             return output
-        group.run(lambda: extract(root, output, model_config, mine, progress and main), hint=RESUME)
+        group.run(lambda: extract(root, output, model_config, mine, progress if main else None),
+                  hint=RESUME)
         group.run(lambda: merge_shards(output, world.size, options.overwrite, keep_shards,
                                        progress), only_main=True)
         return output
     finally:
         group.close()
+
+
+def extract_distributed(*args: Any, **kwargs: Any) -> Path:
+    """Deprecated name of ``run_extraction`` (removed in the release after next)."""
+    warnings.warn("vprkit.extract.distributed.extract_distributed is deprecated; use "
+                  "run_extraction", DeprecationWarning, stacklevel=2)
+    return run_extraction(*args, **kwargs)
 
 
 @contextmanager
@@ -301,11 +318,13 @@ def _holds(path: Path, count: int, scales: tuple[int, ...], views: tuple[str, ..
 
 
 def merge_if_complete(output: str | Path, count: int, options: ExtractOptions,
-                      keep_shards: bool = False, progress: bool = True) -> Path | None:
+                      keep_shards: bool = False,
+                      progress: ProgressCallback | None = None) -> Path | None:
     """Merge the ``count`` shards of ``output`` if each holds ``options``' scales and views and
     nobody merged them yet: ``output``, or None while shards are unfinished. The check and the
     merge hold ``<output>.merge.lock``, so that of tasks finishing together exactly one merges
     (the file system's locks must work across machines, as vprkit's writer lock needs)."""
+    progress = progress_callback(progress)
     output = Path(output)
     scales = parse_scales(",".join(map(str, options.scales)))
     views = parse_views(",".join(options.views))
@@ -316,16 +335,16 @@ def merge_if_complete(output: str | Path, count: int, options: ExtractOptions,
         unfinished = next((i for i in range(count)  # the first one is enough to wait
                            if not _holds(shard_path(output, i, count), count, scales, views)), None)
         if unfinished is not None:
-            if progress:
-                console.print(f"shard {unfinished} of {count} (at least) unfinished: the task "
-                              "that finishes the last one merges")
+            logger.info(f"shard {unfinished} of {count} (at least) unfinished: the task that "
+                        "finishes the last one merges")
             return None
         return merge_shards(output, count, keep_shards=keep_shards, progress=progress)
 
 
 def extract_shard_task(root: str | Path, output: str | Path, model_config: ModelConfig,
                        options: ExtractOptions, *, merge_when_complete: bool = False,
-                       keep_shards: bool = False, progress: bool = True) -> Path:
+                       keep_shards: bool = False,
+                       progress: ProgressCallback | None = None) -> Path:
     """Shard ``options.shard`` as one task of a job array (or a process started by hand): the
     shard's path, or ``output`` where it holds the extraction already or this task merged it.
 
@@ -336,8 +355,10 @@ def extract_shard_task(root: str | Path, output: str | Path, model_config: Model
     if options.shard is None:
         raise VprkitError("extract_shard_task needs options.shard = (index, count)")
     if merge_when_complete and options.overwrite:
-        raise VprkitError("--merge-when-complete cannot tell the shards of an earlier run from "
-                          "this run's under --overwrite: remove the old output and shards instead")
+        raise ParameterError("merge_when_complete", "merge_when_complete cannot tell the shards "
+                             "of an earlier run from this run's under overwrite: remove the old "
+                             "output and shards instead", "overwrite")
+    progress = progress_callback(progress)
     output = Path(output)
     if complete_output(root, output, model_config, options, progress):
         return output
@@ -345,7 +366,6 @@ def extract_shard_task(root: str | Path, output: str | Path, model_config: Model
     index, count = options.shard
     if merge_when_complete:
         return merge_if_complete(output, count, options, keep_shards, progress) or path
-    if progress:
-        console.print(f"shard {index} of {count} done; once all are: vprkit merge "
-                      f"{shard_path(output, 0, count).name.replace('shard0', 'shard*')} -o {output}")
+    logger.info(f"shard {index} of {count} done; once all are: vprkit merge "
+                f"{shard_path(output, 0, count).name.replace('shard0', 'shard*')} -o {output}")
     return path

@@ -7,55 +7,30 @@ NetVLAD's k-means (``sample_local_features``), in-memory descriptors for validat
 (``compute_descriptors``) and for any dataset of prepared images, such as training's caches
 (``dataset_descriptors``).
 
-The functions take ``options``: an ``InferenceOptions`` or any object with its attributes
-(``vprkit.extract.split.ExtractOptions`` is one), so that this module needs neither ``vprkit.extract.split``
-nor ``vprkit.train``.
+The functions take ``options``: an ``InferenceOptions`` (``vprkit.extract.options``; an
+``ExtractOptions`` is one), so that this module needs neither ``vprkit.extract.split`` nor
+``vprkit.train``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from vprkit.choices import DEFAULT_RESIZE
 from vprkit.data.images import ImageScalesDataset, collate_items
 from vprkit.devices import autocast
 from vprkit.errors import VprkitError
-from vprkit.models import VPRModel
-from vprkit.progress import progress_bar
+from vprkit.extract.options import InferenceOptions as InferenceOptions
+from vprkit.models import DescriptorNet
+from vprkit.progress import ProgressCallback, progress_task
 
-
-@dataclass
-class InferenceOptions:
-    """How to run a network over images (the fields of ``ExtractOptions`` that inference reads,
-    with the same defaults).
-
-    Attributes:
-        resize: ``(H, W)`` every image is resized to; None keeps each image's own size (images
-            of different sizes are batched by size).
-        batch_size: images per inference batch.
-        workers: image-decoding processes (0: decode in this process).
-        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        half: reduced-precision inference (float16 on CUDA, bfloat16 on a CPU).
-        seed: seed of the k-means sampling of ``sample_local_features``.
-        cluster_images: at most this many images sampled by ``sample_local_features``.
-        cluster_features_per_image: local features sampled per image.
-    """
-
-    resize: tuple[int, int] | None = DEFAULT_RESIZE  # (H, W); None: native image size
-    batch_size: int = 16
-    workers: int = 2
-    device: str = "auto"
-    half: bool = False
-    seed: int = 0
-    cluster_images: int = 500
-    cluster_features_per_image: int = 100
+Net = TypeVar("Net", bound=DescriptorNet)  # a network, returned as its own type
 
 
 def runs_of_same_size(items: list) -> list[list]:
@@ -70,8 +45,8 @@ def runs_of_same_size(items: list) -> list[list]:
 
 
 def inference_options(options: Any) -> InferenceOptions:
-    """The ``InferenceOptions`` that an options object with those fields (``ExtractOptions``)
-    holds."""
+    """A plain ``InferenceOptions`` of the inference fields of ``options`` (an
+    ``ExtractOptions``, or any object with those attributes)."""
     return InferenceOptions(**{f.name: getattr(options, f.name) for f in fields(InferenceOptions)})
 
 
@@ -98,7 +73,7 @@ def check_items(items: list) -> None:
 
 
 @torch.inference_mode()
-def sample_local_features(model: VPRModel, paths: list[Path], options: InferenceOptions,
+def sample_local_features(model: DescriptorNet, paths: list[Path], options: InferenceOptions,
                           device: torch.device) -> np.ndarray:
     """L2-normalised local features sampled from images, for NetVLAD's k-means (benchmark)."""
     rng = np.random.default_rng(options.seed)
@@ -119,7 +94,7 @@ def sample_local_features(model: VPRModel, paths: list[Path], options: Inference
     return np.concatenate(samples).astype(np.float32)
 
 
-def fold_batch_norm(model: VPRModel) -> VPRModel:
+def fold_batch_norm(model: Net) -> Net:
     """Fold eval-mode BatchNorm layers into the convolutions before them (torch.fx): the same
     descriptors to float rounding, 10-20% faster on CPU. A backbone that torch.fx cannot trace
     (EfficientNet's size-dependent padding) is kept as it is."""
@@ -129,7 +104,7 @@ def fold_batch_norm(model: VPRModel) -> VPRModel:
         backbone = fuse(model.backbone)
     except Exception:  # not traceable: keep the eager module
         return model
-    model.backbone = backbone.to(memory_format=torch.channels_last)  # type: ignore[assignment]
+    model.backbone = backbone.to(memory_format=torch.channels_last)
     return model
 
 
@@ -143,7 +118,7 @@ def _same_shape_groups(images: list[torch.Tensor]) -> list[list[int]]:
 
 
 @torch.inference_mode()
-def infer_batch(model: VPRModel, items: list, scales, device, half: bool):
+def infer_batch(model: DescriptorNet, items: list, scales, device, half: bool):
     """Descriptors and stats of a batch at every scale: [(desc (R, D), {stat: (R, ...)})].
 
     Each item holds one image per scale: (3, h, w), or (c, 3, h, w) for c crops of one image
@@ -167,7 +142,7 @@ def infer_batch(model: VPRModel, items: list, scales, device, half: bool):
             except RuntimeError as err:
                 first = str(err).strip().splitlines()[0]
                 raise VprkitError(
-                    f"{model.config.backbone} failed on {len(x)} image(s) of "
+                    f"{model.label} failed on {len(x)} image(s) of "
                     f"{x.shape[-2]}x{x.shape[-1]} pixels at scale {scales[si]} "
                     f"(too small?): {first}") from None
             target = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in group])
@@ -190,20 +165,19 @@ def infer_batch(model: VPRModel, items: list, scales, device, half: bool):
     return per_scale
 
 
-def compute_descriptors(model: VPRModel, paths: list[Path], options: InferenceOptions,
-                        device: torch.device, progress: bool = False,
+def compute_descriptors(model: DescriptorNet, paths: list[Path], options: InferenceOptions,
+                        device: torch.device, progress: ProgressCallback | None = None,
                         label: str = "descriptors") -> np.ndarray:
     """Descriptors (N, D) of images at scale 1, in memory (training caches, validation)."""
     out = np.empty((len(paths), model.output_dim), dtype=np.float32)
     row = 0
-    with progress_bar(progress) as bar:
-        task = bar.add_task(label, total=len(paths), rate="")
+    with progress_task(progress, label, len(paths)) as task:
         for items in image_loader(paths, options, (1,), device):
             check_items(items)
             desc, _ = infer_batch(model, items, (1,), device, options.half)[0]
             out[row: row + len(desc)] = desc
             row += len(desc)
-            bar.update(task, advance=len(desc))
+            task.advance(len(desc))
     return out
 
 
@@ -222,7 +196,7 @@ def stack_or_error(batch: list) -> tuple[torch.Tensor | None, str | None]:
 
 
 @torch.inference_mode()
-def forward_descriptors(model: VPRModel, x: torch.Tensor, device: torch.device, half: bool = False,
+def forward_descriptors(model: DescriptorNet, x: torch.Tensor, device: torch.device, half: bool = False,
                         channels_last: bool = True) -> np.ndarray:
     """``model(x)`` (its plain forward, under ``autocast`` with ``half``) as float32 rows."""
     x = x.to(device, non_blocking=True)
@@ -233,9 +207,10 @@ def forward_descriptors(model: VPRModel, x: torch.Tensor, device: torch.device, 
     return desc.float().cpu().numpy()
 
 
-def dataset_descriptors(model: VPRModel, dataset, batch_size: int, workers: int,
+def dataset_descriptors(model: DescriptorNet, dataset, batch_size: int, workers: int,
                         device: torch.device, half: bool = False, channels_last: bool = True,
-                        progress: bool = False, label: str = "descriptors") -> np.ndarray:
+                        progress: ProgressCallback | None = None,
+                        label: str = "descriptors") -> np.ndarray:
     """Descriptors (N, D) of a dataset whose item i is ``(image (3, H, W), None)``, prepared as
     the caller wants (training's caches: as its forward sees them), or ``(None, error message)``:
     batches of ``batch_size`` decoded by ``workers`` processes, one ``forward_descriptors`` each.
@@ -246,8 +221,7 @@ def dataset_descriptors(model: VPRModel, dataset, batch_size: int, workers: int,
                         collate_fn=stack_or_error, pin_memory=device.type == "cuda",
                         prefetch_factor=4 if workers > 0 else None)
     row = 0
-    with progress_bar(progress) as bar:
-        task = bar.add_task(label, total=len(dataset), rate="")
+    with progress_task(progress, label, len(dataset)) as task:
         for images, error in loader:
             if error:
                 raise VprkitError(error)
@@ -258,5 +232,5 @@ def dataset_descriptors(model: VPRModel, dataset, batch_size: int, workers: int,
                 raise VprkitError(f"the network produced non-finite descriptors for image {name}")
             out[row: row + len(rows)] = rows
             row += len(rows)
-            bar.update(task, advance=len(images))
+            task.advance(len(images))
     return out

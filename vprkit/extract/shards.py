@@ -18,6 +18,7 @@ complete, as extract does. The merged file equals an unsharded extraction row fo
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -26,14 +27,15 @@ import numpy as np
 
 from vprkit.data.datasets import ROLES, ImageList, Split
 from vprkit.descriptors.views import HARD_RESIZE, VIEWS
-from vprkit.errors import VprkitError, shown
-from vprkit.progress import console, progress_bar, styled
+from vprkit.errors import ParameterError, VprkitError, shown
+from vprkit.progress import ProgressCallback, progress_callback, progress_task
 from vprkit.store import DescriptorFile, Header, writing
 from vprkit.store.checks import refuse_shard as refuse_shard  # (re-exported: defined here before)
 from vprkit.store.writer import rows_bytes
 
 SHARD_SUFFIX = re.compile(r"\.shard(\d+)of(\d+)$")
 MAX_SHARDS = 10000  # an extraction is cut into at most this many shards (a merge checks each)
+logger = logging.getLogger(__name__)
 
 
 def check_shard_count(count: int, where: str) -> None:
@@ -122,14 +124,26 @@ def _check_same(files: list[DescriptorFile]) -> None:
 
 
 def merge(shards: list[str | Path], output: str | Path, overwrite: bool = False,
-          progress: bool = True) -> Path:
-    """Join the shard files of one extraction into ``output``; returns its path."""
+          progress: ProgressCallback | None = None) -> Path:
+    """Join the shard files of one extraction into ``output``; returns its path.
+
+    Args:
+        shards: the shard files, all n of one extraction, in any order.
+        output: the descriptor file to write.
+        overwrite: replace an existing ``output``.
+        progress: called as the work goes (``vprkit.progress``); None: silent. The summary
+            line is logged (``logging``, ``vprkit`` logger).
+
+    Returns:
+        The path of the merged file (``output``).
+    """
+    progress = progress_callback(progress)
     output = Path(output)
     paths = [Path(p) for p in shards]
     if not paths:
-        raise VprkitError("no shard files given")
+        raise ParameterError("shards", "no shard files given in shards")
     if output.exists() and not overwrite:
-        raise VprkitError(f"{output} exists; pass --overwrite to replace it")
+        raise ParameterError("overwrite", f"{output} exists; pass overwrite to replace it")
     files: list[DescriptorFile] = []
     try:
         for path in paths:
@@ -160,7 +174,8 @@ def merge(shards: list[str | Path], output: str | Path, overwrite: bool = False,
             f.close()
 
 
-def _write_merged(files: list[DescriptorFile], output: Path, progress: bool) -> Path:
+def _write_merged(files: list[DescriptorFile], output: Path,
+                  progress: ProgressCallback | None) -> Path:
     first = files[0]
     dataset = {k: v for k, v in first.dataset.items() if k != "shard"}
     dataset["merged_shards"] = len(files)
@@ -188,8 +203,7 @@ def _write_merged(files: list[DescriptorFile], output: Path, progress: bool) -> 
         writer = out.create(header, names, utm, hashes, more_bytes=more)
         if aggregation:
             writer.write_aggregation_arrays(aggregation)
-        with progress_bar(progress) as bar:
-            task = bar.add_task(f"merge {len(files)} shards", total=total, rate="")
+        with progress_task(progress, f"merge {len(files)} shards", total) as task:
             for s in first.scales:
                 stats = first.stat_specs(s)
                 writer.add_scale(s, first.dim, stats, first.image_size(s))
@@ -205,12 +219,11 @@ def _write_merged(files: list[DescriptorFile], output: Path, progress: bool) -> 
                             desc, values = f.read_raw(role, s, start * c, stop * c, view)
                             writer.write(role, s, row + start, desc,
                                          {k: values[k] for k in stats}, view)
-                            bar.update(task, advance=stop - start)
+                            task.advance(stop - start)
                         row += n
                     writer.commit_rows(role, [s], row, view)
     path = out.written
     assert path is not None  # the block ended without error
-    if progress:
-        console.print(styled("wrote", "green", f" {path}: {len(files)} shards, "
-                      f"{len(names['database'])} database + {len(names['queries'])} queries"))
+    logger.info(f"wrote {path}: {len(files)} shards, {len(names['database'])} database + "
+                f"{len(names['queries'])} queries")
     return path

@@ -9,9 +9,9 @@ new scales only when it was made by the same model, preprocessing and images.
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,65 +23,22 @@ from vprkit.data.images import MEAN, STD, view_size
 from vprkit.descriptors.views import HARD_RESIZE, parse_views
 from vprkit.devices import cpu_has_bf16, resolve_device
 from vprkit.devices import half_dtype as _half_dtype
-from vprkit.errors import VprkitError
+from vprkit.errors import ParameterError, VprkitError
 from vprkit.extract.clusters import netvlad_clusters
 from vprkit.extract.inference import check_items as _check_items
 from vprkit.extract.inference import fold_batch_norm as _fold_batch_norm
 from vprkit.extract.inference import image_loader as _loader
 from vprkit.extract.inference import infer_batch as _infer
-from vprkit.extract.inference import inference_options
+from vprkit.extract.options import DTYPES as DTYPES
+from vprkit.extract.options import ExtractOptions as ExtractOptions
 from vprkit.extract.shards import parse_shard, shard_path, take_shard
-from vprkit.models import ModelConfig, VPRModel, build_model, fingerprint
+from vprkit.models import DescriptorNet, ModelConfig, VPRModel, build_model
 from vprkit.models.aggregations import stat_names
-from vprkit.progress import console, progress_bar, styled
+from vprkit.progress import ProgressCallback, progress_callback, progress_task
 from vprkit.store import DescriptorFile, DescriptorWriter, Header, Output, parse_scales, spec_name, writing
 
-DTYPES = ("float32", "float16")
+logger = logging.getLogger(__name__)
 
-
-@dataclass
-class ExtractOptions:
-    """How to run the network; everything that changes the descriptors is stored in the file.
-
-    Attributes:
-        split: split of the dataset to extract (``images/<split>``).
-        scales: scales to extract; scale ``s`` is the (resized) image at ``H/s x W/s``.
-        views: query views to store at every scale (``vprkit.descriptors.views``: ``hard_resize``,
-            ``single_query``, ``central_crop``, ``five_crops``); ``hard_resize`` is always
-            stored, and the database is always ``hard_resize``.
-        resize: ``(H, W)`` every image is resized to before the scales are made; None keeps
-            each image's own size (images of different sizes are batched by size).
-        batch_size: images per inference batch.
-        workers: image-decoding processes (0: decode in this process).
-        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        half: reduced-precision inference (float16 on CUDA, bfloat16 on a CPU).
-        dtype: storage type of the descriptors, ``"float32"`` or ``"float16"``.
-        seed: seed of random weights (``weights="none"``) and of NetVLAD's k-means sampling.
-        cluster_split: split whose database images initialise NetVLAD's clusters (None: ``split``).
-        cluster_images: at most this many images sampled for NetVLAD's k-means.
-        cluster_features_per_image: local features sampled per image for the k-means.
-        skip_unparsable: skip (and count) file names without coordinates instead of failing.
-        overwrite: replace an existing or unfinished output instead of resuming or extending it.
-        shard: ``(index, count)`` with index from 0: extract that contiguous slice of the rows
-            only, into ``vprkit.extract.shards.shard_path(output, index, count)``.
-    """
-
-    split: str = "test"
-    scales: tuple[int, ...] = (1,)
-    views: tuple[str, ...] = (HARD_RESIZE,)
-    resize: tuple[int, int] | None = DEFAULT_RESIZE  # (H, W); None: native image size
-    batch_size: int = 16
-    workers: int = 2
-    device: str = "auto"
-    half: bool = False
-    dtype: str = "float32"
-    seed: int = 0
-    cluster_split: str | None = None  # images for NetVLAD's k-means; default: the split's
-    cluster_images: int = 500
-    cluster_features_per_image: int = 100
-    skip_unparsable: bool = False
-    overwrite: bool = False
-    shard: tuple[int, int] | None = None  # (index from 0, count): extract that slice only
 
 
 def image_size_for(checkpoint: str | Path | None, resize: tuple[int, int] | None,
@@ -94,7 +51,7 @@ def image_size_for(checkpoint: str | Path | None, resize: tuple[int, int] | None
     from vprkit.models.checkpoints import NOT_RECORDED, trained_image_size
 
     if resize is not None and native_size:
-        raise VprkitError("give --resize H W or --native-size, not both")
+        raise ParameterError("resize", "give resize or native_size, not both", "native_size")
     recorded = trained_image_size(checkpoint) if checkpoint else NOT_RECORDED
     if resize is None and not native_size:
         if isinstance(recorded, str):  # NOT_RECORDED
@@ -121,20 +78,8 @@ def _preprocessing(options: ExtractOptions, device: torch.device) -> dict:
     }
 
 
-def _model_header(model: VPRModel, netvlad_init: dict | None) -> dict:
-    config = model.config.to_dict()
-    if config["weights"] not in ("imagenet", "none"):
-        config["weights"] = str(Path(config["weights"]).resolve())
-    spec = getattr(model, "spec", None)  # a zoo model: its parts, for tables
-    zoo = {"backbone": spec.backbone, "aggregation": spec.aggregation} if spec else {}
-    return {
-        **config,
-        **zoo,
-        "output_dim": model.output_dim,
-        "fingerprint": fingerprint(model),
-        "backbone_fingerprint": fingerprint(model.backbone),
-        "netvlad_init": netvlad_init,
-    }
+def _model_header(model: DescriptorNet, netvlad_init: dict | None) -> dict:
+    return {**model.describe(), "netvlad_init": netvlad_init}
 
 
 def _difference(stored: Header, current: Header) -> str | None:
@@ -153,7 +98,7 @@ def extract(
     output: str | Path,
     model_config: ModelConfig,
     options: ExtractOptions | None = None,
-    progress: bool = True,
+    progress: ProgressCallback | None = None,
 ) -> Path:
     """Extract descriptors of a split at every scale of ``options.scales``; returns the file.
 
@@ -181,7 +126,8 @@ def extract(
         model_config: the network (backbone, aggregation, clusters, weights or checkpoint).
         options: how to run it (split, scales, resize, batch size, device, storage dtype, ...);
             ``ExtractOptions()`` when None.
-        progress: show progress bars and a summary line.
+        progress: called as the work goes (``vprkit.progress``); None: silent. The summary
+            line is logged (``logging``, ``vprkit`` logger).
 
     Returns:
         The path of the complete descriptor file: ``output``, or the shard's path with
@@ -193,6 +139,7 @@ def extract(
             (another model, preprocessing or images; pass ``options.overwrite``), an output
             locked by another process, or a full disk (committed rows are kept: rerun to resume).
     """
+    progress = progress_callback(progress)
     options = options or ExtractOptions()
     root, output = Path(root), Path(output)
     if options.shard is not None:
@@ -203,9 +150,9 @@ def extract(
 
     full_split = split = load_split(root, options.split, skip_unparsable=options.skip_unparsable,
                                     queries_optional=True)
-    if not len(split.queries) and progress:
-        console.print(f"note: {split.folder} has no query images: the file serves vprkit locate "
-                      "(evaluate needs queries)")
+    if not len(split.queries):
+        logger.warning(f"note: {split.folder} has no query images: the file serves vprkit locate "
+                       "(evaluate needs queries)")
     shard_info = None
     if options.shard is not None:
         split, shard_info = take_shard(full_split, *options.shard)
@@ -216,11 +163,12 @@ def extract(
     with writing(output, resumable=True, overwrite=options.overwrite) as out:
         model = model.to(device)
         netvlad_init = netvlad_clusters(model, root, full_split, output, options, device,
-                                        _preprocessing(options, device))
+                                        _preprocessing(options, device)) \
+            if isinstance(model, VPRModel) else None
         model = model.to(memory_format=torch.channels_last)
         header = Header(
             model=_model_header(model, netvlad_init),
-            aggregation=model.aggregation.pyramid_params(),
+            aggregation=model.pyramid_params(),
             dataset={"root": str(root.resolve()), "split": split.name,
                      "skipped_unparsable": len(split.database.skipped) + len(split.queries.skipped),
                      **({"shard": shard_info} if shard_info else {})},
@@ -230,24 +178,22 @@ def extract(
         model = _fold_batch_norm(model)  # after the fingerprint: the weights it hashes are kept
         plan, writer = _plan(out, header, split, scales, views, progress)
         if plan == "done":
-            if progress:
-                console.print(f"{output} already holds scales {spec_name(scales)} and views "
-                              f"{', '.join(views)}: nothing to do")
+            logger.info(f"{output} already holds scales {spec_name(scales)} and views "
+                        f"{', '.join(views)}: nothing to do")
             return output
         if writer is None:
             writer = out.create(header, names={r: split.role(r).names for r in ROLES},
                                 utm={r: split.role(r).utm for r in ROLES})
-            if netvlad_init is not None:
+            if netvlad_init is not None and isinstance(model, VPRModel):
                 writer.write_aggregation_arrays({k: v.detach().cpu().numpy()
                                                  for k, v in model.aggregation.state_dict().items()})
         _run(model, split, writer, scales, views, options, device, progress)
     path = out.written
     assert path is not None  # the block ended without error
-    if progress:
+    if logger.isEnabledFor(logging.INFO):
         with DescriptorFile(path) as f:
-            console.print(styled("wrote", "green", f" {path}: {f.num('database')} database + "
-                          f"{f.num('queries')} queries, {f.dim} dims, scales "
-                          f"{', '.join(map(str, f.scales))}"))
+            logger.info(f"wrote {path}: {f.num('database')} database + {f.num('queries')} "
+                        f"queries, {f.dim} dims, scales {', '.join(map(str, f.scales))}")
     return path
 
 
@@ -255,25 +201,31 @@ def _check_options(options: ExtractOptions, model_config: ModelConfig, output: P
                    views: tuple[str, ...]) -> torch.device:
     """One clear line for an option that cannot work, before any work; the device to run on."""
     if options.dtype not in DTYPES:
-        raise VprkitError(f"unknown storage dtype {options.dtype!r}; use float32 or float16")
+        raise ParameterError("dtype", f"unknown storage dtype {options.dtype!r}; use float32 or "
+                                      "float16")
     if options.batch_size < 1:
-        raise VprkitError("--batch-size must be at least 1")
-    if options.workers < 0 or options.seed < 0:
-        raise VprkitError(f"--workers and --seed must not be negative (got {options.workers}, "
-                          f"{options.seed})")
+        raise ParameterError("batch_size", f"batch_size must be at least 1, got "
+                                           f"{options.batch_size}")
+    for name in ("workers", "seed"):
+        if getattr(options, name) < 0:
+            raise ParameterError(name, f"{name} must not be negative, got "
+                                       f"{getattr(options, name)}")
     if options.cluster_images < 1 or options.cluster_features_per_image < 1:
         raise VprkitError("NetVLAD's k-means needs at least 1 image and 1 feature per image")
     if model_config.clusters < 1:
-        raise VprkitError(f"--clusters must be at least 1, got {model_config.clusters}")
+        raise ParameterError("clusters", f"clusters must be at least 1, got "
+                                         f"{model_config.clusters}")
     device = resolve_device(options.device)
     if options.half and device.type == "cpu" and cpu_has_bf16() is False:
         warnings.warn("--half on this CPU means bfloat16 without native support (no AVX512-BF16 "
                       "or AMX): expect it to be slower than float32", stacklevel=3)
     if options.resize is not None and min(options.resize) < 1:
-        raise VprkitError(f"bad --resize {options.resize}: height and width must be positive")
+        raise ParameterError("resize", f"bad resize {options.resize}: height and width must be "
+                                       "positive")
     if options.resize is None and len(views) > 1:
-        raise VprkitError(f"query views {', '.join(views[1:])} are made relative to --resize "
-                          "H W; give one instead of --native-size")
+        raise ParameterError("views", f"query views {', '.join(views[1:])} are made relative to "
+                                      "resize (H, W); give a resize (native size has none)",
+                             "resize")
     if output.is_dir():
         raise VprkitError(f"output {output} is a folder; give a file name such as gem.h5")
     if not output.parent.exists():
@@ -281,29 +233,29 @@ def _check_options(options: ExtractOptions, model_config: ModelConfig, output: P
     return device
 
 
-def _check_input_rule(model: VPRModel, options: ExtractOptions, scales: tuple[int, ...]) -> None:
-    """A zoo model's input rule (``ZooSpec.multiple_of``, its normalisation) at every scale."""
-    spec = getattr(model, "spec", None)
-    if spec is None:
-        return
-    if (tuple(spec.mean), tuple(spec.std)) != (MEAN, STD):
-        raise VprkitError(f"model {spec.name} normalises with mean {spec.mean}, std {spec.std}; "
+def _check_input_rule(model: DescriptorNet, options: ExtractOptions, scales: tuple[int, ...]) -> None:
+    """The network's input rule (``DescriptorNet.input_rule``: side multiple, normalisation)
+    at every scale."""
+    rule, name = model.input_rule, model.label
+    if (tuple(rule.mean), tuple(rule.std)) != (MEAN, STD):
+        raise VprkitError(f"model {name} normalises with mean {rule.mean}, std {rule.std}; "
                           "vprkit extracts with ImageNet's only")
-    if spec.multiple_of > 1:
+    if rule.multiple_of > 1:
         if options.resize is None:
-            raise VprkitError(f"model {spec.name} needs image sides that are multiples of "
-                              f"{spec.multiple_of}: give --resize H W (it is evaluated at "
-                              f"{spec.resize}), not --native-size")
+            raise VprkitError(f"model {name} needs image sides that are multiples of "
+                              f"{rule.multiple_of}: give --resize H W (it is evaluated at "
+                              f"{rule.resize}), not --native-size")
         for s in scales:
             size = view_size(options.resize, HARD_RESIZE, s)
-            if size is not None and any(side % spec.multiple_of for side in size):
-                raise VprkitError(f"model {spec.name} needs image sides that are multiples of "
-                                  f"{spec.multiple_of}; scale {s} of --resize "
+            if size is not None and any(side % rule.multiple_of for side in size):
+                raise VprkitError(f"model {name} needs image sides that are multiples of "
+                                  f"{rule.multiple_of}; scale {s} of --resize "
                                   f"{options.resize[0]} {options.resize[1]} is {size[0]}x{size[1]}")
 
 
 def _plan(out: Output, header: Header, split: Split, scales: tuple[int, ...],
-          views: tuple[str, ...], progress: bool) -> tuple[str, DescriptorWriter | None]:
+          views: tuple[str, ...],
+          progress: ProgressCallback | None) -> tuple[str, DescriptorWriter | None]:
     """What this run does: ``("resume", writer)`` of the unfinished file, ``("extend", writer)``
     of the complete one with the missing scales or views, ``("done", None)`` where it holds them
     all, or ``("new", None)``; refuses files made by another model, preprocessing or images."""
@@ -313,8 +265,8 @@ def _plan(out: Output, header: Header, split: Split, scales: tuple[int, ...],
                    or changed_image(writer, split, rows_with_descriptors(writer), progress))
         if problem:
             writer.close()
-            raise VprkitError(f"{out.partial} is an unfinished extraction of something else "
-                              f"({problem}); pass --overwrite to start again")
+            raise ParameterError("overwrite", f"{out.partial} is an unfinished extraction of "
+                                 f"something else ({problem}); pass overwrite to start again")
         return "resume", writer
     existing = out.complete_file()
     if existing is None:
@@ -327,8 +279,8 @@ def _plan(out: Output, header: Header, split: Split, scales: tuple[int, ...],
             problem = changed_image(existing, split, {r: len(split.role(r)) for r in ROLES},
                                     progress)
     if problem:
-        raise VprkitError(f"{out.path} was made differently ({problem}); choose another output "
-                          "or pass --overwrite")
+        raise ParameterError("overwrite", f"{out.path} was made differently ({problem}); choose "
+                                          "another output or pass overwrite")
     if holds_all:
         return "done", None
     return "extend", out.extend()
@@ -344,13 +296,14 @@ def _parts(writer: DescriptorWriter, split: Split, scales: tuple[int, ...],
 
     for s in writer.scales:
         if s not in scales and any(unfinished(s, r) for r in ROLES):
-            console.print(f"dropping unfinished scale {s} of {writer.path} (not in --scales)")
+            logger.info(f"dropping unfinished scale {s} of {writer.path} (not in the scales "
+                        "asked for)")
             writer.drop_scale(s)
             continue
         for view in writer.views(s)[1:]:
             if view not in views and unfinished(s, "queries", view):
-                console.print(f"dropping unfinished view {view} at scale {s} of {writer.path} "
-                              "(not in --views)")
+                logger.info(f"dropping unfinished view {view} at scale {s} of {writer.path} "
+                            "(not in the views asked for)")
                 writer.drop_view(s, view)
     for s in scales:
         if s not in writer.scales:
@@ -363,9 +316,9 @@ def _parts(writer: DescriptorWriter, split: Split, scales: tuple[int, ...],
             for role, view in passes if any(unfinished(s, role, view) for s in scales)]
 
 
-def _run(model: VPRModel, split: Split, writer: DescriptorWriter, scales: tuple[int, ...],
+def _run(model: DescriptorNet, split: Split, writer: DescriptorWriter, scales: tuple[int, ...],
          views: tuple[str, ...], options: ExtractOptions, device: torch.device,
-         progress: bool) -> None:
+         progress: ProgressCallback | None) -> None:
     """Run the network over every unfinished (role, view, scales) pass, committing each batch."""
     parts = _parts(writer, split, scales, views, model.output_dim, _stats_spec(model),
                    options.resize)
@@ -375,15 +328,14 @@ def _run(model: VPRModel, split: Split, writer: DescriptorWriter, scales: tuple[
     total = sum(len(split.role(r)) - starts[(r, v)] for r, v, _ in parts)
     started = time.perf_counter()
     stored_hashes = writer.hashes("queries")
-    with progress_bar(progress) as bar:
-        task = bar.add_task(f"extract scales {spec_name(scales)}", total=total, rate="")
+    with progress_task(progress, f"extract scales {spec_name(scales)}", total) as task:
         done = 0
         for role, view, pending in parts:
             row = starts[(role, view)]
             paths = split.role(role).paths()[row:]
             view_label = "" if view == HARD_RESIZE else f", queries as {view}"
-            bar.update(task, description=f"extract scales {spec_name(pending)}{view_label}")
-            for items in _loader(paths, inference_options(options), pending, device, view):
+            task.describe(f"extract scales {spec_name(pending)}{view_label}")
+            for items in _loader(paths, options, pending, device, view):
                 _check_items(items)
                 if view == HARD_RESIZE:
                     writer.write_hashes(role, row, [it[3] for it in items])
@@ -396,7 +348,7 @@ def _run(model: VPRModel, split: Split, writer: DescriptorWriter, scales: tuple[
                 writer.commit_rows(role, pending, row, view)
                 done += len(items)
                 rate = done / max(time.perf_counter() - started, 1e-9)
-                bar.update(task, advance=len(items), rate=f"{rate:.1f} img/s")
+                task.advance(len(items), f"{rate:.1f} img/s")
 
 
 def _same_bytes_as_stored(hashes, split: Split, row: int, items: list) -> None:
@@ -411,6 +363,6 @@ def _same_bytes_as_stored(hashes, split: Split, row: int, items: list) -> None:
                               "rerun to extract it again")
 
 
-def _stats_spec(model: VPRModel) -> dict:
-    spec = model.aggregation.stats_spec()  # what its pyramid rule needs (vprkit.descriptors.pyramid)
-    return {name: spec[name] for name in stat_names(model.aggregation.pyramid_params())}
+def _stats_spec(model: DescriptorNet) -> dict:
+    spec = model.stats_spec()  # what its pyramid rule needs (vprkit.descriptors.pyramid)
+    return {name: spec[name] for name in stat_names(model.pyramid_params())}

@@ -31,7 +31,7 @@ from vprkit.choices import IMAGE_EXTENSIONS
 from vprkit.data.datasets import parse_utm
 from vprkit.descriptors.pyramid import pyramid
 from vprkit.devices import half_dtype, resolve_device
-from vprkit.errors import VprkitError, photo_text, shown
+from vprkit.errors import ParameterError, VprkitError, photo_text, shown
 from vprkit.extract.inference import (
     InferenceOptions,
     fold_batch_norm,
@@ -40,8 +40,8 @@ from vprkit.extract.inference import (
 )
 from vprkit.geo.positions import Position, position_of
 from vprkit.inputs import check_regular, file_problem
-from vprkit.models import VPRModel, build_model, fingerprint, validate_model_config
-from vprkit.progress import progress_bar
+from vprkit.models import DescriptorNet, VPRModel, build_model, fingerprint, validate_model_config
+from vprkit.progress import ProgressCallback, progress_callback, progress_task
 from vprkit.search.exact import blocked_search
 from vprkit.store import DescriptorFile, parse_scale_spec, spec_name
 from vprkit.store.checks import refuse_shard
@@ -131,10 +131,11 @@ def find_photos(inputs: Sequence[str | Path]) -> list[Path]:
     return photos
 
 
-def rebuild_network(store: DescriptorFile, seed: int = 0) -> VPRModel:
-    """The network recorded in a descriptor file, in eval mode on the CPU; one clear line where
-    it cannot be rebuilt exactly (an ensemble, a missing checkpoint or weights file, a
-    different weight fingerprint)."""
+def rebuild_network(store: DescriptorFile, seed: int = 0) -> DescriptorNet:
+    """The network recorded in a descriptor file (a classic one, or a zoo model found by name
+    in its registry), in eval mode on the CPU; one clear line where it cannot be rebuilt
+    exactly (an ensemble, a missing checkpoint or weights file, a different weight
+    fingerprint)."""
     m = store.model
     if m.get("type") == "ensemble":
         raise VprkitError(f"{store.path} is an ensemble: locate needs a file made by vprkit "
@@ -150,7 +151,7 @@ def rebuild_network(store: DescriptorFile, seed: int = 0) -> VPRModel:
     torch.manual_seed(seed)
     model = build_model(config).eval()
     arrays = store.aggregation_arrays()
-    if arrays:  # NetVLAD clusters made by k-means at extraction
+    if arrays and isinstance(model, VPRModel):  # NetVLAD clusters made by k-means at extraction
         model.aggregation.load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()})
     if fingerprint(model) != m.get("fingerprint"):
         why = {"none": "its random weights were made with another seed (pass --seed)",
@@ -174,7 +175,7 @@ def locate(
     index: str | None = None,
     nprobe: int = 16,
     seed: int = 0,
-    progress: bool = True,
+    progress: ProgressCallback | None = None,
 ) -> LocateResult:
     """Locate each photo by its nearest database images; see the module's docstring.
 
@@ -190,8 +191,8 @@ def locate(
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         index: faiss factory string for approximate search (None: exact), as ``evaluate``.
         nprobe: inverted lists visited per photo by IVF indexes (at least 1).
-        seed: the seed random weights (``--weights none``) were made with at extraction.
-        progress: show a progress bar.
+        seed: the seed random weights (``weights="none"``) were made with at extraction.
+        progress: called as the photos are located (``vprkit.progress``); None: silent.
 
     Returns:
         A ``LocateResult``: a ``LocatedPhoto`` per readable photo, in the order found, the
@@ -203,19 +204,24 @@ def locate(
             that cannot be read as images (or hold more than ``vprkit.inputs.IMAGE_FILE_LIMIT``
             bytes) are not errors: they are listed, with the reason, in ``LocateResult.failed``.
     """
+    progress = progress_callback(progress)
     started = time.perf_counter()
-    if top_k < 1 or batch_size < 1 or workers < 0 or not threshold > 0:
-        raise VprkitError("--top-k and --batch-size must be at least 1, --workers not negative, "
-                          "--threshold positive")
-    if nprobe < 1:
-        raise VprkitError(f"nprobe must be at least 1, got {nprobe}")
+    for name, value in (("top_k", top_k), ("batch_size", batch_size), ("nprobe", nprobe)):
+        if value < 1:
+            raise ParameterError(name, f"{name} must be at least 1, got {value}")
+    if workers < 0:
+        raise ParameterError("workers", f"workers must not be negative, got {workers}")
+    if not threshold > 0:
+        raise ParameterError("threshold", f"threshold must be a positive number of metres, got "
+                                          f"{threshold}")
     with DescriptorFile(database) as store:
         refuse_shard(store)
         scales = parse_scale_spec(scale) if scale else (store.scales[0],)
         store.check_spec(scales)
         n_db = store.num("database")
         if top_k > n_db:
-            raise VprkitError(f"--top-k {top_k} is more than the {n_db} database images")
+            raise ParameterError("top_k", f"top_k {top_k} is more than the {n_db} database "
+                                          "images")
         dev = resolve_device(device)
         model = _prepared(rebuild_network(store, seed), dev)
         paths = find_photos(photos)
@@ -232,8 +238,7 @@ def locate(
         names, utm = store.names("database"), store.utm("database")
         result = LocateResult(database=str(database), scale=spec_name(scales), top_k=top_k,
                               threshold=threshold, located=[], search=search)
-        with progress_bar(progress) as bar:
-            task = bar.add_task("locate", total=len(paths), rate="")
+        with progress_task(progress, "locate", len(paths)) as task:
             for items in image_loader(paths, options, scales, dev):
                 good = [it for it in items if not it[2]]
                 result.failed += [(str(paths[it[0]]), str(it[2])) for it in items if it[2]]
@@ -245,12 +250,12 @@ def locate(
                                                        top_k, threshold))
                     if result.first_answer_seconds is None:
                         result.first_answer_seconds = time.perf_counter() - started
-                bar.update(task, advance=len(items))
+                task.advance(len(items))
     result.seconds = time.perf_counter() - started
     return result
 
 
-def _prepared(model: VPRModel, device: torch.device) -> VPRModel:
+def _prepared(model: DescriptorNet, device: torch.device) -> DescriptorNet:
     model = model.to(device).to(memory_format=torch.channels_last)
     return fold_batch_norm(model)
 
@@ -282,7 +287,7 @@ def _searcher(store: DescriptorFile, scales, index: str | None, nprobe: int,
     return "exact", exact
 
 
-def _descriptors(model: VPRModel, items: list, scales, device, half: bool,
+def _descriptors(model: DescriptorNet, items: list, scales, device, half: bool,
                  store: DescriptorFile) -> np.ndarray:
     """The photos' rows at the file's scale or pyramid, stored as the file stores its queries
     (its storage dtype, then the pyramid rule)."""

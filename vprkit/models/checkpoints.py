@@ -14,9 +14,11 @@ from pathlib import Path
 import torch
 
 from vprkit.errors import VprkitError
-from vprkit.models.aggregations import AGGREGATIONS, get_aggregation, recognise_aggregation
+from vprkit.models.aggregations import REGISTRY as AGGREGATIONS
+from vprkit.models.aggregations import get_aggregation, recognise_aggregation
 from vprkit.models.backbones import recognise_backbone
-from vprkit.models.network import ModelConfig, VPRModel
+from vprkit.models.config import ModelConfig
+from vprkit.models.network import VPRModel
 from vprkit.models.serialization import load_safely, save_atomically
 from vprkit.models.validation import stored_config, validate_model_config
 from vprkit.store.checks import Where, image_size
@@ -120,6 +122,8 @@ def load_model_from_checkpoint(
         checkpoint=str(Path(path).resolve()),
         l2=arch.get("l2"),
         fc_output_dim=arch.get("fc_output_dim"),
+        aggregation_options=arch.get("aggregation_options", {}),
+        backbone_options=arch.get("backbone_options", {}),
     )
     model = VPRModel(config)
     try:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from vprkit.choices import ROLES
-from vprkit.errors import VprkitError, shown
+from vprkit.errors import ParameterError, VprkitError, shown
 from vprkit.files import atomic_output, guarded_write, output_lock, partial_path, require_space
 from vprkit.search.exact import blocked_search
 from vprkit.store import DescriptorFile, parse_scale_spec, spec_name
@@ -203,7 +203,7 @@ def export_hloc(path: str | Path, output: str | Path, scale: str | None = None,
     with _open(path, output) as store, output_lock(output):
         scales = resolve_scale(store, scale)
         if output.exists() and not overwrite:
-            raise VprkitError(f"{output} exists; pass --overwrite to replace it")
+            raise ParameterError("overwrite", f"{output} exists; pass overwrite to replace it")
         names = _hloc_names(store, roles, {"database": db_prefix, "queries": query_prefix})
         block = block_rows or store.default_block_rows()
         partial = partial_path(output)

@@ -26,6 +26,7 @@ import numpy as np
 from vprkit.data.datasets import image_inside, recorded_images
 from vprkit.errors import photo_text
 from vprkit.files import atomic_output
+from vprkit.progress import ProgressCallback, progress_callback
 from vprkit.store import DescriptorFile
 
 if TYPE_CHECKING:
@@ -88,9 +89,10 @@ def geojson(result: LocateResult) -> dict:
 
 
 def write_location_pictures(result: LocateResult, database: str | Path, folder: str | Path,
-                            progress: bool = True) -> Path:
+                            progress: ProgressCallback | None = None) -> Path:
     """``vprkit.report.pictures`` of each located photo and its top-K matches (framed green or red
-    where the photo's name gives its true position, grey otherwise); returns index.html."""
+    where the photo's name gives its true position, grey otherwise); returns index.html.
+    ``progress``: called as the pictures are drawn (``vprkit.progress``); None: silent."""
     from vprkit.report.pictures import Match, QueryPicture, write_pictures
 
     with DescriptorFile(database) as store:
@@ -112,4 +114,4 @@ def write_location_pictures(result: LocateResult, database: str | Path, folder: 
         pictures.append(QueryPicture(query_path=Path(loc.photo), query_name=Path(loc.photo).name,
                                      matches=matches, caption=f"at {where}; confidence {conf}"))
     return write_pictures(Path(folder), pictures, f"located against {Path(database).name}",
-                          progress=progress)
+                          progress=progress_callback(progress))

@@ -27,9 +27,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from vprkit.errors import VprkitError, shown
+from vprkit.errors import ParameterError, VprkitError, shown
 from vprkit.files import atomic_output
-from vprkit.progress import progress_bar
+from vprkit.progress import ProgressCallback, progress_callback, progress_task
 
 MARGIN = 8
 FRAME = 4
@@ -78,7 +78,7 @@ def select(queries: Sequence[QueryPicture], only_wrong: bool, limit: int | None)
     """The queries to draw: with ``only_wrong``, those whose top-1 is not positive (wrong, unknown
     or without matches); then the first ``limit`` of them (None: all)."""
     if limit is not None and limit < 1:
-        raise VprkitError(f"--limit must be at least 1 (got {limit})")
+        raise ParameterError("limit", f"limit must be at least 1 (got {limit})")
     chosen = [q for q in queries if not only_wrong or top1(q) is not True]
     return chosen if limit is None else chosen[:limit]
 
@@ -253,12 +253,25 @@ def gallery(title: str, queries: Sequence[QueryPicture], files: Sequence[str],
 
 
 def write_pictures(out_dir: Path, queries: Sequence[QueryPicture], title: str, *,
-                   thumb_height: int = 160, progress: bool = True) -> Path:
+                   thumb_height: int = 160, progress: ProgressCallback | None = None) -> Path:
     """Write one PNG per query and ``index.html`` (a gallery of them) in ``out_dir`` (created if
-    missing; its parent must exist), each atomically; return the path of ``index.html``."""
+    missing; its parent must exist), each atomically; return the path of ``index.html``.
+
+    Args:
+        out_dir: the folder of the pictures.
+        queries: the queries to draw, with their matches.
+        title: the gallery's title.
+        thumb_height: the height of each thumbnail in pixels (at least 16).
+        progress: called as the work goes (``vprkit.progress``); None: silent.
+
+    Returns:
+        The path of ``index.html``.
+    """
+    progress = progress_callback(progress)
     out_dir = Path(out_dir)
     if thumb_height < 16:
-        raise VprkitError(f"thumbnail height must be at least 16 pixels (got {thumb_height})")
+        raise ParameterError("thumb_height", f"thumb_height must be at least 16 pixels (got "
+                                             f"{thumb_height})")
     try:
         out_dir.mkdir(exist_ok=True)
     except FileNotFoundError:
@@ -281,18 +294,18 @@ def write_pictures(out_dir: Path, queries: Sequence[QueryPicture], title: str, *
     sizes: list[tuple[int, int]] = []
     workers = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                          else os.cpu_count() or 1))
-    with progress_bar(progress) as bar, ThreadPoolExecutor(max_workers=workers) as pool:
-        task = bar.add_task("pictures", total=len(queries), rate="")
+    with progress_task(progress, "pictures", len(queries)) as task, \
+            ThreadPoolExecutor(max_workers=workers) as pool:
         pending: deque[Future[tuple[int, int]]] = deque()
         try:
             for item in zip(queries, files, strict=True):
                 pending.append(pool.submit(draw, *item))
                 while len(pending) > 2 * workers or (pending and pending[0].done()):
                     sizes.append(pending.popleft().result())
-                    bar.update(task, advance=1)
+                    task.advance(1)
             while pending:
                 sizes.append(pending.popleft().result())
-                bar.update(task, advance=1)
+                task.advance(1)
         finally:
             for future in pending:  # after an error (or Ctrl-C): start no more pictures
                 future.cancel()

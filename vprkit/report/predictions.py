@@ -12,7 +12,8 @@ import numpy as np
 from vprkit.data.datasets import image_inside, recorded_images
 from vprkit.evaluate.results import EvaluationResult, Ranking
 from vprkit.files import atomic_output
-from vprkit.report.pictures import Match, QueryPicture, select, write_pictures
+from vprkit.progress import ProgressCallback
+from vprkit.report import pictures
 from vprkit.store import DescriptorFile, spec_name
 
 
@@ -51,11 +52,13 @@ def write_predictions(result: EvaluationResult, path: str | Path) -> Path:
 
 
 def write_query_pictures(result: EvaluationResult, folder: str | Path, only_wrong: bool = False,
-                         limit: int | None = None, top_k: int = 5) -> Path:
+                         limit: int | None = None, top_k: int = 5,
+                         progress: ProgressCallback | None = None) -> Path:
     """A PNG per query of ``result`` (the query and its first ``top_k`` predictions, framed green
     where positive, red where not) and an ``index.html`` gallery (``vprkit.report.pictures``);
     the images are read from the dataset root recorded in ``result.file``. ``only_wrong``: the
-    queries whose first prediction is not a positive only; ``limit``: at most this many.
+    queries whose first prediction is not a positive only; ``limit``: at most this many;
+    ``progress``: called as the pictures are drawn (``vprkit.progress``; None: silent).
     Returns the gallery's ``index.html``."""
     ranking = _ranking(result)
     if top_k < 1:
@@ -69,12 +72,14 @@ def write_query_pictures(result: EvaluationResult, folder: str | Path, only_wron
         rows = zip(ranking.predictions[:, :top_k], ranking.distances[:, :top_k], strict=True)
         for qi, (pred, dist) in enumerate(rows):
             pos = set(ranking.positives[qi].tolist())
-            matches = [Match(path=image_inside(db_folder, db_names[di], store.path),
+            matches = [pictures.Match(path=image_inside(db_folder, db_names[di], store.path),
                              name=db_names[di], rank=r + 1, distance=float(d),
                              metres=float(np.linalg.norm(q_utm[qi] - db_utm[di])),
                              positive=int(di) in pos)
                        for r, (di, d) in enumerate(zip(pred, dist, strict=True)) if di >= 0]
-            queries.append(QueryPicture(query_path=image_inside(q_folder, q_names[qi], store.path),
-                                        query_name=q_names[qi], matches=matches,
-                                        caption=f"{len(pos)} positives in the database"))
-    return write_pictures(Path(folder), select(queries, only_wrong, limit), title)
+            query_path = image_inside(q_folder, q_names[qi], store.path)
+            queries.append(pictures.QueryPicture(query_path=query_path, query_name=q_names[qi],
+                                                 matches=matches,
+                                                 caption=f"{len(pos)} positives in the database"))
+    return pictures.write_pictures(Path(folder), pictures.select(queries, only_wrong, limit),
+                                   title, progress=progress)

@@ -102,9 +102,9 @@ from vprkit.store.format import (
     parse_scales,
     spec_name,
 )
+from vprkit.store.output import Output, writing
 from vprkit.store.reader import DescriptorFile
 from vprkit.store.writer import DescriptorWriter
-from vprkit.store.output import Output, writing
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "HASH_BYTES", "MAX_ATTR_CHARS", "ROLES", "DescriptorFile",
            "DescriptorWriter", "Header", "Output", "chunk_rows", "human_bytes", "image_hashes",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +39,7 @@ def _save(path: Path, model, optimizer, scheduler, rng, state, config: TrainConf
         save_checkpoint(model, path, optimizer_state_dict=optimizer.state_dict(),
                         scheduler_state_dict=scheduler.state_dict() if scheduler else None,
                         rng_numpy=rng.bit_generator.state, rng_torch=torch.get_rng_state(),
-                        state=stored, train_config=asdict(config), world_size=procs.world,
+                        state=stored, train_config=config.to_dict(), world_size=procs.world,
                         **extra)
 
 
@@ -60,7 +59,7 @@ def _read_last(path: Path, split: Split, val_split: Split, config: TrainConfig) 
     if isinstance(stored, dict) and stored != identity:
         changed = [k for k, v in identity.items() if stored.get(k) != v]
         raise VprkitError(f"the images of {split.root} changed since {path.parent} was started "
-                          f"({', '.join(changed)} differ); start a new run with another --out")
+                          f"({', '.join(changed)} differ); start a new run in another folder")
     return check_run_state(data, path, config, split)
 
 

@@ -1,5 +1,9 @@
 """The configuration of a training run (``TrainConfig``, stored as RUN_DIR/config.json), and the
-checks of its every field (the same for a command line's, a Python caller's and a stored one)."""
+checks of its every field (the same for a command line's, a Python caller's and a stored one).
+
+The network is a nested ``ModelConfig`` (``TrainConfig.model``, stored as ``"model"``); the
+config.json of the previous release held its fields flat (``backbone``, ``aggregation``,
+``clusters``, ...), and ``TrainConfig.load`` reads that form too, into the nested one."""
 
 from __future__ import annotations
 
@@ -8,28 +12,29 @@ import math
 import os
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TypeGuard
 
 import numpy as np
 
 from vprkit.choices import AGGREGATIONS, AUGMENT_PRESETS, BACKBONES, DEFAULT_RESIZE, L2_PLACEMENTS, RECIPES
-from vprkit.errors import VprkitError, shown
+from vprkit.errors import ParameterError, VprkitError, shown
 from vprkit.inputs import read_bytes
-from vprkit.store.checks import MAX_SIDE, is_int
+from vprkit.models import ModelConfig, check_sizes
+from vprkit.store.checks import MAX_SIDE, Where, is_int
 from vprkit.train.mining import MINING
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "asgd")
 SCHEDULERS = ("none", "plateau", "cosine")
-# The defaults of --amp and --channels-last (the command line reads them from this source)
-STEP_DEFAULTS = {"amp": False, "channels_last": True}
 # fields added after the first runs: what a config.json without them ran with (TrainConfig.load)
 RAN_BEFORE = {"amp": False, "channels_last": False}
 # "format" of the config.json that vprkit writes (absent from those of earlier versions)
 FORMAT = "vprkit.train"
+# the fields of ModelConfig that the config.json of the previous release held flat (now "model")
+MODEL_FIELDS = ("backbone", "aggregation", "clusters", "weights", "checkpoint", "l2", "fc_output_dim")
 # the keys of every config.json vprkit wrote (the other fields came later: l2, fc_output_dim,
-# recipe, amp, channels_last)
+# recipe, amp, channels_last); the model's are "model" in the nested form
 FIRST_KEYS = ("root", "backbone", "aggregation", "clusters", "weights", "checkpoint", "resize",
               "train_split", "val_split", "mining", "negatives", "neg_samples", "margin",
               "queries_per_epoch", "cache_refresh", "batch_size", "infer_batch_size", "epochs",
@@ -45,13 +50,9 @@ class TrainConfig:
 
     Attributes:
         root: dataset root in the benchmark layout.
-        backbone: backbone name, as ``ModelConfig.backbone``.
-        aggregation: aggregation name, as ``ModelConfig.aggregation``.
-        clusters: NetVLAD clusters (initialised by k-means on training images).
-        l2: the benchmark's ``--l2`` placement, as ``ModelConfig.l2`` (None: ``before_pool``).
-        fc_output_dim: the benchmark's ``--fc_output_dim``, as ``ModelConfig.fc_output_dim``.
-        weights: backbone weights: ``"imagenet"``, ``"none"`` or a state-dict path.
-        checkpoint: a benchmark or vprkit checkpoint to start from instead (its architecture).
+        model: the network to train (``ModelConfig``: backbone, aggregation and their options,
+            initial ``weights``, or a ``checkpoint`` to start from; not a zoo ``model``). An
+            untrained NetVLAD's clusters are initialised by k-means on training images.
         resize: ``(H, W)`` of training and validation images; None keeps their own size.
         train_split: split the triplets are mined from.
         val_split: split validated on after every epoch.
@@ -87,13 +88,7 @@ class TrainConfig:
     """
 
     root: str
-    backbone: str = "resnet18conv4"
-    aggregation: str = "gem"
-    clusters: int = 64
-    weights: str = "imagenet"
-    checkpoint: str | None = None  # start from these weights instead
-    l2: str | None = None  # before_pool (None) | after_pool | none
-    fc_output_dim: int | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
     resize: tuple[int, int] | None = DEFAULT_RESIZE  # (H, W); None: native size
     train_split: str = "train"
     val_split: str = "val"
@@ -116,15 +111,15 @@ class TrainConfig:
     seed: int = 0
     workers: int = 2
     device: str = "auto"
-    amp: bool = STEP_DEFAULTS["amp"]
-    channels_last: bool = STEP_DEFAULTS["channels_last"]
+    amp: bool = False
+    channels_last: bool = True
     recipe: str | None = None
 
     def check(self, source: Path | None = None) -> None:
         """Refuse a field of the wrong type or value (``bool`` is not an integer) in one line:
-        naming the option (``--batch-size must be at least 1``), or with ``source``, the
-        config.json it was read from and the key (``RUN/config.json: 'batch_size' is 0; expected
-        an integer >= 1``)."""
+        a ``ParameterError`` naming the field (``batch_size must be at least 1, got 0``; the CLI
+        shows ``--batch-size``), or with ``source``, the config.json it was read from and the
+        key (``RUN/config.json: 'batch_size' is 0; expected an integer >= 1``)."""
         for item in fields(self):
             value = getattr(self, item.name)
             ok, expected = RULES[item.name]
@@ -133,13 +128,21 @@ class TrainConfig:
             if source is not None:
                 raise VprkitError(f"{source}: {item.name!r} is {shown_value(value)}; "
                                   f"expected {expected}")
-            raise VprkitError(_option_message(item.name, value)
-                              or f"{_option(item.name)} is {shown_value(value)}; expected {expected}")
+            raise _refused(item.name, value, expected)
         _check_model(self, source)
 
+    def to_dict(self) -> dict:
+        """The fields as JSON values (``"model"``: ``ModelConfig.to_dict()``), marked
+        ``"format": "vprkit.train"``: config.json, and the ``train_config`` of checkpoints."""
+        data = {item.name: getattr(self, item.name) for item in fields(self)}
+        for key in ("resize", "recalls", "augment"):
+            if data[key] is not None:
+                data[key] = list(data[key])
+        return {"format": FORMAT, **data, "model": self.model.to_dict()}
+
     def to_json(self) -> str:
-        """The text of RUN_DIR/config.json (marked ``"format": "vprkit.train"``)."""
-        return json.dumps({"format": FORMAT, **asdict(self)}, indent=2) + "\n"
+        """The text of RUN_DIR/config.json (``to_dict``)."""
+        return json.dumps(self.to_dict(), indent=2) + "\n"
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
@@ -155,18 +158,25 @@ class TrainConfig:
         if "format" in data and data["format"] != FORMAT:
             raise VprkitError(f"{path}: 'format' is {shown_value(data['format'])}; expected "
                               f"{json.dumps(FORMAT)} (a config.json of vprkit train)")
-        known = {item.name for item in fields(cls)}
+        # the nested form, or the previous release's: the model's fields flat
+        nested = "model" in data or not any(key in data for key in MODEL_FIELDS)
+        known = {item.name for item in fields(cls)} | (set() if nested else set(MODEL_FIELDS))
         unknown = [key for key in data if key not in known and key != "format"]
         if unknown:
             raise damaged(f"unknown key {shown(repr(unknown[0]), 60)}")
-        missing = [key for key in FIRST_KEYS if key not in data]
+        required = ([k for k in FIRST_KEYS if k not in MODEL_FIELDS] + ["model"] if nested
+                    else list(FIRST_KEYS))
+        missing = [key for key in required if key not in data]
         if missing:
             raise damaged(f"no {missing[0]!r} key")
         values = {key: value for key, value in data.items() if key != "format"}
+        record = values.pop("model") if nested else {k: values.pop(k) for k in MODEL_FIELDS
+                                                       if k in values}
         for key in ("resize", "recalls"):
             if isinstance(values.get(key), list):
                 values[key] = tuple(values[key])
-        config = cls(**{**RAN_BEFORE, **values})
+        model = _stored_model(record, path, "model" if nested else "")
+        config = cls(**{**RAN_BEFORE, **values, "model": model})
         config.check(path)
         return config
 
@@ -248,16 +258,21 @@ def _number_rule(positive: bool) -> Rule:
 _COUNTS = ("clusters", "negatives", "neg_samples", "queries_per_epoch", "cache_refresh",
            "batch_size", "infer_batch_size", "epochs", "patience")
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d{1,4})?")
-# every field of TrainConfig: what a value must be, and how a message says it
-RULES: dict[str, Rule] = {
-    "root": (_name, "the path of a dataset (a non-empty string)"),
+# the fields of the model (TrainConfig.model) that a training run takes: what a value must be
+MODEL_RULES: dict[str, Rule] = {
     "backbone": _choice_rule(BACKBONES),
     "aggregation": _choice_rule(AGGREGATIONS),
-    **{name: _int_rule(1) for name in _COUNTS},
+    "clusters": _int_rule(1),
     "weights": (_name, "imagenet, none or the path of a state dict"),
     "checkpoint": (lambda v: v is None or _name(v), "null or the path of a checkpoint"),
     "l2": _choice_rule(L2_PLACEMENTS, optional=True),
     "fc_output_dim": (lambda v: v is None or (is_int(v) and v >= 1), "null or an integer >= 1"),
+}
+# every field of TrainConfig: what a value must be, and how a message says it
+RULES: dict[str, Rule] = {
+    "root": (_name, "the path of a dataset (a non-empty string)"),
+    "model": (lambda v: isinstance(v, ModelConfig), "a ModelConfig"),
+    **{name: _int_rule(1) for name in _COUNTS if name != "clusters"},
     "resize": (lambda v: v is None or (isinstance(v, (list, tuple)) and len(v) == 2
                                        and all(is_int(x) and 1 <= x <= MAX_SIDE for x in v)),
                f"null or [height, width], integers from 1 to {MAX_SIDE}"),
@@ -284,54 +299,69 @@ RULES: dict[str, Rule] = {
 }
 
 
-def _option(name: str) -> str:
-    return {"root": "ROOT", "recalls": "recalls"}.get(name, "--" + name.replace("_", "-"))
+_TOGETHER = {"lr": ("margin", "weight_decay"), "margin": ("lr", "weight_decay"),
+             "weight_decay": ("lr", "margin"), "workers": ("seed",), "seed": ("workers",)}
+
+
+def _refused(name: str, value: object, expected: str) -> ParameterError:
+    """The error of field ``name`` refused with ``value`` (the CLI shows its option)."""
+    message = _option_message(name, value) or f"{name} is {shown_value(value)}; expected {expected}"
+    return ParameterError(name, message, *_TOGETHER.get(name, ()))
 
 
 def _option_message(name: str, value: object) -> str | None:
-    """The command line's wording of a refused value of the right type, where it has one."""
+    """The wording of a refused value of the right type, where it has one."""
     if isinstance(value, str) and name in ("mining", "optimizer", "scheduler", "l2", "recipe"):
         allowed = {"mining": MINING, "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS,
                    "l2": L2_PLACEMENTS, "recipe": RECIPES}[name]
-        what = "recipe" if name == "recipe" else f"--{name}"
-        return f"unknown {what} {shown(repr(value), 60)}; choose one of {', '.join(allowed)}"
+        return f"unknown {name} {shown(repr(value), 60)}; choose one of {', '.join(allowed)}"
     if name == "augment" and isinstance(value, (list, tuple)):
         bad = next((x for x in value if x not in AUGMENT_PRESETS), None)
         if isinstance(bad, str):
             return (f"unknown augmentation {shown(repr(bad), 60)}; choose from "
                     f"{', '.join(AUGMENT_PRESETS)}")
     if is_int(value) and (name in _COUNTS or name == "fc_output_dim") and value < 1:
-        return f"{_option(name)} must be at least 1, got {value}"
+        return f"{name} must be at least 1, got {value}"
     if is_number(value) and name in ("lr", "margin", "weight_decay"):
-        return "--lr and --margin must be positive, --weight-decay not negative " \
-               f"(got {shown_value(value)} for {_option(name)})"
+        return "lr and margin must be positive, weight_decay not negative " \
+               f"(got {shown_value(value)} for {name})"
     if is_int(value) and name in ("workers", "seed") and value < 0:
-        return f"--workers and --seed must not be negative (got {value} for {_option(name)})"
+        return f"workers and seed must not be negative (got {value} for {name})"
     if name == "resize" and isinstance(value, (list, tuple)) and len(value) == 2 \
             and all(is_int(x) for x in value) and min(value) < 1:
-        return f"bad --resize {tuple(value)}: height and width must be positive"
+        return f"bad resize {tuple(value)}: height and width must be positive"
     return None
 
 
-MODEL_FIELDS = ("backbone", "aggregation", "clusters", "weights", "checkpoint", "l2", "fc_output_dim")
+def _stored_model(record: object, path: Path, key: str) -> ModelConfig:
+    """The ``ModelConfig`` of a config.json: its ``"model"`` (``key``), or the model's fields of
+    the previous release's flat form (``key`` empty); every value checked as a training run takes
+    it (``MODEL_RULES``), then as vprkit.models reads a recorded model config
+    (``ModelConfig.from_dict``: registered names, their declared options, layers of the sizes
+    vprkit builds; no zoo model)."""
+    if isinstance(record, dict):
+        for name, (ok, expected) in MODEL_RULES.items():
+            if name in record and not ok(record[name]):
+                where = f"{key}.{name}" if key else name
+                raise VprkitError(f"{path}: {where!r} is {shown_value(record[name])}; "
+                                  f"expected {expected}")
+    return ModelConfig.from_dict(record, where=Where(str(path), "key", key), zoo=False)
 
 
 def _check_model(config: TrainConfig, source: Path | None) -> None:
-    """The model fields as vprkit.models checks them: a stored config as a stored model config
-    (``validate_model_config``), a given one as a network is built (``--l2`` where it applies,
-    layers of the sizes vprkit builds)."""
-    import torch
-
-    from vprkit.models import ModelConfig
-    from vprkit.models.aggregations import build_aggregation
-    from vprkit.models.backbones import backbone_channels
-    from vprkit.models.validation import check_sizes, validate_model_config
-
-    record = {name: getattr(config, name) for name in MODEL_FIELDS}
+    """The model as vprkit.models checks it: a stored config was checked when read
+    (``_stored_model``); a given one as a network is built (``--l2`` where it applies, layers of
+    the sizes vprkit builds), each field of ``MODEL_RULES`` first with the option's wording."""
     if source is not None:
-        validate_model_config(record, str(source), key="", kind="key", zoo=False)
         return
-    check_sizes(ModelConfig(**record))
-    with torch.device("meta"):  # no memory: the refusals of the builder
-        build_aggregation(config.aggregation, backbone_channels(config.backbone),
-                          clusters=config.clusters, l2=config.l2)
+    model = config.model
+    if model.model is not None:
+        raise VprkitError(f"model {model.model} is a whole network of the zoo: vprkit trains a "
+                          "backbone and an aggregation")
+    for name, (ok, expected) in MODEL_RULES.items():
+        value = getattr(model, name)
+        if not ok(value):
+            raise _refused(name, value, expected)
+    model.aggregation_settings()  # --l2 where it applies, the options each component declares
+    model.backbone_settings()
+    check_sizes(model)  # layers of the sizes vprkit builds (on the meta device: no memory)

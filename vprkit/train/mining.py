@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from vprkit.data.datasets import EVAL_POSITIVE_RADIUS, TRAIN_POSITIVE_RADIUS, Split, positives_within
-from vprkit.errors import VprkitError
+from vprkit.errors import ParameterError, VprkitError
 from vprkit.train.neighbours import Shortlists, reference_nearest
 
 MINING = ("partial", "full", "random")
@@ -103,9 +103,10 @@ def mine(source: TripletSource, query_ids: np.ndarray, features, method: str, ne
             candidates = np.arange(n_db)
         candidates = np.setdiff1d(candidates, source.soft[q])
         if len(candidates) < negs:
-            raise VprkitError(f"query {source.split.queries.names[q]} has only {len(candidates)} "
-                              f"negative candidates (outside 25 m) for {negs} negatives; use "
-                              "fewer --negatives or more --neg-samples / database images")
+            raise ParameterError("negatives", f"query {source.split.queries.names[q]} has only "
+                                 f"{len(candidates)} negative candidates (outside 25 m) for "
+                                 f"negatives={negs}; use fewer negatives or more neg_samples / "
+                                 "database images", "neg_samples")
         if search is None:
             chosen = rng.choice(candidates, size=negs, replace=False)
         else:

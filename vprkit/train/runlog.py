@@ -4,13 +4,15 @@ by line, and nothing on the other processes."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
 from typing import Protocol
 
 from vprkit.files import open_append, refuse_link
-from vprkit.progress import console
+
+logger = logging.getLogger(__name__)
 
 
 class RunLog:
@@ -21,10 +23,11 @@ class RunLog:
         self.metrics = run_dir / "metrics.jsonl"
 
     def say(self, text: str) -> None:
+        """Append ``text`` to ``train.log`` with a time stamp, and log it (``vprkit`` logger)."""
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         with open_append(self.log) as f:
             f.write(f"{stamp} {text}\n")
-        console.print(text)
+        logger.info(text)
 
     def metric(self, **row) -> None:
         with open_append(self.metrics) as f:

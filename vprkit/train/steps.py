@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from vprkit.data.images import load_image, normalize, resize
 from vprkit.devices import autocast
-from vprkit.errors import VprkitError
-from vprkit.progress import progress_bar
+from vprkit.errors import ParameterError, VprkitError
+from vprkit.progress import ProgressCallback, progress_task
 from vprkit.train.config import TrainConfig
 from vprkit.train.distributed import Processes
 from vprkit.train.mining import TripletSource
@@ -100,7 +100,8 @@ class TripletImages(Dataset):
         try:
             return torch.stack(images)
         except RuntimeError:
-            raise VprkitError("training images differ in size; give --resize H W") from None
+            raise ParameterError("resize", "training images differ in size; give a resize (H, "
+                                           "W)") from None
 
 
 def triplet_loss(features: torch.Tensor, groups: int, negatives: int, margin: float,
@@ -142,7 +143,7 @@ def build_scheduler(optimizer, config: TrainConfig, refreshes_per_epoch: int):
 
 
 def _train_groups(model, optimizer, source, groups, config: TrainConfig, augment, device,
-                  progress: bool, label: str, procs: Processes | None = None,
+                  progress: ProgressCallback | None, label: str, procs: Processes | None = None,
                   precision: Precision | None = None) -> float:
     """Train on the groups in steps of ``batch_size`` groups; the mean loss of the steps. With
     several processes ``model`` is the DDP-wrapped model and each process takes its share of
@@ -162,8 +163,7 @@ def _train_groups(model, optimizer, source, groups, config: TrainConfig, augment
                             num_workers=config.workers, collate_fn=_stack_or_none, pin_memory=pin)
     model.train()
     total, batches = 0.0, 0
-    with progress_bar(progress) as bar:
-        task = bar.add_task(label, total=len(groups), rate="")
+    with progress_task(progress, label, len(groups)) as task:
         for step, images in zip(steps, procs.guarded(loader), strict=True):
             n = len(step)
             if procs.world > 1 and images is None:  # no group for this process in this step
@@ -181,7 +181,7 @@ def _train_groups(model, optimizer, source, groups, config: TrainConfig, augment
             precision.step(loss if procs.world == 1 else loss * procs.world, optimizer)
             total += procs.sum(float(loss.detach()))
             batches += 1
-            bar.update(task, advance=n, rate=f"loss {total / batches:.4f}")
+            task.advance(n, f"loss {total / batches:.4f}")
     return total / max(batches, 1)
 
 

@@ -49,7 +49,7 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,8 @@ from vprkit.errors import VprkitError
 from vprkit.extract.clusters import init_netvlad
 from vprkit.extract.inference import sample_local_features
 from vprkit.files import output_lock, refuse_link, write_text
-from vprkit.models import ModelConfig, NetVLAD, VPRModel, build_model
+from vprkit.models import NetVLAD, VPRModel, build_classic
+from vprkit.progress import ProgressCallback, progress_callback
 from vprkit.train.augment import build_augmentation
 from vprkit.train.caches import cache_features
 from vprkit.train.checkpoint_io import LAST_KEYS as LAST_KEYS
@@ -85,12 +86,9 @@ from vprkit.train.validation import _inference_options, validate
 def _init_model(config: TrainConfig, source: TripletSource, device, log: Log,
                 kmeans: bool = True) -> VPRModel:
     torch.manual_seed(config.seed)
-    model = build_model(ModelConfig(backbone=config.backbone, aggregation=config.aggregation,
-                                    clusters=config.clusters, weights=config.weights,
-                                    checkpoint=config.checkpoint, l2=config.l2,
-                                    fc_output_dim=config.fc_output_dim)).to(device)
+    model = build_classic(config.model).to(device)
     netvlad = isinstance(getattr(model.aggregation, "inner", model.aggregation), NetVLAD)
-    if kmeans and netvlad and not config.checkpoint:
+    if kmeans and netvlad and not config.model.checkpoint:
         paths = source.split.database.paths()
         options = _inference_options(config)
         log.say(f"NetVLAD: k-means on local features of {min(options.cluster_images, len(paths))} "
@@ -105,7 +103,7 @@ def _init_model(config: TrainConfig, source: TripletSource, device, log: Log,
 def _adapted(config: TrainConfig, source: TripletSource, log: Log) -> TrainConfig:
     """Sampling sizes clipped to what the dataset has, with a note for each."""
     n_q, n_db = len(source.queries), len(source.split.database)
-    changes = {}
+    changes: dict[str, Any] = {}
     if config.queries_per_epoch > n_q:
         changes["queries_per_epoch"] = n_q
     if config.cache_refresh > min(n_q, changes.get("queries_per_epoch", config.queries_per_epoch)):
@@ -116,11 +114,11 @@ def _adapted(config: TrainConfig, source: TripletSource, log: Log) -> TrainConfi
     for key, value in changes.items():
         log.say(f"--{key.replace('_', '-')} {getattr(config, key)} is more than the dataset "
                 f"allows: using {value}")
-    return TrainConfig(**{**asdict(config), **changes})
+    return replace(config, **changes)
 
 
 def train(config: TrainConfig | None, run_dir: str | Path, resume: bool = False,
-          progress: bool = True) -> Path:
+          progress: ProgressCallback | None = None) -> Path:
     """Train (or resume) a run; returns the path of ``best.pth``.
 
     Under torchrun (``WORLD_SIZE`` > 1) every process calls this with the same arguments; see the
@@ -142,7 +140,8 @@ def train(config: TrainConfig | None, run_dir: str | Path, resume: bool = False,
         resume: continue the run of ``run_dir`` from its ``last.pth`` (model, optimizer,
             scheduler, RNG states and progress), losing at most one cache refresh; the same as
             ``resume(run_dir)``.
-        progress: show progress bars and log lines on the terminal.
+        progress: called as the work goes (``vprkit.progress``), in process 0; None: silent.
+            The log lines of ``train.log`` are logged too (``logging``, ``vprkit`` logger).
 
     Returns:
         The path of ``run_dir/best.pth``: the model with the best validation R@5 and its config
@@ -154,17 +153,18 @@ def train(config: TrainConfig | None, run_dir: str | Path, resume: bool = False,
             none or a damaged one: every value of its config.json and last.pth is checked
             before anything in it changes), or a run folder that another ``train`` is using.
     """
+    progress = progress_callback(progress)
     procs = Processes.from_env()
     run_dir = Path(run_dir)
     try:
         with ExitStack() as stack:
             procs.on_main(lambda: stack.enter_context(_run_lock(run_dir, resume)))
-            return _train(config, run_dir, resume, progress and procs.main, procs)
+            return _train(config, run_dir, resume, progress if procs.main else None, procs)
     finally:
         procs.close()
 
 
-def resume(run_dir: str | Path, progress: bool = True) -> Path:
+def resume(run_dir: str | Path, progress: ProgressCallback | None = None) -> Path:
     """Continue the stopped run of ``run_dir`` where its ``last.pth`` left it; returns the path
     of ``best.pth``.
 
@@ -177,7 +177,7 @@ def resume(run_dir: str | Path, progress: bool = True) -> Path:
         VprkitError: ``run_dir`` holds no run or a damaged one, its dataset's images changed, or
             another ``train`` is using it.
     """
-    return train(None, run_dir, resume=True, progress=progress)
+    return train(None, run_dir, resume=True, progress=progress_callback(progress))
 
 
 @contextmanager
@@ -212,7 +212,8 @@ def _prepare_run_dir(config: TrainConfig | None, run_dir: Path, resume: bool) ->
     return config
 
 
-def _train(config: TrainConfig | None, run_dir: Path, resume: bool, progress: bool,
+def _train(config: TrainConfig | None, run_dir: Path, resume: bool,
+           progress: ProgressCallback | None,
            procs: Processes) -> Path:
     config = procs.on_main(lambda: _prepare_run_dir(config, run_dir, resume))
     assert config is not None  # _prepare_run_dir returns one or raises

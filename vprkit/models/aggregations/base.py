@@ -1,13 +1,16 @@
-"""What every aggregation shares: the registry entry (class attributes), the benchmark's L2
-placement around shallow pooling layers, and its fully connected head.
+"""What every aggregation shares: the registry (``REGISTRY``, the ``register`` decorator), the
+declaration (class attributes and the ``Options`` dataclass), the benchmark's L2 placement
+around shallow pooling layers, and its fully connected head.
 
-An aggregation is one module of this package holding one subclass of ``Aggregation`` whose
-class attributes declare it (see ``Aggregation``). The package finds it by its module name.
+An aggregation is one module of this package holding one subclass of ``Aggregation``
+decorated with ``@register("<the module's name>")`` (see ``Aggregation``).
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +18,7 @@ from torch import nn
 
 from vprkit.descriptors.pyramid import NO_RULE, stat_spec
 from vprkit.errors import VprkitError
+from vprkit.models.registry import Registry
 
 L2_PLACEMENTS = ("before_pool", "after_pool", "none")  # the benchmark's --l2; default first
 
@@ -43,14 +47,24 @@ class Aggregation(nn.Module):
     """Base of every aggregation layer: ``forward(features (N, C, H, W)) -> (N, D)``.
 
     Class attributes (the registry entry):
-        name: the ``--aggregation`` name; it must equal the module's name.
+        name: the ``--aggregation`` name, the module's name (set by ``register``).
         help: one line for the documentation.
         uses_l2: the benchmark's ``--l2`` placement applies (shallow pooling layers).
         pyramid_rule: the ``vprkit.descriptors.pyramid`` rule (None: no pyramid of stored scales).
+        Options: its options, a frozen dataclass of typed defaults extending the base's (every
+            aggregation takes ``fc_output_dim``: the benchmark's fully connected head, which
+            ``build_aggregation`` adds); ``build`` receives an instance.
 
     Subclasses implement ``build``, ``output_dim``, ``recognise`` and, with a pyramid rule,
     ``forward_with_stats`` and ``pyramid_params``.
     """
+
+    @dataclass(frozen=True)
+    class Options:
+        """Every aggregation's options: ``fc_output_dim``, a Linear layer to this dimension then
+        L2 after the layer (None: none)."""
+
+        fc_output_dim: int | None = None
 
     name: ClassVar[str] = ""
     help: ClassVar[str] = ""
@@ -58,7 +72,8 @@ class Aggregation(nn.Module):
     pyramid_rule: ClassVar[str | None] = None
 
     @classmethod
-    def build(cls, channels: int, clusters: int = 64, l2: str = "before_pool") -> Aggregation:
+    def build(cls, channels: int, options: Any) -> Aggregation:
+        """The layer for ``channels`` input channels with ``options`` (an ``Options``)."""
         raise NotImplementedError
 
     @classmethod
@@ -87,6 +102,22 @@ class Aggregation(nn.Module):
         return stat_spec(self.pyramid_params())
 
 
+A = TypeVar("A", bound=type[Aggregation])
+
+# the aggregations: one module of this package per name (see vprkit.models.registry)
+REGISTRY: Registry[type[Aggregation]] = Registry("aggregation", "vprkit.models.aggregations")
+
+
+def register(name: str) -> Callable[[A], A]:
+    """Decorator: register the decorated ``Aggregation`` subclass as ``name`` (the name of the
+    module that defines it, for the package's own) and set its ``name``."""
+    def add(cls: A) -> A:
+        cls.name = name
+        REGISTRY.add(name, cls, cls.__module__)
+        return cls
+    return add
+
+
 def check_l2(l2: str) -> str:
     """``l2`` when it is one of the benchmark's placements, else one clear error."""
     if l2 not in L2_PLACEMENTS:
@@ -102,6 +133,12 @@ class ShallowAggregation(Aggregation, nn.Sequential):
 
     uses_l2 = True
 
+    @dataclass(frozen=True)
+    class Options(Aggregation.Options):
+        """A pooling layer's options: ``l2``, the benchmark's placement of the L2 norm."""
+
+        l2: str = L2_PLACEMENTS[0]
+
     def __init__(self, pool: nn.Module, l2: str = "before_pool"):
         layers = {"before_pool": [L2Norm(dim=1), pool, Flatten()],
                   "after_pool": [pool, L2Norm(dim=1), Flatten()],
@@ -114,8 +151,8 @@ class ShallowAggregation(Aggregation, nn.Sequential):
         return self[1] if self.l2 == "before_pool" else self[0]
 
     @classmethod
-    def build(cls, channels: int, clusters: int = 64, l2: str = "before_pool") -> Aggregation:
-        return cls(l2=l2)  # type: ignore[call-arg]  # subclasses take l2 alone
+    def build(cls, channels: int, options: Any) -> Aggregation:
+        return cls(l2=options.l2)  # type: ignore[call-arg]  # subclasses take l2 alone
 
     @classmethod
     def recognise(cls, state: dict[str, torch.Tensor]) -> list[dict] | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vprkit.models.aggregations.base import ShallowAggregation
+from vprkit.models.aggregations.base import ShallowAggregation, register
 
 
 class _MaxPool(nn.Module):
@@ -13,10 +13,10 @@ class _MaxPool(nn.Module):
         return x.amax(dim=(-2, -1), keepdim=True)
 
 
+@register("mac")
 class MAC(ShallowAggregation):
     """Max pooling (benchmark ``mac``)."""
 
-    name = "mac"
     help = "global max pooling"
     pyramid_rule = "max"
 

@@ -7,21 +7,30 @@ stored per image. The residual sums are additive over locations, so the pyramid 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vprkit.errors import VprkitError
-from vprkit.models.aggregations.base import Aggregation
+from vprkit.models.aggregations.base import Aggregation, register
 
 
+@register("netvlad")
 class NetVLAD(Aggregation):
     """NetVLAD with soft assignment by a 1x1 convolution (benchmark ``netvlad``)."""
 
-    name = "netvlad"
     help = "NetVLAD, --clusters clusters (k-means initialised)"
     pyramid_rule = "netvlad"
+
+    @dataclass(frozen=True)
+    class Options(Aggregation.Options):
+        """NetVLAD's options: ``clusters``, the number K of clusters (D = K x channels)."""
+
+        clusters: int = 64
 
     def __init__(self, clusters: int = 64, dim: int = 256):
         super().__init__()
@@ -31,8 +40,8 @@ class NetVLAD(Aggregation):
         self.centroids = nn.Parameter(torch.rand(clusters, dim))
 
     @classmethod
-    def build(cls, channels: int, clusters: int = 64, l2: str = "before_pool") -> NetVLAD:
-        return cls(clusters=clusters, dim=channels)
+    def build(cls, channels: int, options: Any) -> NetVLAD:
+        return cls(clusters=options.clusters, dim=channels)
 
     @classmethod
     def recognise(cls, state):

@@ -10,7 +10,7 @@ import math
 import torch
 from torch import nn
 
-from vprkit.models.aggregations.base import ShallowAggregation
+from vprkit.models.aggregations.base import ShallowAggregation, register
 
 OVERLAP = 0.4  # wanted overlap of neighbouring regions
 STEPS = (2, 3, 4, 5, 6, 7)  # candidate numbers of regions along the long side
@@ -62,10 +62,10 @@ class _RegionMaxPool(nn.Module):
         return v
 
 
+@register("rmac")
 class RMAC(ShallowAggregation):
     """Regional max pooling (benchmark ``rmac``); no pyramid rule."""
 
-    name = "rmac"
     help = "regional max pooling (no pyramid)"
     pyramid_rule = None
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vprkit.models.aggregations.base import ShallowAggregation
+from vprkit.models.aggregations.base import ShallowAggregation, register
 
 
 class _MeanPool(nn.Module):
@@ -14,10 +14,10 @@ class _MeanPool(nn.Module):
         return x.mean(dim=(-2, -1), keepdim=True)
 
 
+@register("spoc")
 class SPoC(ShallowAggregation):
     """Average pooling (benchmark ``spoc``)."""
 
-    name = "spoc"
     help = "average pooling"
     pyramid_rule = "power_mean"
 

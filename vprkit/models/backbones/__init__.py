@@ -1,43 +1,34 @@
-"""The backbone registry: each module of this package registers its family's backbones.
+"""The backbone registry: one module of this package per backbone, named as the backbone.
 
-To add a backbone, write ``vprkit/models/backbones/foo.py`` calling ``base.register`` with a
-``base.BackboneSpec`` (name, channels, stride, builder, checkpoint key signature) and declaring,
-at top level, the literal tuple ``NAMES = ("foo",)`` of the names it registers: the command
-line's choices (``vprkit.choices.BACKBONES``) read it from the source, without importing torch,
-and ``tests/test_registry.py`` checks that it is what the module registers. Nothing else
-changes. Each backbone is an ``nn.Sequential`` whose child indices match the Deep Visual
+To add a backbone ``foo``, write ``vprkit/models/backbones/foo.py`` whose builder
+``build(weights, options) -> nn.Sequential`` is decorated with
+``@base.register("foo", channels=..., stride=..., recognise=..., help=...)`` (and
+``options=Options``, a frozen dataclass of typed defaults, where it takes options: they are set
+by ``ModelConfig.backbone_options`` or ``--set backbone.NAME=VALUE``). The command line's
+choices (``vprkit.choices.BACKBONES``) are the module names, listed without importing torch;
+nothing else changes. Families share a private module (``_resnet.py``).
+
+Each backbone is an ``nn.Sequential`` whose child indices match the Deep Visual
 Geo-localization Benchmark's (``backbone.0.weight`` is ResNet's ``conv1``), so the benchmark's
 checkpoints load as they are.
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 import torch
 from torch import nn
 
-from vprkit.errors import VprkitError
 from vprkit.models.backbones.base import REGISTRY, BackboneSpec, register
+from vprkit.models.options import make_options
 
-# module name -> the backbones it registered (in order), which its NAMES must declare
-REGISTERED_BY: dict[str, tuple[str, ...]] = {}
-for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
-    if not _module.startswith("_") and _module != "base":
-        _before = set(REGISTRY)
-        importlib.import_module(f"{__name__}.{_module}")
-        REGISTERED_BY[_module] = tuple(name for name in REGISTRY if name not in _before)
-
+# name -> (channels, stride) of every backbone of this package
 BACKBONES: dict[str, tuple[int, int]] = {name: (spec.channels, spec.stride)
-                                         for name, spec in REGISTRY.items()}  # (channels, stride)
+                                         for name, spec in REGISTRY.items()}
 
 
 def get_backbone(name: str) -> BackboneSpec:
     """The registered backbone ``name``, or one clear error listing them."""
-    if name not in REGISTRY:
-        raise VprkitError(f"unknown backbone {name!r}; choose one of {', '.join(REGISTRY)}")
-    return REGISTRY[name]
+    return REGISTRY.get(name)
 
 
 def check_backbone(name: str) -> str:
@@ -50,9 +41,11 @@ def backbone_channels(name: str) -> int:
     return get_backbone(name).channels
 
 
-def build_backbone(name: str, weights: str = "imagenet") -> nn.Sequential:
-    """Build a backbone; ``weights`` is ``imagenet``, ``none`` or a path to a state dict file."""
-    return get_backbone(name).build(weights)
+def build_backbone(name: str, weights: str = "imagenet", options: dict | None = None) -> nn.Sequential:
+    """Build a backbone; ``weights`` is ``imagenet``, ``none`` or a path to a state dict file,
+    ``options`` its options by name (None: the defaults; see ``BackboneSpec.options``)."""
+    spec = get_backbone(name)
+    return spec.build(weights, make_options(spec.options, options or {}, f"backbone {name}"))
 
 
 def recognise_backbone(state: dict[str, torch.Tensor]) -> list[str]:
@@ -61,5 +54,5 @@ def recognise_backbone(state: dict[str, torch.Tensor]) -> list[str]:
     return [name for name, spec in REGISTRY.items() if spec.recognise(state)]
 
 
-__all__ = ["BACKBONES", "BackboneSpec", "backbone_channels", "build_backbone", "check_backbone",
+__all__ = ["BACKBONES", "REGISTRY", "BackboneSpec", "backbone_channels", "build_backbone", "check_backbone",
            "get_backbone", "recognise_backbone", "register"]

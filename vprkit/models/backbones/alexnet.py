@@ -6,17 +6,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from vprkit.models.backbones.base import BackboneSpec, freeze, register, torchvision_model
-
-NAMES = ("alexnet",)  # what this module registers (vprkit.choices reads it without importing)
-
-
-def _build(weights: str) -> nn.Sequential:
-    features = torchvision_model("alexnet", weights).features
-    assert isinstance(features, nn.Module)
-    layers = list(features.children())[:-2]
-    freeze(layers[:5])
-    return nn.Sequential(*layers)
+from vprkit.models.backbones.base import freeze, register, torchvision_model
+from vprkit.models.options import NoOptions
 
 
 def _recognise(state) -> bool:
@@ -24,4 +15,11 @@ def _recognise(state) -> bool:
     return first is not None and tuple(first.shape) == (64, 3, 11, 11) and "10.weight" in state
 
 
-register(BackboneSpec(NAMES[0], 256, 16, _build, _recognise, "AlexNet conv5"))
+@register("alexnet", channels=256, stride=16, recognise=_recognise, help="AlexNet conv5")
+def build(weights: str, options: NoOptions) -> nn.Sequential:
+    """The cut AlexNet with ``weights``."""
+    features = torchvision_model("alexnet", weights).features
+    assert isinstance(features, nn.Module)
+    layers = list(features.children())[:-2]
+    freeze(layers[:5])
+    return nn.Sequential(*layers)

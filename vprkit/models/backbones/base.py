@@ -1,15 +1,19 @@
-"""What backbone families share: the registry entry and weight loading."""
+"""What backbones share: the registry entry (``BackboneSpec``, added by the ``register``
+decorator on the module's builder) and weight loading."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from vprkit.errors import VprkitError
+from vprkit.models.options import NoOptions
+from vprkit.models.registry import Registry
 from vprkit.models.serialization import load_safely
 
 
@@ -18,32 +22,46 @@ class BackboneSpec:
     """One registered backbone.
 
     Attributes:
-        name: the ``--backbone`` name.
+        name: the ``--backbone`` name (its module's name).
         channels: channels C of its local features.
         stride: pixels per feature location (the map is about H/stride x W/stride).
-        build: ``build(weights)`` -> ``nn.Sequential`` whose child indices are the benchmark's;
-            ``weights`` is ``"imagenet"``, ``"none"`` or the path of a state dict file.
+        builder: ``builder(weights, options)`` -> ``nn.Sequential`` whose child indices are the
+            benchmark's; ``weights`` is ``"imagenet"``, ``"none"`` or the path of a state dict
+            file, ``options`` an instance of ``options``.
         recognise: whether a state dict's backbone keys (without ``backbone.``) are this one's.
         help: one line for the documentation.
+        options: its options, a frozen dataclass with typed defaults (``NoOptions``: none).
     """
 
     name: str
     channels: int
     stride: int
-    build: Callable[[str], nn.Sequential] = field(compare=False)
+    builder: Callable[[str, Any], nn.Sequential] = field(compare=False)
     recognise: Callable[[dict[str, torch.Tensor]], bool] = field(compare=False)
     help: str = ""
+    options: type = NoOptions
+
+    def build(self, weights: str = "imagenet", options: Any = None) -> nn.Sequential:
+        """The backbone with ``weights`` (``imagenet``, ``none`` or a state dict file) and
+        ``options`` (None: the defaults)."""
+        return self.builder(weights, self.options() if options is None else options)
 
 
-REGISTRY: dict[str, BackboneSpec] = {}
+# the backbones: one module of this package per name (see vprkit.models.registry)
+REGISTRY: Registry[BackboneSpec] = Registry("backbone", "vprkit.models.backbones")
 
 
-def register(spec: BackboneSpec) -> BackboneSpec:
-    """Add ``spec`` to the registry (its name must be new); returns it."""
-    if spec.name in REGISTRY:
-        raise ValueError(f"backbone {spec.name!r} registered twice")
-    REGISTRY[spec.name] = spec
-    return spec
+def register(name: str, *, channels: int, stride: int,
+             recognise: Callable[[dict[str, torch.Tensor]], bool], help: str = "",
+             options: type = NoOptions) -> Callable[[Callable], Callable]:
+    """Decorator: register the decorated ``builder(weights, options)`` as backbone ``name``
+    (which must be the name of the module that defines it); the attributes are
+    ``BackboneSpec``'s."""
+    def add(builder: Callable[[str, Any], nn.Sequential]) -> Callable:
+        spec = BackboneSpec(name, channels, stride, builder, recognise, help, options)
+        REGISTRY.add(name, spec, builder.__module__)
+        return builder
+    return add
 
 
 def torchvision_model(arch: str, weights: str) -> nn.Module:

@@ -10,9 +10,8 @@ import torch
 from torch import nn
 
 from vprkit.errors import VprkitError
-from vprkit.models.backbones.base import BackboneSpec, freeze, load_weights_file, register
-
-NAMES = ("efficientnet_lite0",)  # what this module registers (read by vprkit.choices unimported)
+from vprkit.models.backbones.base import freeze, load_weights_file, register
+from vprkit.models.options import NoOptions
 
 
 class _EfficientNetBlock(nn.Module):
@@ -26,7 +25,14 @@ class _EfficientNetBlock(nn.Module):
         return self.block(x)
 
 
-def _efficientnet_lite0(weights: str) -> nn.Sequential:
+def _recognise(state) -> bool:
+    return "1.block._depthwise_conv.weight" in state
+
+
+@register("efficientnet_lite0", channels=112, stride=16, recognise=_recognise,
+          help="EfficientNet-Lite0 to the last stride-16 stage")
+def build(weights: str, options: NoOptions) -> nn.Sequential:
+    """EfficientNet-Lite0 to its last stride-16 stage, with ``weights``."""
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError:
@@ -57,11 +63,3 @@ def _efficientnet_lite0(weights: str) -> nn.Sequential:
     layers = [stem, *blocks]
     freeze(layers[:6])  # stride <= 8 stays frozen, like conv1..layer2 of ResNet
     return nn.Sequential(*layers)
-
-
-def _recognise(state) -> bool:
-    return "1.block._depthwise_conv.weight" in state
-
-
-register(BackboneSpec(NAMES[0], 112, 16, _efficientnet_lite0, _recognise,
-                      "EfficientNet-Lite0 to the last stride-16 stage"))

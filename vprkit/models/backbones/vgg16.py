@@ -5,17 +5,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from vprkit.models.backbones.base import BackboneSpec, freeze, register, torchvision_model
-
-NAMES = ("vgg16",)  # what this module registers (vprkit.choices reads it without importing)
-
-
-def _build(weights: str) -> nn.Sequential:
-    features = torchvision_model("vgg16", weights).features
-    assert isinstance(features, nn.Module)
-    layers = list(features.children())[:-2]
-    freeze(layers[:-5])
-    return nn.Sequential(*layers)
+from vprkit.models.backbones.base import freeze, register, torchvision_model
+from vprkit.models.options import NoOptions
 
 
 def _recognise(state) -> bool:
@@ -23,4 +14,11 @@ def _recognise(state) -> bool:
     return first is not None and tuple(first.shape) == (64, 3, 3, 3) and "28.weight" in state
 
 
-register(BackboneSpec(NAMES[0], 512, 16, _build, _recognise, "VGG-16 conv5_3"))
+@register("vgg16", channels=512, stride=16, recognise=_recognise, help="VGG-16 conv5_3")
+def build(weights: str, options: NoOptions) -> nn.Sequential:
+    """The cut VGG-16 with ``weights``."""
+    features = torchvision_model("vgg16", weights).features
+    assert isinstance(features, nn.Module)
+    layers = list(features.children())[:-2]
+    freeze(layers[:-5])
+    return nn.Sequential(*layers)

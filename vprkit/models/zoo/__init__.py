@@ -1,75 +1,52 @@
 """The model zoo: today's published VPR networks, each family one module of this package.
 
-``get_zoo_model(name)`` is the registered ``ZooSpec``; ``ZooNetwork(config)`` builds it behind
-the interface extraction expects (``forward_with_stats``, ``output_dim``, ``backbone``,
-``aggregation``), with random weights (``weights="none"``) or an upstream release's own file
-(``checkpoint=PATH``). To add a model, write ``vprkit/models/zoo/<family>.py`` calling
-``base.register`` (see ``base.ZooSpec``); nothing else changes.
+``get_zoo_model(name)`` is the registered ``ZooSpec`` (``REGISTRY``, a
+``vprkit.models.registry.Registry``, imports the family's module on first use);
+``ZooNetwork(config)`` builds it as a ``vprkit.models.protocol.DescriptorNet``, with random
+weights (``weights="none"``) or an upstream release's own file (``checkpoint=PATH``). To add a
+model, write ``vprkit/models/zoo/<family>.py`` calling ``base.register`` (see ``base.ZooSpec``)
+for each variant, named ``<family>_<variant>``; nothing else changes.
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
-import pkgutil
 
 import torch
 from torch import nn
 
+from vprkit.descriptors.pyramid import NO_RULE
 from vprkit.errors import VprkitError
+from vprkit.models.config import ModelConfig
+from vprkit.models.protocol import InputRule, record
 from vprkit.models.zoo.base import REGISTRY, ZooSpec, register
 
-_LOADED = False
-
-
-def _load_all() -> None:
-    """Import every family module once (each registers its variants)."""
-    global _LOADED
-    if _LOADED:
-        return
-    for module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
-        if not module.startswith("_") and module not in ("base",):
-            importlib.import_module(f"{__name__}.{module}")
-    _LOADED = True
+ZOO = REGISTRY  # the zoo's registry
 
 
 def zoo_models() -> dict[str, ZooSpec]:
     """Every registered zoo model, by name."""
-    _load_all()
     return dict(sorted(REGISTRY.items()))
 
 
 def get_zoo_model(name: str) -> ZooSpec:
     """The zoo model ``name``, or one clear error pointing to ``vprkit models``."""
-    models = zoo_models()
-    if name not in models:
-        close = [n for n in models if n.split("_")[0] == name.split("_")[0]][:6]
+    if name not in REGISTRY:
+        close = [n for n in REGISTRY if n.split("_")[0] == str(name).split("_")[0]][:6]
         hint = f" (e.g. {', '.join(close)})" if close else ""
         raise VprkitError(f"unknown model {name!r}{hint}; vprkit models lists them all")
-    return models[name]
-
-
-class _NoPyramid(nn.Module):
-    """The ``aggregation`` of a zoo network for extraction: its heads end in layers after the
-    pooling (FC, optimal transport...), so stored scales cannot form a pyramid."""
-
-    def __init__(self, name: str):
-        super().__init__()
-        self.name = name
-
-    def pyramid_params(self) -> dict:
-        return {"type": "none", "aggregation": self.name}
-
-    def stats_spec(self) -> dict:
-        return {}
+    return REGISTRY.get(name)
 
 
 class ZooNetwork(nn.Module):
-    """A zoo model behind extraction's interface; ``backbone`` is the whole upstream network
-    (so that BatchNorm folding and fingerprints cover it)."""
+    """A zoo model as a ``DescriptorNet``; ``backbone`` is the whole upstream network (so that
+    BatchNorm folding and fingerprints cover it). Its heads end in layers after the pooling
+    (FC, optimal transport...), so stored scales form no pyramid: no statistics."""
 
-    def __init__(self, config):
+    def __init__(self, config: ModelConfig):
         super().__init__()
+        if not config.model:
+            raise VprkitError("a zoo network needs the config's model (a name of vprkit models)")
         self.config = config
         self.spec = get_zoo_model(config.model)
         for package in self.spec.requires:
@@ -80,8 +57,7 @@ class ZooNetwork(nn.Module):
             raise VprkitError(f"model {self.spec.name} takes --checkpoint FILE (its published "
                               f"weights: {self.spec.weights}) or --weights none (random), not "
                               f"--weights {config.weights}")
-        self.backbone = self.spec.build()
-        self.aggregation = _NoPyramid(self.spec.name)
+        self.backbone: nn.Module = self.spec.build()
         if config.checkpoint:
             from vprkit.models.serialization import load_safely
             state = load_safely(config.checkpoint, "checkpoint")
@@ -91,8 +67,17 @@ class ZooNetwork(nn.Module):
                 raise VprkitError(f"{config.checkpoint}: {err}") from None
 
     @property
+    def label(self) -> str:
+        return self.spec.name
+
+    @property
     def output_dim(self) -> int:
         return self.spec.output_dim
+
+    @property
+    def input_rule(self) -> InputRule:
+        """The release's: its evaluation size, side multiple and normalisation."""
+        return InputRule(self.spec.resize, self.spec.multiple_of, self.spec.mean, self.spec.std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
@@ -101,5 +86,15 @@ class ZooNetwork(nn.Module):
         """The descriptors; no statistics (no pyramid of stored scales)."""
         return self.backbone(x), {}
 
+    def stats_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        return {}
 
-__all__ = ["ZooNetwork", "ZooSpec", "get_zoo_model", "register", "zoo_models"]
+    def pyramid_params(self) -> dict:
+        return {"type": NO_RULE, "aggregation": self.spec.name}
+
+    def describe(self) -> dict:
+        """Its config, then its parts (backbone and head, for tables)."""
+        return record(self, {"backbone": self.spec.backbone, "aggregation": self.spec.aggregation})
+
+
+__all__ = ["ZOO", "ZooNetwork", "ZooSpec", "get_zoo_model", "register", "zoo_models"]

@@ -3,7 +3,8 @@
 A zoo model is a published VPR network (CosPlace, EigenPlaces, MixVPR, BoQ, SALAD, MegaLoc...)
 whose architecture lives in vprkit and whose released weight file loads unchanged from a local
 path (``--checkpoint``); ``--weights none`` builds it with random weights. Each family is one
-module of this package calling ``register`` once per released variant.
+module of this package, named as the family, calling ``register`` once per released variant
+named ``<family>_...`` (``REGISTRY`` finds a name's module by that prefix).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from vprkit.errors import VprkitError
+from vprkit.models.registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -60,15 +62,19 @@ class ZooSpec:
     notes: str = ""
 
 
-REGISTRY: dict[str, ZooSpec] = {}
+def family_of(name: str) -> str:
+    """The family (module of this package) of the zoo model ``name``: its prefix before ``_``."""
+    return name.split("_")[0]
+
+
+# the zoo: one module of this package per family (see vprkit.models.registry)
+REGISTRY: Registry[ZooSpec] = Registry("model", "vprkit.models.zoo", family_of=family_of,
+                                       hint="vprkit models lists them")
 
 
 def register(spec: ZooSpec) -> ZooSpec:
-    """Add ``spec`` to the zoo (its name must be new)."""
-    if spec.name in REGISTRY:
-        raise ValueError(f"zoo model {spec.name!r} registered twice")
-    REGISTRY[spec.name] = spec
-    return spec
+    """Add ``spec`` to the zoo (its name must be new and start with its family, ``<family>_``)."""
+    return REGISTRY.add(spec.name, spec, f"{REGISTRY.package}.{spec.family}")
 
 
 def strict_load(module: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:

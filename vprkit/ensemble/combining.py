@@ -15,6 +15,7 @@ descriptors (``EnsembleTransform.from_file``).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -25,8 +26,8 @@ import numpy as np
 from vprkit.data.datasets import ROLES
 from vprkit.descriptors.views import HARD_RESIZE, VIEWS
 from vprkit.ensemble.pca import EnsembleTransform, PCAParams, fit_pca
-from vprkit.errors import VprkitError
-from vprkit.progress import console, progress_bar, styled
+from vprkit.errors import ParameterError, VprkitError
+from vprkit.progress import ProgressCallback, progress_callback, progress_task
 from vprkit.store import DescriptorFile, Header, Output, parse_scale_spec, spec_name, writing
 from vprkit.store.checks import refuse_shard
 from vprkit.store.format import PCA_ARRAYS
@@ -34,6 +35,7 @@ from vprkit.store.writer import rows_bytes
 
 PCA_FITS = ("database", "queries+database")
 __all__ = ["PCA_FITS", "EnsembleTransform", "PCAParams", "combine", "fit_pca"]
+logger = logging.getLogger(__name__)
 
 
 def _alignment(ref: DescriptorFile, other: DescriptorFile, role: str) -> np.ndarray | None:
@@ -102,16 +104,16 @@ def _read(store: DescriptorFile, role: str, scales, start: int, stop: int,
                             view)
 
 
-def _common_views(stores: list[DescriptorFile], spec_of, progress: bool) -> list[str]:
+def _common_views(stores: list[DescriptorFile], spec_of) -> list[str]:
     """The query views every input holds at its scale or pyramid (the ensemble holds those);
     a note names the views that some input lacks."""
     held = [st.views(sp) for st, sp in zip(stores, spec_of, strict=True)]
     common = [v for v in held[0] if all(v in h for h in held)]
     left = sorted({v for h in held for v in h} - set(common))
-    if left and progress:
-        console.print(f"note: the ensemble has no {', '.join(left)} query view"
-                      f"{'s' if len(left) > 1 else ''}: not every input holds "
-                      f"{'them' if len(left) > 1 else 'it'}")
+    if left:
+        logger.warning(f"note: the ensemble has no {', '.join(left)} query view"
+                       f"{'s' if len(left) > 1 else ''}: not every input holds "
+                       f"{'them' if len(left) > 1 else 'it'}")
     return common
 
 
@@ -130,7 +132,7 @@ def combine(
     block_rows: int = 8192,
     pca_memory_bytes: int = 2 << 30,
     overwrite: bool = False,
-    progress: bool = True,
+    progress: ProgressCallback | None = None,
 ) -> Path:
     """Write the ensemble of ``inputs`` to ``output``; returns its path.
 
@@ -142,7 +144,7 @@ def combine(
     their scale or pyramid, each input wider than ``pca`` first reduced to ``(N, pca)``: the
     output has ``sum_i min(D_i, pca)`` dimensions (``sum_i D_i`` without ``pca``). The output is
     an ordinary descriptor file with one scale, ``1``, that records its inputs and the fitted PCA
-    (``vprkit.ensemble.combine.EnsembleTransform.from_file`` applies the same transform to new rows).
+    (``vprkit.ensemble.combining.EnsembleTransform.from_file`` applies the same transform to new rows).
 
     Args:
         inputs: descriptor files of the same images (rows are aligned by name); at least two,
@@ -160,7 +162,8 @@ def combine(
             PCA; beyond, an exact streamed covariance when the ``D x D`` float64 covariance
             fits in this size, else scikit-learn's IncrementalPCA.
         overwrite: replace an existing ``output``.
-        progress: show progress bars and a summary line.
+        progress: called as the work goes (``vprkit.progress``); None: silent. The summary
+            line is logged (``logging``, ``vprkit`` logger).
 
     Returns:
         The path of the ensemble file (``output``).
@@ -170,24 +173,26 @@ def combine(
             input, inputs of different images, a shard as input, bad weights, ``pca`` larger
             than an input's dimensions or than the fitting rows, or a bad ``pca_fit``.
     """
+    progress = progress_callback(progress)
     paths = [Path(p) for p in inputs]
     output = Path(output)
     if len(paths) < 2 and pca is None:
-        raise VprkitError("combine needs at least two descriptor files (or one with --pca)")
+        raise ParameterError("inputs", "combine needs at least two descriptor files in inputs "
+                                       "(or one with pca)")
     if output.exists() and not overwrite:
-        raise VprkitError(f"{output} exists; pass --overwrite to replace it")
+        raise ParameterError("overwrite", f"{output} exists; pass overwrite to replace it")
     if output.resolve() in [p.resolve() for p in paths]:
         raise VprkitError(f"output {output} is also an input")
     specs = _scale_specs(scales, len(paths))
     if weights is not None:
         weights = [float(w) for w in weights]
         if len(weights) != len(paths) or not all(math.isfinite(w) and w > 0 for w in weights):
-            raise VprkitError(f"--part-weights needs {len(paths)} positive numbers, one per input, "
-                              f"got {','.join(f'{w:g}' for w in weights)}")
+            raise ParameterError("weights", f"weights needs {len(paths)} positive numbers, one per "
+                                 f"input, got {','.join(f'{w:g}' for w in weights)}")
     if block_rows < 1:
-        raise VprkitError(f"--block-rows must be at least 1, got {block_rows}")
+        raise ParameterError("block_rows", f"block_rows must be at least 1, got {block_rows}")
     if pca is not None and pca < 1:
-        raise VprkitError(f"--pca must be a positive number of dimensions, got {pca}")
+        raise ParameterError("pca", f"pca must be a positive number of dimensions, got {pca}")
 
     # the lock before any work: a second combine into the same output is refused at once
     with writing(output, overwrite=overwrite) as out:
@@ -204,7 +209,7 @@ def combine(
                       for i, st in enumerate(stores) for role in ROLES if i > 0}
             dims = [st.dim for st in stores]
             pcas = _fit_pcas(stores, spec_of, pca, pca_fit, whiten, block_rows, pca_memory_bytes,
-                             extra, progress)
+                             extra)
             info = [{"file": str(st.path.resolve()), "scale": spec_name(sp), "dim": st.dim,
                      "model": st.model, "dataset": st.dataset,
                      "pca": None if p is None else {"dim": pca, "whiten": whiten, "rows": p.rows,
@@ -215,18 +220,17 @@ def combine(
         finally:
             for st in stores + extra:
                 st.close()
-    if progress:
-        console.print(styled("wrote", "green", f" {out.written}: {transform.output_dim} dims from "
-                      + " + ".join(f"{Path(i['file']).name}[{i['scale']}]"
-                                   + (f"->PCA {i['pca']['dim']}" if i["pca"] else "")
-                                   for i in transform.info)))
+    logger.info(f"wrote {out.written}: {transform.output_dim} dims from "
+                + " + ".join(f"{Path(i['file']).name}[{i['scale']}]"
+                             + (f"->PCA {i['pca']['dim']}" if i["pca"] else "")
+                             for i in transform.info))
     assert out.written is not None  # the block ended without error
     return out.written
 
 
 def _fit_pcas(stores: list[DescriptorFile], spec_of, pca: int | None, pca_fit, whiten: bool,
-              block_rows: int, memory_bytes: int, opened: list[DescriptorFile],
-              progress: bool) -> list[PCAParams | None]:
+              block_rows: int, memory_bytes: int,
+              opened: list[DescriptorFile]) -> list[PCAParams | None]:
     """The PCA of each input wider than ``pca`` (None for the others), fitted where ``pca_fit``
     says; ``--pca-fit`` files are opened into ``opened`` (the caller closes them)."""
     reduce = [pca is not None and st.dim > pca for st in stores]
@@ -243,13 +247,12 @@ def _fit_pcas(stores: list[DescriptorFile], spec_of, pca: int | None, pca_fit, w
             fit_store = DescriptorFile(fit_files[sum(reduce[:i])])
             opened.append(fit_store)
             if fit_store.model.get("fingerprint") != st.model.get("fingerprint"):
-                raise VprkitError(f"--pca-fit file {fit_store.path} was made by another model "
-                                  f"than {st.path}")
+                raise ParameterError("pca_fit", f"pca_fit file {fit_store.path} was made by "
+                                                f"another model than {st.path}")
             fit_store.check_spec(sp)
             sources = [(fit_store, r) for r in ("queries", "database")]
-        if progress:
-            console.print(f"fitting PCA {st.dim} -> {pca} on "
-                          f"{', '.join(f'{f.path.name}:{r}' for f, r in sources)}")
+        logger.info(f"fitting PCA {st.dim} -> {pca} on "
+                    f"{', '.join(f'{f.path.name}:{r}' for f, r in sources)}")
         pcas.append(fit_pca(sp, pca, sources, whiten, block_rows, memory_bytes, str(st.path)))
     return pcas
 
@@ -261,8 +264,8 @@ def _scale_specs(scales, n: int) -> list[tuple[int, ...] | None]:
     if len(scales) == 1:
         return [parse_scale_spec(scales[0]) if scales[0] else None] * n
     if len(scales) != n:
-        raise VprkitError(f"give one --scale for all inputs or one per input ({n}), "
-                          f"not {len(scales)}")
+        raise ParameterError("scales", f"give one scale for all inputs or one per input ({n}) "
+                                       f"in scales, not {len(scales)}")
     return [parse_scale_spec(s) if s else None for s in scales]
 
 
@@ -271,13 +274,13 @@ def _fit_files(pca_fit, needed: int) -> list[Path] | None:
         return None
     files = [Path(pca_fit)] if isinstance(pca_fit, (str, Path)) else [Path(p) for p in pca_fit]
     if needed and len(files) != needed:
-        raise VprkitError(f"{needed} input(s) are reduced by PCA but {len(files)} --pca-fit "
-                          "file(s) were given (one per reduced input, in input order)")
+        raise ParameterError("pca_fit", f"{needed} input(s) are reduced by PCA but {len(files)} "
+                             "pca_fit file(s) were given (one per reduced input, in input order)")
     return files
 
 
 def _write(stores, spec_of, orders, transform: EnsembleTransform, out: Output,
-           block_rows: int, progress: bool) -> None:
+           block_rows: int, progress: ProgressCallback | None) -> None:
     ref = stores[0]
     header = Header(
         model={"type": "ensemble", "inputs": [
@@ -289,7 +292,7 @@ def _write(stores, spec_of, orders, transform: EnsembleTransform, out: Output,
         dtype="float32",
     )
     hashes = {r: ref.hashes(r) for r in ROLES}
-    views = _common_views(stores, spec_of, progress)
+    views = _common_views(stores, spec_of)
     parts = [(role, HARD_RESIZE) for role in ROLES] + [("queries", v) for v in views[1:]]
     pcas = [None if p is None else asdict(p) for p in transform.pcas]
     # everything written after the names, checked and reserved with them before the first byte
@@ -305,8 +308,7 @@ def _write(stores, spec_of, orders, transform: EnsembleTransform, out: Output,
         writer.add_view(1, view, transform.output_dim, {}, None)
     writer.write_combine_record({"inputs": transform.info, "weights": transform.weights}, pcas)
     total = sum(ref.num(r) for r, _ in parts)
-    with progress_bar(progress) as bar:
-        task = bar.add_task("combine", total=total, rate="")
+    with progress_task(progress, "combine", total) as task:
         for role, view in parts:
             n = ref.num(role)
             step = max(1, block_rows // VIEWS[view])  # images per block
@@ -316,4 +318,4 @@ def _write(stores, spec_of, orders, transform: EnsembleTransform, out: Output,
                         for i, (st, sp) in enumerate(zip(stores, spec_of, strict=True))]
                 writer.write(role, 1, start, transform.apply(rows), {}, view)
                 writer.commit_rows(role, [1], stop, view)
-                bar.update(task, advance=stop - start)
+                task.advance(stop - start)
