@@ -146,12 +146,11 @@ def _explicit(ctx: click.Context, field: str) -> bool:
                 help="Mixed precision (autocast) for the training steps: bfloat16 on a CPU, "
                      "float16 with a gradient scaler on CUDA; caches and validation stay float32. "
                      "Faster where the CPU computes bfloat16 natively (AVX512-BF16, AMX: 1.8x per "
-                     "step at 480x640 on the 2-core machine of the README); without them (not measured "
+                     "step at 480x640 on a 2-core machine); without them (not measured "
                      "here) it can be slower: check with benchmarks/bench_train.py --amp.")
 @library_option("--channels-last/--no-channels-last", source=_default("channels_last"),
                 help="Channels-last memory format for the network and its inputs: the same "
-                     "computation in another layout, 1.4x faster steps at 480x640 on the 2-core "
-                     "CPU of the README.")
+                     "computation in another layout, 1.4x faster steps at 480x640 on a 2-core CPU.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @json_option("the run's folder, best checkpoint and best validation recalls")
 def train(root, output, deprecated_out, resume, recipe, backbone, aggregation, clusters, l2,

@@ -59,8 +59,8 @@ def load_safely(path: str | Path, what: str = "checkpoint") -> Any:
         raise VprkitError(
             f"{what} {path} holds Python objects ({names}) that vprkit does not load: only tensors, "
             "numbers, strings, numpy arrays and containers are read, since anything else can "
-            "run code from the file (to convert a file you trust, see the README's "
-            "'Checkpoints')") from None
+            "run code from the file (to convert a file you trust, see the docs' guide "
+            "'Benchmark datasets', 'Checkpoints')") from None
     except Exception as err:
         raise VprkitError(f"cannot read {what} {path}: {_first_line(err)} (damaged or not a "
                           "torch file?)") from None

@@ -80,7 +80,7 @@ class TrainConfig:
             a CPU, float16 with a gradient scaler on CUDA); the caches and validation stay
             float32. Absent (False) in runs made before it.
         channels_last: channels-last memory format for the network and its inputs (the same
-            computation in another layout; faster on CPUs, see the README). Absent in runs made
+            computation in another layout; faster on CPUs, see the training guide). Absent in runs made
             before it, which resume as they ran (False).
         recipe: the named recipe (``vprkit.train.recipes``) the run started from, or None; a
             record only: the fields above are what the run uses (a recipe's, unless
