@@ -82,8 +82,8 @@ def test_same_descriptors_with_either_options(tmp_path):
 def test_resume_is_train_with_resume(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(trainer, "train", lambda *a, **kw: calls.append((a, kw)) or "best")
-    assert resume(tmp_path, progress=False) == "best"
-    assert calls == [((None, tmp_path), {"resume": True, "progress": False})]
+    assert resume(tmp_path, progress=False) == "best"  # False: no progress (None)
+    assert calls == [((None, tmp_path), {"resume": True, "progress": None})]
 
 
 def test_resume_without_a_run_is_refused(tmp_path):
