@@ -48,37 +48,44 @@ def main() -> None:
     console = Console()
     try:
         n_q = max(1, args.images // 4)
-        root = generate_dataset(tmp / "data", {"test": (args.images - n_q, n_q)},
-                                size=tuple(args.size), seed=0)
-        options = ExtractOptions(resize=tuple(args.size), batch_size=args.batch_size,
-                                 workers=args.workers)
+        root = generate_dataset(
+            tmp / "data", {"test": (args.images - n_q, n_q)}, size=tuple(args.size), seed=0
+        )
+        options = ExtractOptions(resize=tuple(args.size), batch_size=args.batch_size, workers=args.workers)
         rows = []
         files = {}
         for agg in ("gem", "netvlad"):
             config = ModelConfig(backbone=args.backbone, aggregation=agg, weights="none")
-            files[agg], seconds = timed(lambda c=config, a=agg: extract(
-                root, tmp / f"{a}.h5", c, options, progress=False))
-            rows.append((f"extract {agg}" + (" (incl. k-means)" if agg == "netvlad" else ""),
-                         seconds))
+            files[agg], seconds = timed(
+                lambda c=config, a=agg: extract(root, tmp / f"{a}.h5", c, options, progress=False)
+            )
+            rows.append((f"extract {agg}" + (" (incl. k-means)" if agg == "netvlad" else ""), seconds))
         extract_total = sum(s for _, s in rows)
         pca_dim = min(32, args.images - n_q)
         stored = 0.0
         for name, kwargs in (("concat", {}), (f"PCA {pca_dim} concat", {"pca": pca_dim})):
-            out, t_combine = timed(lambda k=kwargs, n=name: combine(
-                [files["gem"], files["netvlad"]], tmp / f"{n.split()[0]}.h5", progress=False, **k))
+            out, t_combine = timed(
+                lambda k=kwargs, n=name: combine(
+                    [files["gem"], files["netvlad"]], tmp / f"{n.split()[0]}.h5", progress=False, **k
+                )
+            )
             result, t_eval = timed(lambda o=out: evaluate_file(o))
             rows.append((f"combine {name}", t_combine))
             rows.append((f"evaluate {name} (R@1 {result.recalls[1]:.1f})", t_eval))
             stored += t_combine + t_eval
-        table = Table(title=f"{args.images} images of {args.size[0]}x{args.size[1]}, "
-                            f"{args.backbone}, CPU threads as default")
+        table = Table(
+            title=f"{args.images} images of {args.size[0]}x{args.size[1]}, "
+            f"{args.backbone}, CPU threads as default"
+        )
         table.add_column("step")
         table.add_column("seconds", justify="right")
         for step, seconds in rows:
             table.add_row(step, f"{seconds:.3f}")
         console.print(table)
-        console.print(f"re-extraction {extract_total:.1f} s; both ensembles from stored files "
-                      f"(combine + evaluate) {stored:.2f} s: {extract_total / stored:.0f}x faster")
+        console.print(
+            f"re-extraction {extract_total:.1f} s; both ensembles from stored files "
+            f"(combine + evaluate) {stored:.2f} s: {extract_total / stored:.0f}x faster"
+        )
     finally:
         if args.keep:
             console.print(f"kept {tmp}")

@@ -105,19 +105,23 @@ def _child_evaluate(path: str, block_rows: int | None, conn, pca: int | None = N
         if pca is None:
             result = evaluate_file(path, "1", block_rows=block_rows).to_dict()
         else:
-            out = combine([path], Path(path).with_name("pca.h5"), pca=pca, pca_fit="database",
-                          progress=False)
+            out = combine([path], Path(path).with_name("pca.h5"), pca=pca, pca_fit="database", progress=False)
             with DescriptorFile(out) as f:
                 spec = json.loads(f.h5["combine"].attrs["spec"])
                 result = {"dim": f.dim, "method": spec["inputs"][0]["pca"]["method"]}
             out.unlink()
         wall = time.perf_counter() - started
-        conn.send({
-            "result": result, "wall": wall, "rss_before": rss_before,
-            "peak_before": peak_before, "peak": max_rss_bytes(),
-            "ru_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-            "faiss_threads": faiss.omp_get_max_threads(),
-        })
+        conn.send(
+            {
+                "result": result,
+                "wall": wall,
+                "rss_before": rss_before,
+                "peak_before": peak_before,
+                "peak": max_rss_bytes(),
+                "ru_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                "faiss_threads": faiss.omp_get_max_threads(),
+            }
+        )
     except BaseException as err:  # report it to the parent rather than dying silently
         conn.send({"error": f"{type(err).__name__}: {err}"})
     finally:
@@ -194,11 +198,14 @@ def generate(path: Path, n_db: int, n_q: int, dim: int, seed: int, dtype: str = 
         yield queries
 
     return write_descriptor_file(
-        path, database_blocks(), query_blocks(),
-        names={"database": [db_name(i) for i in range(n_db)],
-               "queries": [query_name(j) for j in range(n_q)]},
-        utm={"database": db_utm, "queries": q_utm}, header=header(n_db, n_q, dim, dtype),
-        count=COUNT)
+        path,
+        database_blocks(),
+        query_blocks(),
+        names={"database": [db_name(i) for i in range(n_db)], "queries": [query_name(j) for j in range(n_q)]},
+        utm={"database": db_utm, "queries": q_utm},
+        header=header(n_db, n_q, dim, dtype),
+        count=COUNT,
+    )
 
 
 def copy_head(source: Path, target: Path, rows: int) -> Path:
@@ -209,13 +216,17 @@ def copy_head(source: Path, target: Path, rows: int) -> Path:
 
         def blocks(role: str, n: int):
             for start in range(0, n, block):
-                yield src.h5[f"scales/1/{role}"][start:min(n, start + block)]
+                yield src.h5[f"scales/1/{role}"][start : min(n, start + block)]
 
         return write_descriptor_file(
-            target, blocks("database", rows), blocks("queries", n_q),
+            target,
+            blocks("database", rows),
+            blocks("queries", n_q),
             names={"database": src.names("database")[:rows], "queries": src.names("queries")},
             utm={"database": src.utm("database")[:rows], "queries": src.utm("queries")},
-            header=header(rows, n_q, dim, src.dtype), count=COUNT)
+            header=header(rows, n_q, dim, src.dtype),
+            count=COUNT,
+        )
 
 
 def read_all(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -225,7 +236,7 @@ def read_all(path: Path) -> tuple[np.ndarray, np.ndarray]:
         for role in ROLES:
             data = np.empty((store.num(role), store.dim), dtype=np.float32)
             for start, rows in store.iter_blocks(role, (1,), store.default_block_rows()):
-                data[start:start + len(rows)] = rows
+                data[start : start + len(rows)] = rows
             out.append(data)
     return out[0], out[1]
 
@@ -263,23 +274,31 @@ def check_blocked_search(path: Path, tmp: Path, block_rows: int, args) -> dict:
     same = (blocked == exact_ids).all(axis=1)
     ties = 0  # differing lists whose distances are the same (order among equal distances)
     for q in np.flatnonzero(~same):
+
         def sq_dists(ids, q=q):
             diff = database[ids[ids >= 0]].astype(np.float64) - queries[q].astype(np.float64)
             return np.sort((diff * diff).sum(axis=1))
+
         a, b = sq_dists(blocked[q]), sq_dists(exact_ids[q])
         ties += int(len(a) == len(b) and np.allclose(a, b, rtol=0, atol=1e-5))
     with DescriptorFile(check_path) as store:
-        positives = positives_within(store.utm("database"), store.utm("queries"),
-                                     EVAL_POSITIVE_RADIUS)
+        positives = positives_within(store.utm("database"), store.utm("queries"), EVAL_POSITIVE_RADIUS)
     exact_recalls = recall_at_n(exact_ids, positives, DEFAULT_RECALLS)
     recalls_equal = np.allclose([result.recalls[n] for n in DEFAULT_RECALLS], exact_recalls)
     if check_path != path:
         check_path.unlink()
     csv_path.unlink()
-    return {"scope": scope, "rows": rows, "block_rows": block_rows,
-            "blocks": math.ceil(rows / block_rows), "queries": len(queries),
-            "identical": int(same.sum()), "ties": ties, "recalls_equal": bool(recalls_equal),
-            "passed": bool(int(same.sum()) + ties == len(queries) and recalls_equal)}
+    return {
+        "scope": scope,
+        "rows": rows,
+        "block_rows": block_rows,
+        "blocks": math.ceil(rows / block_rows),
+        "queries": len(queries),
+        "identical": int(same.sum()),
+        "ties": ties,
+        "recalls_equal": bool(recalls_equal),
+        "passed": bool(int(same.sum()) + ties == len(queries) and recalls_equal),
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -290,21 +309,38 @@ def parse_args(argv=None):
     parser.add_argument("--database", type=int, default=100_000, help="database rows N")
     parser.add_argument("--dim", type=int, default=256, help="descriptor dimension D")
     parser.add_argument("--queries", type=int, default=1000, help="query rows M")
-    parser.add_argument("--block-rows", type=int, default=None,
-                        help="database rows per search block (default: evaluate's own, "
-                             "256 MiB of float32 rows)")
-    parser.add_argument("--dtype", choices=("float32", "float16"), default="float32",
-                        help="storage type of the generated file")
-    parser.add_argument("--pca", type=int, default=None,
-                        help="also time a PCA combine of the file to this many dimensions")
+    parser.add_argument(
+        "--block-rows",
+        type=int,
+        default=None,
+        help="database rows per search block (default: evaluate's own, 256 MiB of float32 rows)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "float16"),
+        default="float32",
+        help="storage type of the generated file",
+    )
+    parser.add_argument(
+        "--pca", type=int, default=None, help="also time a PCA combine of the file to this many dimensions"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dir", type=Path, default=None,
-                        help="parent folder of the temporary folder (default: the system's)")
-    parser.add_argument("--check-rows", type=int, default=20_000,
-                        help="database rows of the check's subset when the database does not "
-                             "fit --check-max-bytes (at most that many bytes of rows)")
-    parser.add_argument("--check-max-bytes", type=int, default=512 << 20,
-                        help="check over the whole database when it is at most this big")
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="parent folder of the temporary folder (default: the system's)"
+    )
+    parser.add_argument(
+        "--check-rows",
+        type=int,
+        default=20_000,
+        help="database rows of the check's subset when the database does not "
+        "fit --check-max-bytes (at most that many bytes of rows)",
+    )
+    parser.add_argument(
+        "--check-max-bytes",
+        type=int,
+        default=512 << 20,
+        help="check over the whole database when it is at most this big",
+    )
     parser.add_argument("--no-check", action="store_true", help="skip the exact-search check")
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
     args = parser.parse_args(argv)
@@ -323,14 +359,18 @@ def main(argv=None) -> int:
     parent = args.dir or Path(tempfile.gettempdir())
     free = shutil.disk_usage(parent).free
     needed = int((n_db + n_q) * (dim * itemsize + 64) * 1.05) + (
-        0 if args.no_check else min(db_bytes, args.check_rows * dim * 4, args.check_max_bytes))
+        0 if args.no_check else min(db_bytes, args.check_rows * dim * 4, args.check_max_bytes)
+    )
     if needed > free:
-        raise SystemExit(f"{parent} has {human_bytes(free)} free; about {human_bytes(needed)} "
-                         "needed (use --dir)")
-    console.print(f"database {n_db} x {dim} {args.dtype} ({human_bytes(n_db * dim * itemsize)}), "
-                  f"{n_q} queries; "
-                  f"{os.cpu_count()} CPUs; faiss {faiss.__version__} with "
-                  f"{faiss.omp_get_max_threads()} threads")
+        raise SystemExit(
+            f"{parent} has {human_bytes(free)} free; about {human_bytes(needed)} needed (use --dir)"
+        )
+    console.print(
+        f"database {n_db} x {dim} {args.dtype} ({human_bytes(n_db * dim * itemsize)}), "
+        f"{n_q} queries; "
+        f"{os.cpu_count()} CPUs; faiss {faiss.__version__} with "
+        f"{faiss.omp_get_max_threads()} threads"
+    )
     tmp = Path(tempfile.mkdtemp(prefix="vprkit-bench-evaluate-", dir=parent))
     try:
         path = tmp / "descriptors.h5"
@@ -358,8 +398,10 @@ def main(argv=None) -> int:
             ("database float32 bytes (as read)", f"{db_bytes} ({human_bytes(db_bytes)})"),
             ("storage dtype", args.dtype),
             ("HDF5 file bytes", f"{file_bytes} ({human_bytes(file_bytes)})"),
-            ("block rows (blocks)", f"{block_rows} ({blocks})"
-             + (" [evaluate default]" if args.block_rows is None else "")),
+            (
+                "block rows (blocks)",
+                f"{block_rows} ({blocks})" + (" [evaluate default]" if args.block_rows is None else ""),
+            ),
             ("block float32 bytes", human_bytes(min(block_rows, n_db) * dim * 4)),
             ("generate seconds", f"{gen_seconds:.2f}"),
             ("generator process peak RSS", human_bytes(gen_peak)),
@@ -367,14 +409,14 @@ def main(argv=None) -> int:
             ("evaluate reported seconds", f"{result['seconds']:.2f}"),
             ("database rows / s", f"{n_db / child['wall']:.0f}"),
             ("RSS before evaluate (after imports)", human_bytes(child["rss_before"])),
-            ("peak RSS of evaluate process (VmHWM)",
-             f"{child['peak']} ({human_bytes(child['peak'])})"),
-            ("peak RSS increase during evaluate",
-             human_bytes(max(0, child["peak"] - child["rss_before"]))),
+            ("peak RSS of evaluate process (VmHWM)", f"{child['peak']} ({human_bytes(child['peak'])})"),
+            ("peak RSS increase during evaluate", human_bytes(max(0, child["peak"] - child["rss_before"]))),
             ("peak RSS / database bytes", f"{child['peak'] / db_bytes:.2f}"),
             ("faiss threads (evaluate process)", str(child["faiss_threads"])),
-            ("Recall@" + ",".join(result["recalls"]),
-             ", ".join(f"{v:.1f}" for v in result["recalls"].values())),
+            (
+                "Recall@" + ",".join(result["recalls"]),
+                ", ".join(f"{v:.1f}" for v in result["recalls"].values()),
+            ),
         ]
         if pca:
             rows += [
@@ -386,11 +428,13 @@ def main(argv=None) -> int:
         if check:
             verdict = "PASS" if check["passed"] else "FAIL"
             rows += [
-                ("check scope", f"{check['scope']}, {check['blocks']} blocks of "
-                                f"{check['block_rows']} rows"),
-                (f"check: top-{K} = exact_search", f"{check['identical']}/{check['queries']} "
-                                                   f"queries identical, {check['ties']} tie "
-                                                   "order only"),
+                ("check scope", f"{check['scope']}, {check['blocks']} blocks of {check['block_rows']} rows"),
+                (
+                    f"check: top-{K} = exact_search",
+                    f"{check['identical']}/{check['queries']} "
+                    f"queries identical, {check['ties']} tie "
+                    "order only",
+                ),
                 ("check: recalls = exact search's", str(check["recalls_equal"])),
                 ("check", verdict),
             ]

@@ -43,7 +43,7 @@ def write_images(root: Path, n: int, size: tuple[int, int]) -> Path:
     pano = _panorama(h, w * 8, rng)
     for i in range(n):
         x = int(rng.integers(0, pano.shape[1] - w))
-        crop = np.clip(pano[:, x:x + w] + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
+        crop = np.clip(pano[:, x : x + w] + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
         Image.fromarray(crop).save(folder / f"@{i:.2f}@0@33@T@@@@@@@@@img{i:06d}@.jpg", quality=90)
     Image.fromarray(crop).save(root / "images/test/queries/@0.00@5@33@T@@@@@@@@@q@.jpg")
     return root
@@ -76,13 +76,16 @@ def main() -> None:
     parser.add_argument("--folder", type=Path, default=None, help="where the images are written")
     parser.add_argument("--sample", type=int, default=200, help="images decoded for the reference")
     args = parser.parse_args()
-    root = write_images(args.folder or Path(tempfile.mkdtemp(prefix="vprkit_bench_")),
-                        args.images, tuple(args.size))
+    root = write_images(
+        args.folder or Path(tempfile.mkdtemp(prefix="vprkit_bench_")), args.images, tuple(args.size)
+    )
     split = load_split(root, "test")
     paths = split.database.paths()
     mbytes = sum(p.stat().st_size for p in paths) / 1e6
-    hashes = {role: np.stack([np.frombuffer(read_image(p)[1], np.uint8)
-                              for p in split.role(role).paths()]) for role in ("database", "queries")}
+    hashes = {
+        role: np.stack([np.frombuffer(read_image(p)[1], np.uint8) for p in split.role(role).paths()])
+        for role in ("database", "queries")
+    }
     stored = _Stored(root / "x.h5", hashes)
     rows = {role: len(split.role(role)) for role in ("database", "queries")}
     rows_out = []
@@ -91,8 +94,7 @@ def main() -> None:
             continue
         start = time.perf_counter()
         problem = _changed_image(stored, split, rows, progress=False)
-        rows_out.append((f"SHA-256 of every file, 8 threads ({cache} cache)",
-                         time.perf_counter() - start))
+        rows_out.append((f"SHA-256 of every file, 8 threads ({cache} cache)", time.perf_counter() - start))
         assert problem is None, problem
     start = time.perf_counter()
     for p in paths:
@@ -112,8 +114,10 @@ def main() -> None:
     for p in sample:
         preprocess(load_image(p), tuple(args.size), (1,))
     decode = (time.perf_counter() - start) / len(sample)
-    print(f"{len(paths)} images of {args.size[0]}x{args.size[1]}, {mbytes:.0f} MB "
-          f"({mbytes / len(paths) * 1000:.0f} KB each), in {root}")
+    print(
+        f"{len(paths)} images of {args.size[0]}x{args.size[1]}, {mbytes:.0f} MB "
+        f"({mbytes / len(paths) * 1000:.0f} KB each), in {root}"
+    )
     print(f"{'what':<52} {'seconds':>9} {'ms/image':>9}")
     for label, seconds in rows_out:
         print(f"{label:<52} {seconds:>9.2f} {seconds / len(paths) * 1000:>9.3f}")

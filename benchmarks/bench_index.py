@@ -38,15 +38,15 @@ def main() -> None:
     console = Console()
     try:
         path = generate(tmp / "db.h5", args.database, args.queries, args.dim, seed=0)
-        table = Table(title=f"{args.database} x {args.dim} database, {args.queries} queries, "
-                            f"nprobe {args.nprobe}")
+        table = Table(
+            title=f"{args.database} x {args.dim} database, {args.queries} queries, nprobe {args.nprobe}"
+        )
         for col in ("search", "build s", "search s", "speed-up", "R@1", "R@5", "R@10", "R@20"):
             table.add_column(col, justify="left" if col == "search" else "right")
         start = time.perf_counter()
         exact = evaluate_file(path)
         exact_s = time.perf_counter() - start
-        table.add_row("exact", "-", f"{exact_s:.2f}", "1.0x",
-                      *(f"{v:.1f}" for v in exact.recalls.values()))
+        table.add_row("exact", "-", f"{exact_s:.2f}", "1.0x", *(f"{v:.1f}" for v in exact.recalls.values()))
         for spec in args.index:
             start = time.perf_counter()
             evaluate_file(path, index=spec, nprobe=args.nprobe)  # builds and stores the index
@@ -54,9 +54,13 @@ def main() -> None:
             start = time.perf_counter()
             approx = evaluate_file(path, index=spec, nprobe=args.nprobe)  # loads it
             search_s = time.perf_counter() - start
-            table.add_row(spec, f"{build_s - search_s:.2f}", f"{search_s:.2f}",
-                          f"{exact_s / search_s:.1f}x",
-                          *(f"{v:.1f}" for v in approx.recalls.values()))
+            table.add_row(
+                spec,
+                f"{build_s - search_s:.2f}",
+                f"{search_s:.2f}",
+                f"{exact_s / search_s:.1f}x",
+                *(f"{v:.1f}" for v in approx.recalls.values()),
+            )
         console.print(table)
         console.print("search s includes reading the queries and loading the index from disk")
     finally:

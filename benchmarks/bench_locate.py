@@ -38,10 +38,18 @@ def big_database(small: Path, out: Path, rows: int, seed: int = 0) -> Path:
         header, dim, q_names, q_utm = f.header, f.dim, f.names("queries"), f.utm("queries")
         queries = f.read_rows("queries", (1,), 0, f.num("queries"))
     rng = np.random.default_rng(seed)
-    names = {"database": [f"@{500000 + i % 1000}.00@{4000000 + i // 1000}.00@33@T@@@@@@db{i:07d}@.jpg"
-                          for i in range(rows)], "queries": q_names}
-    utm = {"database": np.array([[500000 + i % 1000, 4000000 + i // 1000] for i in range(rows)],
-                                dtype=np.float64), "queries": q_utm}
+    names = {
+        "database": [
+            f"@{500000 + i % 1000}.00@{4000000 + i // 1000}.00@33@T@@@@@@db{i:07d}@.jpg" for i in range(rows)
+        ],
+        "queries": q_names,
+    }
+    utm = {
+        "database": np.array(
+            [[500000 + i % 1000, 4000000 + i // 1000] for i in range(rows)], dtype=np.float64
+        ),
+        "queries": q_utm,
+    }
     writer = DescriptorWriter.create(partial_path(out), header, names, utm)
     writer.add_scale(1, dim, {"count": ((), "int64")}, None)
     for start in range(0, rows, 50_000):
@@ -68,23 +76,31 @@ def main(argv=None) -> int:
     try:
         size = tuple(args.size)
         small_root = generate_dataset(tmp / "small", {"test": (8, 4)}, size=size, seed=0)
-        small = extract(small_root, tmp / "small.h5", ModelConfig(weights="none"),
-                        ExtractOptions(resize=size, workers=0), progress=False)
+        small = extract(
+            small_root,
+            tmp / "small.h5",
+            ModelConfig(weights="none"),
+            ExtractOptions(resize=size, workers=0),
+            progress=False,
+        )
         database = big_database(small, tmp / "db.h5", args.database)
-        photos = generate_dataset(tmp / "photos", {"test": (args.photos, args.photos)}, size=size,
-                                  seed=1)
+        photos = generate_dataset(tmp / "photos", {"test": (args.photos, args.photos)}, size=size, seed=1)
         folder = photos / "images/test/queries"
         locate([sorted(folder.glob("*.jpg"))[0]], database, progress=False)  # warm-up, untimed
-        result = locate([folder], database, batch_size=args.batch_size, workers=args.workers,
-                        progress=False)
-        table = Table(title=f"vprkit locate: {args.photos} photos of {size[0]}x{size[1]} against "
-                            f"{args.database} x 256 (resnet18conv4+GeM, exact search, batch "
-                            f"{args.batch_size}, {torch.get_num_threads()} threads)")
+        result = locate([folder], database, batch_size=args.batch_size, workers=args.workers, progress=False)
+        table = Table(
+            title=f"vprkit locate: {args.photos} photos of {size[0]}x{size[1]} against "
+            f"{args.database} x 256 (resnet18conv4+GeM, exact search, batch "
+            f"{args.batch_size}, {torch.get_num_threads()} threads)"
+        )
         for col in ("photos", "seconds", "photos/s", "first answer (s)"):
             table.add_column(col, justify="right")
-        table.add_row(str(len(result.located)), f"{result.seconds:.2f}",
-                      f"{len(result.located) / result.seconds:.1f}",
-                      f"{result.first_answer_seconds:.2f}")
+        table.add_row(
+            str(len(result.located)),
+            f"{result.seconds:.2f}",
+            f"{len(result.located) / result.seconds:.1f}",
+            f"{result.first_answer_seconds:.2f}",
+        )
         console.print(table)
     finally:
         if args.keep:

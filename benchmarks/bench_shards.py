@@ -44,8 +44,13 @@ def vprkit(*args: str, threads: int | None = None) -> subprocess.Popen:
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    return subprocess.Popen([sys.executable, "-m", "vprkit.cli", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "vprkit.cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def wait(procs: list[subprocess.Popen]) -> None:
@@ -59,7 +64,9 @@ def descriptors(path: Path) -> dict[str, np.ndarray]:
     with h5py.File(path, "r") as h5:
         return {f"{role} names": h5[f"{role}/names"][()] for role in ("database", "queries")} | {
             f"scale {s} {role}": h5[f"scales/{s}/{role}"][()]
-            for s in h5["scales"] for role in ("database", "queries")}
+            for s in h5["scales"]
+            for role in ("database", "queries")
+        }
 
 
 def main(argv=None) -> int:
@@ -76,41 +83,79 @@ def main(argv=None) -> int:
     queries = max(2, args.images // 4)
     tmp = Path(tempfile.mkdtemp(prefix="vprkit-bench-shards-"))
     try:
-        root = generate_dataset(tmp / "data", {"test": (args.images - queries, queries)},
-                                size=tuple(args.size), seed=0)
-        common = ["extract", str(root), "--weights", "none", "--aggregation", args.aggregation,
-                  "--resize", *map(str, args.size), "--scales", args.scales, "--quiet",
-                  "--device", "cpu"]
+        root = generate_dataset(
+            tmp / "data", {"test": (args.images - queries, queries)}, size=tuple(args.size), seed=0
+        )
+        common = [
+            "extract",
+            str(root),
+            "--weights",
+            "none",
+            "--aggregation",
+            args.aggregation,
+            "--resize",
+            *map(str, args.size),
+            "--scales",
+            args.scales,
+            "--quiet",
+            "--device",
+            "cpu",
+        ]
         started = time.perf_counter()
         wait([vprkit(*common, "-o", str(tmp / "whole.h5"), "--workers", str(args.workers))])
         whole = time.perf_counter() - started
 
         started = time.perf_counter()
-        wait([vprkit(*common, "-o", str(tmp / "sharded.h5"), "--shard", f"{i}/{n}",
-                     "--workers", str(max(0, args.workers // n)), threads=max(1, cores // n))
-              for i in range(n)])
+        wait(
+            [
+                vprkit(
+                    *common,
+                    "-o",
+                    str(tmp / "sharded.h5"),
+                    "--shard",
+                    f"{i}/{n}",
+                    "--workers",
+                    str(max(0, args.workers // n)),
+                    threads=max(1, cores // n),
+                )
+                for i in range(n)
+            ]
+        )
         sharded = time.perf_counter() - started
         started = time.perf_counter()
-        wait([vprkit("merge", *[str(tmp / f"sharded.shard{i}of{n}.h5") for i in range(n)],
-                     "-o", str(tmp / "sharded.h5"), "--quiet")])
+        wait(
+            [
+                vprkit(
+                    "merge",
+                    *[str(tmp / f"sharded.shard{i}of{n}.h5") for i in range(n)],
+                    "-o",
+                    str(tmp / "sharded.h5"),
+                    "--quiet",
+                )
+            ]
+        )
         merged = time.perf_counter() - started
 
         a, b = descriptors(tmp / "whole.h5"), descriptors(tmp / "sharded.h5")
         same_names = all((a[k] == b[k]).all() for k in a if k.endswith("names"))
         diff = max(float(np.abs(a[k] - b[k]).max()) for k in a if not k.endswith("names"))
-        table = Table(title=f"{args.images} images of {args.size[0]}x{args.size[1]}, resnet18conv4 "
-                            f"+ {args.aggregation}, scales {args.scales}, {cores} CPU cores")
+        table = Table(
+            title=f"{args.images} images of {args.size[0]}x{args.size[1]}, resnet18conv4 "
+            f"+ {args.aggregation}, scales {args.scales}, {cores} CPU cores"
+        )
         for column in ("run", "seconds", "images/s"):
             table.add_column(column, justify="left" if column == "run" else "right")
         table.add_row("1 process", f"{whole:.1f}", f"{args.images / whole:.1f}")
-        table.add_row(f"{n} processes (--shard i/{n})", f"{sharded:.1f}",
-                      f"{args.images / sharded:.1f}")
+        table.add_row(f"{n} processes (--shard i/{n})", f"{sharded:.1f}", f"{args.images / sharded:.1f}")
         table.add_row("merge", f"{merged:.1f}", "")
-        table.add_row(f"{n} processes + merge", f"{sharded + merged:.1f}",
-                      f"{args.images / (sharded + merged):.1f}")
+        table.add_row(
+            f"{n} processes + merge", f"{sharded + merged:.1f}", f"{args.images / (sharded + merged):.1f}"
+        )
         console.print(table)
-        console.print(f"merged = unsharded: names {'identical' if same_names else 'DIFFER'}, "
-                      f"descriptors within {diff:.1e}")
+        console.print(
+            f"merged = unsharded: names {'identical' if same_names else 'DIFFER'}, "
+            f"descriptors within {diff:.1e}"
+        )
         return 0 if same_names and diff < 1e-4 else 1
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

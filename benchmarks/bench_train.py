@@ -73,8 +73,12 @@ def initial_model(args, aggregation: str, root: Path, split) -> dict:
     torch.manual_seed(0)
     model = VPRModel(ModelConfig(aggregation=aggregation, clusters=args.clusters, weights="none"))
     if isinstance(model.aggregation, NetVLAD):
-        options = InferenceOptions(resize=tuple(args.size), batch_size=args.infer_batch_size,
-                                   workers=0, cluster_images=len(split.database))
+        options = InferenceOptions(
+            resize=tuple(args.size),
+            batch_size=args.infer_batch_size,
+            workers=0,
+            cluster_images=len(split.database),
+        )
         model.eval()
         feats = sample_local_features(model, split.database.paths(), options, torch.device("cpu"))
         model.aggregation.init_from_descriptors(feats, seed=0)
@@ -100,24 +104,36 @@ def run_benchmark(args, aggregation, state, data, positions, rng, device) -> dic
     sampled = rng.choice(data.database_num, size=args.neg_samples, replace=False)
     times: dict = {}
     start = time.perf_counter()
-    mine_partial(net, data, positions, sampled, model.output_dim, args.infer_batch_size,
-                 args.workers, device, times)
+    mine_partial(
+        net, data, positions, sampled, model.output_dim, args.infer_batch_size, args.workers, device, times
+    )
     mined = time.perf_counter()
     train_steps(net, optimizer, data, args.batch_size, 0.1, args.workers, device)
     end = time.perf_counter()
     groups = data.triplets.numpy().astype(np.int64)
-    return {"cache": times["cache"], "mining": mined - start - times["cache"],
-            "steps": end - mined, "groups": groups}
+    return {
+        "cache": times["cache"],
+        "mining": mined - start - times["cache"],
+        "steps": end - mined,
+        "groups": groups,
+    }
 
 
 def run_vprkit(args, aggregation, state, source, root, query_ids, rng, device, **kw) -> dict:
-    config = TrainConfig(root=str(root), model=ModelConfig(aggregation=aggregation,
-                                                           clusters=args.clusters, weights="none"),
-                         resize=tuple(args.size), negatives=args.negatives,
-                         neg_samples=args.neg_samples, queries_per_epoch=len(query_ids),
-                         cache_refresh=len(query_ids), batch_size=args.batch_size,
-                         infer_batch_size=args.infer_batch_size, workers=args.workers,
-                         device=str(device), **kw)
+    config = TrainConfig(
+        root=str(root),
+        model=ModelConfig(aggregation=aggregation, clusters=args.clusters, weights="none"),
+        resize=tuple(args.size),
+        negatives=args.negatives,
+        neg_samples=args.neg_samples,
+        queries_per_epoch=len(query_ids),
+        cache_refresh=len(query_ids),
+        batch_size=args.batch_size,
+        infer_batch_size=args.infer_batch_size,
+        workers=args.workers,
+        device=str(device),
+        **kw,
+    )
     precision = Precision.of(config, device)
     model = precision.prepare(fresh_model(args, aggregation, state, device))
     optimizer = build_optimizer(model, config)
@@ -131,34 +147,47 @@ def run_vprkit(args, aggregation, state, source, root, query_ids, rng, device, *
         return out
 
     start = time.perf_counter()
-    groups = mine(source, query_ids, timed, "partial", args.negatives, args.neg_samples, rng, {},
-                  device=device)
+    groups = mine(
+        source, query_ids, timed, "partial", args.negatives, args.neg_samples, rng, {}, device=device
+    )
     mined = time.perf_counter()
-    _train_groups(model, optimizer, source, groups, config, None, device, False, "",
-                  precision=precision)
+    _train_groups(model, optimizer, source, groups, config, None, device, False, "", precision=precision)
     end = time.perf_counter()
-    return {"cache": spent["cache"], "mining": mined - start - spent["cache"],
-            "steps": end - mined, "groups": groups}
+    return {
+        "cache": spent["cache"],
+        "mining": mined - start - spent["cache"],
+        "steps": end - mined,
+        "groups": groups,
+    }
 
 
 def compare(args) -> None:
     device = torch.device(args.device)
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
     try:
-        root = generate_dataset(tmp, {"train": (args.database, args.queries + 4)},
-                                size=tuple(args.size), seed=0)
+        root = generate_dataset(
+            tmp, {"train": (args.database, args.queries + 4)}, size=tuple(args.size), seed=0
+        )
         split = load_split(root, "train")
         source = TripletSource.from_split(split)
         data = BenchmarkTriplets(root / "images" / "train", tuple(args.size), args.negatives)
         if data.queries_num != len(source.queries) or data.database_paths != [
-                str(p) for p in split.database.paths()]:
+            str(p) for p in split.database.paths()
+        ]:
             raise SystemExit("the benchmark's dataset and vprkit's differ: cannot compare")
-        loops = [("benchmark loop", "benchmark", {}),
-                 ("vprkit", "vprkit", {"channels_last": True}),
-                 ("vprkit --no-channels-last", "vprkit", {"channels_last": False})]
+        loops = [
+            ("benchmark loop", "benchmark", {}),
+            ("vprkit", "vprkit", {"channels_last": True}),
+            ("vprkit --no-channels-last", "vprkit", {"channels_last": False}),
+        ]
         if args.amp:
-            loops.append(("vprkit --amp (bfloat16)" if device.type == "cpu" else
-                          "vprkit --amp (float16)", "vprkit", {"amp": True}))
+            loops.append(
+                (
+                    "vprkit --amp (bfloat16)" if device.type == "cpu" else "vprkit --amp (float16)",
+                    "vprkit",
+                    {"amp": True},
+                )
+            )
         rows = []
         for aggregation in args.aggregation:
             state = initial_model(args, aggregation, root, split)
@@ -172,13 +201,23 @@ def compare(args) -> None:
                     if kind == "benchmark":
                         got = run_benchmark(args, aggregation, state, data, positions, rng, device)
                     else:
-                        got = run_vprkit(args, aggregation, state, source, root,
-                                         source.queries[positions], rng, device, **kw)
+                        got = run_vprkit(
+                            args,
+                            aggregation,
+                            state,
+                            source,
+                            root,
+                            source.queries[positions],
+                            rng,
+                            device,
+                            **kw,
+                        )
                         got["groups"][:, 0] = np.searchsorted(source.queries, got["groups"][:, 0])
                     got["cpu"] = cpu_seconds() - cpu
                     got["total"] = got["cache"] + got["mining"] + got["steps"]
-                    console.print(f"{aggregation} round {r + 1}: {label}: {got['total']:.1f} s, "
-                                  f"{got['cpu']:.1f} CPU s")
+                    console.print(
+                        f"{aggregation} round {r + 1}: {label}: {got['total']:.1f} s, {got['cpu']:.1f} CPU s"
+                    )
                     first.setdefault(label, got["groups"])
                     if label not in best or got["total"] < best[label]["total"]:  # wall time
                         best[label] = got
@@ -196,13 +235,26 @@ def compare(args) -> None:
 
 def show(args, rows, loops) -> None:
     h, w = args.size
-    table = Table(title=f"one cache refresh + its training: {args.queries} queries, "
-                        f"{args.neg_samples} sampled database images, {h}x{w}, batches of "
-                        f"{args.batch_size} x (2 + {args.negatives}) images, {args.device}, "
-                        f"{torch.get_num_threads()} threads, {args.workers} workers, fastest of "
-                        f"{args.rounds}")
-    for col in ("aggregation", "loop", "cache s", "mining s", "steps s", "total s", "triplets/s",
-                "vs benchmark", "CPU s", "vs benchmark (CPU)", "same triplets"):
+    table = Table(
+        title=f"one cache refresh + its training: {args.queries} queries, "
+        f"{args.neg_samples} sampled database images, {h}x{w}, batches of "
+        f"{args.batch_size} x (2 + {args.negatives}) images, {args.device}, "
+        f"{torch.get_num_threads()} threads, {args.workers} workers, fastest of "
+        f"{args.rounds}"
+    )
+    for col in (
+        "aggregation",
+        "loop",
+        "cache s",
+        "mining s",
+        "steps s",
+        "total s",
+        "triplets/s",
+        "vs benchmark",
+        "CPU s",
+        "vs benchmark (CPU)",
+        "same triplets",
+    ):
         table.add_column(col, justify="left" if col == "loop" else "right")
     triplets = args.queries * args.negatives
     for aggregation, best in rows:
@@ -210,14 +262,25 @@ def show(args, rows, loops) -> None:
         for label, _, _ in loops:
             got = best[label]
             same = f"{got['equal']}/{args.queries}" if "equal" in got else ""
-            table.add_row(aggregation, label, f"{got['cache']:.1f}", f"{got['mining']:.2f}",
-                          f"{got['steps']:.1f}", f"{got['total']:.1f}",
-                          f"{triplets / got['total']:.2f}", f"{base['total'] / got['total']:.2f}x",
-                          f"{got['cpu']:.1f}", f"{base['cpu'] / got['cpu']:.2f}x", same)
+            table.add_row(
+                aggregation,
+                label,
+                f"{got['cache']:.1f}",
+                f"{got['mining']:.2f}",
+                f"{got['steps']:.1f}",
+                f"{got['total']:.1f}",
+                f"{triplets / got['total']:.2f}",
+                f"{base['total'] / got['total']:.2f}x",
+                f"{got['cpu']:.1f}",
+                f"{base['cpu'] / got['cpu']:.2f}x",
+                same,
+            )
     console.print(table)
-    console.print("vprkit is run in float32 with its defaults (channels-last memory format) and "
-                  "with --no-channels-last; same triplets: groups of the first round identical to "
-                  "the benchmark loop's (same weights and draws; rounding can swap near ties)")
+    console.print(
+        "vprkit is run in float32 with its defaults (channels-last memory format) and "
+        "with --no-channels-last; same triplets: groups of the first round identical to "
+        "the benchmark loop's (same weights and draws; rounding can swap near ties)"
+    )
 
 
 def network_only(args) -> None:
@@ -225,12 +288,21 @@ def network_only(args) -> None:
     channels-last in float32 (and channels-last under bfloat16 / float16 autocast with --amp);
     with --profile, the operators of one channels-last float32 step."""
     device = torch.device(args.device)
-    table = Table(title=f"training steps on a fixed batch, resnet18conv4, {args.size[0]}x"
-                        f"{args.size[1]}, {args.batch_size} groups of {2 + args.negatives} "
-                        f"images, {args.device}, {torch.get_num_threads()} threads, mean of "
-                        f"{args.steps} after a warm-up")
-    for col in ("aggregation", "layout, precision", "s/step", "CPU s/step", "triplets/s",
-                "vs NCHW float32", "peak RSS MiB"):
+    table = Table(
+        title=f"training steps on a fixed batch, resnet18conv4, {args.size[0]}x"
+        f"{args.size[1]}, {args.batch_size} groups of {2 + args.negatives} "
+        f"images, {args.device}, {torch.get_num_threads()} threads, mean of "
+        f"{args.steps} after a warm-up"
+    )
+    for col in (
+        "aggregation",
+        "layout, precision",
+        "s/step",
+        "CPU s/step",
+        "triplets/s",
+        "vs NCHW float32",
+        "peak RSS MiB",
+    ):
         table.add_column(col, justify="right")
     variants = [("NCHW, float32", False, False), ("channels-last, float32", True, False)]
     if args.amp:
@@ -240,19 +312,19 @@ def network_only(args) -> None:
         for label, channels_last, amp in variants:
             torch.manual_seed(0)
             precision = Precision(device, amp=amp, channels_last=channels_last)
-            model = precision.prepare(VPRModel(ModelConfig(aggregation=aggregation,
-                                                           weights="none")).to(device))
-            optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
-                                         lr=1e-5)
-            images = precision.inputs(torch.randn(args.batch_size * (2 + args.negatives), 3,
-                                                  *args.size, device=device))
+            model = precision.prepare(
+                VPRModel(ModelConfig(aggregation=aggregation, weights="none")).to(device)
+            )
+            optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+            images = precision.inputs(
+                torch.randn(args.batch_size * (2 + args.negatives), 3, *args.size, device=device)
+            )
             model.train()
 
             def step(model=model, optimizer=optimizer, images=images, precision=precision):
                 with precision.autocast():
                     features = model(images).float()
-                precision.step(triplet_loss(features, args.batch_size, args.negatives, 0.1),
-                               optimizer)
+                precision.step(triplet_loss(features, args.batch_size, args.negatives, 0.1), optimizer)
 
             step()  # warm-up
             if args.profile and channels_last and not amp:
@@ -260,8 +332,7 @@ def network_only(args) -> None:
 
                 with profile() as prof:
                     step()
-                console.print(prof.key_averages().table(sort_by="self_cpu_time_total",
-                                                        row_limit=8))
+                console.print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8))
             start, cpu = time.perf_counter(), time.process_time()
             for _ in range(args.steps):
                 step()
@@ -270,10 +341,15 @@ def network_only(args) -> None:
             per_step = (time.perf_counter() - start) / args.steps
             cpu_step = (time.process_time() - cpu) / args.steps
             base = base or cpu_step
-            table.add_row(aggregation, label, f"{per_step:.2f}", f"{cpu_step:.2f}",
-                          f"{args.batch_size * args.negatives / per_step:.1f}",
-                          f"{base / cpu_step:.2f}x (CPU)",
-                          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
+            table.add_row(
+                aggregation,
+                label,
+                f"{per_step:.2f}",
+                f"{cpu_step:.2f}",
+                f"{args.batch_size * args.negatives / per_step:.1f}",
+                f"{base / cpu_step:.2f}x (CPU)",
+                f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}",
+            )
     console.print(table)
 
 
@@ -286,41 +362,59 @@ def mining_only(args) -> None:
     hard = [np.sort(rng.choice(n_db, 3, replace=False)) for _ in range(n_q)]
     soft = [np.union1d(h, rng.choice(n_db, 4, replace=False)) for h in hard]
     names = SimpleNamespace(names=[f"q{i}" for i in range(n_q)])
-    source = TripletSource(SimpleNamespace(database=range(n_db), queries=names),  # type: ignore[arg-type]
-                           np.arange(n_q), hard, soft)
+    source = TripletSource(
+        SimpleNamespace(database=range(n_db), queries=names),  # type: ignore[arg-type]
+        np.arange(n_q),
+        hard,
+        soft,
+    )
     db, q = (rng.standard_normal((n, dim)).astype(np.float32) for n in (n_db, n_q))
     db /= np.linalg.norm(db, axis=1, keepdims=True)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     cache = RowCache(n_db + n_q)
     cache[np.arange(n_db + n_q)] = np.concatenate([db, q])
-    table = Table(title=f"partial mining of {n_q} queries among {args.neg_samples} sampled "
-                        f"database images, {dim} dimensions, {torch.get_num_threads()} threads")
+    table = Table(
+        title=f"partial mining of {n_q} queries among {args.neg_samples} sampled "
+        f"database images, {dim} dimensions, {torch.get_num_threads()} threads"
+    )
     for col in ("mining", "s", "CPU s", "same triplets"):
         table.add_column(col, justify="right")
     sampled = np.random.default_rng(1).choice(n_db, size=args.neg_samples, replace=False)
     start, cpu = time.perf_counter(), time.process_time()
-    ours = mine(source, np.arange(n_q), lambda a, b: (db[a], q[b]), "partial", args.negatives,
-                args.neg_samples, np.random.default_rng(1))
-    table.add_row("vprkit", f"{time.perf_counter() - start:.2f}",
-                  f"{time.process_time() - cpu:.2f}", "")
+    ours = mine(
+        source,
+        np.arange(n_q),
+        lambda a, b: (db[a], q[b]),
+        "partial",
+        args.negatives,
+        args.neg_samples,
+        np.random.default_rng(1),
+    )
+    table.add_row("vprkit", f"{time.perf_counter() - start:.2f}", f"{time.process_time() - cpu:.2f}", "")
     start, cpu = time.perf_counter(), time.process_time()
-    theirs = np.array(partial_triplets(cache, hard, soft, n_db, np.arange(n_q), sampled, dim,
-                                       args.negatives), dtype=np.int64)
-    table.add_row("benchmark loop", f"{time.perf_counter() - start:.2f}",
-                  f"{time.process_time() - cpu:.2f}", f"{int((ours == theirs).all(1).sum())}/{n_q}")
+    theirs = np.array(
+        partial_triplets(cache, hard, soft, n_db, np.arange(n_q), sampled, dim, args.negatives),
+        dtype=np.int64,
+    )
+    table.add_row(
+        "benchmark loop",
+        f"{time.perf_counter() - start:.2f}",
+        f"{time.process_time() - cpu:.2f}",
+        f"{int((ours == theirs).all(1).sum())}/{n_q}",
+    )
     console.print(table)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"))
-    parser.add_argument("--aggregation", nargs="+", default=["gem", "netvlad"],
-                        choices=["gem", "netvlad"])
+    parser.add_argument("--aggregation", nargs="+", default=["gem", "netvlad"], choices=["gem", "netvlad"])
     parser.add_argument("--clusters", type=int, default=64)
     parser.add_argument("--database", type=int, default=150, help="train database images")
     parser.add_argument("--queries", type=int, default=8, help="queries mined and trained on")
-    parser.add_argument("--neg-samples", type=int, default=40,
-                        help="database images sampled as negative candidates")
+    parser.add_argument(
+        "--neg-samples", type=int, default=40, help="database images sampled as negative candidates"
+    )
     parser.add_argument("--negatives", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=4, help="triplet groups per step")
     parser.add_argument("--infer-batch-size", type=int, default=16)
@@ -329,12 +423,15 @@ def main() -> None:
     parser.add_argument("--amp", action="store_true", help="also time vprkit --amp")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--keep", action="store_true", help="keep the generated dataset")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="time N steps on a fixed random batch instead")
-    parser.add_argument("--profile", action="store_true",
-                        help="with --steps: the operators of one channels-last step")
-    parser.add_argument("--mining", type=int, default=None, metavar="N",
-                        help="time the mining of N queries alone instead")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="time N steps on a fixed random batch instead"
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="with --steps: the operators of one channels-last step"
+    )
+    parser.add_argument(
+        "--mining", type=int, default=None, metavar="N", help="time the mining of N queries alone instead"
+    )
     parser.add_argument("--dim", type=int, default=16384, help="descriptor size for --mining")
     args = parser.parse_args()
     if args.mining is not None:

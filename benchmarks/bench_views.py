@@ -32,8 +32,11 @@ from vprkit.extract.split import ExtractOptions, extract
 from vprkit.files import human_bytes
 from vprkit.models import ModelConfig
 
-VIEW_SETS = {"hard_resize": ("hard_resize",), "+ five_crops": ("hard_resize", "five_crops"),
-             "every view": tuple(VIEWS)}
+VIEW_SETS = {
+    "hard_resize": ("hard_resize",),
+    "+ five_crops": ("hard_resize", "five_crops"),
+    "every view": tuple(VIEWS),
+}
 
 
 def main(argv=None) -> int:
@@ -52,40 +55,58 @@ def main(argv=None) -> int:
     console = Console()
     try:
         n_q = max(1, args.images // 4)
-        root = generate_dataset(tmp / "data", {"test": (args.images - n_q, n_q)},
-                                size=tuple(args.size), seed=0)
-        config = ModelConfig(backbone="resnet18conv4", aggregation=args.aggregation,
-                             weights="none", clusters=16)
+        root = generate_dataset(
+            tmp / "data", {"test": (args.images - n_q, n_q)}, size=tuple(args.size), seed=0
+        )
+        config = ModelConfig(
+            backbone="resnet18conv4", aggregation=args.aggregation, weights="none", clusters=16
+        )
         # warm-up (untimed): the first run pays for thread pools and allocator growth
-        extract(root, tmp / "warm.h5", config, ExtractOptions(
-            resize=tuple(args.size), batch_size=args.batch_size, workers=0,
-            device=args.device), progress=False)
-        table = Table(title=f"extract {args.images - n_q} database + {n_q} queries, "
-                            f"{args.size[0]}x{args.size[1]}, resnet18conv4+{args.aggregation}, "
-                            f"{torch.get_num_threads()} threads")
+        extract(
+            root,
+            tmp / "warm.h5",
+            config,
+            ExtractOptions(
+                resize=tuple(args.size), batch_size=args.batch_size, workers=0, device=args.device
+            ),
+            progress=False,
+        )
+        table = Table(
+            title=f"extract {args.images - n_q} database + {n_q} queries, "
+            f"{args.size[0]}x{args.size[1]}, resnet18conv4+{args.aggregation}, "
+            f"{torch.get_num_threads()} threads"
+        )
         for col in ("views", "seconds", "x hard_resize", "file size", "x hard_resize "):
             table.add_column(col, justify="right" if col != "views" else "left")
         base: tuple[float, int] | None = None
         files = {}
         for label, views in VIEW_SETS.items():
-            options = ExtractOptions(resize=tuple(args.size), views=views,
-                                     batch_size=args.batch_size, workers=args.workers,
-                                     device=args.device)
+            options = ExtractOptions(
+                resize=tuple(args.size),
+                views=views,
+                batch_size=args.batch_size,
+                workers=args.workers,
+                device=args.device,
+            )
             started = time.perf_counter()
-            files[label] = extract(root, tmp / f"{len(views)}.h5", config, options,
-                                   progress=False)
+            files[label] = extract(root, tmp / f"{len(views)}.h5", config, options, progress=False)
             seconds = time.perf_counter() - started
             size = files[label].stat().st_size
             base = base or (seconds, size)
-            table.add_row(label, f"{seconds:.2f}", f"{seconds / base[0]:.2f}",
-                          human_bytes(size), f"{size / base[1]:.2f}")
+            table.add_row(
+                label,
+                f"{seconds:.2f}",
+                f"{seconds / base[0]:.2f}",
+                human_bytes(size),
+                f"{size / base[1]:.2f}",
+            )
         console.print(table)
 
-        methods = Table(title=f"evaluate each test method ({n_q} queries, exact search, best of "
-                              f"{args.repeat})")
+        methods = Table(
+            title=f"evaluate each test method ({n_q} queries, exact search, best of {args.repeat})"
+        )
         for col in ("test method", "view read", "seconds", "R@1", "R@5"):
-            methods.add_column(col, justify="left" if col in ("test method", "view read")
-                               else "right")
+            methods.add_column(col, justify="left" if col in ("test method", "view read") else "right")
         for method, view in TEST_METHODS.items():
             best, result = float("inf"), None
             for _ in range(args.repeat):
@@ -93,8 +114,9 @@ def main(argv=None) -> int:
                 result = evaluate_file(files["every view"], test_method=method)
                 best = min(best, time.perf_counter() - started)
             assert result is not None
-            methods.add_row(method, view, f"{best:.3f}", f"{result.recalls[1]:.1f}",
-                            f"{result.recalls[5]:.1f}")
+            methods.add_row(
+                method, view, f"{best:.3f}", f"{result.recalls[1]:.1f}", f"{result.recalls[5]:.1f}"
+            )
         console.print(methods)
     finally:
         if args.keep:

@@ -31,9 +31,18 @@ from vprkit.extract.split import ExtractOptions, extract
 from vprkit.models import ModelConfig
 from vprkit.models.zoo import zoo_models
 
-DEFAULT = ("cosplace_resnet18_512", "cosplace_resnet50_2048", "cosplace_resnet101_2048",
-           "cosplace_resnet152_2048", "cosplace_vgg16_512", "mixvpr_resnet50_4096",
-           "boq_resnet50_16384", "boq_dinov2_12288", "salad_dinov2_8448", "megaloc_dinov2_8448")
+DEFAULT = (
+    "cosplace_resnet18_512",
+    "cosplace_resnet50_2048",
+    "cosplace_resnet101_2048",
+    "cosplace_resnet152_2048",
+    "cosplace_vgg16_512",
+    "mixvpr_resnet50_4096",
+    "boq_resnet50_16384",
+    "boq_dinov2_12288",
+    "salad_dinov2_8448",
+    "megaloc_dinov2_8448",
+)
 
 
 def _child(name: str, folder: str, images: int, batch: int, conn) -> None:
@@ -59,8 +68,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     names = [n for n in args.models.split(",") if n]
     known = zoo_models()
-    table = Table(title=f"vprkit extract --model NAME --weights none, {args.images + 2} images, "
-                        f"batch {args.batch_size}, {torch.get_num_threads()} threads, CPU")
+    table = Table(
+        title=f"vprkit extract --model NAME --weights none, {args.images + 2} images, "
+        f"batch {args.batch_size}, {torch.get_num_threads()} threads, CPU"
+    )
     for col in ("model", "input (H x W)", "dim", "images/s", "peak RSS"):
         table.add_column(col, justify="left" if col == "model" else "right")
     ctx = mp.get_context("spawn")
@@ -71,16 +82,20 @@ def main(argv=None) -> int:
         tmp = tempfile.mkdtemp(prefix="vprkit-bench-zoo-")
         try:
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_child, args=(name, tmp, args.images, args.batch_size,
-                                                    child))
+            proc = ctx.Process(target=_child, args=(name, tmp, args.images, args.batch_size, child))
             proc.start()
             proc.join()
             if proc.exitcode != 0 or not parent.poll():
                 table.add_row(name, "failed", "", "", "")
                 continue
             size, rate, rss = parent.recv()
-            table.add_row(name, f"{size[0]}x{size[1]}", str(known[name].output_dim),
-                          f"{rate:.2f}", f"{rss / 2**30:.2f} GiB")
+            table.add_row(
+                name,
+                f"{size[0]}x{size[1]}",
+                str(known[name].output_dim),
+                f"{rate:.2f}",
+                f"{rss / 2**30:.2f} GiB",
+            )
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     Console().print(table)

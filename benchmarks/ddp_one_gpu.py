@@ -63,8 +63,9 @@ def main() -> int:
         wrapped = network(device)
         if device.type == "cuda":  # SyncBatchNorm runs on GPUs only
             wrapped = nn.SyncBatchNorm.convert_sync_batchnorm(wrapped)
-        ddp = DistributedDataParallel(wrapped, device_ids=[device.index] if device.index is not None
-                                      else None)
+        ddp = DistributedDataParallel(
+            wrapped, device_ids=[device.index] if device.index is not None else None
+        )
         buckets = [0]
 
         def counting_allreduce(state, bucket):
@@ -81,19 +82,24 @@ def main() -> int:
             losses.append((step(plain, opt_plain, images), step(ddp, opt_ddp, images)))
         if device.type == "cuda":
             torch.cuda.synchronize()
-        diff = max(float((a - b).abs().max())
-                   for a, b in zip(plain.state_dict().values(), ddp.module.state_dict().values(),
-                                   strict=True) if a.is_floating_point())
-        moved = max(float((a - b).abs().max()) for a, b in zip(
-            network(device).state_dict().values(), plain.state_dict().values(), strict=True)
-            if a.is_floating_point())
-        ok = (probe.item() == dist.get_world_size() and buckets[0] > 0 and diff <= 1e-5
-              and moved > 0)
-        print(f"DDP on one {device.type} device ({dist.get_backend()}, world size "
-              f"{dist.get_world_size()}, {device}): {args.steps} steps, losses plain/DDP "
-              f"{', '.join(f'{a:.4f}/{b:.4f}' for a, b in losses)}; {buckets[0]} all-reduced "
-              f"gradient buckets; weights moved by up to {moved:.3g}; max |DDP - plain| "
-              f"{diff:.3g}: {'ok' if ok else 'MISMATCH'}")
+        diff = max(
+            float((a - b).abs().max())
+            for a, b in zip(plain.state_dict().values(), ddp.module.state_dict().values(), strict=True)
+            if a.is_floating_point()
+        )
+        moved = max(
+            float((a - b).abs().max())
+            for a, b in zip(network(device).state_dict().values(), plain.state_dict().values(), strict=True)
+            if a.is_floating_point()
+        )
+        ok = probe.item() == dist.get_world_size() and buckets[0] > 0 and diff <= 1e-5 and moved > 0
+        print(
+            f"DDP on one {device.type} device ({dist.get_backend()}, world size "
+            f"{dist.get_world_size()}, {device}): {args.steps} steps, losses plain/DDP "
+            f"{', '.join(f'{a:.4f}/{b:.4f}' for a, b in losses)}; {buckets[0]} all-reduced "
+            f"gradient buckets; weights moved by up to {moved:.3g}; max |DDP - plain| "
+            f"{diff:.3g}: {'ok' if ok else 'MISMATCH'}"
+        )
         return 0 if ok else 1
     finally:
         dist.destroy_process_group()

@@ -79,10 +79,11 @@ class BenchmarkTriplets(Dataset):
             image = self.base(Image.open(self.images_paths[index]).convert("RGB"))
             return T.functional.resize(image, self.resize), index
         query, positive, *negatives = self.triplets[index].tolist()
-        images = [self.resized(Image.open(self.queries_paths[query]).convert("RGB")),
-                  self.resized(Image.open(self.database_paths[positive]).convert("RGB"))]
-        images += [self.resized(Image.open(self.database_paths[n]).convert("RGB"))
-                   for n in negatives]
+        images = [
+            self.resized(Image.open(self.queries_paths[query]).convert("RGB")),
+            self.resized(Image.open(self.database_paths[positive]).convert("RGB")),
+        ]
+        images += [self.resized(Image.open(self.database_paths[n]).convert("RGB")) for n in negatives]
         local = torch.tensor([[0, 1, 2 + k] for k in range(self.negatives)])
         return torch.stack(images), local, self.triplets[index]
 
@@ -110,11 +111,17 @@ class RowCache:
         return self.rows[index]
 
 
-def compute_cache(model, data: BenchmarkTriplets, indexes: list[int], batch_size: int,
-                  workers: int, device: torch.device) -> RowCache:
+def compute_cache(
+    model, data: BenchmarkTriplets, indexes: list[int], batch_size: int, workers: int, device: torch.device
+) -> RowCache:
     data.inference = True
-    loader = DataLoader(Subset(data, indexes), batch_size=batch_size, num_workers=workers,
-                        shuffle=False, pin_memory=device.type == "cuda")
+    loader = DataLoader(
+        Subset(data, indexes),
+        batch_size=batch_size,
+        num_workers=workers,
+        shuffle=False,
+        pin_memory=device.type == "cuda",
+    )
     model.eval()
     cache = RowCache(len(data))
     with torch.no_grad():
@@ -124,24 +131,44 @@ def compute_cache(model, data: BenchmarkTriplets, indexes: list[int], batch_size
     return cache
 
 
-def mine_partial(model, data: BenchmarkTriplets, queries: np.ndarray, sampled: np.ndarray,
-                 dim: int, batch_size: int, workers: int, device: torch.device,
-                 timings: dict | None = None) -> None:
+def mine_partial(
+    model,
+    data: BenchmarkTriplets,
+    queries: np.ndarray,
+    sampled: np.ndarray,
+    dim: int,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    timings: dict | None = None,
+) -> None:
     """Partial mining of ``queries`` among the ``sampled`` database images: sets
     ``data.triplets`` (``timings["cache"]``: the seconds the cache took)."""
     positives = [p for q in queries for p in data.hard[q]]
     database = list(np.unique(list(sampled) + positives))
     start = time.perf_counter()
-    cache = compute_cache(model, data, database + list(queries + data.database_num),
-                          batch_size, workers, device)
+    cache = compute_cache(
+        model, data, database + list(queries + data.database_num), batch_size, workers, device
+    )
     if timings is not None:
         timings["cache"] = time.perf_counter() - start
-    data.triplets = torch.tensor(partial_triplets(cache, data.hard, data.soft, data.database_num,
-                                                  queries, sampled, dim, data.negatives))
+    data.triplets = torch.tensor(
+        partial_triplets(
+            cache, data.hard, data.soft, data.database_num, queries, sampled, dim, data.negatives
+        )
+    )
 
 
-def partial_triplets(cache: RowCache, hard, soft, database_num: int, queries: np.ndarray,
-                     sampled: np.ndarray, dim: int, negatives: int) -> list[tuple]:
+def partial_triplets(
+    cache: RowCache,
+    hard,
+    soft,
+    database_num: int,
+    queries: np.ndarray,
+    sampled: np.ndarray,
+    dim: int,
+    negatives: int,
+) -> list[tuple]:
     """The per-query loop of the benchmark's partial mining, from a filled cache (database rows
     first, then queries): a faiss ``IndexFlatL2`` over the query's positives for the best one,
     and one over the sampled images that are not soft positives for the hard negatives."""
@@ -160,11 +187,24 @@ def partial_triplets(cache: RowCache, hard, soft, database_num: int, queries: np
     return triplets
 
 
-def train_steps(model, optimizer, data: BenchmarkTriplets, batch_size: int, margin: float,
-                workers: int, device: torch.device) -> float:
+def train_steps(
+    model,
+    optimizer,
+    data: BenchmarkTriplets,
+    batch_size: int,
+    margin: float,
+    workers: int,
+    device: torch.device,
+) -> float:
     """The steps over ``data.triplets``; the mean loss."""
-    loader = DataLoader(data, batch_size=batch_size, num_workers=workers, collate_fn=collate,
-                        pin_memory=device.type == "cuda", drop_last=True)
+    loader = DataLoader(
+        data,
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+    )
     criterion = nn.TripletMarginLoss(margin=margin, p=2, reduction="sum")
     model = model.train()
     losses = []

@@ -49,5 +49,4 @@ def gem_file(small_root, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def netvlad_file(small_root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("netvlad") / "netvlad.h5"
-    return extract(small_root, out, config("netvlad", clusters=8),
-                   options(scales=(1, 2, 3)), progress=False)
+    return extract(small_root, out, config("netvlad", clusters=8), options(scales=(1, 2, 3)), progress=False)

@@ -15,8 +15,13 @@ from vprkit.testing import GEM, write_descriptor_file
 
 
 def header(dtype="float32"):
-    return {"model": {"backbone": "x"}, "aggregation": GEM, "dataset": {"split": "test"},
-            "preprocessing": {"resize": None}, "dtype": dtype}
+    return {
+        "model": {"backbone": "x"},
+        "aggregation": GEM,
+        "dataset": {"split": "test"},
+        "preprocessing": {"resize": None},
+        "dtype": dtype,
+    }
 
 
 def write_file(path: Path, db: np.ndarray, q: np.ndarray, dtype="float32", complete=True) -> Path:
@@ -28,8 +33,9 @@ def write_file(path: Path, db: np.ndarray, q: np.ndarray, dtype="float32", compl
 def datasets_of(path: Path) -> dict[str, np.ndarray]:
     out = {}
     with h5py.File(path) as f:
-        f.visititems(lambda name, obj: out.__setitem__(name, obj[()])
-                     if isinstance(obj, h5py.Dataset) else None)
+        f.visititems(
+            lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None
+        )
     return out
 
 
@@ -44,6 +50,7 @@ def interrupt_training_at(monkeypatch, call: int) -> None:
     """Make the trainer's ``call``-th batch of triplet steps raise KeyboardInterrupt (a Ctrl-C
     between cache refreshes)."""
     from vprkit.train import trainer
+
     real = trainer._train_groups
     calls = {"n": 0}
 
@@ -68,6 +75,7 @@ class Hung(Exception):
 def guarded():
     """An alarm (a blocked open or read raises ``Hung``) and a cap on the address space (a read
     without end raises MemoryError), both lifted after the block."""
+
     def ring(signum, frame):
         raise Hung(f"still running after {ALARM_S} s")
 

@@ -49,7 +49,7 @@ class TestNetVLAD:
         out = NetVLAD(clusters=8, dim=16)(torch.randn(3, 16, 5, 7))
         torch.testing.assert_close(out.norm(dim=1), torch.ones(3))
         blocks = out.view(3, 8, 16).norm(dim=2)
-        torch.testing.assert_close(blocks, torch.full((3, 8), 8 ** -0.5))
+        torch.testing.assert_close(blocks, torch.full((3, 8), 8**-0.5))
 
     def test_matches_benchmark_loop(self):
         layer = NetVLAD(clusters=8, dim=16)
@@ -89,8 +89,7 @@ class TestNetVLAD:
         unit = kmeans.centroids / np.linalg.norm(kmeans.centroids, axis=1, keepdims=True)
         dots = np.sort(unit @ feats.T, axis=0)
         alpha = -np.log(0.01) / np.mean(dots[-1] - dots[-2])
-        np.testing.assert_allclose(layer.conv.weight.detach()[:, :, 0, 0].numpy(), alpha * unit,
-                                   rtol=1e-5)
+        np.testing.assert_allclose(layer.conv.weight.detach()[:, :, 0, 0].numpy(), alpha * unit, rtol=1e-5)
 
     def test_kmeans_needs_enough_features(self):
         with pytest.raises(VprkitError, match="at least 4 local features"):
@@ -117,8 +116,11 @@ class TestPyramidFromStats:
             parts = [layer.forward_with_stats(f) for f in feats]
         params = layer.pyramid_params()
         for subset in ([0, 1], [0, 2], [0, 1, 2]):
-            got = pyramid(params, [parts[i][0].numpy() for i in subset],
-                          [{k: v.numpy() for k, v in parts[i][1].items()} for i in subset])
+            got = pyramid(
+                params,
+                [parts[i][0].numpy() for i in subset],
+                [{k: v.numpy() for k, v in parts[i][1].items()} for i in subset],
+            )
             with torch.no_grad():
                 sub = torch.cat([feats[i].flatten(2) for i in subset], dim=2).unsqueeze(-1)
                 expected = layer(sub).numpy()

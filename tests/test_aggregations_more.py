@@ -49,8 +49,11 @@ def test_l2_does_not_apply_to_netvlad():
 # ----------------------------------------------------------------- pyramid rules
 def _model(aggregation, l2=None, fc=None):
     torch.manual_seed(0)
-    return VPRModel(ModelConfig(backbone="resnet18conv4", aggregation=aggregation, l2=l2,
-                                fc_output_dim=fc, weights="none")).eval()
+    return VPRModel(
+        ModelConfig(
+            backbone="resnet18conv4", aggregation=aggregation, l2=l2, fc_output_dim=fc, weights="none"
+        )
+    ).eval()
 
 
 SCALE_IMAGES = [(1, 3, 48, 64), (1, 3, 32, 48), (1, 3, 48, 32)]
@@ -70,8 +73,11 @@ def test_pyramid_rule_equals_network_pyramid(name, l2):
         params = model.aggregation.pyramid_params()
         for subset in ([0, 1], [1, 2], [0, 1, 2]):
             expected = model.forward_pyramid([images[i] for i in subset]).numpy()
-            got = pyramid(params, [parts[i][0].numpy() for i in subset],
-                          [{k: v.numpy() for k, v in parts[i][1].items()} for i in subset])
+            got = pyramid(
+                params,
+                [parts[i][0].numpy() for i in subset],
+                [{k: v.numpy() for k, v in parts[i][1].items()} for i in subset],
+            )
             np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     spec = model.aggregation.stats_spec()
     assert set(spec) == set(parts[0][1])
@@ -92,9 +98,17 @@ def test_no_pyramid_rule(name, fc):
 
 
 # ----------------------------------------------------------------- benchmark checkpoints
-@pytest.mark.parametrize("name,l2,fc", [("mac", "before_pool", None), ("spoc", "after_pool", None),
-                                        ("rmac", "none", 32), ("gem", "none", 32),
-                                        ("gem", "after_pool", None), ("netvlad", None, 32)])
+@pytest.mark.parametrize(
+    "name,l2,fc",
+    [
+        ("mac", "before_pool", None),
+        ("spoc", "after_pool", None),
+        ("rmac", "none", 32),
+        ("gem", "none", 32),
+        ("gem", "after_pool", None),
+        ("netvlad", None, 32),
+    ],
+)
 def test_benchmark_checkpoint_loads(tmp_path, name, l2, fc):
     """GeoLocalizationNet(resnet18conv4, name, l2, fc) saved as the benchmark saves it."""
     torch.manual_seed(2)
@@ -103,11 +117,17 @@ def test_benchmark_checkpoint_loads(tmp_path, name, l2, fc):
         torch.nn.init.normal_(ref.aggregation[0].conv.weight)
     ref.eval()
     path = tmp_path / "best_model.pth"
-    torch.save({"epoch_num": 3, "model_state_dict": ref.state_dict(),
-                "recalls": np.array([50.0, 70.0]), "best_r5": 70.0}, path)
+    torch.save(
+        {
+            "epoch_num": 3,
+            "model_state_dict": ref.state_dict(),
+            "recalls": np.array([50.0, 70.0]),
+            "best_r5": 70.0,
+        },
+        path,
+    )
     given = {"aggregation": name} if name in ("mac", "spoc", "rmac") else {}
-    model = load_model_from_checkpoint(path, l2=l2 if l2 not in (None, "before_pool") else None,
-                                       **given)
+    model = load_model_from_checkpoint(path, l2=l2 if l2 not in (None, "before_pool") else None, **given)
     assert model.config.aggregation == name and model.config.fc_output_dim == fc
     assert (model.config.l2 or "before_pool") == (l2 or "before_pool")
     x = torch.rand(2, 3, 64, 80)
@@ -124,8 +144,9 @@ def test_ambiguous_checkpoints_ask(tmp_path):
         load_model_from_checkpoint(path)
     gem = _model("gem", "none")
     torch.save({"model_state_dict": gem.state_dict()}, path)
-    with pytest.raises(VprkitError, match="L2 norm after_pool or none, not before_pool: give "
-                                          "--l2 after_pool or --l2 none"):
+    with pytest.raises(
+        VprkitError, match="L2 norm after_pool or none, not before_pool: give --l2 after_pool or --l2 none"
+    ):
         load_model_from_checkpoint(path)
     assert load_model_from_checkpoint(path, l2="none").config.l2 == "none"
     with pytest.raises(VprkitError, match="holds a gem aggregation, but --aggregation mac"):

@@ -22,10 +22,11 @@ def python_blocks(text: str) -> list[str]:
 
 
 def test_import_is_light():
-    code = ("import sys, vprkit; dir(vprkit); vprkit.__all__; vprkit.__version__; "
-            f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=REPO)
+    code = (
+        "import sys, vprkit; dir(vprkit); vprkit.__all__; vprkit.__version__; "
+        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "", f"import vprkit imported {out.stdout.strip()}"
 
 
@@ -57,13 +58,16 @@ def test_aliases_and_submodules_keep_their_names():
 
     assert vprkit.extract_split is extract
     assert vprkit.evaluate_file.__doc__ and "vprkit.evaluate.evaluate_file" in vprkit.evaluate_file.__doc__
-    assert set(inspect.signature(evaluate_file).parameters) - {"path", "scale"} <= \
-        set(inspect.signature(vprkit.evaluate_file).parameters) | set(
-            list(inspect.signature(evaluate_file).parameters)[2:])
+    assert set(inspect.signature(evaluate_file).parameters) - {"path", "scale"} <= set(
+        inspect.signature(vprkit.evaluate_file).parameters
+    ) | set(list(inspect.signature(evaluate_file).parameters)[2:])
     assert vprkit.combine_files is combine
     assert vprkit.train_model is train
-    assert (vprkit.ExtractOptions, vprkit.ModelConfig, vprkit.TrainConfig) == \
-        (ExtractOptions, ModelConfig, TrainConfig)
+    assert (vprkit.ExtractOptions, vprkit.ModelConfig, vprkit.TrainConfig) == (
+        ExtractOptions,
+        ModelConfig,
+        TrainConfig,
+    )
     assert (vprkit.EvaluationResult, vprkit.DescriptorFile) == (EvaluationResult, DescriptorFile)
     for module in ("extract", "evaluate", "combine", "train", "shards", "store"):
         assert inspect.ismodule(getattr(vprkit, module)), module
@@ -83,8 +87,13 @@ def test_api_doc_example_runs(tmp_path, monkeypatch, capsys):
         assert not (tmp_path / f"{name}.partial").exists()
     assert (tmp_path / "street" / "images" / "test" / "database").is_dir()
     results = namespace["results"]
-    assert [(r.scale, r.dim) for r in results] == [("1", 256), ("1+2", 256), ("1", 4096),
-                                                  ("1+2", 4096), ("1", 64)]
+    assert [(r.scale, r.dim) for r in results] == [
+        ("1", 256),
+        ("1+2", 256),
+        ("1", 4096),
+        ("1+2", 4096),
+        ("1", 64),
+    ]
     assert all(r.queries == 20 and r.database == 40 for r in results)
     assert all(0 <= v <= 100 for r in results for v in r.recalls.values())
     with vprkit.DescriptorFile(tmp_path / "netvlad.h5") as f:

@@ -16,8 +16,16 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "vprkit"
 
 FLOORS: list[tuple[str, ...]] = [
-    ("vprkit.errors", "vprkit.numbers", "vprkit.choices", "vprkit.inputs", "vprkit.files",
-     "vprkit.progress", "vprkit.lazy", "vprkit.devices"),
+    (
+        "vprkit.errors",
+        "vprkit.numbers",
+        "vprkit.choices",
+        "vprkit.inputs",
+        "vprkit.files",
+        "vprkit.progress",
+        "vprkit.lazy",
+        "vprkit.devices",
+    ),
     ("vprkit.geo", "vprkit.descriptors"),
     ("vprkit.store",),
     ("vprkit.data",),
@@ -110,8 +118,7 @@ class TestFloors:
 
     def test_no_cycles(self):
         known = modules()
-        graph = {name: {resolved(t, known) for t in imports(path)} - {name}
-                 for name, path in known.items()}
+        graph = {name: {resolved(t, known) for t in imports(path)} - {name} for name, path in known.items()}
         # a package's __init__ that re-exports its modules is not a cycle with them
         for name in graph:
             graph[name] = {t for t in graph[name] if not t.startswith(name + ".")}
@@ -122,8 +129,11 @@ class TestFloors:
             state[node] = 1
             for nxt in sorted(graph.get(node, ())):
                 if state.get(nxt) == 1:
-                    cycles.append(" -> ".join(stack[stack.index(nxt):] + [node, nxt])
-                                  if nxt in stack else f"{node} -> {nxt}")
+                    cycles.append(
+                        " -> ".join(stack[stack.index(nxt) :] + [node, nxt])
+                        if nxt in stack
+                        else f"{node} -> {nxt}"
+                    )
                 elif nxt not in state:
                     visit(nxt, stack + [node])
             state[node] = 2
@@ -135,11 +145,15 @@ class TestFloors:
 
     def test_the_check_sees_an_upward_import(self, tmp_path):
         module = tmp_path / "m.py"
-        module.write_text("from vprkit import __version__\nfrom ..errors import VprkitError\n"
-                          "def f():\n    from vprkit.train.trainer import train\n")
+        module.write_text(
+            "from vprkit import __version__\nfrom ..errors import VprkitError\n"
+            "def f():\n    from vprkit.train.trainer import train\n"
+        )
         known = {**modules(), "vprkit.store.m": module}
-        assert imports(module, "vprkit.store.m") == {"vprkit.train.trainer.train",
-                                                      "vprkit.errors.VprkitError"}
+        assert imports(module, "vprkit.store.m") == {
+            "vprkit.train.trainer.train",
+            "vprkit.errors.VprkitError",
+        }
         assert upward_imports(known) == ["vprkit.store.m -> vprkit.train.trainer"]
 
 
@@ -162,8 +176,11 @@ class TestLibrarySpeaksPython:
 
     @staticmethod
     def library() -> dict[str, Path]:
-        return {name: path for name, path in modules().items()
-                if name != "vprkit.cli" and not name.startswith("vprkit.cli.")}
+        return {
+            name: path
+            for name, path in modules().items()
+            if name != "vprkit.cli" and not name.startswith("vprkit.cli.")
+        }
 
     def test_no_print_outside_the_cli(self):
         found = []
@@ -175,8 +192,10 @@ class TestLibrarySpeaksPython:
                     continue
                 f = node.func
                 if (isinstance(f, ast.Name) and f.id == "print") or (
-                        isinstance(f, ast.Attribute) and f.attr == "print"
-                        and ast.unparse(f.value).endswith("console")):
+                    isinstance(f, ast.Attribute)
+                    and f.attr == "print"
+                    and ast.unparse(f.value).endswith("console")
+                ):
                     found.append(f"{name}:{node.lineno}: {ast.unparse(node)[:60]}")
         assert found == []
 
@@ -189,8 +208,11 @@ class TestLibrarySpeaksPython:
                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                     args = node.args
                     for arg in args.posonlyargs + args.args + args.kwonlyargs:
-                        if arg.arg == "progress" and arg.annotation is not None \
-                                and ast.unparse(arg.annotation) == "bool":
+                        if (
+                            arg.arg == "progress"
+                            and arg.annotation is not None
+                            and ast.unparse(arg.annotation) == "bool"
+                        ):
                             found.append(f"{name}:{node.lineno} {node.name}")
         assert found == []
 

@@ -68,8 +68,7 @@ class Reference:
         self.aggregation = aggregation
         self.model = build_reference(aggregation, seed={"gem": 11, "netvlad": 23}[aggregation])
         self.checkpoints = {
-            shape: save_benchmark_checkpoint(self.model, folder / f"{aggregation}_{shape}.pth",
-                                             shape)
+            shape: save_benchmark_checkpoint(self.model, folder / f"{aggregation}_{shape}.pth", shape)
             for shape in CHECKPOINT_SHAPES
         }
         test = root / "images" / "test"
@@ -77,8 +76,9 @@ class Reference:
         self.q_paths = benchmark_paths(test / "queries")
         self.database = reference_features(self.model, self.db_paths)
         self.queries = reference_features(self.model, self.q_paths)
-        self.recalls = reference_test(self.database, self.queries,
-                                      benchmark_utms(self.db_paths), benchmark_utms(self.q_paths))
+        self.recalls = reference_test(
+            self.database, self.queries, benchmark_utms(self.db_paths), benchmark_utms(self.q_paths)
+        )
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +100,20 @@ def extracted(dataset_root, references, tmp_path_factory):
     def get(aggregation: str, shape: str) -> Path:
         if (aggregation, shape) not in cache:
             out = folder / f"{aggregation}_{shape}.h5"
-            result = run_cli("extract", dataset_root, "-o", out, "--checkpoint",
-                             references[aggregation].checkpoints[shape], "--native-size",
-                             "--workers", "0", "--device", "cpu", "--quiet")
+            result = run_cli(
+                "extract",
+                dataset_root,
+                "-o",
+                out,
+                "--checkpoint",
+                references[aggregation].checkpoints[shape],
+                "--native-size",
+                "--workers",
+                "0",
+                "--device",
+                "cpu",
+                "--quiet",
+            )
             assert result.exit_code == 0, result.output + repr(result.exception)
             assert out.is_file()
             cache[(aggregation, shape)] = out
@@ -113,8 +124,7 @@ def extracted(dataset_root, references, tmp_path_factory):
 
 def fingerprint_of(model: nn.Module) -> dict[str, bytes]:
     """Every tensor of a state dict, by name, as bytes (weights and BatchNorm statistics)."""
-    return {k: v.detach().cpu().contiguous().numpy().tobytes()
-            for k, v in model.state_dict().items()}
+    return {k: v.detach().cpu().contiguous().numpy().tobytes() for k, v in model.state_dict().items()}
 
 
 def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
@@ -128,12 +138,15 @@ class TestReferenceOracle:
     def test_imports_nothing_from_vprkit(self):
         """Every oracle module of tests/reference."""
         tests = Path(__file__).resolve().parent
-        code = ("import sys, pkgutil, importlib, reference; "
-                "[importlib.import_module(f'reference.{m.name}') "
-                "for m in pkgutil.iter_modules(reference.__path__)]; "
-                "print(sorted(m for m in sys.modules if m.split('.')[0] == 'vprkit'))")
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             check=True, cwd=tests)
+        code = (
+            "import sys, pkgutil, importlib, reference; "
+            "[importlib.import_module(f'reference.{m.name}') "
+            "for m in pkgutil.iter_modules(reference.__path__)]; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'vprkit'))"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tests
+        )
         assert out.stdout.strip() == "[]", out.stdout
 
     @pytest.mark.parametrize("aggregation", AGGREGATIONS)
@@ -149,12 +162,19 @@ class TestReferenceOracle:
     @pytest.mark.parametrize("aggregation", AGGREGATIONS)
     def test_state_dict_keys_are_the_benchmarks(self, references, aggregation):
         keys = set(references[aggregation].model.state_dict())
-        assert {"backbone.0.weight", "backbone.1.running_var", "backbone.4.0.conv1.weight",
-                "backbone.6.1.bn2.weight"} <= keys
+        assert {
+            "backbone.0.weight",
+            "backbone.1.running_var",
+            "backbone.4.0.conv1.weight",
+            "backbone.6.1.bn2.weight",
+        } <= keys
         assert not any(k.startswith("backbone.7.") for k in keys)
         agg_keys = {k for k in keys if k.startswith("aggregation.")}
-        expected = ({"aggregation.1.p"} if aggregation == "gem"
-                    else {"aggregation.centroids", "aggregation.conv.weight"})
+        expected = (
+            {"aggregation.1.p"}
+            if aggregation == "gem"
+            else {"aggregation.centroids", "aggregation.conv.weight"}
+        )
         assert agg_keys == expected
 
     def test_features_and_recalls_are_informative(self, references):
@@ -224,15 +244,26 @@ class TestBenchmarkCheckpoints:
         assert rows[0]["queries"] == N_QUERIES and rows[0]["database"] == N_DATABASE
 
     @pytest.mark.parametrize("aggregation", AGGREGATIONS)
-    def test_contradicting_options_fail_in_one_line(self, references, dataset_root, tmp_path,
-                                                    aggregation):
+    def test_contradicting_options_fail_in_one_line(self, references, dataset_root, tmp_path, aggregation):
         other = "netvlad" if aggregation == "gem" else "gem"
         for option, value in (("--aggregation", other), ("--backbone", "resnet50conv4")):
             out = tmp_path / f"{option.strip('-')}.h5"
-            result = run_cli("extract", dataset_root, "-o", out, "--checkpoint",
-                             references[aggregation].checkpoints["benchmark_module"], option,
-                             value, "--native-size", "--workers", "0", "--device", "cpu",
-                             "--quiet")
+            result = run_cli(
+                "extract",
+                dataset_root,
+                "-o",
+                out,
+                "--checkpoint",
+                references[aggregation].checkpoints["benchmark_module"],
+                option,
+                value,
+                "--native-size",
+                "--workers",
+                "0",
+                "--device",
+                "cpu",
+                "--quiet",
+            )
             assert result.exit_code != 0
             assert "Traceback" not in result.output
             lines = [line for line in result.output.splitlines() if line.strip()]

@@ -30,6 +30,7 @@ def assert_one_line_error(result, pattern: str):
     errors = [line for line in text.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1, text
     import re
+
     assert re.search(pattern, errors[0]), errors[0]
 
 
@@ -52,8 +53,9 @@ class TestHelp:
             for param in cmd.params:
                 if isinstance(param, click.Option):
                     assert param.help, (path, param.name)
-                    has_default = param.show_default or "[default:" in param.help or \
-                        param.is_flag or param.required
+                    has_default = (
+                        param.show_default or "[default:" in param.help or param.is_flag or param.required
+                    )
                     assert has_default, (path, param.name)
 
     def test_version(self):
@@ -62,20 +64,19 @@ class TestHelp:
 
 class TestErrors:
     def test_missing_root(self, tmp_path):
-        assert_one_line_error(run("extract", tmp_path / "nope", "-o", tmp_path / "x.h5", *FAST),
-                              "does not exist")
+        assert_one_line_error(
+            run("extract", tmp_path / "nope", "-o", tmp_path / "x.h5", *FAST), "does not exist"
+        )
 
     def test_empty_split(self, tmp_path):
         (tmp_path / "images/test/database").mkdir(parents=True)
         (tmp_path / "images/test/queries").mkdir(parents=True)
-        assert_one_line_error(run("extract", tmp_path, "-o", tmp_path / "x.h5", *FAST),
-                              "no images")
+        assert_one_line_error(run("extract", tmp_path, "-o", tmp_path / "x.h5", *FAST), "no images")
 
     def test_unparsable_name(self, tmp_path):
         root = generate_dataset(tmp_path / "d", {"test": (3, 2)}, size=(32, 40))
         (root / "images/test/queries/IMG_0001.jpg").write_bytes(b"")
-        assert_one_line_error(run("extract", root, "-o", tmp_path / "x.h5", *FAST),
-                              "IMG_0001.jpg")
+        assert_one_line_error(run("extract", root, "-o", tmp_path / "x.h5", *FAST), "IMG_0001.jpg")
 
     def test_corrupt_image(self, tmp_path):
         root = generate_dataset(tmp_path / "d", {"test": (3, 2)}, size=(32, 40))
@@ -101,11 +102,20 @@ class TestErrors:
     def test_unknown_backbone(self, small_root, tmp_path):
         assert_one_line_error(
             run("extract", small_root, "-o", tmp_path / "x.h5", "--backbone", "resnet34", *FAST),
-            "unknown backbone 'resnet34'")
+            "unknown backbone 'resnet34'",
+        )
 
     def test_imagenet_weights_offline_or_bad_path(self, small_root, tmp_path):
-        result = run("extract", small_root, "-o", tmp_path / "x.h5", "--weights",
-                     tmp_path / "missing.pth", *RESIZE, "--quiet")
+        result = run(
+            "extract",
+            small_root,
+            "-o",
+            tmp_path / "x.h5",
+            "--weights",
+            tmp_path / "missing.pth",
+            *RESIZE,
+            "--quiet",
+        )
         assert_one_line_error(result, "weights file .*missing.pth does not exist")
 
 
@@ -130,18 +140,30 @@ class TestWorkflow:
         from vprkit.models import ModelConfig, VPRModel, save_checkpoint
 
         torch.manual_seed(0)
-        ckpt = save_checkpoint(VPRModel(ModelConfig(aggregation="netvlad", weights="none",
-                                                    clusters=8)), tmp_path / "model.pth")
+        ckpt = save_checkpoint(
+            VPRModel(ModelConfig(aggregation="netvlad", weights="none", clusters=8)), tmp_path / "model.pth"
+        )
         out = tmp_path / "n.h5"
-        result = run("extract", small_root, "-o", out, "--checkpoint", ckpt, "--scales", "1,2,3",
-                     *RESIZE, "--workers", "0", "--quiet")
+        result = run(
+            "extract",
+            small_root,
+            "-o",
+            out,
+            "--checkpoint",
+            ckpt,
+            "--scales",
+            "1,2,3",
+            *RESIZE,
+            "--workers",
+            "0",
+            "--quiet",
+        )
         assert result.exit_code == 0, result.output
         ckpt.unlink()
         specs = ["1", "2", "3", "1+2", "1+2+3"]
         result = run("evaluate", out, *[a for s in specs for a in ("--scale", s)], "--json", "-")
         assert [r["scale"] for r in json.loads(result.output)] == specs
-        assert json.loads(run("info", out, "--json").output)["model"]["checkpoint"].endswith(
-            "model.pth")
+        assert json.loads(run("info", out, "--json").output)["model"]["checkpoint"].endswith("model.pth")
 
     def test_dataset_info(self, small_root):
         rows = json.loads(run("dataset", "info", small_root, "--json").output)
@@ -150,8 +172,8 @@ class TestWorkflow:
 
     def test_predictions_need_single_file(self, gem_file, tmp_path):
         assert_one_line_error(
-            run("evaluate", gem_file, gem_file, "--predictions", tmp_path / "p.csv"),
-            "single file")
+            run("evaluate", gem_file, gem_file, "--predictions", tmp_path / "p.csv"), "single file"
+        )
 
 
 @pytest.mark.slow
@@ -168,8 +190,10 @@ def test_train_option_defaults_are_trainconfig_defaults():
     import dataclasses
 
     from vprkit.train import TrainConfig
-    fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)
-              if f.default is not dataclasses.MISSING}
+
+    fields = {
+        f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING
+    }
     command = main.commands["train"]
     options = {p.name: p.get_default(click.Context(command)) for p in command.params}
     shared = sorted(set(options) & set(fields) - {"augment", "checkpoint"})
@@ -181,12 +205,23 @@ def test_train_option_defaults_are_trainconfig_defaults():
 
 def test_extract_option_defaults_are_extractoptions_defaults():
     from vprkit.extract.split import ExtractOptions
+
     defaults = ExtractOptions()
     command = main.commands["extract"]
     ctx = click.Context(command)
     options = {p.name: p.get_default(ctx) for p in command.params}
-    for name in ("split", "batch_size", "workers", "device", "half", "dtype", "seed",
-                 "cluster_split", "skip_unparsable", "overwrite"):
+    for name in (
+        "split",
+        "batch_size",
+        "workers",
+        "device",
+        "half",
+        "dtype",
+        "seed",
+        "cluster_split",
+        "skip_unparsable",
+        "overwrite",
+    ):
         assert options[name] == getattr(defaults, name), name
     assert tuple(int(s) for s in options["scales"].split(",")) == defaults.scales
     assert options["resize"] is None and defaults.resize == (480, 640)  # None: see image_size_for
@@ -197,8 +232,10 @@ def test_cli_imports_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys, vprkit.cli; "
-            "print(','.join(m for m in ('torch', 'torchvision', 'sklearn') if m in sys.modules))")
+    code = (
+        "import sys, vprkit.cli; "
+        "print(','.join(m for m in ('torch', 'torchvision', 'sklearn') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"import vprkit.cli imported {out.stdout.strip()}"
 
@@ -211,13 +248,23 @@ class TestVocabulary:
         from vprkit.data.datasets import SPLITS
         from vprkit.models import AGGREGATIONS, BACKBONES
         from vprkit.train.augment import PRESETS
+
         assert choices.BACKBONES == tuple(BACKBONES) and choices.AGGREGATIONS == tuple(AGGREGATIONS)
         assert choices.SPLITS == SPLITS and set(choices.AUGMENT_PRESETS) == set(PRESETS)
 
     def test_every_command_takes_json_and_writers_take_output(self):
-        writers = {("extract",), ("merge",), ("combine",), ("train",), ("report",), ("demo",),
-                   ("evaluate",), ("info",), ("dataset", "info"),  # these three: their JSON
-                   ("dataset", "import")}  # -o ROOT, as an alternative to the ROOT argument
+        writers = {
+            ("extract",),
+            ("merge",),
+            ("combine",),
+            ("train",),
+            ("report",),
+            ("demo",),
+            ("evaluate",),
+            ("info",),
+            ("dataset", "info"),  # these three: their JSON
+            ("dataset", "import"),
+        }  # -o ROOT, as an alternative to the ROOT argument
         for path, cmd in all_commands(main):
             if isinstance(cmd, click.Group):
                 continue
@@ -233,8 +280,10 @@ class TestVocabulary:
         assert "night:M1" in run("train", "--help").output
 
     def test_out_is_a_deprecated_alias(self, tmp_path):
-        result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "d"), "--no-train",
-                                           "--scales", "1", "--quiet", "--json", "-"])
+        result = CliRunner().invoke(
+            main,
+            ["demo", "--out", str(tmp_path / "d"), "--no-train", "--scales", "1", "--quiet", "--json", "-"],
+        )
         assert result.exit_code == 0, result.output
         assert "--out is deprecated" in result.output and (tmp_path / "d" / "gem.h5").is_file()
 
@@ -255,10 +304,31 @@ class TestVocabulary:
         assert run("evaluate", gem_file, "--predictions", "-", "--json", "-").exit_code == 1
 
     def test_part_weights_and_the_old_name(self, gem_file, netvlad_file, tmp_path):
-        new = run("combine", gem_file, netvlad_file, "-o", tmp_path / "a.h5", "--part-weights",
-                  "2,1", "--quiet", "--json", "-")
-        old = CliRunner().invoke(main, ["combine", str(gem_file), str(netvlad_file), "-o",
-                                        str(tmp_path / "b.h5"), "--weights", "2,1", "--quiet"])
+        new = run(
+            "combine",
+            gem_file,
+            netvlad_file,
+            "-o",
+            tmp_path / "a.h5",
+            "--part-weights",
+            "2,1",
+            "--quiet",
+            "--json",
+            "-",
+        )
+        old = CliRunner().invoke(
+            main,
+            [
+                "combine",
+                str(gem_file),
+                str(netvlad_file),
+                "-o",
+                str(tmp_path / "b.h5"),
+                "--weights",
+                "2,1",
+                "--quiet",
+            ],
+        )
         assert new.exit_code == 0 and json.loads(new.output)["model"]["weights"] == [2.0, 1.0]
         assert old.exit_code == 0 and "deprecated" in old.output
 
@@ -274,50 +344,92 @@ class TestCheckpointPreprocessing:
     @pytest.fixture(scope="class")
     @classmethod
     def native_run(cls, tmp_path_factory):
-        root = generate_dataset(tmp_path_factory.mktemp("native"), {"train": (20, 10),
-                                                                    "val": (16, 8),
-                                                                    "test": (16, 8)},
-                                size=(32, 40), seed=3)
+        root = generate_dataset(
+            tmp_path_factory.mktemp("native"),
+            {"train": (20, 10), "val": (16, 8), "test": (16, 8)},
+            size=(32, 40),
+            seed=3,
+        )
         run_dir = root.parent / "run"
-        result = run("train", root, "-o", run_dir, "--native-size", "--weights", "none",
-                     "--queries-per-epoch", "4", "--cache-refresh", "4", "--batch-size", "2",
-                     "--negatives", "2", "--neg-samples", "8", "--epochs", "1", "--workers", "0",
-                     "--device", "cpu", "--quiet")
+        result = run(
+            "train",
+            root,
+            "-o",
+            run_dir,
+            "--native-size",
+            "--weights",
+            "none",
+            "--queries-per-epoch",
+            "4",
+            "--cache-refresh",
+            "4",
+            "--batch-size",
+            "2",
+            "--negatives",
+            "2",
+            "--neg-samples",
+            "8",
+            "--epochs",
+            "1",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--quiet",
+        )
         assert result.exit_code == 0, result.output
         return root, run_dir / "best.pth"
 
     def test_native_size_run_extracts_at_native_size(self, native_run, tmp_path):
         root, best = native_run
-        result = run("extract", root, "-o", tmp_path / "f.h5", "--checkpoint", best,
-                     "--workers", "0", "--quiet")
+        result = run(
+            "extract", root, "-o", tmp_path / "f.h5", "--checkpoint", best, "--workers", "0", "--quiet"
+        )
         said = " ".join(result.output.split())
         assert result.exit_code == 0 and "extracting at the images' native size, the size" in said
         info = run("info", tmp_path / "f.h5")
         assert "resize=native" in info.output
-        assert json.loads(run("info", tmp_path / "f.h5", "--json").output)["preprocessing"]["resize"] \
-            is None
+        assert json.loads(run("info", tmp_path / "f.h5", "--json").output)["preprocessing"]["resize"] is None
 
     def test_another_size_asked_for_is_allowed_with_a_note(self, native_run, tmp_path):
         root, best = native_run
-        result = run("extract", root, "-o", tmp_path / "f.h5", "--checkpoint", best, "--resize",
-                     "64", "80", "--workers", "0", "--quiet", "--json", "-")
+        result = run(
+            "extract",
+            root,
+            "-o",
+            tmp_path / "f.h5",
+            "--checkpoint",
+            best,
+            "--resize",
+            "64",
+            "80",
+            "--workers",
+            "0",
+            "--quiet",
+            "--json",
+            "-",
+        )
         assert result.exit_code == 0
-        assert "was trained at the images' native size; extracting at 64x80" in \
-            " ".join(result.output.split())
-        assert json.loads(result.output[result.output.index("{"):])["preprocessing"]["resize"] \
-            == [64, 80]
+        assert "was trained at the images' native size; extracting at 64x80" in " ".join(
+            result.output.split()
+        )
+        assert json.loads(result.output[result.output.index("{") :])["preprocessing"]["resize"] == [64, 80]
 
     def test_both_sizes_refused(self, native_run, tmp_path):
         root, best = native_run
-        assert_one_line_error(run("extract", root, "-o", tmp_path / "f.h5", "--native-size",
-                                  "--resize", "4", "4"), "not both")
+        assert_one_line_error(
+            run("extract", root, "-o", tmp_path / "f.h5", "--native-size", "--resize", "4", "4"), "not both"
+        )
 
 
-@pytest.mark.parametrize("command, function, names", [
-    ("evaluate", "vprkit.evaluate.evaluation:evaluate_file", ("threshold", "nprobe", "block_rows")),
-    ("combine", "vprkit.ensemble.combining:combine", ("pca", "whiten", "block_rows", "overwrite")),
-    ("merge", "vprkit.extract.shards:merge", ("overwrite",)),
-])
+@pytest.mark.parametrize(
+    "command, function, names",
+    [
+        ("evaluate", "vprkit.evaluate.evaluation:evaluate_file", ("threshold", "nprobe", "block_rows")),
+        ("combine", "vprkit.ensemble.combining:combine", ("pca", "whiten", "block_rows", "overwrite")),
+        ("merge", "vprkit.extract.shards:merge", ("overwrite",)),
+    ],
+)
 def test_option_defaults_are_the_library_defaults(command, function, names):
     """Each command's option defaults equal its library function's (one source of defaults)."""
     import importlib
@@ -331,5 +443,6 @@ def test_option_defaults_are_the_library_defaults(command, function, names):
         assert options[option] == signature.parameters[option].default, (command, option)
     if command == "evaluate":
         from vprkit.evaluate.evaluation import DEFAULT_RECALLS
+
         assert tuple(int(n) for n in options["recalls"].split(",")) == DEFAULT_RECALLS
         assert signature.parameters["recalls"].default == DEFAULT_RECALLS

@@ -29,8 +29,12 @@ from vprkit.store import parse_scales
 from vprkit.train.config import TrainConfig
 
 # options of every command that are not library options: what to write, how to run
-COMMON = {"output": "the file to write", "json_path": "what to print", "quiet": "no progress bar",
-          "deprecated_out": "a deprecated alias"}
+COMMON = {
+    "output": "the file to write",
+    "json_path": "what to print",
+    "quiet": "no progress bar",
+    "deprecated_out": "a deprecated alias",
+}
 
 
 def parsed(value):
@@ -47,8 +51,10 @@ def defaults(command: str) -> dict:
     def default(p: click.Parameter):
         value = p.get_default(ctx)
         return () if p.multiple and (value is None or value is unset) else parsed(value)
-    return {p.name: default(p) for p in cmd.params
-            if isinstance(p, click.Option) and p.expose_value}  # not --list-recipes and such
+
+    return {
+        p.name: default(p) for p in cmd.params if isinstance(p, click.Option) and p.expose_value
+    }  # not --list-recipes and such
 
 
 def check(command: str, sources: list, converters: dict, exceptions: dict) -> None:
@@ -77,71 +83,93 @@ def _declares(source, name: str) -> bool:
 
 
 def test_extract():
-    check("extract", [ExtractOptions, ModelConfig],
-          {"scales": parse_scales, "views": lambda text: tuple(text.split(","))},
-          {
-              "backbone": "None: ModelConfig's default, or what --checkpoint holds (help says "
-                          "which)",
-              "aggregation": "None: ModelConfig's default, or what --checkpoint holds",
-              "l2": "None: before_pool, or what --checkpoint holds (ModelConfig's None too)",
-              "resize": "None: the size a vprkit --checkpoint was trained at, else "
-                        "ExtractOptions.resize (image_size_for)",
-              "native_size": "the other half of --resize (ExtractOptions.resize=None)",
-              "shard": "text I/N or slurm, parsed into ExtractOptions.shard (None alike)",
-              "merge_when_complete": "a flag of extract_shard_task, not of ExtractOptions",
-              "keep_shards": "a keyword of run_extraction (default False alike)",
-              "settings": "--set: no default (ModelConfig.with_overrides)",
-          })
+    check(
+        "extract",
+        [ExtractOptions, ModelConfig],
+        {"scales": parse_scales, "views": lambda text: tuple(text.split(","))},
+        {
+            "backbone": "None: ModelConfig's default, or what --checkpoint holds (help says which)",
+            "aggregation": "None: ModelConfig's default, or what --checkpoint holds",
+            "l2": "None: before_pool, or what --checkpoint holds (ModelConfig's None too)",
+            "resize": "None: the size a vprkit --checkpoint was trained at, else "
+            "ExtractOptions.resize (image_size_for)",
+            "native_size": "the other half of --resize (ExtractOptions.resize=None)",
+            "shard": "text I/N or slurm, parsed into ExtractOptions.shard (None alike)",
+            "merge_when_complete": "a flag of extract_shard_task, not of ExtractOptions",
+            "keep_shards": "a keyword of run_extraction (default False alike)",
+            "settings": "--set: no default (ModelConfig.with_overrides)",
+        },
+    )
     # --resize None is ExtractOptions.resize when no checkpoint records a size
     from vprkit.extract.split import image_size_for
+
     assert image_size_for(None, None, False)[0] == ExtractOptions().resize
 
 
 def test_train():
-    check("train", [TrainConfig, ModelConfig], {}, {
-        "resume": "a run folder to continue, not a TrainConfig field",
-        "recipe": "None: no recipe; TrainConfig.recipe records the one given",
-        "native_size": "the other half of --resize (TrainConfig.resize=None)",
-        "augment": "multiple option: () is TrainConfig.augment's []",
-        "settings": "--set: no default (ModelConfig.with_overrides)",
-    })
+    check(
+        "train",
+        [TrainConfig, ModelConfig],
+        {},
+        {
+            "resume": "a run folder to continue, not a TrainConfig field",
+            "recipe": "None: no recipe; TrainConfig.recipe records the one given",
+            "native_size": "the other half of --resize (TrainConfig.resize=None)",
+            "augment": "multiple option: () is TrainConfig.augment's []",
+            "settings": "--set: no default (ModelConfig.with_overrides)",
+        },
+    )
     assert defaults("train")["augment"] == () and TrainConfig(root="r").augment == []
 
 
 def test_evaluate():
-    check("evaluate", [evaluate_file],
-          {"recalls": parse_recalls, "thresholds": parse_thresholds},
-          {
-              "scales": "multiple --scale: each file's first scale, as evaluate_file's None",
-              "predictions": "written by vprkit.report.write_predictions, not evaluate_file",
-              "pictures": "written by vprkit.report.write_query_pictures",
-              "only_wrong": "a write_query_pictures option (default False alike)",
-              "limit": "a write_query_pictures option (default None alike)",
-              "paired": "the command's comparison of its rows (vprkit.evaluate.compare)",
-          })
+    check(
+        "evaluate",
+        [evaluate_file],
+        {"recalls": parse_recalls, "thresholds": parse_thresholds},
+        {
+            "scales": "multiple --scale: each file's first scale, as evaluate_file's None",
+            "predictions": "written by vprkit.report.write_predictions, not evaluate_file",
+            "pictures": "written by vprkit.report.write_query_pictures",
+            "only_wrong": "a write_query_pictures option (default False alike)",
+            "limit": "a write_query_pictures option (default None alike)",
+            "paired": "the command's comparison of its rows (vprkit.evaluate.compare)",
+        },
+    )
     from vprkit.report.predictions import write_query_pictures
+
     found = defaults("evaluate")
     assert found["only_wrong"] == library_default(write_query_pictures, "only_wrong")
     assert found["limit"] == library_default(write_query_pictures, "limit")
 
 
 def test_locate():
-    check("locate", [locate], {}, {
-        "database": "required --db: the descriptor file (locate's database argument)",
-        "csv_path": "where to write (vprkit.report.locations)",
-        "geojson_path": "where to write (vprkit.report.locations)",
-        "pictures_dir": "where to write (vprkit.report.pictures)",
-    })
+    check(
+        "locate",
+        [locate],
+        {},
+        {
+            "database": "required --db: the descriptor file (locate's database argument)",
+            "csv_path": "where to write (vprkit.report.locations)",
+            "geojson_path": "where to write (vprkit.report.locations)",
+            "pictures_dir": "where to write (vprkit.report.pictures)",
+        },
+    )
 
 
 def test_combine():
-    check("combine", [combine], {}, {
-        "scales": "multiple --scale: () is combine's None (each file's first scale)",
-        "pca_fit": "multiple: () is combine's 'database'",
-        "part_weights": "text W1,W2,... parsed into combine's weights (None alike)",
-        "deprecated_weights": "a deprecated alias of --part-weights",
-        "overwrite": "combine's overwrite (default False alike), checked below",
-    })
+    check(
+        "combine",
+        [combine],
+        {},
+        {
+            "scales": "multiple --scale: () is combine's None (each file's first scale)",
+            "pca_fit": "multiple: () is combine's 'database'",
+            "part_weights": "text W1,W2,... parsed into combine's weights (None alike)",
+            "deprecated_weights": "a deprecated alias of --part-weights",
+            "overwrite": "combine's overwrite (default False alike), checked below",
+        },
+    )
     found = defaults("combine")
     assert found["overwrite"] == library_default(combine, "overwrite")
     assert found["scales"] == () and library_default(combine, "scales") is None
@@ -174,8 +202,9 @@ def test_defaults_are_read_without_importing_torch():
     import subprocess
     import sys
 
-    code = ("import sys, vprkit.cli; "
-            "print(','.join(m for m in ('torch', 'h5py', 'numpy') if m in sys.modules))")
+    code = (
+        "import sys, vprkit.cli; print(','.join(m for m in ('torch', 'h5py', 'numpy') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
 
@@ -185,15 +214,36 @@ def test_extract_set_overrides_component_options(monkeypatch, tmp_path):
     import vprkit.extract.distributed as distributed
 
     made = []
-    monkeypatch.setattr(distributed, "run_extraction",
-                        lambda root, output, config, options, **kw: made.append(config) or output)
+    monkeypatch.setattr(
+        distributed,
+        "run_extraction",
+        lambda root, output, config, options, **kw: made.append(config) or output,
+    )
     monkeypatch.setattr("vprkit.report.tables.describe_file", lambda path: {})
 
     def run(*options):
-        return CliRunner().invoke(main, ["extract", str(tmp_path), "-o", str(tmp_path / "x.h5"),
-                                         "--weights", "none", "--quiet", *options])
-    result = run("--aggregation", "netvlad", "--set", "aggregation.clusters=32",
-                 "--set", "aggregation.fc_output_dim=128")
+        return CliRunner().invoke(
+            main,
+            [
+                "extract",
+                str(tmp_path),
+                "-o",
+                str(tmp_path / "x.h5"),
+                "--weights",
+                "none",
+                "--quiet",
+                *options,
+            ],
+        )
+
+    result = run(
+        "--aggregation",
+        "netvlad",
+        "--set",
+        "aggregation.clusters=32",
+        "--set",
+        "aggregation.fc_output_dim=128",
+    )
     assert result.exit_code == 0, result.output
     assert (made[-1].aggregation, made[-1].clusters, made[-1].fc_output_dim) == ("netvlad", 32, 128)
     assert run().exit_code == 0 and made[-1] == ModelConfig(weights="none")  # ModelConfig's defaults

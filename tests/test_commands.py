@@ -19,16 +19,22 @@ COMMANDS = Path(__file__).resolve().parents[1] / "commands"
 def run_script(name: str, *args: str, **env: str) -> subprocess.CompletedProcess:
     """commands/NAME ARGS with ENV added, the vprkit of this Python first on PATH."""
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    return subprocess.run(["bash", str(COMMANDS / name), *args], capture_output=True, text=True,
-                          env={**os.environ, "PATH": path, **env}, timeout=900)
+    return subprocess.run(
+        ["bash", str(COMMANDS / name), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": path, **env},
+        timeout=900,
+    )
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """DATA/nordland (train, val, test) and DATA/corridor (test), 32x64 images."""
     data = tmp_path_factory.mktemp("data")
-    generate_dataset(data / "nordland", {"train": (24, 12), "val": (16, 8), "test": (24, 8)},
-                     size=(32, 64), seed=3)
+    generate_dataset(
+        data / "nordland", {"train": (24, 12), "val": (16, 8), "test": (24, 8)}, size=(32, 64), seed=3
+    )
     generate_dataset(data / "corridor", {"test": (12, 6)}, size=(32, 64), seed=4)
     return data
 
@@ -40,10 +46,19 @@ class TestNordlandBest:
         commands = [line for line in done.stdout.splitlines() if line.startswith("+ vprkit")]
         assert [c.split()[2] for c in commands] == ["extract", "train", "extract", "evaluate"]
         train = commands[1]
-        for option in ("--backbone efficientnet_lite0", "--weights imagenet",
-                       "--aggregation netvlad", "--resize 96 192", "--queries-per-epoch 2200",
-                       "--cache-refresh 550", "--epochs 3", "--optimizer adam", "--lr 1e-3",
-                       "--scheduler cosine", "--seed 0"):
+        for option in (
+            "--backbone efficientnet_lite0",
+            "--weights imagenet",
+            "--aggregation netvlad",
+            "--resize 96 192",
+            "--queries-per-epoch 2200",
+            "--cache-refresh 550",
+            "--epochs 3",
+            "--optimizer adam",
+            "--lr 1e-3",
+            "--scheduler cosine",
+            "--seed 0",
+        ):
             assert option in train
         assert "--cluster-split train" in commands[0] and "--resize 96 192" in commands[2]
         assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
@@ -52,13 +67,22 @@ class TestNordlandBest:
         done = run_script("nordland_best.sh", str(data), str(tmp_path), SIZE="full")
         assert done.returncode == 1
         assert done.stderr.strip().splitlines() == [
-            "error: nordland_best.sh is a recipe for the small nordland set (SIZE=small)"]
+            "error: nordland_best.sh is a recipe for the small nordland set (SIZE=small)"
+        ]
 
     @pytest.mark.slow
     def test_trains_and_evaluates_end_to_end(self, data, tmp_path):
         out = tmp_path / "out"
-        env = dict(BACKBONE="resnet18conv4", WEIGHTS="none", RESIZE="32 64", QUERIES="6",
-                   CACHE_REFRESH="3", EPOCHS="1", WORKERS="0", DEVICE="cpu")
+        env = dict(
+            BACKBONE="resnet18conv4",
+            WEIGHTS="none",
+            RESIZE="32 64",
+            QUERIES="6",
+            CACHE_REFRESH="3",
+            EPOCHS="1",
+            WORKERS="0",
+            DEVICE="cpu",
+        )
         done = run_script("nordland_best.sh", str(data), str(out), **env)
         assert done.returncode == 0, done.stderr[-2000:]
         name = "resnet18conv4_netvlad_trained"
@@ -66,8 +90,7 @@ class TestNordlandBest:
         assert (config["optimizer"], config["lr"], config["scheduler"]) == ("adam", 1e-3, "cosine")
         assert (config["resize"], config["queries_per_epoch"], config["epochs"]) == ([32, 64], 6, 1)
         rows = json.loads((out / "nordland_best.json").read_text())
-        assert [Path(r["file"]).name for r in rows] == [
-            "untrained_resnet18conv4_netvlad.h5", f"{name}.h5"]
+        assert [Path(r["file"]).name for r in rows] == ["untrained_resnet18conv4_netvlad.h5", f"{name}.h5"]
         assert all(r["queries"] == 8 and r["database"] == 24 for r in rows)
         # a rerun keeps the trained model and the files: it only evaluates again
         stamp = (out / name / "best.pth").stat().st_mtime_ns
@@ -79,8 +102,15 @@ class TestNordlandBest:
 
 class TestRunAll:
     def test_runs_nordland_best_with_its_own_sizes(self, data, tmp_path):
-        done = run_script("run_all.sh", str(data), str(tmp_path / "all"), DRY_RUN="1",
-                          MODELS="resnet18conv4:none", QUERIES="7", EPOCHS="1")
+        done = run_script(
+            "run_all.sh",
+            str(data),
+            str(tmp_path / "all"),
+            DRY_RUN="1",
+            MODELS="resnet18conv4:none",
+            QUERIES="7",
+            EPOCHS="1",
+        )
         assert done.returncode == 0, done.stderr
         lines = done.stdout.splitlines()
         best = lines.index("# nordland_best")
@@ -92,8 +122,14 @@ class TestRunAll:
         assert lines[-2].startswith("+ vprkit report")
 
     def test_nordland_best_can_be_left_out(self, data, tmp_path):
-        done = run_script("run_all.sh", str(data), str(tmp_path / "all"), DRY_RUN="1",
-                          MODELS="resnet18conv4:none", NORDLAND_BEST="0")
+        done = run_script(
+            "run_all.sh",
+            str(data),
+            str(tmp_path / "all"),
+            DRY_RUN="1",
+            MODELS="resnet18conv4:none",
+            NORDLAND_BEST="0",
+        )
         assert done.returncode == 0, done.stderr
         assert "# nordland_best" not in done.stdout
         assert str(tmp_path / "all" / "nordland_best") not in done.stdout

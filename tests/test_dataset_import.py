@@ -33,8 +33,8 @@ class TestImport:
     def test_exif_gps(self, tmp_path):
         photos = tmp_path / "photos"
         photos.mkdir()
-        photo_with_gps(photos / "a.jpg", 45.0625, 7.6625)   # Turin
-        photo_with_gps(photos / "b.jpg", 45.0700, 7.6860)   # 2 km away, in the same UTM zone
+        photo_with_gps(photos / "a.jpg", 45.0625, 7.6625)  # Turin
+        photo_with_gps(photos / "b.jpg", 45.0700, 7.6860)  # 2 km away, in the same UTM zone
         lat, lon = exif_latlon(photos / "a.jpg")
         assert lat == pytest.approx(45.0625, abs=1e-6) and lon == pytest.approx(7.6625, abs=1e-6)
         import_images(photos, tmp_path / "ds", role="database")
@@ -107,25 +107,37 @@ def vincenty(lat1, lon1, lat2, lon2) -> float:
     lam = big_l
     for _ in range(200):
         sin_lam, cos_lam = math.sin(lam), math.cos(lam)
-        sin_s = math.hypot(math.cos(u2) * sin_lam,
-                           math.cos(u1) * math.sin(u2) - math.sin(u1) * math.cos(u2) * cos_lam)
+        sin_s = math.hypot(
+            math.cos(u2) * sin_lam, math.cos(u1) * math.sin(u2) - math.sin(u1) * math.cos(u2) * cos_lam
+        )
         cos_s = math.sin(u1) * math.sin(u2) + math.cos(u1) * math.cos(u2) * cos_lam
         sigma = math.atan2(sin_s, cos_s)
         sin_alpha = math.cos(u1) * math.cos(u2) * sin_lam / sin_s
-        cos2_alpha = 1 - sin_alpha ** 2
+        cos2_alpha = 1 - sin_alpha**2
         cos_2sm = cos_s - 2 * math.sin(u1) * math.sin(u2) / cos2_alpha if cos2_alpha else 0.0
         c = f / 16 * cos2_alpha * (4 + f * (4 - 3 * cos2_alpha))
         previous = lam
         lam = big_l + (1 - c) * f * sin_alpha * (
-            sigma + c * sin_s * (cos_2sm + c * cos_s * (-1 + 2 * cos_2sm ** 2)))
+            sigma + c * sin_s * (cos_2sm + c * cos_s * (-1 + 2 * cos_2sm**2))
+        )
         if abs(lam - previous) < 1e-13:
             break
     u_sq = cos2_alpha * (a * a - b * b) / (b * b)
     big_a = 1 + u_sq / 16384 * (4096 + u_sq * (-768 + u_sq * (320 - 175 * u_sq)))
     big_b = u_sq / 1024 * (256 + u_sq * (-128 + u_sq * (74 - 47 * u_sq)))
-    d_sigma = big_b * sin_s * (cos_2sm + big_b / 4 * (
-        cos_s * (-1 + 2 * cos_2sm ** 2)
-        - big_b / 6 * cos_2sm * (-3 + 4 * sin_s ** 2) * (-3 + 4 * cos_2sm ** 2)))
+    d_sigma = (
+        big_b
+        * sin_s
+        * (
+            cos_2sm
+            + big_b
+            / 4
+            * (
+                cos_s * (-1 + 2 * cos_2sm**2)
+                - big_b / 6 * cos_2sm * (-3 + 4 * sin_s**2) * (-3 + 4 * cos_2sm**2)
+            )
+        )
+    )
     return b * big_a * (sigma - d_sigma)
 
 
@@ -182,22 +194,43 @@ class TestOneZone:
         assert zones_of(tmp_path / "ds") == {("33", "T")}
         check_distance(tmp_path / "ds", self.WEST, self.EAST)
 
-    @pytest.mark.parametrize("zone, expected", [("33", ("33", "T")), ("33T", ("33", "T")),
-                                                (" 33t ", ("33", "T")), (32, ("32", "T")),
-                                                ("32U", ("32", "U"))])
+    @pytest.mark.parametrize(
+        "zone, expected",
+        [
+            ("33", ("33", "T")),
+            ("33T", ("33", "T")),
+            (" 33t ", ("33", "T")),
+            (32, ("32", "T")),
+            ("32U", ("32", "U")),
+        ],
+    )
     def test_zone_option_forces_the_zone(self, tmp_path, zone, expected):
         photos, csv = photos_at(tmp_path / "photos", {"a.jpg": self.WEST, "b.jpg": self.EAST})
         done = import_images(photos, tmp_path / "ds", coordinates=csv, zone=zone)
         assert done["zone"] == "".join(expected) and zones_of(tmp_path / "ds") == {expected}
         check_distance(tmp_path / "ds", self.WEST, self.EAST)
-        forced = utm.from_latlon(*self.WEST, force_zone_number=int(expected[0]),
-                                 force_zone_letter=expected[1])
+        forced = utm.from_latlon(
+            *self.WEST, force_zone_number=int(expected[0]), force_zone_letter=expected[1]
+        )
         assert np.allclose(utm_of(tmp_path / "ds", "database", *self.WEST), forced[:2], atol=0.01)
 
     def test_zone_option_on_the_command_line(self, tmp_path):
         photos, csv = photos_at(tmp_path / "photos", {"a.jpg": self.WEST, "b.jpg": self.EAST})
-        result = CliRunner().invoke(main, ["dataset", "import", str(photos), str(tmp_path / "ds"),
-                                           "--csv", str(csv), "--zone", "33T", "--json", "-"])
+        result = CliRunner().invoke(
+            main,
+            [
+                "dataset",
+                "import",
+                str(photos),
+                str(tmp_path / "ds"),
+                "--csv",
+                str(csv),
+                "--zone",
+                "33T",
+                "--json",
+                "-",
+            ],
+        )
         assert result.exit_code == 0, result.output
         assert json.loads(result.output)["zone"] == "33T"
         assert zones_of(tmp_path / "ds") == {("33", "T")}
@@ -209,22 +242,25 @@ class TestOneZone:
             import_images(photos, tmp_path / "ds", coordinates=csv, zone=zone)
         assert "\n" not in str(err.value) and "bad UTM zone" in str(err.value)
         assert not (tmp_path / "ds").exists()
-        result = CliRunner().invoke(main, ["dataset", "import", str(photos), str(tmp_path / "ds"),
-                                           "--csv", str(csv), "--zone", zone])
+        result = CliRunner().invoke(
+            main, ["dataset", "import", str(photos), str(tmp_path / "ds"), "--csv", str(csv), "--zone", zone]
+        )
         assert result.exit_code != 0 and "bad UTM zone" in result.output
         assert not (tmp_path / "ds").exists()
 
     def test_a_photo_too_far_from_the_zone_is_refused(self, tmp_path):
-        photos, csv = photos_at(tmp_path / "photos", {"a.jpg": (45.0, 9.0), "b.jpg": (45.0, 14.9),
-                                                      "c.jpg": (45.0, 19.0)})  # 10 degrees east
+        photos, csv = photos_at(
+            tmp_path / "photos", {"a.jpg": (45.0, 9.0), "b.jpg": (45.0, 14.9), "c.jpg": (45.0, 19.0)}
+        )  # 10 degrees east
         with pytest.raises(VprkitError) as err:
             import_images(photos, tmp_path / "ds", coordinates=csv)
         message = str(err.value)
         assert "\n" not in message and "c.jpg" in message and "zone 32T" in message
         assert "10.0 degrees" in message and "a.jpg" in message  # why the zone is 32
         assert not (tmp_path / "ds").exists()
-        result = CliRunner().invoke(main, ["dataset", "import", str(photos), str(tmp_path / "ds"),
-                                           "--csv", str(csv)])
+        result = CliRunner().invoke(
+            main, ["dataset", "import", str(photos), str(tmp_path / "ds"), "--csv", str(csv)]
+        )
         assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
         assert "c.jpg" in result.output and not (tmp_path / "ds").exists()
 

@@ -22,8 +22,7 @@ def touch(path: Path) -> Path:
 
 class TestParseUtm:
     def test_full_name(self):
-        assert parse_utm("@585000.25@4477000.5@17@T@37.1@-122.0@@@@@@pano@.jpg") == (
-            585000.25, 4477000.5)
+        assert parse_utm("@585000.25@4477000.5@17@T@37.1@-122.0@@@@@@pano@.jpg") == (585000.25, 4477000.5)
 
     def test_only_required_fields(self):
         assert parse_utm("sub/dir/@1@2@.png") == (1.0, 2.0)
@@ -97,4 +96,5 @@ def test_generated_dataset_is_deterministic(tmp_path):
     b = generate_dataset(tmp_path / "b", {"test": (5, 3)}, size=(32, 40), seed=3)
     for name in list_images(a / "images/test/queries"):
         assert (a / "images/test/queries" / name).read_bytes() == (
-            b / "images/test/queries" / name).read_bytes()
+            b / "images/test/queries" / name
+        ).read_bytes()

@@ -16,8 +16,7 @@ class TestRecallAtN:
         predictions = np.array([[0, 1, 2], [2, 1, 0], [1, 2, 0], [0, 1, 2]])
         positives = [np.array([0]), np.array([0]), np.array([5]), np.array([], dtype=int)]
         # q0 hit at rank 1, q1 at rank 3, q2 never, q3 has no positive but counts
-        np.testing.assert_allclose(recall_at_n(predictions, positives, (1, 2, 3)),
-                                   [25.0, 25.0, 50.0])
+        np.testing.assert_allclose(recall_at_n(predictions, positives, (1, 2, 3)), [25.0, 25.0, 50.0])
 
     def test_missing_predictions_never_hit(self):
         got = recall_at_n(np.array([[-1, -1]]), [np.array([0])], (1, 2))
@@ -35,7 +34,7 @@ class TestBlockedSearch:
         rng = np.random.default_rng(0)
         db = rng.standard_normal((300, 16)).astype(np.float32)
         q = rng.standard_normal((20, 16)).astype(np.float32)
-        blocks = ((s, db[s: s + block]) for s in range(0, len(db), block))
+        blocks = ((s, db[s : s + block]) for s in range(0, len(db), block))
         dist, ids = blocked_search(q, blocks, 10)
         ref_d, ref_i = exact_search(q, db, 10)
         np.testing.assert_array_equal(ids, ref_i)
@@ -55,14 +54,22 @@ class TestEvaluateFile:
         # the database rows x <= j + 24.49.
         db = np.zeros((60, 2), np.float32)
         db[:, 0] = np.arange(60)
-        q = np.array([[0.0, 0.0],      # nearest row 0: positive at rank 1
-                      [30.2, 0.0],     # ranks 30, 31, 29, 32, ... first positive (25) at rank 11
-                      [20.0, 1000.0]],  # far from all, nearest row 20: positive at rank 1
-                     np.float32)
+        q = np.array(
+            [
+                [0.0, 0.0],  # nearest row 0: positive at rank 1
+                [30.2, 0.0],  # ranks 30, 31, 29, 32, ... first positive (25) at rank 11
+                [20.0, 1000.0],
+            ],  # far from all, nearest row 20: positive at rank 1
+            np.float32,
+        )
         path = write_file(tmp_path / "e.h5", db, q)
         res = evaluate_file(path, "1", recalls=(1, 5, 10, 20))
-        assert res.recalls == {1: pytest.approx(200 / 3), 5: pytest.approx(200 / 3),
-                               10: pytest.approx(200 / 3), 20: pytest.approx(100.0)}
+        assert res.recalls == {
+            1: pytest.approx(200 / 3),
+            5: pytest.approx(200 / 3),
+            10: pytest.approx(200 / 3),
+            20: pytest.approx(100.0),
+        }
         assert res.queries == 3 and res.database == 60 and res.scale == "1"
 
     def test_predictions_csv(self, tmp_path):
@@ -81,6 +88,7 @@ class TestEvaluateFile:
 
     def test_pyramid_file_search_equals_in_memory_reference(self, gem_file, small_root):
         from vprkit.data.datasets import load_split
+
         with DescriptorFile(gem_file) as f:
             db = f.read_rows("database", (1, 2), 0, f.num("database"))
             q = f.read_rows("queries", (1, 2), 0, f.num("queries"))

@@ -27,9 +27,9 @@ TO_STORED = {
     3: lambda a: np.rot90(a, 2),
     4: np.flipud,
     5: lambda a: np.swapaxes(a, 0, 1),
-    6: lambda a: np.rot90(a, 1),    # stored turned 90 degrees anticlockwise: turn it clockwise
+    6: lambda a: np.rot90(a, 1),  # stored turned 90 degrees anticlockwise: turn it clockwise
     7: lambda a: np.rot90(np.swapaxes(a, 0, 1), 2),
-    8: lambda a: np.rot90(a, -1),   # stored turned clockwise: turn it anticlockwise
+    8: lambda a: np.rot90(a, -1),  # stored turned clockwise: turn it anticlockwise
 }
 
 
@@ -40,7 +40,7 @@ def upright_rgb(height=32, width=48, seed=0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     for _ in range(4):
         r, c = int(rng.integers(0, height // 8)) * 8, int(rng.integers(0, width // 8)) * 8
-        rgb[r:r + 8, c:c + 8] = rng.integers(0, 256, 3)
+        rgb[r : r + 8, c : c + 8] = rng.integers(0, 256, 3)
     return np.ascontiguousarray(rgb.astype(np.uint8))
 
 
@@ -82,8 +82,9 @@ class TestOrientation:
     def test_jpeg_phone_photo_loads_upright(self, tmp_path, orientation):
         upright = upright_rgb()
         save(tmp_path / "up.jpg", upright, quality=95)
-        path = save(tmp_path / "turned.jpg", TO_STORED[orientation](upright), exif_with(orientation),
-                    quality=95)
+        path = save(
+            tmp_path / "turned.jpg", TO_STORED[orientation](upright), exif_with(orientation), quality=95
+        )
         loaded, reference = load_image(path), load_image(tmp_path / "up.jpg")
         assert loaded.shape == reference.shape == (3, 32, 48)
         difference = (loaded - reference).abs()
@@ -103,7 +104,7 @@ class TestOrientation:
         assert digest == hashlib.sha256(path.read_bytes()).digest()
 
     def test_wide_grey_modes_are_turned_too(self, tmp_path):
-        grey = (np.arange(8 * 12, dtype=np.uint16).reshape(8, 12) * 600)
+        grey = np.arange(8 * 12, dtype=np.uint16).reshape(8, 12) * 600
         save(tmp_path / "up16.png", grey)
         path = save(tmp_path / "turned16.png", TO_STORED[6](grey), exif_with(6))
         with Image.open(path) as im:
@@ -117,8 +118,12 @@ class TestOrientation:
     @pytest.mark.parametrize("orientation", [3, 6, 8])
     def test_float_tiff_with_orientation(self, tmp_path, compression, orientation):
         values = np.linspace(0, 1, 8 * 12, dtype=np.float32).reshape(8, 12)
-        path = save(tmp_path / "turned.tif", TO_STORED[orientation](values), exif_with(orientation),
-                    compression=compression)
+        path = save(
+            tmp_path / "turned.tif",
+            TO_STORED[orientation](values),
+            exif_with(orientation),
+            compression=compression,
+        )
         loaded = load_image(path)
         # recent Pillow turns a TIFF itself as it loads it, and drops the tag: never turned twice
         assert torch.equal(loaded, torch.from_numpy(values).expand(3, -1, -1))
@@ -224,18 +229,24 @@ def test_extract_gives_the_same_descriptor_for_a_turned_query(tmp_path):
         name = path.name.replace(".jpg", ".png")
         save(roots["upright"] / "images/test/queries" / name, rgb)
         orientation = (6, 8, 3, 6)[i % 4]
-        save(roots["turned"] / "images/test/queries" / name, TO_STORED[orientation](rgb),
-             exif_with(orientation))
+        save(
+            roots["turned"] / "images/test/queries" / name,
+            TO_STORED[orientation](rgb),
+            exif_with(orientation),
+        )
     opts = options(resize=(64, 80), workers=0, device="cpu", batch_size=2)
-    files = {kind: extract(root, tmp_path / f"{kind}.h5", config("gem"), opts, progress=False)
-             for kind, root in roots.items()}
+    files = {
+        kind: extract(root, tmp_path / f"{kind}.h5", config("gem"), opts, progress=False)
+        for kind, root in roots.items()
+    }
     split = load_split(roots["turned"], "test")
     with DescriptorFile(files["upright"]) as up, DescriptorFile(files["turned"]) as turned:
         assert turned.names("queries") == up.names("queries") == split.queries.names
         queries = turned.read_rows("queries", (1,), 0, 4)
         np.testing.assert_array_equal(queries, up.read_rows("queries", (1,), 0, 4))
-        np.testing.assert_array_equal(turned.read_rows("database", (1,), 0, 6),
-                                      up.read_rows("database", (1,), 0, 6))
+        np.testing.assert_array_equal(
+            turned.read_rows("database", (1,), 0, 6), up.read_rows("database", (1,), 0, 6)
+        )
     # and the stored sideways pixels alone (no orientation applied) would give other descriptors
     stored = roots["turned"] / "images/test/queries"
     for path in stored.iterdir():

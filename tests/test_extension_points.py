@@ -70,14 +70,20 @@ def test_its_option_changes_the_descriptors(scaled_gem):
 
 
 def test_unknown_options_and_bad_values_are_refused(scaled_gem):
-    with pytest.raises(VprkitError, match=r"aggregation scaled_gem has no option 'shift' "
-                                          r"\(its options: fc_output_dim, scale\)"):
+    with pytest.raises(
+        VprkitError,
+        match=r"aggregation scaled_gem has no option 'shift' "
+        r"\(its options: fc_output_dim, scale\)",
+    ):
         ModelConfig(aggregation=scaled_gem, aggregation_options={"shift": 1.0})
     with pytest.raises(VprkitError, match=r"option 'scale' is 'big'; expected float"):
         ModelConfig(aggregation=scaled_gem, aggregation_options={"scale": "big"})
     config = ModelConfig(aggregation=scaled_gem)
-    with pytest.raises(VprkitError, match=r"setting 'aggregation.shift=1': aggregation scaled_gem "
-                                          r"has no option 'shift'"):
+    with pytest.raises(
+        VprkitError,
+        match=r"setting 'aggregation.shift=1': aggregation scaled_gem "
+        r"has no option 'shift'",
+    ):
         config.with_overrides(["aggregation.shift=1"])
     with pytest.raises(VprkitError, match=r"setting 'aggregation.scale=x2': 'x2' is not a number"):
         config.with_overrides(["aggregation.scale=x2"])
@@ -89,17 +95,23 @@ def test_unknown_options_and_bad_values_are_refused(scaled_gem):
 
 def test_it_round_trips_through_the_recorded_config(scaled_gem, small_root, tmp_path):
     config = ModelConfig(aggregation=scaled_gem, weights="none").with_overrides(
-        ["aggregation.scale=3", "aggregation.fc_output_dim=8"])
+        ["aggregation.scale=3", "aggregation.fc_output_dim=8"]
+    )
     assert config.fc_output_dim == 8 and config.aggregation_options == {"scale": 3.0}
     record = config.to_dict()
     assert record["aggregation_options"] == {"scale": 3.0} and record["fc_output_dim"] == 8
     assert ModelConfig.from_dict(record) == config
     assert "aggregation_options" not in ModelConfig(aggregation=scaled_gem).to_dict()
-    with pytest.raises(VprkitError, match=r"^f\.h5: header attribute 'model\.aggregation_options'"
-                                          r": aggregation scaled_gem has no option 'shift'"):
+    with pytest.raises(
+        VprkitError,
+        match=r"^f\.h5: header attribute 'model\.aggregation_options'"
+        r": aggregation scaled_gem has no option 'shift'",
+    ):
         from vprkit.store.checks import Where
-        ModelConfig.from_dict({**record, "aggregation_options": {"shift": 1}},
-                              where=Where("f.h5", "header attribute", "model"))
+
+        ModelConfig.from_dict(
+            {**record, "aggregation_options": {"shift": 1}}, where=Where("f.h5", "header attribute", "model")
+        )
 
     out = extract(small_root, tmp_path / "scaled.h5", config, options(), progress=False)
     with DescriptorFile(out) as f:

@@ -65,12 +65,12 @@ class TestExtractedFile:
         batches = images_at(small_root, "queries", (1, 2, 3))
         with torch.no_grad(), DescriptorFile(file) as f:
             for scale, batch in zip((1, 2, 3), batches, strict=True):
-                np.testing.assert_allclose(f.read_rows("queries", (scale,), 0, 12),
-                                           model(batch).numpy(), atol=1e-5)
+                np.testing.assert_allclose(
+                    f.read_rows("queries", (scale,), 0, 12), model(batch).numpy(), atol=1e-5
+                )
             for spec in ((1, 2), (1, 3), (1, 2, 3), (2, 3)):
                 direct = model.forward_pyramid([batches[s - 1] for s in spec]).numpy()
-                np.testing.assert_allclose(f.read_rows("queries", spec, 0, 12), direct,
-                                           atol=1e-5)
+                np.testing.assert_allclose(f.read_rows("queries", spec, 0, 12), direct, atol=1e-5)
 
     def test_netvlad_clusters_recorded(self, netvlad_file, small_root):
         with DescriptorFile(netvlad_file) as f:
@@ -81,8 +81,9 @@ class TestExtractedFile:
             assert init["images"] == 24
             assert f.h5["model/aggregation/centroids"].shape == (8, 256)
 
-    def test_clusters_are_not_reused_from_another_dataset_or_options(self, small_root, tmp_path,
-                                                                      netvlad_file):
+    def test_clusters_are_not_reused_from_another_dataset_or_options(
+        self, small_root, tmp_path, netvlad_file
+    ):
         other = generate_dataset(tmp_path / "other", {"test": (24, 12)}, size=SIZE, seed=9)
         out = tmp_path / "n.h5"
         shutil.copyfile(netvlad_file, out)
@@ -90,20 +91,30 @@ class TestExtractedFile:
         extract(other, out, netvlad, options(scales=(1, 2, 3), overwrite=True), progress=False)
         with DescriptorFile(out) as f, DescriptorFile(netvlad_file) as old:
             assert f.dataset["root"] == str(other.resolve())
-            assert not np.array_equal(f.h5["model/aggregation/centroids"][:],
-                                      old.h5["model/aggregation/centroids"][:])
-        extract(small_root, tmp_path / "t.h5", netvlad,
-                options(cluster_split="train", cluster_images=5), progress=False)
+            assert not np.array_equal(
+                f.h5["model/aggregation/centroids"][:], old.h5["model/aggregation/centroids"][:]
+            )
+        extract(
+            small_root,
+            tmp_path / "t.h5",
+            netvlad,
+            options(cluster_split="train", cluster_images=5),
+            progress=False,
+        )
         with DescriptorFile(tmp_path / "t.h5") as f:
             init = f.model["netvlad_init"]
             assert init["split"] == "train" and init["images"] == 5
 
 
 class TestResume:
-    def test_interrupted_run_resumes_to_identical_descriptors(self, small_root, tmp_path,
-                                                              monkeypatch):
-        reference = extract(small_root, tmp_path / "ref.h5", config("netvlad", clusters=8),
-                            options(scales=(1, 2)), progress=False)
+    def test_interrupted_run_resumes_to_identical_descriptors(self, small_root, tmp_path, monkeypatch):
+        reference = extract(
+            small_root,
+            tmp_path / "ref.h5",
+            config("netvlad", clusters=8),
+            options(scales=(1, 2)),
+            progress=False,
+        )
         out = tmp_path / "out.h5"
         real_commit = DescriptorWriter.commit_rows
         calls = {"n": 0}
@@ -116,15 +127,13 @@ class TestResume:
 
         monkeypatch.setattr(DescriptorWriter, "commit_rows", failing_commit)
         with pytest.raises(KeyboardInterrupt):
-            extract(small_root, out, config("netvlad", clusters=8), options(scales=(1, 2)),
-                    progress=False)
+            extract(small_root, out, config("netvlad", clusters=8), options(scales=(1, 2)), progress=False)
         monkeypatch.undo()
         assert not out.exists() and partial_path(out).exists()
         with h5py.File(partial_path(out)) as f:
             assert f["scales/1"].attrs["rows_done_database"] == 15
             assert not f.attrs["complete"]
-        extract(small_root, out, config("netvlad", clusters=8), options(scales=(1, 2)),
-                progress=False)
+        extract(small_root, out, config("netvlad", clusters=8), options(scales=(1, 2)), progress=False)
         assert not partial_path(out).exists()
         ref, got = datasets_of(reference), datasets_of(out)
         assert ref.keys() == got.keys()
@@ -136,9 +145,29 @@ class TestResume:
         # ~1 GFLOP per image so that the run lasts seconds, long enough to be killed mid-way
         root = generate_dataset(tmp_path / "data", {"test": (300, 100)}, size=SIZE, seed=2)
         out = tmp_path / "k.h5"
-        cmd = [sys.executable, "-m", "vprkit.cli", "extract", str(root), "-o", str(out),
-               "--weights", "none", "--resize", "128", "160", "--scales", "1,2",
-               "--batch-size", "2", "--workers", "0", "--quiet", "--device", "cpu"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "vprkit.cli",
+            "extract",
+            str(root),
+            "-o",
+            str(out),
+            "--weights",
+            "none",
+            "--resize",
+            "128",
+            "160",
+            "--scales",
+            "1,2",
+            "--batch-size",
+            "2",
+            "--workers",
+            "0",
+            "--quiet",
+            "--device",
+            "cpu",
+        ]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 120
         while not partial_path(out).exists() and time.time() < deadline:
@@ -166,8 +195,7 @@ class TestExistingOutput:
         with DescriptorFile(out) as f:
             assert f.scales == [1, 2]
             np.testing.assert_array_equal(f.h5["scales/1/database"][:], first)
-        both = extract(small_root, tmp_path / "b.h5", config(), options(scales=(1, 2)),
-                       progress=False)
+        both = extract(small_root, tmp_path / "b.h5", config(), options(scales=(1, 2)), progress=False)
         assert identical(datasets_of(both)["scales/2/queries"], datasets_of(out)["scales/2/queries"])
         mtime = out.stat().st_mtime_ns
         extract(small_root, out, config(), options(scales=(2,)), progress=False)
@@ -213,9 +241,7 @@ class TestExistingOutput:
             assert out.with_name("l.h5.lock").exists()  # the refused run left the lock alone
         assert not out.with_name("l.h5.lock").exists()
 
-
-    def test_resume_with_fewer_scales_drops_the_unfinished_one(self, small_root, tmp_path,
-                                                               monkeypatch):
+    def test_resume_with_fewer_scales_drops_the_unfinished_one(self, small_root, tmp_path, monkeypatch):
         out = tmp_path / "f.h5"
 
         def interrupt(self, role, scales, rows, *view):
@@ -233,22 +259,20 @@ class TestExistingOutput:
         out = tmp_path / "c.h5"
         shutil.copyfile(netvlad_file, out)
         with pytest.raises(VprkitError, match="made differently .*clusters"):
-            extract(small_root, out, config("netvlad", clusters=4), options(scales=(1,)),
-                    progress=False)
+            extract(small_root, out, config("netvlad", clusters=4), options(scales=(1,)), progress=False)
 
 
 class TestOptions:
     def test_float16_storage(self, small_root, tmp_path, gem_file):
-        out = extract(small_root, tmp_path / "h.h5", config(), options(dtype="float16"),
-                      progress=False)
+        out = extract(small_root, tmp_path / "h.h5", config(), options(dtype="float16"), progress=False)
         with DescriptorFile(out) as half, DescriptorFile(gem_file) as full:
             assert half.h5["scales/1/database"].dtype == np.float16
-            np.testing.assert_allclose(half.read_rows("database", (1,), 0, 24),
-                                       full.read_rows("database", (1,), 0, 24), atol=2e-3)
+            np.testing.assert_allclose(
+                half.read_rows("database", (1,), 0, 24), full.read_rows("database", (1,), 0, 24), atol=2e-3
+            )
 
     def test_half_on_cpu_is_bfloat16_close_to_float32(self, small_root, tmp_path, gem_file):
-        out = extract(small_root, tmp_path / "bf16.h5", config(), options(half=True),
-                      progress=False)
+        out = extract(small_root, tmp_path / "bf16.h5", config(), options(half=True), progress=False)
         with DescriptorFile(out) as half, DescriptorFile(gem_file) as full:
             assert half.preprocessing["precision"] == "bfloat16"
             assert full.preprocessing["precision"] == "float32"
@@ -269,8 +293,7 @@ class TestOptions:
             Image.new("L", (40, 30), 90).save(folder / "@0@0@.png")
             Image.new("RGBA", (50, 20), (10, 200, 30, 128)).save(folder / "@0@5@.png")
             Image.new("RGB", (40, 30), (1, 2, 3)).save(folder / "@0@9@.jpg")
-        out = extract(root, tmp_path / "m.h5", config(), options(resize=None, scales=(1, 2)),
-                      progress=False)
+        out = extract(root, tmp_path / "m.h5", config(), options(resize=None, scales=(1, 2)), progress=False)
         with DescriptorFile(out) as f:
             counts = f.h5["scales/1/stats/database/count"][:].tolist()
         assert counts == [2 * 3, 2 * 4, 2 * 3]  # @0@0@ 40x30, @0@5@ 50x20, @0@9@ 40x30
@@ -285,8 +308,7 @@ class TestTooSmall:
         vgg = config().__class__(backbone="vgg16", aggregation="gem", weights="none")
         message = r"vgg16 failed on 1 image\(s\) of 8x8 pixels at scale 1 \(too small\?\)"
         with pytest.raises(VprkitError, match=message):
-            extract(root, tmp_path / "t.h5", vgg, options(resize=None, scales=(1, 3)),
-                    progress=False)
+            extract(root, tmp_path / "t.h5", vgg, options(resize=None, scales=(1, 3)), progress=False)
 
 
 class TestBadImages:

@@ -34,18 +34,41 @@ from vprkit.store import DescriptorFile, partial_path
 REPO = Path(__file__).resolve().parents[1]  # the processes import this checkout's vprkit
 SIZE = (32, 40)
 SCALES, VIEWS = (1, 2), ("hard_resize", "central_crop")
-ARGS = ["--weights", "none", "--resize", *map(str, SIZE), "--scales", "1,2", "--views",
-        ",".join(VIEWS), "--batch-size", "4", "--workers", "0", "--device", "cpu"]
+ARGS = [
+    "--weights",
+    "none",
+    "--resize",
+    *map(str, SIZE),
+    "--scales",
+    "1,2",
+    "--views",
+    ",".join(VIEWS),
+    "--batch-size",
+    "4",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+]
 LAUNCH = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-NO_SLURM = {name: None for name in ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT",
-                                    "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_MAX",
-                                    "SLURM_ARRAY_TASK_STEP", *LAUNCH)}
+NO_SLURM = {
+    name: None
+    for name in (
+        "SLURM_ARRAY_TASK_ID",
+        "SLURM_ARRAY_TASK_COUNT",
+        "SLURM_ARRAY_TASK_MIN",
+        "SLURM_ARRAY_TASK_MAX",
+        "SLURM_ARRAY_TASK_STEP",
+        *LAUNCH,
+    )
+}
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
     """12 database images and 6 queries: shard 1 of 2 holds database rows 6-11, queries 3-5."""
     from vprkit.data.synthetic import generate_dataset
+
     return generate_dataset(tmp_path_factory.mktemp("data"), {"test": (12, 6)}, size=SIZE, seed=3)
 
 
@@ -55,10 +78,13 @@ def reference(root, tmp_path_factory) -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return extract(root, tmp_path_factory.mktemp("one") / "one.h5",
-                       ModelConfig(weights="none"),
-                       ExtractOptions(scales=SCALES, views=VIEWS, resize=SIZE, batch_size=4,
-                                      workers=0, device="cpu"), progress=False)
+        return extract(
+            root,
+            tmp_path_factory.mktemp("one") / "one.h5",
+            ModelConfig(weights="none"),
+            ExtractOptions(scales=SCALES, views=VIEWS, resize=SIZE, batch_size=4, workers=0, device="cpu"),
+            progress=False,
+        )
     finally:
         torch.set_num_threads(threads)
 
@@ -84,9 +110,24 @@ def torchrun(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH and not k.startswith("SLURM_")}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
     env["OMP_NUM_THREADS"] = "1"
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--standalone", "-m", "vprkit.cli", "extract", *args],
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--standalone",
+            "-m",
+            "vprkit.cli",
+            "extract",
+            *args,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def flat(text: str) -> str:
@@ -95,19 +136,20 @@ def flat(text: str) -> str:
 
 
 def error_lines(result: subprocess.CompletedProcess) -> list[str]:
-    return [line for line in (result.stdout + result.stderr).splitlines()
-            if line.startswith("Error:")]
+    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error:")]
 
 
 def no_vprkit_traceback(result: subprocess.CompletedProcess) -> bool:
     """torchrun itself prints a traceback of its launcher when a process fails; none of vprkit's."""
-    return not [line for line in (result.stdout + result.stderr).splitlines()
-                if line.lstrip().startswith("File ") and "vprkit" in line]
+    return not [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if line.lstrip().startswith("File ") and "vprkit" in line
+    ]
 
 
 def leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.suffix in (".partial", ".lock")
-                  or ".shard" in p.name)
+    return sorted(p.name for p in folder.iterdir() if p.suffix in (".partial", ".lock") or ".shard" in p.name)
 
 
 @pytest.mark.slow
@@ -133,9 +175,11 @@ def test_two_processes_extract_what_one_process_extracts(root, reference, tmp_pa
     # asking for a scale it lacks: refused by process 0 before any work, one line, no hang
     more = torchrun(str(root), "-o", str(out), *["1,3" if a == "1,2" else a for a in ARGS])
     assert more.returncode != 0
-    assert error_lines(more) == [f"Error: {out} exists without scale 3: add them with one process "
-                                 "(vprkit extract without --shard or torchrun extends a file of "
-                                 "the same model), choose another output, or pass --overwrite"]
+    assert error_lines(more) == [
+        f"Error: {out} exists without scale 3: add them with one process "
+        "(vprkit extract without --shard or torchrun extends a file of "
+        "the same model), choose another output, or pass --overwrite"
+    ]
     assert no_vprkit_traceback(more) and leftovers(tmp_path) == []
 
 
@@ -177,24 +221,33 @@ def test_a_failed_process_stops_all_and_a_rerun_resumes(root, reference, tmp_pat
 
 # --------------------------------------------------------------------------- Slurm job arrays
 def slurm(task: int, count: int, first: int = 0, **more: str) -> dict[str, str]:
-    return {"SLURM_ARRAY_TASK_ID": str(task), "SLURM_ARRAY_TASK_COUNT": str(count),
-            "SLURM_ARRAY_TASK_MIN": str(first), **more}
+    return {
+        "SLURM_ARRAY_TASK_ID": str(task),
+        "SLURM_ARRAY_TASK_COUNT": str(count),
+        "SLURM_ARRAY_TASK_MIN": str(first),
+        **more,
+    }
 
 
-@pytest.mark.parametrize("env,shard", [
-    (slurm(0, 4), (0, 4)),
-    (slurm(3, 4), (3, 4)),
-    (slurm(7, 4, first=5, SLURM_ARRAY_TASK_MAX="8"), (2, 4)),  # --array=5-8
-    (slurm(1, 1, first=1), (0, 1)),
-    (slurm(10, 3, first=2, SLURM_ARRAY_TASK_MAX="10", SLURM_ARRAY_TASK_STEP="4"), (2, 3)),  # 2-10:4
-])
+@pytest.mark.parametrize(
+    "env,shard",
+    [
+        (slurm(0, 4), (0, 4)),
+        (slurm(3, 4), (3, 4)),
+        (slurm(7, 4, first=5, SLURM_ARRAY_TASK_MAX="8"), (2, 4)),  # --array=5-8
+        (slurm(1, 1, first=1), (0, 1)),
+        (slurm(10, 3, first=2, SLURM_ARRAY_TASK_MAX="10", SLURM_ARRAY_TASK_STEP="4"), (2, 3)),  # 2-10:4
+    ],
+)
 def test_slurm_variables_give_the_shard(env, shard):
     assert slurm_shard(env) == shard
 
 
 def test_slurm_variables_refused():
-    with pytest.raises(VprkitError, match="needs a task of a Slurm job array .*: "
-                                          "SLURM_ARRAY_TASK_COUNT, SLURM_ARRAY_TASK_MIN not set"):
+    with pytest.raises(
+        VprkitError,
+        match="needs a task of a Slurm job array .*: SLURM_ARRAY_TASK_COUNT, SLURM_ARRAY_TASK_MIN not set",
+    ):
         slurm_shard({"SLURM_ARRAY_TASK_ID": "3"})
     with pytest.raises(VprkitError, match="evenly spaced task IDs .*task 3: 3 tasks from 1 to 7"):
         slurm_shard(slurm(3, 3, first=1, SLURM_ARRAY_TASK_MAX="7"))  # --array=1,3,7
@@ -208,8 +261,7 @@ def run_task(args: list[str], env: dict[str, str]):
 
 def test_array_tasks_merge_when_the_last_one_finishes(root, reference, tmp_path):
     out = tmp_path / "db.h5"
-    args = [str(root), "-o", str(out), *ARGS, "--shard", "slurm", "--merge-when-complete",
-            "--quiet"]
+    args = [str(root), "-o", str(out), *ARGS, "--shard", "slurm", "--merge-when-complete", "--quiet"]
     for task in (3, 1):  # --array=1-3, finishing out of order
         result = run_task(args, slurm(task, 3, first=1))
         assert result.exit_code == 0, result.output
@@ -247,13 +299,23 @@ def test_array_task_without_merging(root, reference, tmp_path):
 def test_refusals(root, tmp_path):
     args = [str(root), "-o", str(tmp_path / "db.h5"), *ARGS]
     for extra, env, message in (
-            (["--merge-when-complete"], {}, "--merge-when-complete merges shards: give --shard"),
-            (["--shard", "slurm"], {}, "SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_COUNT, "
-                                       "SLURM_ARRAY_TASK_MIN not set"),
-            (["--shard", "slurm", "--merge-when-complete", "--overwrite"], slurm(0, 2),
-             "cannot tell the shards of an earlier run"),
-            (["--shard", "0/2"], {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"},
-             "under torchrun every process extracts the shard of its rank: give no --shard")):
+        (["--merge-when-complete"], {}, "--merge-when-complete merges shards: give --shard"),
+        (
+            ["--shard", "slurm"],
+            {},
+            "SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_COUNT, SLURM_ARRAY_TASK_MIN not set",
+        ),
+        (
+            ["--shard", "slurm", "--merge-when-complete", "--overwrite"],
+            slurm(0, 2),
+            "cannot tell the shards of an earlier run",
+        ),
+        (
+            ["--shard", "0/2"],
+            {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"},
+            "under torchrun every process extracts the shard of its rank: give no --shard",
+        ),
+    ):
         result = run_task(args + extra, env)
         assert result.exit_code == 1, result.output
         assert message in result.output and result.output.count("Error:") == 1
@@ -264,8 +326,11 @@ def test_refusals(root, tmp_path):
 def test_world_from_env():
     assert World.from_env({}) == World() == World.from_env({"WORLD_SIZE": "1", "RANK": "0"})
     assert World.from_env({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"}) == World(3, 4, 1)
-    for bad in ({"WORLD_SIZE": "2"}, {"WORLD_SIZE": "2", "RANK": "2", "LOCAL_RANK": "0"},
-                {"WORLD_SIZE": "2", "RANK": "a"}):
+    for bad in (
+        {"WORLD_SIZE": "2"},
+        {"WORLD_SIZE": "2", "RANK": "2", "LOCAL_RANK": "0"},
+        {"WORLD_SIZE": "2", "RANK": "a"},
+    ):
         with pytest.raises(VprkitError):
             World.from_env(bad)
 
@@ -294,11 +359,12 @@ def test_process_device_on_cuda(monkeypatch):
 
 def test_failure_messages():
     same_host = [("a", None), ("a", "bad image x"), ("a", None)]
-    assert _failure_message(same_host, False, "; rerun") == (
-        "process 1 of 3 failed: bad image x; rerun", [1])
+    assert _failure_message(same_host, False, "; rerun") == ("process 1 of 3 failed: bad image x; rerun", [1])
     hosts = [("a", "disk full"), ("b", None), ("b", "bad image y")]
     assert _failure_message(hosts, False, "") == (
-        "process 0 (on a) of 3 failed: disk full (process(es) 2 too)", [0, 2])
+        "process 0 (on a) of 3 failed: disk full (process(es) 2 too)",
+        [0, 2],
+    )
     everywhere = [("a", "no such dataset"), ("a", "no such dataset")]
     assert _failure_message(everywhere, False, "; rerun") == ("no such dataset", [0, 1])
     assert _failure_message([("a", "exists"), ("a", None)], True, "; rerun") == ("exists", [0])

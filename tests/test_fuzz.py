@@ -21,8 +21,11 @@ from vprkit.cli import main
 from vprkit.data.datasets import parse_utm
 from vprkit.errors import VprkitError
 
-FUZZ = settings(max_examples=int(__import__("os").environ.get("VPRKIT_FUZZ_EXAMPLES", 60)), deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=int(__import__("os").environ.get("VPRKIT_FUZZ_EXAMPLES", 60)),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 
 class TestNames:
@@ -37,9 +40,11 @@ class TestNames:
         assert math.isfinite(east) and math.isfinite(north)
 
     @FUZZ
-    @given(st.floats(-1e7, 1e7, allow_nan=False), st.floats(-1e7, 1e7, allow_nan=False),
-           st.lists(st.text(alphabet=st.characters(blacklist_characters="@/\x00"), max_size=8),
-                    max_size=6))
+    @given(
+        st.floats(-1e7, 1e7, allow_nan=False),
+        st.floats(-1e7, 1e7, allow_nan=False),
+        st.lists(st.text(alphabet=st.characters(blacklist_characters="@/\x00"), max_size=8), max_size=6),
+    )
     def test_benchmark_names_round_trip(self, east, north, extra):
         name = "@".join(["", f"{east!r}", f"{north!r}", *extra, ""]) + ".jpg"
         assert parse_utm(name) == (east, north)
@@ -48,8 +53,9 @@ class TestNames:
 @pytest.fixture(scope="module")
 def good_file(tmp_path_factory) -> Path:
     rng = np.random.default_rng(0)
-    return write_file(tmp_path_factory.mktemp("fuzz") / "good.h5", rng.normal(size=(30, 16)),
-                      rng.normal(size=(10, 16)))
+    return write_file(
+        tmp_path_factory.mktemp("fuzz") / "good.h5", rng.normal(size=(30, 16)), rng.normal(size=(10, 16))
+    )
 
 
 def _paths(f: h5py.File) -> list[str]:
@@ -62,14 +68,34 @@ mutations = st.one_of(
     st.tuples(st.just("truncate"), st.floats(0, 1)),
     st.tuples(st.just("bytes"), st.floats(0, 1), st.binary(min_size=1, max_size=64)),
     st.tuples(st.just("delete"), st.integers(0, 10_000)),
-    st.tuples(st.just("attr"), st.sampled_from(["format", "format_version", "complete", "model",
-                                                "aggregation", "dataset", "preprocessing",
-                                                "dtype"]),
-              st.one_of(st.text(max_size=20), st.integers(-5, 5), st.just("{}"), st.just("[]"),
-                        st.just('{"type": "netvlad"}'))),
+    st.tuples(
+        st.just("attr"),
+        st.sampled_from(
+            [
+                "format",
+                "format_version",
+                "complete",
+                "model",
+                "aggregation",
+                "dataset",
+                "preprocessing",
+                "dtype",
+            ]
+        ),
+        st.one_of(
+            st.text(max_size=20),
+            st.integers(-5, 5),
+            st.just("{}"),
+            st.just("[]"),
+            st.just('{"type": "netvlad"}'),
+        ),
+    ),
     st.tuples(st.just("rows_done"), st.integers(-3, 100)),
-    st.tuples(st.just("replace"), st.integers(0, 10_000),
-              st.sampled_from(["empty", "scalar", "strings", "wide", "nan", "int"])),
+    st.tuples(
+        st.just("replace"),
+        st.integers(0, 10_000),
+        st.sampled_from(["empty", "scalar", "strings", "wide", "nan", "int"]),
+    ),
 )
 
 
@@ -81,7 +107,7 @@ def _mutate(path: Path, mutation) -> None:
     elif kind == "bytes":
         data = bytearray(path.read_bytes())
         at = int((len(data) - 1) * mutation[1])
-        data[at: at + len(mutation[2])] = mutation[2]
+        data[at : at + len(mutation[2])] = mutation[2]
         path.write_bytes(bytes(data[: len(data)]))
     else:
         with h5py.File(path, "r+") as f:
@@ -97,11 +123,14 @@ def _mutate(path: Path, mutation) -> None:
                 target = datasets[mutation[1] % len(datasets)]
                 shape = f[target].shape
                 del f[target]
-                value = {"empty": np.zeros((0,)), "scalar": np.float32(1),
-                         "strings": np.array(["x"] * max(1, shape[0] if shape else 1), dtype=object),
-                         "wide": np.zeros((shape[0] if shape else 1, 99), np.float32),
-                         "nan": np.full(shape or (1,), np.nan, np.float32),
-                         "int": np.ones(shape or (1,), np.int8)}[mutation[2]]
+                value = {
+                    "empty": np.zeros((0,)),
+                    "scalar": np.float32(1),
+                    "strings": np.array(["x"] * max(1, shape[0] if shape else 1), dtype=object),
+                    "wide": np.zeros((shape[0] if shape else 1, 99), np.float32),
+                    "nan": np.full(shape or (1,), np.nan, np.float32),
+                    "int": np.ones(shape or (1,), np.int8),
+                }[mutation[2]]
                 if value.dtype == object:
                     f.create_dataset(target, data=value, dtype=h5py.string_dtype())
                 else:
@@ -109,8 +138,9 @@ def _mutate(path: Path, mutation) -> None:
 
 
 def _one_clear_line(result) -> None:
-    assert result.exception is None or isinstance(result.exception, SystemExit), \
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
         f"uncaught {type(result.exception).__name__}: {result.exception}\n{result.output}"
+    )
     assert result.exit_code in (0, 1), result.output
     if result.exit_code == 1:
         lines = [line for line in result.output.splitlines() if line.strip()]
@@ -130,9 +160,11 @@ class TestDescriptorFiles:
                 return  # the mutation itself could not be applied to this file
             before = hashlib.sha256(path.read_bytes()).hexdigest()
             runner = CliRunner()
-            for args in (["evaluate", str(path)], ["info", str(path)],
-                         ["combine", str(path), str(good_file), "-o", str(Path(tmp) / "c.h5"),
-                          "--quiet"],
-                         ["evaluate", str(path), "--scale", "1", "--json", "-"]):
+            for args in (
+                ["evaluate", str(path)],
+                ["info", str(path)],
+                ["combine", str(path), str(good_file), "-o", str(Path(tmp) / "c.h5"), "--quiet"],
+                ["evaluate", str(path), "--scale", "1", "--json", "-"],
+            ):
                 _one_clear_line(runner.invoke(main, args))
             assert hashlib.sha256(path.read_bytes()).hexdigest() == before

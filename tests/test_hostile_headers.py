@@ -32,17 +32,20 @@ Edit = Callable[[h5py.File], None]
 
 def set_attr(name: str, value, group: str = "") -> Edit:
     """Replace (or delete) the attribute ``name`` of the root or of ``group``."""
+
     def edit(h5: h5py.File) -> None:
         attrs = (h5[group] if group else h5).attrs
         if value is DELETE:
             del attrs[name]
         else:
             attrs[name] = value
+
     return edit
 
 
 def set_json(attr: str, *keys: str, value) -> Edit:
     """Replace (or delete) ``keys`` inside the JSON root attribute ``attr``."""
+
     def edit(h5: h5py.File) -> None:
         data = json.loads(h5.attrs[attr])
         target = data
@@ -53,12 +56,20 @@ def set_json(attr: str, *keys: str, value) -> Edit:
         else:
             target[keys[-1]] = value
         h5.attrs[attr] = json.dumps(data)
+
     return edit
 
 
 def shard(**changes) -> dict:
-    good = {"index": 0, "count": 2, "names_sha256": "0" * 64, "database_rows": [0, 24],
-            "database_total": 48, "queries_rows": [0, 12], "queries_total": 24}
+    good = {
+        "index": 0,
+        "count": 2,
+        "names_sha256": "0" * 64,
+        "database_rows": [0, 24],
+        "database_total": 48,
+        "queries_rows": [0, 12],
+        "queries_total": 24,
+    }
     return {**good, **changes}
 
 
@@ -82,40 +93,41 @@ HEADER_CASES = {
     "aggregation not an object": (set_attr("aggregation", "3"), "'aggregation'"),
     "aggregation p text": (set_json("aggregation", "p", value="x"), "'aggregation.p'"),
     "aggregation type unknown": (set_json("aggregation", "type", value="zzz"), "'aggregation.type'"),
-    "resize huge": (set_json("preprocessing", "resize", value=[100000, 100000]),
-                    "'preprocessing.resize'"),
+    "resize huge": (set_json("preprocessing", "resize", value=[100000, 100000]), "'preprocessing.resize'"),
     "resize negative": (set_json("preprocessing", "resize", value=[-5, 3]), "'preprocessing.resize'"),
     "resize text": (set_json("preprocessing", "resize", value="x"), "'preprocessing.resize'"),
-    "resize three sides": (set_json("preprocessing", "resize", value=[64, 80, 3]),
-                           "'preprocessing.resize'"),
-    "precision unknown": (set_json("preprocessing", "precision", value="float8"),
-                          "'preprocessing.precision'"),
+    "resize three sides": (set_json("preprocessing", "resize", value=[64, 80, 3]), "'preprocessing.resize'"),
+    "precision unknown": (
+        set_json("preprocessing", "precision", value="float8"),
+        "'preprocessing.precision'",
+    ),
     "root a number": (set_json("dataset", "root", value=5), "'dataset.root'"),
     "root a list": (set_json("dataset", "root", value=[1]), "'dataset.root'"),
     "root with NUL": (set_json("dataset", "root", value="/a\x00b"), "'dataset.root'"),
     "split climbs": (set_json("dataset", "split", value="../../.."), "'dataset.split'"),
-    "skipped negative": (set_json("dataset", "skipped_unparsable", value=-1),
-                         "'dataset.skipped_unparsable'"),
+    "skipped negative": (set_json("dataset", "skipped_unparsable", value=-1), "'dataset.skipped_unparsable'"),
     "shard not an object": (set_json("dataset", "shard", value="x"), "'dataset.shard'"),
-    "shard index text": (set_json("dataset", "shard", value=shard(index="a")),
-                         "'dataset.shard.index'"),
+    "shard index text": (set_json("dataset", "shard", value=shard(index="a")), "'dataset.shard.index'"),
     "shard index -1": (set_json("dataset", "shard", value=shard(index=-1)), "'dataset.shard.index'"),
-    "shard index = count": (set_json("dataset", "shard", value=shard(index=2, count=2)),
-                            "'dataset.shard.index'"),
-    "shard count 0": (set_json("dataset", "shard", value=shard(index=0, count=0)),
-                      "'dataset.shard.count'"),
-    "shard hash not hex": (set_json("dataset", "shard", value=shard(names_sha256="x" * 64)),
-                           "'dataset.shard.names_sha256'"),
-    "shard rows beyond": (set_json("dataset", "shard", value=shard(database_rows=[0, 10**12])),
-                          "'dataset.shard.database_rows'"),
+    "shard index = count": (
+        set_json("dataset", "shard", value=shard(index=2, count=2)),
+        "'dataset.shard.index'",
+    ),
+    "shard count 0": (set_json("dataset", "shard", value=shard(index=0, count=0)), "'dataset.shard.count'"),
+    "shard hash not hex": (
+        set_json("dataset", "shard", value=shard(names_sha256="x" * 64)),
+        "'dataset.shard.names_sha256'",
+    ),
+    "shard rows beyond": (
+        set_json("dataset", "shard", value=shard(database_rows=[0, 10**12])),
+        "'dataset.shard.database_rows'",
+    ),
     "dtype unknown": (set_attr("dtype", "float64"), "'dtype'"),
     "format_version unknown": (set_attr("format_version", 7), "'format_version'"),
     "format_version text": (set_attr("format_version", "abc"), "'format_version'"),
-    "image_size huge": (set_attr("image_size", "[100000, 100000]", "scales/1"),
-                        "'scales/1/image_size'"),
+    "image_size huge": (set_attr("image_size", "[100000, 100000]", "scales/1"), "'scales/1/image_size'"),
     "image_size negative": (set_attr("image_size", "[-5, 3]", "scales/2"), "'scales/2/image_size'"),
-    "rows_done text": (set_attr("rows_done_database", "abc", "scales/3"),
-                       "'scales/3/rows_done_database'"),
+    "rows_done text": (set_attr("rows_done_database", "abc", "scales/3"), "'scales/3/rows_done_database'"),
 }
 
 # A file whose network cannot be rebuilt: refused where it is (locate), before any photo.
@@ -139,8 +151,10 @@ def crafted(source: Path, folder: Path, edit: Edit) -> Path:
 def one_error_line(args, *fragments) -> str:
     result = CliRunner().invoke(main, [str(a) for a in args])
     lines = result.output.splitlines()
-    assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error: "), \
-        (result.output, result.exception)
+    assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error: "), (
+        result.output,
+        result.exception,
+    )
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     return lines[0]
@@ -158,6 +172,7 @@ def no_work(monkeypatch) -> list[str]:
         def stopped(*args, **kw):
             reached.append(name)
             raise AssertionError(f"{name} was reached")
+
         return stopped
 
     monkeypatch.setattr(locate_module, "build_model", stop("build_model"))
@@ -173,8 +188,7 @@ def commands(path: Path, photo: Path, out: Path) -> dict[str, list]:
         "evaluate --pictures": ["evaluate", path, "--pictures", out / "e_pictures"],
         "merge": ["merge", path, "-o", out / "merged.h5", "--quiet"],
         "locate --db": ["locate", photo, "--db", path, "--quiet", "--json", out / "l.json"],
-        "locate --pictures": ["locate", photo, "--db", path, "--quiet", "--pictures",
-                              out / "l_pictures"],
+        "locate --pictures": ["locate", photo, "--db", path, "--quiet", "--pictures", out / "l_pictures"],
     }
 
 
@@ -196,8 +210,7 @@ class TestHeaders:
         assert list(out.iterdir()) == [] and no_work == []
 
     @pytest.mark.parametrize("case", list(REBUILD_CASES))
-    def test_locate_refuses_a_network_it_cannot_rebuild(self, case, gem_file, photo, tmp_path,
-                                                         no_work):
+    def test_locate_refuses_a_network_it_cannot_rebuild(self, case, gem_file, photo, tmp_path, no_work):
         edit, attribute = REBUILD_CASES[case]
         path = crafted(gem_file, tmp_path, edit)
         out = tmp_path / "out"
@@ -213,10 +226,12 @@ class TestHeaders:
         one_error_line(["merge", path, "-o", tmp_path / "m.h5", "--quiet"], "shard(s) 1 of 2 missing")
 
     def test_merge_needs_each_shards_hash(self, gem_file, tmp_path):
-        path = crafted(gem_file, tmp_path, set_json("dataset", "shard",
-                                                    value={"index": 0, "count": 1}))
-        one_error_line(["merge", path, "-o", tmp_path / "m.h5", "--quiet"], str(path),
-                       "attribute 'dataset.shard.names_sha256' is missing")
+        path = crafted(gem_file, tmp_path, set_json("dataset", "shard", value={"index": 0, "count": 1}))
+        one_error_line(
+            ["merge", path, "-o", tmp_path / "m.h5", "--quiet"],
+            str(path),
+            "attribute 'dataset.shard.names_sha256' is missing",
+        )
         assert not (tmp_path / "m.h5").exists()
 
     def test_descriptors_wider_than_any_network_are_refused(self, gem_file, tmp_path):
@@ -225,8 +240,10 @@ class TestHeaders:
                 for role in ("database", "queries"):
                     rows = h5[f"scales/{scale}/{role}"].shape[0]
                     del h5[f"scales/{scale}/{role}"]  # no bytes stored: a sparse dataset
-                    h5.create_dataset(f"scales/{scale}/{role}", shape=(rows, 1 << 21),
-                                      dtype="float32", chunks=(1, 1 << 16))
+                    h5.create_dataset(
+                        f"scales/{scale}/{role}", shape=(rows, 1 << 21), dtype="float32", chunks=(1, 1 << 16)
+                    )
+
         path = crafted(gem_file, tmp_path, widen)
         one_error_line(["info", path], str(path), "scales/1/database has shape (24, 2097152)")
 
@@ -241,17 +258,27 @@ class TestHeaders:
 
         def sparse(h5: h5py.File) -> None:
             for role in ("database", "queries"):
-                for name, shape, dtype in (("names", (rows,), h5py.string_dtype()),
-                                           ("utm", (rows, 2), "float64"),
-                                           ("sha256", (rows, 32), "uint8")):
+                for name, shape, dtype in (
+                    ("names", (rows,), h5py.string_dtype()),
+                    ("utm", (rows, 2), "float64"),
+                    ("sha256", (rows, 32), "uint8"),
+                ):
                     del h5[f"{role}/{name}"]
-                    h5.create_dataset(f"{role}/{name}", shape=shape, dtype=dtype,
-                                      chunks=(1024, *shape[1:]) if chunked else None)
+                    h5.create_dataset(
+                        f"{role}/{name}",
+                        shape=shape,
+                        dtype=dtype,
+                        chunks=(1024, *shape[1:]) if chunked else None,
+                    )
+
         path = crafted(gem_file, tmp_path, sparse)
-        code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30)); "
-                "from vprkit.cli import main; sys.argv = ['vprkit', 'info', sys.argv[1]]; main()")
-        done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
-                              text=True, timeout=120)
+        code = (
+            "import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30)); "
+            "from vprkit.cli import main; sys.argv = ['vprkit', 'info', sys.argv[1]]; main()"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120
+        )
         lines = (done.stdout + done.stderr).splitlines()
         assert done.returncode == 1 and len(lines) == 1, (done.stdout, done.stderr)
         assert str(path) in lines[0] and "database/names declares 8589934592 rows" in lines[0]
@@ -264,21 +291,28 @@ class TestHeaders:
 @pytest.fixture(scope="module")
 def ensemble_file(gem_file, tmp_path_factory) -> Path:
     from vprkit.ensemble.combining import combine
+
     out = tmp_path_factory.mktemp("ensemble") / "ens.h5"
     return combine([gem_file, gem_file], out, scales=["1", "2"], progress=False)
 
 
 ENSEMBLE_CASES = {
     "inputs not a list": (set_json("model", "inputs", value="x"), "'model.inputs'"),
-    "input dim text": (set_json("model", "inputs", value=[{"dim": "x", "scale": "1", "pca": None,
-                                                             "model": {}}]), "'model.inputs[0].dim'"),
-    "input model a number": (set_json("model", "inputs", value=[{"dim": 256, "scale": "1",
-                                                                   "pca": None, "model": 5}]),
-                             "'model.inputs[0].model'"),
+    "input dim text": (
+        set_json("model", "inputs", value=[{"dim": "x", "scale": "1", "pca": None, "model": {}}]),
+        "'model.inputs[0].dim'",
+    ),
+    "input model a number": (
+        set_json("model", "inputs", value=[{"dim": 256, "scale": "1", "pca": None, "model": 5}]),
+        "'model.inputs[0].model'",
+    ),
     "combine spec not JSON": (set_attr("spec", "{", "combine"), "'combine/spec'"),
-    "combine input dim huge": (lambda h5: h5["combine"].attrs.__setitem__("spec", json.dumps(
-        {**json.loads(h5["combine"].attrs["spec"]), "inputs": [{"dim": 10**12}]})),
-        "'combine/spec.inputs[0].dim'"),
+    "combine input dim huge": (
+        lambda h5: h5["combine"].attrs.__setitem__(
+            "spec", json.dumps({**json.loads(h5["combine"].attrs["spec"]), "inputs": [{"dim": 10**12}]})
+        ),
+        "'combine/spec.inputs[0].dim'",
+    ),
 }
 
 
@@ -297,8 +331,13 @@ class TestEnsembles:
 
 
 # --------------------------------------------------------------------------- checkpoints
-GOOD_CONFIG = {"backbone": "resnet18conv4", "aggregation": "netvlad", "clusters": 8,
-               "weights": "none", "checkpoint": None}
+GOOD_CONFIG = {
+    "backbone": "resnet18conv4",
+    "aggregation": "netvlad",
+    "clusters": 8,
+    "weights": "none",
+    "checkpoint": None,
+}
 CHECKPOINT_CASES = {
     "clusters abc": ({"clusters": "abc"}, None, "'model_config.clusters'"),
     "clusters 1e9": ({"clusters": 1e9}, None, "'model_config.clusters'"),
@@ -309,8 +348,11 @@ CHECKPOINT_CASES = {
     "backbone missing": ({"backbone": DELETE}, None, "'model_config.backbone'"),
     "aggregation unknown": ({"aggregation": "nope"}, None, "'model_config.aggregation'"),
     "l2 unknown": ({"l2": "sideways"}, None, "'model_config.l2'"),
-    "fc layer too large": ({"aggregation": "gem", "fc_output_dim": 10**9}, None,
-                           "'model_config.fc_output_dim'"),
+    "fc layer too large": (
+        {"aggregation": "gem", "fc_output_dim": 10**9},
+        None,
+        "'model_config.fc_output_dim'",
+    ),
     "weights a list": ({"weights": [1]}, None, "'model_config.weights'"),
     "config a list": (None, None, "'model_config'"),
     "trained at a huge size": ({}, {"resize": [100000, 100000]}, "'train_config.resize'"),
@@ -322,8 +364,7 @@ def crafted_checkpoint(path: Path, changes: dict | None, train: dict | None) -> 
     config: object = [1, 2]
     if changes is not None:
         config = {k: v for k, v in {**GOOD_CONFIG, **changes}.items() if v is not DELETE}
-    payload: dict = {"model_state_dict": {"backbone.0.weight": torch.zeros(1)},
-                     "model_config": config}
+    payload: dict = {"model_state_dict": {"backbone.0.weight": torch.zeros(1)}, "model_config": config}
     if train is not None:
         payload["train_config"] = train
     torch.save(payload, path)
@@ -346,28 +387,47 @@ class TestCheckpoints:
         ck = crafted_checkpoint(tmp_path / "crafted.pth", changes, train)
         out = tmp_path / "out"
         out.mkdir()
-        one_error_line(["extract", small_root, "-o", out / "x.h5", "--checkpoint", ck, "--quiet"],
-                       str(ck), key)
+        one_error_line(
+            ["extract", small_root, "-o", out / "x.h5", "--checkpoint", ck, "--quiet"], str(ck), key
+        )
         assert built == [] and list(out.iterdir()) == []
 
     def test_clusters_on_the_command_line_are_bounded(self, small_root, tmp_path, monkeypatch):
         import vprkit.models.network as network
 
         monkeypatch.setattr(network, "build_aggregation", lambda *a, **k: pytest.fail("built"))
-        one_error_line(["extract", small_root, "-o", tmp_path / "x.h5", "--aggregation",
-                        "netvlad", "--clusters", "1000000000", "--weights", "none", "--quiet"],
-                       "clusters")
+        one_error_line(
+            [
+                "extract",
+                small_root,
+                "-o",
+                tmp_path / "x.h5",
+                "--aggregation",
+                "netvlad",
+                "--clusters",
+                "1000000000",
+                "--weights",
+                "none",
+                "--quiet",
+            ],
+            "clusters",
+        )
 
     def test_validate_model_config(self):
         from vprkit.models import validate_model_config
-        config = validate_model_config({**GOOD_CONFIG, "output_dim": 2048, "fingerprint": "ab"},
-                                       "f.h5", "model", "header attribute")
-        assert config == ModelConfig(backbone="resnet18conv4", aggregation="netvlad", clusters=8,
-                                     weights="none")
-        with pytest.raises(VprkitError, match=r"^f\.h5: header attribute 'model\.clusters' is "
-                                              r"'abc'; expected an integer 1\.\.4096"):
-            validate_model_config({**GOOD_CONFIG, "clusters": "abc"}, "f.h5", "model",
-                                  "header attribute")
+
+        config = validate_model_config(
+            {**GOOD_CONFIG, "output_dim": 2048, "fingerprint": "ab"}, "f.h5", "model", "header attribute"
+        )
+        assert config == ModelConfig(
+            backbone="resnet18conv4", aggregation="netvlad", clusters=8, weights="none"
+        )
+        with pytest.raises(
+            VprkitError,
+            match=r"^f\.h5: header attribute 'model\.clusters' is "
+            r"'abc'; expected an integer 1\.\.4096",
+        ):
+            validate_model_config({**GOOD_CONFIG, "clusters": "abc"}, "f.h5", "model", "header attribute")
 
 
 # --------------------------------------------------------------------------- names (part 4)
@@ -388,8 +448,9 @@ def rename_database(path: Path, names: list[str]) -> None:
     with h5py.File(path, "r+") as h5:
         n = h5["database/names"].shape[0]
         del h5["database/names"]
-        h5.create_dataset("database/names", data=np.array((names * n)[:n], dtype=object),
-                          dtype=h5py.string_dtype("utf-8"))
+        h5.create_dataset(
+            "database/names", data=np.array((names * n)[:n], dtype=object), dtype=h5py.string_dtype("utf-8")
+        )
 
 
 @pytest.fixture
@@ -414,20 +475,28 @@ class TestNamesStayInside:
         out = tmp_path / "out"
         out.mkdir()
         one_error_line(["evaluate", path, "--pictures", out / "e"], str(path), "database name")
-        one_error_line(["locate", photo, "--db", path, "--quiet", "--pictures", out / "l"],
-                       str(path), "database name")
+        one_error_line(
+            ["locate", photo, "--db", path, "--quiet", "--pictures", out / "l"], str(path), "database name"
+        )
         assert not any(Path(p).name == "secret.jpg" for p in opened), opened
         assert list(out.iterdir()) == []
 
     def test_names_are_refused_on_reading(self, escaping):
         path, _, _ = escaping
         rename_database(path, ["ok.jpg", "../secret.jpg"])
-        with DescriptorFile(path) as f, pytest.raises(VprkitError, match=r"database name 1 "
-                                                                         r"'\.\./secret\.jpg'"):
+        with (
+            DescriptorFile(path) as f,
+            pytest.raises(
+                VprkitError,
+                match=r"database name 1 "
+                r"'\.\./secret\.jpg'",
+            ),
+        ):
             f.names("database")
 
     def test_image_inside(self, tmp_path):
         from vprkit.data.datasets import image_inside
+
         assert image_inside(tmp_path, "a/b.jpg", "f.h5") == tmp_path / "a" / "b.jpg"
         for bad in ("../x.jpg", "a/../../x.jpg", "/etc/x.jpg", "", "a\x00b.jpg", "a/.."):
             with pytest.raises(VprkitError, match="f.h5"):
@@ -440,7 +509,8 @@ class TestNamesStayInside:
         link = root / "images" / "test" / "database" / "link.jpg"
         link.symlink_to(secret)
         rename_database(path, ["link.jpg"])
-        result = CliRunner().invoke(main, ["evaluate", str(path), "--pictures",
-                                           str(tmp_path / "pics"), "--limit", "1"])
+        result = CliRunner().invoke(
+            main, ["evaluate", str(path), "--pictures", str(tmp_path / "pics"), "--limit", "1"]
+        )
         assert result.exit_code == 0, result.output
         assert str(link) in opened

@@ -31,8 +31,11 @@ from vprkit.data.importing import GpsTagError, exif_latlon, import_images
 from vprkit.errors import VprkitError
 from vprkit.report.markdown import write_report
 
-FUZZ = settings(max_examples=30, deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 BAD_NAME = b"@1@2@\xff.jpg"  # not valid UTF-8
 
 
@@ -134,8 +137,12 @@ def good_gps(lat=45.0625, lon=7.6625) -> dict:
         s = round((value - d - m / 60) * 3600 * 1000)
         return [(d, 1), (m, 1), (s, 1000)]
 
-    return {1: ("ascii", "N" if lat >= 0 else "S"), 2: ("rational", dms(abs(lat))),
-            3: ("ascii", "E" if lon >= 0 else "W"), 4: ("rational", dms(abs(lon)))}
+    return {
+        1: ("ascii", "N" if lat >= 0 else "S"),
+        2: ("rational", dms(abs(lat))),
+        3: ("ascii", "E" if lon >= 0 else "W"),
+        4: ("rational", dms(abs(lon))),
+    }
 
 
 def with_tags(**changes) -> dict:
@@ -194,8 +201,9 @@ class TestImageNamesNotUtf8:
     def test_import_refuses_before_creating_anything(self, tmp_path):
         gps_photo(tmp_path / "photos/a.jpg", good_gps())
         bad_name_file(tmp_path / "photos")
-        assert_one_line_error(["dataset", "import", tmp_path / "photos", tmp_path / "ds"],
-                              "\\xff", "not valid UTF-8")
+        assert_one_line_error(
+            ["dataset", "import", tmp_path / "photos", tmp_path / "ds"], "\\xff", "not valid UTF-8"
+        )
         assert not (tmp_path / "ds").exists()
 
 
@@ -248,9 +256,17 @@ class TestImageEntriesThatAreNotFiles:
 
 
 class TestShown:
-    @pytest.mark.parametrize("raw, expected", [
-        ("plain name.jpg", "plain name.jpg"), ("a\nb", "a\\nb"), ("\x1b[31m", "\\x1b[31m"),
-        (os.fsdecode(b"x\xff"), "x\\xff"), ("caf\u00e9", "caf\u00e9"), ("\u202e", "\\u202e")])
+    @pytest.mark.parametrize(
+        "raw, expected",
+        [
+            ("plain name.jpg", "plain name.jpg"),
+            ("a\nb", "a\\nb"),
+            ("\x1b[31m", "\\x1b[31m"),
+            (os.fsdecode(b"x\xff"), "x\\xff"),
+            ("caf\u00e9", "caf\u00e9"),
+            ("\u202e", "\\u202e"),
+        ],
+    )
     def test_escapes_control_and_undecodable(self, raw, expected):
         assert shown(raw) == expected
 
@@ -267,8 +283,12 @@ def png16(path: Path, array: np.ndarray) -> Path:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 16, {1: 0, 2: 4, 3: 2, 4: 6}[channels], 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -351,20 +371,34 @@ class TestImportCsv:
             import_images(self.photos(tmp_path), tmp_path / "ds", coordinates=tmp_path / "c.csv")
         assert_one_line(err.value, "c.csv", "not UTF-8", "line 3")
         assert not (tmp_path / "ds").exists()
-        assert_one_line_error(["dataset", "import", tmp_path / "photos", tmp_path / "ds", "--csv",
-                               tmp_path / "c.csv"], "c.csv", "not UTF-8")
+        assert_one_line_error(
+            ["dataset", "import", tmp_path / "photos", tmp_path / "ds", "--csv", tmp_path / "c.csv"],
+            "c.csv",
+            "not UTF-8",
+        )
 
     def test_utf8_bom_is_accepted(self, tmp_path):
         touch(tmp_path / "c.csv", "\ufeffName,Lat,Lon\r\na.jpg,45,7\r\nb.jpg,45.001,7\r\n".encode())
         done = import_images(self.photos(tmp_path), tmp_path / "ds", coordinates=tmp_path / "c.csv")
         assert done["written"] == 2
 
-    @pytest.mark.parametrize("rows, fragment", [
-        ("a.jpg,nan,7", "line 2"), ("a.jpg,45,inf", "line 2"), ("a.jpg,95,7", "out of range"),
-        ("a.jpg,45,200", "out of range"), ("a.jpg,45", "line 2"), ("a.jpg,north,7", "line 2"),
-        ("a.jpg,45,7\nb.jpg,1,1\na.jpg,46,7", "line 2"), (",45,7", "no image name"),
-        ("a.jpg,4_5,7", "latitude"), ("a.jpg,45,7_0.5", "longitude"), ("a.jpg,45,0x7", "longitude"),
-        ("a.jpg,45,\u0667", "longitude")])
+    @pytest.mark.parametrize(
+        "rows, fragment",
+        [
+            ("a.jpg,nan,7", "line 2"),
+            ("a.jpg,45,inf", "line 2"),
+            ("a.jpg,95,7", "out of range"),
+            ("a.jpg,45,200", "out of range"),
+            ("a.jpg,45", "line 2"),
+            ("a.jpg,north,7", "line 2"),
+            ("a.jpg,45,7\nb.jpg,1,1\na.jpg,46,7", "line 2"),
+            (",45,7", "no image name"),
+            ("a.jpg,4_5,7", "latitude"),
+            ("a.jpg,45,7_0.5", "longitude"),
+            ("a.jpg,45,0x7", "longitude"),
+            ("a.jpg,45,\u0667", "longitude"),
+        ],
+    )
     def test_bad_rows(self, tmp_path, rows, fragment):
         touch(tmp_path / "c.csv", f"name,lat,lon\n{rows}\n".encode())
         with pytest.raises(VprkitError) as err:
@@ -402,8 +436,9 @@ class TestImportMalformedGps:
     def test_cli_one_line_and_nothing_written(self, tmp_path, case):
         gps_photo(tmp_path / "photos/a.jpg", good_gps())
         gps_photo(tmp_path / "photos/bad.jpg", MALFORMED_GPS[case])
-        assert_one_line_error(["dataset", "import", tmp_path / "photos", tmp_path / "ds"],
-                              "bad.jpg", "malformed EXIF GPS")
+        assert_one_line_error(
+            ["dataset", "import", tmp_path / "photos", tmp_path / "ds"], "bad.jpg", "malformed EXIF GPS"
+        )
         assert not (tmp_path / "ds").exists()
 
     def test_skip_missing_counts_them_as_skipped(self, tmp_path):
@@ -430,9 +465,10 @@ class TestImportMalformedGps:
                 exif_latlon(tmp_path / name)
 
     @FUZZ
-    @given(lat=st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)),
-                        min_size=1, max_size=4),
-           ref=st.text(st.characters(codec="ascii", exclude_characters="\0"), max_size=3))
+    @given(
+        lat=st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)), min_size=1, max_size=4),
+        ref=st.text(st.characters(codec="ascii", exclude_characters="\0"), max_size=3),
+    )
     def test_random_gps_tags_give_a_position_or_one_line(self, tmp_path_factory, lat, ref):
         tmp = tmp_path_factory.mktemp("gps")
         gps_photo(tmp / "photos/p.jpg", with_tags(t1=("ascii", ref), t2=("rational", lat)))
@@ -447,8 +483,9 @@ class TestImportMalformedGps:
 
 
 class TestImportSplitName:
-    @pytest.mark.parametrize("split", ["", ".", "..", "a/b", "../../escape", "/abs/x", "a\\b",
-                                       "x\ny", os.fsdecode(b"s\xff")])
+    @pytest.mark.parametrize(
+        "split", ["", ".", "..", "a/b", "../../escape", "/abs/x", "a\\b", "x\ny", os.fsdecode(b"s\xff")]
+    )
     def test_refused_before_creating_anything(self, tmp_path, split):
         gps_photo(tmp_path / "photos/a.jpg", good_gps())
         with pytest.raises(VprkitError) as err:
@@ -458,8 +495,12 @@ class TestImportSplitName:
 
     def test_cli(self, tmp_path):
         gps_photo(tmp_path / "photos/a.jpg", good_gps())
-        assert_one_line_error(["dataset", "import", tmp_path / "photos", tmp_path / "ds", "--split",
-                               "../up"], "unknown split", "'../up'", code=2)  # a Choice of splits
+        assert_one_line_error(
+            ["dataset", "import", tmp_path / "photos", tmp_path / "ds", "--split", "../up"],
+            "unknown split",
+            "'../up'",
+            code=2,
+        )  # a Choice of splits
         assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
 
     def test_a_plain_new_split_is_fine(self, tmp_path):
@@ -482,8 +523,7 @@ class TestImportLeavesNothingBehind:
 
     def test_third_photo_without_coordinates(self, tmp_path):
         photos = self.photos(tmp_path)
-        assert_one_line_error(["dataset", "import", photos, tmp_path / "ds"], "no coordinates",
-                              "p2.jpg")
+        assert_one_line_error(["dataset", "import", photos, tmp_path / "ds"], "no coordinates", "p2.jpg")
         assert not (tmp_path / "ds").exists()
 
     def test_existing_dataset_keeps_its_files(self, tmp_path):
@@ -520,8 +560,7 @@ class TestImportLeavesNothingBehind:
     def test_a_file_in_the_way(self, tmp_path):
         photos = self.photos(tmp_path, missing=())
         touch(tmp_path / "ds/images", b"not a folder")
-        assert_one_line_error(["dataset", "import", photos, tmp_path / "ds"], "ds/images",
-                              "not a folder")
+        assert_one_line_error(["dataset", "import", photos, tmp_path / "ds"], "ds/images", "not a folder")
         assert self.tree(tmp_path / "ds") == ["images"]
 
     @pytest.mark.parametrize("copy", [False, True])
@@ -550,8 +589,9 @@ class TestImportLeavesNothingBehind:
 
     def test_names_in_messages_are_escaped(self, tmp_path):
         image(tmp_path / "photos/bad\nname\x1b.jpg")
-        line = assert_one_line_error(["dataset", "import", tmp_path / "photos", tmp_path / "ds"],
-                                     "no coordinates")
+        line = assert_one_line_error(
+            ["dataset", "import", tmp_path / "photos", tmp_path / "ds"], "no coordinates"
+        )
         assert "bad\\nname\\x1b.jpg" in line
 
     def test_all_skipped_creates_no_folders(self, tmp_path):
@@ -562,10 +602,20 @@ class TestImportLeavesNothingBehind:
 
 # --------------------------------------------------------------------------- 4. markdown report
 def evaluation_row(**changes) -> dict:
-    row = {"file": "/x/gem.h5", "scale": "1", "recalls": {"1": 50.0, "5": 75.0, "10": 80.0},
-           "queries": 10, "database": 20, "dim": 256, "threshold": 25.0,
-           "queries_without_positives": 0, "seconds": 0.1, "model": "resnet18conv4+gem",
-           "dataset": "small/test", "search": "exact"}
+    row = {
+        "file": "/x/gem.h5",
+        "scale": "1",
+        "recalls": {"1": 50.0, "5": 75.0, "10": 80.0},
+        "queries": 10,
+        "database": 20,
+        "dim": 256,
+        "threshold": 25.0,
+        "queries_without_positives": 0,
+        "seconds": 0.1,
+        "model": "resnet18conv4+gem",
+        "dataset": "small/test",
+        "search": "exact",
+    }
     row.update(changes)
     return row
 
@@ -576,18 +626,27 @@ def without(key: str) -> dict:
     return row
 
 
-CONFIG = {"backbone": "resnet18conv4", "aggregation": "gem", "optimizer": "adamw", "lr": 1e-4,
-          "weight_decay": 1e-3, "scheduler": "plateau", "augment": ["night:M2"], "epochs": 2}
-METRICS = [{"epoch": 0, "val_recalls": {"1": 10.0, "5": 20.0}},
-           {"epoch": 1, "refresh": 1, "loss": 0.1, "lr": 1e-4},
-           {"epoch": 1, "val_recalls": {"1": 12.5, "5": 30.0}}]
+CONFIG = {
+    "backbone": "resnet18conv4",
+    "aggregation": "gem",
+    "optimizer": "adamw",
+    "lr": 1e-4,
+    "weight_decay": 1e-3,
+    "scheduler": "plateau",
+    "augment": ["night:M2"],
+    "epochs": 2,
+}
+METRICS = [
+    {"epoch": 0, "val_recalls": {"1": 10.0, "5": 20.0}},
+    {"epoch": 1, "refresh": 1, "loss": 0.1, "lr": 1e-4},
+    {"epoch": 1, "val_recalls": {"1": 12.5, "5": 30.0}},
+]
 
 
 def run_folder(folder: Path, config=None, metrics: bytes | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     config = CONFIG if config is None else config
-    (folder / "config.json").write_bytes(config if isinstance(config, bytes) else
-                                         json.dumps(config).encode())
+    (folder / "config.json").write_bytes(config if isinstance(config, bytes) else json.dumps(config).encode())
     if metrics is None:
         metrics = "\n".join(json.dumps(r) for r in METRICS).encode() + b"\n"
     (folder / "metrics.jsonl").write_bytes(metrics)
@@ -602,7 +661,7 @@ BAD_EVALUATIONS = {
     "recalls empty": json.dumps([evaluation_row(recalls={})]).encode(),
     "recall a NaN string": json.dumps([evaluation_row(recalls={"1": "NaN"})]).encode(),
     "recall NaN": b'[{"file": "a.h5", "scale": "1", "queries": 1, "database": 1, "dim": 4, '
-                  b'"threshold": 25, "recalls": {"1": NaN}}]',
+    b'"threshold": 25, "recalls": {"1": NaN}}]',
     "recall Infinity": json.dumps([evaluation_row(recalls={"1": math.inf})]).encode(),
     "recall a boolean": json.dumps([evaluation_row(recalls={"1": True})]).encode(),
     "recall 150": json.dumps([evaluation_row(recalls={"1": 150.0})]).encode(),
@@ -641,9 +700,12 @@ class TestReportEvaluationJson:
         assert_one_line_error(["report", tmp_path / "eval.json", "-o", tmp_path / "r.md"], "eval.json")
 
     def test_messages_say_what(self, tmp_path):
-        for case, fragment in (("no dim", "row 1 has no 'dim'"), ("latin-1 bytes", "not UTF-8"),
-                               ("recall a NaN string", "not a percentage"),
-                               ("rows with other N", "row 2")):
+        for case, fragment in (
+            ("no dim", "row 1 has no 'dim'"),
+            ("latin-1 bytes", "not UTF-8"),
+            ("recall a NaN string", "not a percentage"),
+            ("rows with other N", "row 2"),
+        ):
             touch(tmp_path / "eval.json", BAD_EVALUATIONS[case])
             with pytest.raises(VprkitError, match=fragment):
                 write_report([tmp_path / "eval.json"], tmp_path / "r.md")
@@ -664,10 +726,16 @@ class TestReportEvaluationJson:
         assert "| gem.h5 | resnet18conv4+gem | 1 | 256 | 50.0 | 75.0 | 80.0 |" in text
 
     @FUZZ
-    @given(key=st.sampled_from(sorted(evaluation_row())), value=st.recursive(
-        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner,
-                                                                   max_size=3), max_leaves=6))
+    @given(
+        key=st.sampled_from(sorted(evaluation_row())),
+        value=st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+            lambda inner: (
+                st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+            ),
+            max_leaves=6,
+        ),
+    )
     def test_random_values_give_a_report_or_one_line(self, tmp_path_factory, key, value):
         tmp = tmp_path_factory.mktemp("eval")
         touch(tmp / "eval.json", json.dumps([evaluation_row(**{key: value})]).encode())
@@ -679,30 +747,46 @@ class TestReportEvaluationJson:
             assert (tmp / "r.md").read_text().startswith("# vprkit report")
 
 
-BAD_CONFIGS = {f"no {key}": {k: v for k, v in CONFIG.items() if k != key}
-               for key in ("backbone", "aggregation", "optimizer", "lr", "weight_decay", "scheduler",
-                           "augment")}
-BAD_CONFIGS.update({"lr a string": dict(CONFIG, lr="0.1"), "lr NaN": dict(CONFIG, lr=math.nan),
-                    "augment a string": dict(CONFIG, augment="night"),
-                    "backbone a number": dict(CONFIG, backbone=18), "a list": [CONFIG],
-                    "weight decay true": dict(CONFIG, weight_decay=True)})
+BAD_CONFIGS = {
+    f"no {key}": {k: v for k, v in CONFIG.items() if k != key}
+    for key in ("backbone", "aggregation", "optimizer", "lr", "weight_decay", "scheduler", "augment")
+}
+BAD_CONFIGS.update(
+    {
+        "lr a string": dict(CONFIG, lr="0.1"),
+        "lr NaN": dict(CONFIG, lr=math.nan),
+        "augment a string": dict(CONFIG, augment="night"),
+        "backbone a number": dict(CONFIG, backbone=18),
+        "a list": [CONFIG],
+        "weight decay true": dict(CONFIG, weight_decay=True),
+    }
+)
 
 
 class TestReportRunFolder:
     def test_broken_metrics_line_is_named_by_number(self, tmp_path):
         lines = [json.dumps(r).encode() for r in METRICS]
-        run = run_folder(tmp_path / "run", metrics=b"\n".join(lines[:2] + [b"", b'{"epoch": 2, "val'])
-                         + b"\n")
+        run = run_folder(
+            tmp_path / "run", metrics=b"\n".join(lines[:2] + [b"", b'{"epoch": 2, "val']) + b"\n"
+        )
         with pytest.raises(VprkitError) as err:
             write_report([run], tmp_path / "r.md")
         assert_one_line(err.value, "metrics.jsonl line 4", "not valid JSON")
         assert_one_line_error(["report", run, "-o", tmp_path / "r.md"], "metrics.jsonl line 4")
 
-    @pytest.mark.parametrize("line, fragment", [
-        (b"[1, 2]", "not an object"), (b'{"epoch": 1, "val_recalls": "high"}', "val_recalls"),
-        (b'{"val_recalls": {"5": 1}}', "epoch"), (b'{"epoch": 1, "val_recalls": {"5": "NaN"}}', "number"),
-        (b'{"epoch": 1, "val_recalls": {"5": NaN}}', "number"), (b'"val_recalls"', "not an object"),
-        (b'{"epoch": true, "val_recalls": {"5": 1}}', "epoch"), (b"\xff\xfe{}", "not UTF-8")])
+    @pytest.mark.parametrize(
+        "line, fragment",
+        [
+            (b"[1, 2]", "not an object"),
+            (b'{"epoch": 1, "val_recalls": "high"}', "val_recalls"),
+            (b'{"val_recalls": {"5": 1}}', "epoch"),
+            (b'{"epoch": 1, "val_recalls": {"5": "NaN"}}', "number"),
+            (b'{"epoch": 1, "val_recalls": {"5": NaN}}', "number"),
+            (b'"val_recalls"', "not an object"),
+            (b'{"epoch": true, "val_recalls": {"5": 1}}', "epoch"),
+            (b"\xff\xfe{}", "not UTF-8"),
+        ],
+    )
     def test_bad_metrics_rows(self, tmp_path, line, fragment):
         run = run_folder(tmp_path / "run", metrics=json.dumps(METRICS[0]).encode() + b"\n" + line)
         with pytest.raises(VprkitError) as err:
@@ -717,9 +801,14 @@ class TestReportRunFolder:
             write_report([run], tmp_path / "r.md")
         assert_one_line(err.value, "config.json")
 
-    @pytest.mark.parametrize("data, fragment", [(b"{not json", "not valid JSON"),
-                                                (b'{"backbone": "r\xe9snet"}', "not UTF-8"),
-                                                (b"", "not valid JSON")])
+    @pytest.mark.parametrize(
+        "data, fragment",
+        [
+            (b"{not json", "not valid JSON"),
+            (b'{"backbone": "r\xe9snet"}', "not UTF-8"),
+            (b"", "not valid JSON"),
+        ],
+    )
     def test_config_that_is_not_json(self, tmp_path, data, fragment):
         run = run_folder(tmp_path / "run", config=data)
         assert_one_line_error(["report", run, "-o", tmp_path / "r.md"], "config.json", fragment)
@@ -727,8 +816,11 @@ class TestReportRunFolder:
     def test_notes_that_are_not_utf8(self, tmp_path):
         run = run_folder(tmp_path / "run")
         touch(tmp_path / "notes.md", b"caf\xe9")
-        assert_one_line_error(["report", run, "-o", tmp_path / "r.md", "--notes", tmp_path / "notes.md"],
-                              "notes.md", "not UTF-8")
+        assert_one_line_error(
+            ["report", run, "-o", tmp_path / "r.md", "--notes", tmp_path / "notes.md"],
+            "notes.md",
+            "not UTF-8",
+        )
 
     def test_run_name_with_a_pipe(self, tmp_path):
         run = run_folder(tmp_path / "run|1", config=dict(CONFIG, scheduler="a|b"))
@@ -737,13 +829,21 @@ class TestReportRunFolder:
 
     def test_a_good_run_still_reports(self, tmp_path):
         text = write_report([run_folder(tmp_path / "run")], tmp_path / "r.md").read_text()
-        assert "| run | resnet18conv4+gem | adamw | 0.0001 | 0.001 | plateau | night:M2 | 1 | " \
-               "10.0 / 20.0 | 12.5 / 30.0 (1) |" in text
+        assert (
+            "| run | resnet18conv4+gem | adamw | 0.0001 | 0.001 | plateau | night:M2 | 1 | "
+            "10.0 / 20.0 | 12.5 / 30.0 (1) |" in text
+        )
 
     @FUZZ
-    @given(lines=st.lists(st.binary(max_size=30) | st.sampled_from(
-        [json.dumps(r).encode() for r in METRICS] + [b"{}", b'{"epoch": 3, "val_recalls": {}}']),
-        max_size=6))
+    @given(
+        lines=st.lists(
+            st.binary(max_size=30)
+            | st.sampled_from(
+                [json.dumps(r).encode() for r in METRICS] + [b"{}", b'{"epoch": 3, "val_recalls": {}}']
+            ),
+            max_size=6,
+        )
+    )
     def test_random_metrics_lines_give_a_report_or_one_line(self, tmp_path_factory, lines):
         run = run_folder(tmp_path_factory.mktemp("runs") / "run", metrics=b"\n".join(lines))
         try:

@@ -37,8 +37,11 @@ def assert_one_line_error(args, *fragments, code: int = 1) -> str:
     """The CLI fails with ``code`` and exactly one line ``Error: ...`` holding ``fragments``."""
     result = run_cli(*args)
     lines = result.output.splitlines()
-    assert result.exit_code == code and len(lines) == 1 and lines[0].startswith("Error: "), \
-        (result.exit_code, result.output, result.exception)
+    assert result.exit_code == code and len(lines) == 1 and lines[0].startswith("Error: "), (
+        result.exit_code,
+        result.output,
+        result.exception,
+    )
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     return lines[0]
@@ -90,12 +93,21 @@ def strict_utf8(path: Path) -> str:
 def run_folder(folder: Path) -> Path:
     """A training run folder that ``vprkit report`` reads."""
     folder.mkdir(parents=True, exist_ok=True)
-    config = {"backbone": "resnet18conv4", "aggregation": "gem", "optimizer": "adamw",
-              "lr": 1e-4, "weight_decay": 1e-3, "scheduler": "plateau", "augment": ["night:M2"],
-              "epochs": 1}
+    config = {
+        "backbone": "resnet18conv4",
+        "aggregation": "gem",
+        "optimizer": "adamw",
+        "lr": 1e-4,
+        "weight_decay": 1e-3,
+        "scheduler": "plateau",
+        "augment": ["night:M2"],
+        "epochs": 1,
+    }
     (folder / "config.json").write_text(json.dumps(config))
-    rows = [{"epoch": 0, "val_recalls": {"1": 10.0, "5": 20.0}},
-            {"epoch": 1, "val_recalls": {"1": 12.5, "5": 30.0}}]
+    rows = [
+        {"epoch": 0, "val_recalls": {"1": 10.0, "5": 20.0}},
+        {"epoch": 1, "val_recalls": {"1": 12.5, "5": 30.0}},
+    ]
     (folder / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return folder
 
@@ -112,25 +124,30 @@ class TestLocatePhotoFiles:
     def test_dev_zero_link_in_a_folder_is_refused(self, small_root, gem_file, tmp_path):
         folder = photo_folder(tmp_path / "photos", small_root)
         zero_link(folder / "x.jpg")
-        assert_one_line_error(["locate", folder, "--db", gem_file, "--quiet"], "x.jpg",
-                              "character device")
+        assert_one_line_error(["locate", folder, "--db", gem_file, "--quiet"], "x.jpg", "character device")
 
     def test_fifo_named_on_the_command_line(self, small_root, gem_file, tmp_path):
         photo = queries(small_root)[0]
-        assert_one_line_error(["locate", photo, fifo(tmp_path / "x.jpg"), "--db", gem_file,
-                               "--quiet"], "x.jpg", "FIFO")
+        assert_one_line_error(
+            ["locate", photo, fifo(tmp_path / "x.jpg"), "--db", gem_file, "--quiet"], "x.jpg", "FIFO"
+        )
 
     def test_device_named_on_the_command_line(self, gem_file, tmp_path):
-        assert_one_line_error(["locate", zero_link(tmp_path / "x.jpg"), "--db", gem_file,
-                               "--quiet"], "x.jpg", "character device")
-        assert_one_line_error(["locate", "/dev/zero", "--db", gem_file, "--quiet"], "/dev/zero",
-                              "character device")
+        assert_one_line_error(
+            ["locate", zero_link(tmp_path / "x.jpg"), "--db", gem_file, "--quiet"],
+            "x.jpg",
+            "character device",
+        )
+        assert_one_line_error(
+            ["locate", "/dev/zero", "--db", gem_file, "--quiet"], "/dev/zero", "character device"
+        )
 
     def test_broken_link_is_refused_naming_it(self, small_root, gem_file, tmp_path):
         folder = photo_folder(tmp_path / "photos", small_root)
         (folder / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
-        assert_one_line_error(["locate", folder, "--db", gem_file, "--quiet"], "gone.jpg",
-                              "broken symbolic link")
+        assert_one_line_error(
+            ["locate", folder, "--db", gem_file, "--quiet"], "gone.jpg", "broken symbolic link"
+        )
         (folder / "gone.jpg").unlink()  # a link to a photo is read like the photo
         (folder / "link.jpg").symlink_to(queries(small_root)[2])
         result = run_cli("locate", folder, "--db", gem_file, "--quiet", "--json", "-")
@@ -141,6 +158,7 @@ class TestLocatePhotoFiles:
         """A photo swapped for a FIFO after the check is still refused, without blocking."""
         from vprkit import inputs
         from vprkit.errors import VprkitError
+
         pipe = fifo(tmp_path / "x.jpg")
         monkeypatch.setattr(inputs, "check_regular", lambda path, what: Path(path))
         with guarded(), pytest.raises(VprkitError, match="x.jpg.*FIFO"):
@@ -148,15 +166,16 @@ class TestLocatePhotoFiles:
 
     def test_photo_swapped_for_a_fifo_is_listed_unreadable(self, small_root, tmp_path):
         from vprkit.data.images import ImageScalesDataset
+
         pipe = fifo(tmp_path / "x.jpg")
         with guarded():
             item = ImageScalesDataset([queries(small_root)[0], pipe], None, (1,))[1]
         assert item[1] is None and "x.jpg" in item[2] and "FIFO" in item[2]
 
-    def test_photo_over_the_size_limit_is_listed_unreadable(self, small_root, gem_file,
-                                                            monkeypatch):
+    def test_photo_over_the_size_limit_is_listed_unreadable(self, small_root, gem_file, monkeypatch):
         from vprkit import inputs
         from vprkit.locate.photos import locate
+
         photo = queries(small_root)[0]
         monkeypatch.setattr(inputs, "IMAGE_FILE_LIMIT", 100)
         result = locate([photo], gem_file, progress=False)
@@ -174,8 +193,7 @@ class TestLocateCsv:
         source = queries(small_root)[0]
         for name in self.FORMULAS:
             shutil.copy(source, tmp_path / name)
-        result = run_cli("locate", "--db", gem_file, "--quiet", "--csv", "l.csv", "--",
-                         *self.FORMULAS)
+        result = run_cli("locate", "--db", gem_file, "--quiet", "--csv", "l.csv", "--", *self.FORMULAS)
         assert result.exit_code == 0, result.output
         with open(tmp_path / "l.csv", newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
@@ -188,8 +206,10 @@ class TestLocateCsv:
     def test_benchmark_names_are_kept(self, name):
         assert spreadsheet_safe(name) == name
 
-    @pytest.mark.parametrize("name", ["@SUM(1)", "@1@2@+cmd|' /C calc'!A0", "@-1+1", "@ 1", "=1",
-                                      "+1", "-1", "\t=1", "\r=1", "@1@2@x y"])
+    @pytest.mark.parametrize(
+        "name",
+        ["@SUM(1)", "@1@2@+cmd|' /C calc'!A0", "@-1+1", "@ 1", "=1", "+1", "-1", "\t=1", "\r=1", "@1@2@x y"],
+    )
     def test_formula_like_names_are_prefixed(self, name):
         assert spreadsheet_safe(name) == "'" + name
 
@@ -206,42 +226,53 @@ class TestLocateCsv:
 class TestLocateNprobe:
     @pytest.mark.parametrize("value", [["--nprobe=-1"], ["--nprobe", "0"]])
     def test_cli_refuses_nprobe_below_1(self, small_root, gem_file, value):
-        assert_one_line_error(["locate", queries(small_root)[0], "--db", gem_file, "--index",
-                               "IVF2,Flat", *value, "--quiet"], "--nprobe", code=2)
+        assert_one_line_error(
+            ["locate", queries(small_root)[0], "--db", gem_file, "--index", "IVF2,Flat", *value, "--quiet"],
+            "--nprobe",
+            code=2,
+        )
 
     def test_library_names_the_parameter(self, small_root, gem_file):
         from vprkit.errors import VprkitError
         from vprkit.locate.photos import locate
+
         with pytest.raises(VprkitError, match="nprobe must be at least 1"):
-            locate([queries(small_root)[0]], gem_file, index="IVF2,Flat", nprobe=-1,
-                   progress=False)
+            locate([queries(small_root)[0]], gem_file, index="IVF2,Flat", nprobe=-1, progress=False)
 
 
 # --------------------------------------------------------------------------- 10. report --notes
 class TestReportNotes:
     def test_dev_zero_link(self, tmp_path):
         run = run_folder(tmp_path / "run")
-        assert_one_line_error(["report", run, "-o", tmp_path / "r.md", "--notes",
-                               zero_link(tmp_path / "notes.md")], "notes.md", "character device")
+        assert_one_line_error(
+            ["report", run, "-o", tmp_path / "r.md", "--notes", zero_link(tmp_path / "notes.md")],
+            "notes.md",
+            "character device",
+        )
         assert not (tmp_path / "r.md").exists()
 
     def test_dev_zero(self, tmp_path):
         run = run_folder(tmp_path / "run")
-        assert_one_line_error(["report", run, "-o", tmp_path / "r.md", "--notes", "/dev/zero"],
-                              "/dev/zero", "character device")
+        assert_one_line_error(
+            ["report", run, "-o", tmp_path / "r.md", "--notes", "/dev/zero"], "/dev/zero", "character device"
+        )
 
     def test_fifo(self, tmp_path):
         run = run_folder(tmp_path / "run")
-        assert_one_line_error(["report", run, "-o", tmp_path / "r.md", "--notes",
-                               fifo(tmp_path / "notes.md")], "notes.md", "FIFO")
+        assert_one_line_error(
+            ["report", run, "-o", tmp_path / "r.md", "--notes", fifo(tmp_path / "notes.md")],
+            "notes.md",
+            "FIFO",
+        )
         assert not (tmp_path / "r.md").exists()
 
     def test_notes_over_the_limit(self, tmp_path):
         run = run_folder(tmp_path / "run")
         notes = tmp_path / "notes.md"
         notes.write_bytes(b"x" * ((1 << 20) + 1))
-        line = assert_one_line_error(["report", run, "-o", tmp_path / "r.md", "--notes", notes],
-                                     "notes.md", "1048577 bytes", "1 MiB")
+        line = assert_one_line_error(
+            ["report", run, "-o", tmp_path / "r.md", "--notes", notes], "notes.md", "1048577 bytes", "1 MiB"
+        )
         assert "limit" in line
         assert not (tmp_path / "r.md").exists()
         notes.write_bytes(b"y" * (1 << 20))  # at the limit: kept
@@ -254,14 +285,18 @@ class TestReportNotes:
 class TestImportCsvFile:
     def test_fifo(self, small_root, tmp_path):
         photos = photo_folder(tmp_path / "photos", small_root, 1)
-        assert_one_line_error(["dataset", "import", photos, tmp_path / "ds", "--csv",
-                               fifo(tmp_path / "c.csv")], "c.csv", "FIFO")
+        assert_one_line_error(
+            ["dataset", "import", photos, tmp_path / "ds", "--csv", fifo(tmp_path / "c.csv")], "c.csv", "FIFO"
+        )
         assert not (tmp_path / "ds").exists()
 
     def test_dev_zero_link(self, small_root, tmp_path):
         photos = photo_folder(tmp_path / "photos", small_root, 1)
-        assert_one_line_error(["dataset", "import", photos, tmp_path / "ds", "--csv",
-                               zero_link(tmp_path / "c.csv")], "c.csv", "character device")
+        assert_one_line_error(
+            ["dataset", "import", photos, tmp_path / "ds", "--csv", zero_link(tmp_path / "c.csv")],
+            "c.csv",
+            "character device",
+        )
         assert not (tmp_path / "ds").exists()
 
 
@@ -272,8 +307,17 @@ class TestLocateOutputs:
         folder.mkdir()
         (folder / "a.jpg").write_bytes(b"not a jpeg")
         (folder / "b.png").write_bytes(b"")
-        result = run_cli("locate", folder, "--db", gem_file, "--quiet", "--csv", tmp_path / "l.csv",
-                         "--json", tmp_path / "l.json")
+        result = run_cli(
+            "locate",
+            folder,
+            "--db",
+            gem_file,
+            "--quiet",
+            "--csv",
+            tmp_path / "l.csv",
+            "--json",
+            tmp_path / "l.json",
+        )
         lines = result.output.splitlines()
         assert result.exit_code == 1, result.output
         assert lines[-1].startswith("Error: ") and "no photo could be read" in lines[-1]
@@ -293,8 +337,11 @@ class TestLocateOutputs:
 
     def test_two_outputs_to_stdout_are_refused(self, small_root, gem_file, tmp_path, monkeypatch):
         monkeypatch.chdir(tmp_path)
-        assert_one_line_error(["locate", queries(small_root)[0], "--db", gem_file, "--quiet",
-                               "--csv", "-", "--json", "-"], "--csv", "--json")
+        assert_one_line_error(
+            ["locate", queries(small_root)[0], "--db", gem_file, "--quiet", "--csv", "-", "--json", "-"],
+            "--csv",
+            "--json",
+        )
         assert list(tmp_path.iterdir()) == []
 
     def test_json_and_geojson_are_valid_utf8(self, small_root, gem_file, tmp_path):
@@ -302,9 +349,19 @@ class TestLocateOutputs:
         bad_name_copy(folder, queries(small_root)[0])
         (folder / "broken.jpg").write_bytes(b"not a jpeg")
         os.rename(folder / "broken.jpg", os.path.join(os.fsencode(folder), b"bro\xffken.jpg"))
-        result = run_cli("locate", folder, "--db", gem_file, "--quiet", "--json",
-                         tmp_path / "l.json", "--geojson", tmp_path / "g.json", "--csv",
-                         tmp_path / "l.csv")
+        result = run_cli(
+            "locate",
+            folder,
+            "--db",
+            gem_file,
+            "--quiet",
+            "--json",
+            tmp_path / "l.json",
+            "--geojson",
+            tmp_path / "g.json",
+            "--csv",
+            tmp_path / "l.csv",
+        )
         assert result.exit_code == 0, (result.output, result.exception)
         located = json.loads(strict_utf8(tmp_path / "l.json"))
         shown_name = str(folder / "caf\\xe9.jpg")

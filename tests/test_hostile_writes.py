@@ -57,18 +57,20 @@ main()
 """
 
 
-def run_limited(args: list, how: str = "reserve", limit: int = 0,
-                margin: str = "default") -> tuple[int, str]:
+def run_limited(args: list, how: str = "reserve", limit: int = 0, margin: str = "default") -> tuple[int, str]:
     """The CLI in a subprocess (under a file-size limit where ``limit``): exit code, output."""
-    done = subprocess.run([sys.executable, "-c", RUN, how, str(limit), margin, *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", RUN, how, str(limit), margin, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return done.returncode, done.stdout + done.stderr
 
 
 def one_error_line(code: int, output: str, expected_code: int = 1) -> str:
     lines = [line for line in output.splitlines() if line.strip()]
-    assert code == expected_code and len(lines) == 1 and lines[0].startswith("Error: "), \
-        (code, output)
+    assert code == expected_code and len(lines) == 1 and lines[0].startswith("Error: "), (code, output)
     return lines[0]
 
 
@@ -78,8 +80,7 @@ def left_behind(folder: Path, expected: set[str]) -> list[str]:
 
 
 def long_names(n: int, prefix: str) -> list[str]:
-    return [f"{prefix}/{'x' * NAME}{i:06d}@{i}@{0 if prefix == 'db' else 5}@.jpg"
-            for i in range(n)]
+    return [f"{prefix}/{'x' * NAME}{i:06d}@{i}@{0 if prefix == 'db' else 5}@.jpg" for i in range(n)]
 
 
 @pytest.fixture(scope="module")
@@ -88,24 +89,34 @@ def big_names(tmp_path_factory) -> dict[str, Path]:
     25 times the space of their rows: the shards' merge and the files' combine."""
     folder = tmp_path_factory.mktemp("big_names")
     names = {"database": long_names(N_DB, "db"), "queries": long_names(N_Q, "q")}
-    utm = {"database": np.c_[np.arange(N_DB), np.zeros(N_DB)],
-           "queries": np.c_[np.arange(N_Q), np.full(N_Q, 5.0)]}
+    utm = {
+        "database": np.c_[np.arange(N_DB), np.zeros(N_DB)],
+        "queries": np.c_[np.arange(N_Q), np.full(N_Q, 5.0)],
+    }
     rng = np.random.default_rng(0)
     rows = {r: rng.normal(size=(len(names[r]), 8)).astype(np.float32) for r in names}
     paths = {}
     for i in range(2):
         part = {r: slice(len(names[r]) * i // 2, len(names[r]) * (i + 1) // 2) for r in names}
-        dataset = {"root": "synthetic", "split": "test",
-                   "shard": {"index": i, "count": 2, "names_sha256": names_sha256(names)}}
+        dataset = {
+            "root": "synthetic",
+            "split": "test",
+            "shard": {"index": i, "count": 2, "names_sha256": names_sha256(names)},
+        }
         paths[f"shard{i}"] = write_descriptor_file(
-            folder / f"g.shard{i}of2.h5", rows["database"][part["database"]],
+            folder / f"g.shard{i}of2.h5",
+            rows["database"][part["database"]],
             rows["queries"][part["queries"]],
-            names={r: names[r][part[r]] for r in names}, utm={r: utm[r][part[r]] for r in names},
-            header={**synthetic_header(), "dataset": dataset})
-    paths["a"] = write_descriptor_file(folder / "a.h5", rows["database"], rows["queries"],
-                                       names=names, utm=utm)
-    paths["b"] = write_descriptor_file(folder / "b.h5", 2 * rows["database"], 2 * rows["queries"],
-                                       names=names, utm=utm)
+            names={r: names[r][part[r]] for r in names},
+            utm={r: utm[r][part[r]] for r in names},
+            header={**synthetic_header(), "dataset": dataset},
+        )
+    paths["a"] = write_descriptor_file(
+        folder / "a.h5", rows["database"], rows["queries"], names=names, utm=utm
+    )
+    paths["b"] = write_descriptor_file(
+        folder / "b.h5", 2 * rows["database"], 2 * rows["queries"], names=names, utm=utm
+    )
     return paths
 
 
@@ -151,15 +162,13 @@ class TestFullDiskBeforeTheFirstByte:
             assert left_behind(folder, set()) == []
 
     @pytest.mark.parametrize("kind", ["merge", "combine"])
-    def test_free_space_for_the_rows_but_not_the_names(self, big_names, tmp_path, monkeypatch,
-                                                        kind):
+    def test_free_space_for_the_rows_but_not_the_names(self, big_names, tmp_path, monkeypatch, kind):
         out = tmp_path / "out.h5"
         out.write_bytes(b"old")
         monkeypatch.setattr(files, "free_bytes", lambda path: files.SPACE_MARGIN + 500_000)
         with pytest.raises(VprkitError) as caught:
             if kind == "merge":
-                merge([big_names["shard0"], big_names["shard1"]], out, overwrite=True,
-                      progress=False)
+                merge([big_names["shard0"], big_names["shard1"]], out, overwrite=True, progress=False)
             else:
                 combine([big_names["a"], big_names["b"]], out, overwrite=True, progress=False)
         message = str(caught.value)
@@ -206,8 +215,10 @@ class TestSeeds:
     @pytest.mark.parametrize("seed", ["-1", "4294967296"])
     def test_cli_evaluate_and_compare_refuse(self, evaluations, seed):
         path, a, b = evaluations
-        for args in (["evaluate", path, "--recalls", "1,5", "--seed", seed],
-                     ["compare", a, b, "--seed", seed]):
+        for args in (
+            ["evaluate", path, "--recalls", "1,5", "--seed", seed],
+            ["compare", a, b, "--seed", seed],
+        ):
             result = CliRunner().invoke(main, [str(x) for x in args])
             line = one_error_line(result.exit_code, result.output, expected_code=2)
             assert "--seed" in line and "Traceback" not in result.output
@@ -221,8 +232,11 @@ class TestSeeds:
     def test_library_refuses_naming_seed(self, evaluations, seed):
         path, a, b = evaluations
         from vprkit.evaluate.compare import compare_files
-        for call in (lambda: evaluate_file(path, recalls=(1,), seed=seed),
-                     lambda: compare_files([a, b], seed=seed)):
+
+        for call in (
+            lambda: evaluate_file(path, recalls=(1,), seed=seed),
+            lambda: compare_files([a, b], seed=seed),
+        ):
             with pytest.raises(VprkitError, match=r"^seed must be a whole number from 0 to "):
                 call()
 
@@ -235,13 +249,25 @@ class TestSeeds:
 
 
 # ----------------------------------------------------------------------------------- class 9
-SLURM_VARS = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN",
-              "SLURM_ARRAY_TASK_MAX", "SLURM_ARRAY_TASK_STEP", "WORLD_SIZE", "RANK", "LOCAL_RANK")
+SLURM_VARS = (
+    "SLURM_ARRAY_TASK_ID",
+    "SLURM_ARRAY_TASK_COUNT",
+    "SLURM_ARRAY_TASK_MIN",
+    "SLURM_ARRAY_TASK_MAX",
+    "SLURM_ARRAY_TASK_STEP",
+    "WORLD_SIZE",
+    "RANK",
+    "LOCAL_RANK",
+)
 
 
 def slurm(task: str, count: str, first: str = "0", **more: str) -> dict[str, str]:
-    return {"SLURM_ARRAY_TASK_ID": task, "SLURM_ARRAY_TASK_COUNT": count,
-            "SLURM_ARRAY_TASK_MIN": first, **more}
+    return {
+        "SLURM_ARRAY_TASK_ID": task,
+        "SLURM_ARRAY_TASK_COUNT": count,
+        "SLURM_ARRAY_TASK_MIN": first,
+        **more,
+    }
 
 
 class TestShardCounts:
@@ -259,42 +285,51 @@ class TestShardCounts:
             slurm_shard(slurm("0", "100000000"))
         assert slurm_shard(slurm("3", "10000")) == (3, 10000)
 
-    @pytest.mark.parametrize("env,name", [
-        (slurm("1_0", "20"), "SLURM_ARRAY_TASK_ID"),
-        (slurm("1", "2_0"), "SLURM_ARRAY_TASK_COUNT"),
-        (slurm("1", "4", " \u0660"), "SLURM_ARRAY_TASK_MIN"),
-        (slurm("1", "4", SLURM_ARRAY_TASK_STEP="1_"), "SLURM_ARRAY_TASK_STEP"),
-        (slurm("1", "4", SLURM_ARRAY_TASK_MAX="3.0"), "SLURM_ARRAY_TASK_MAX"),
-    ])
+    @pytest.mark.parametrize(
+        "env,name",
+        [
+            (slurm("1_0", "20"), "SLURM_ARRAY_TASK_ID"),
+            (slurm("1", "2_0"), "SLURM_ARRAY_TASK_COUNT"),
+            (slurm("1", "4", " \u0660"), "SLURM_ARRAY_TASK_MIN"),
+            (slurm("1", "4", SLURM_ARRAY_TASK_STEP="1_"), "SLURM_ARRAY_TASK_STEP"),
+            (slurm("1", "4", SLURM_ARRAY_TASK_MAX="3.0"), "SLURM_ARRAY_TASK_MAX"),
+        ],
+    )
     def test_slurm_numbers_are_strict(self, env, name):
         with pytest.raises(VprkitError, match=name):
             slurm_shard(env)
 
-    @pytest.mark.parametrize("env,name", [
-        ({"WORLD_SIZE": "1_6", "RANK": "0"}, "WORLD_SIZE"),
-        ({"WORLD_SIZE": "4", "RANK": "\u0663"}, "RANK"),
-        ({"WORLD_SIZE": "4", "RANK": "1", "LOCAL_RANK": "0x1"}, "LOCAL_RANK"),
-        ({"WORLD_SIZE": "100000000", "RANK": "0"}, "WORLD_SIZE"),
-    ])
+    @pytest.mark.parametrize(
+        "env,name",
+        [
+            ({"WORLD_SIZE": "1_6", "RANK": "0"}, "WORLD_SIZE"),
+            ({"WORLD_SIZE": "4", "RANK": "\u0663"}, "RANK"),
+            ({"WORLD_SIZE": "4", "RANK": "1", "LOCAL_RANK": "0x1"}, "LOCAL_RANK"),
+            ({"WORLD_SIZE": "100000000", "RANK": "0"}, "WORLD_SIZE"),
+        ],
+    )
     def test_torchrun_numbers_are_strict(self, env, name):
         with pytest.raises(VprkitError, match=name):
             World.from_env(env)
 
-    @pytest.mark.parametrize("env, name", [({"WORLD_SIZE": "1_0", "RANK": "0"}, "WORLD_SIZE"),
-                                           ({"WORLD_SIZE": "2", "RANK": "a"}, "RANK")])
+    @pytest.mark.parametrize(
+        "env, name",
+        [({"WORLD_SIZE": "1_0", "RANK": "0"}, "WORLD_SIZE"), ({"WORLD_SIZE": "2", "RANK": "a"}, "RANK")],
+    )
     def test_training_reads_torchrun_numbers_strictly(self, env, name, monkeypatch):
         from vprkit.train.distributed import Processes
+
         for key, value in env.items():
             monkeypatch.setenv(key, value)
         with pytest.raises(VprkitError, match=name):
             Processes.from_env()
 
-    def test_completeness_check_stops_at_the_first_missing_shard(self, tmp_path, monkeypatch,
-                                                                 capsys):
+    def test_completeness_check_stops_at_the_first_missing_shard(self, tmp_path, monkeypatch, capsys):
         calls = []
         real = distributed_extract._holds
-        monkeypatch.setattr(distributed_extract, "_holds",
-                            lambda path, *args: calls.append(path) or real(path, *args))
+        monkeypatch.setattr(
+            distributed_extract, "_holds", lambda path, *args: calls.append(path) or real(path, *args)
+        )
         assert merge_if_complete(tmp_path / "db.h5", 10000, options()) is None
         assert len(calls) == 1
         assert not list(tmp_path.iterdir())
@@ -302,9 +337,25 @@ class TestShardCounts:
     def test_cli_extract_refuses_a_huge_slurm_array_at_once(self, small_root, tmp_path):
         env = {k: v for k, v in os.environ.items() if k not in SLURM_VARS}
         env.update(slurm("0", "100000000"))
-        args = [sys.executable, "-m", "vprkit.cli", "extract", str(small_root), "-o",
-                str(tmp_path / "db.h5"), "--weights", "none", "--device", "cpu", "--workers", "0",
-                "--shard", "slurm", "--merge-when-complete", "--quiet"]
+        args = [
+            sys.executable,
+            "-m",
+            "vprkit.cli",
+            "extract",
+            str(small_root),
+            "-o",
+            str(tmp_path / "db.h5"),
+            "--weights",
+            "none",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--shard",
+            "slurm",
+            "--merge-when-complete",
+            "--quiet",
+        ]
         try:
             done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=60)
         except subprocess.TimeoutExpired:
@@ -335,8 +386,9 @@ with atomic_output(sys.argv[1], "w") as handle:
 
 
 def hidden_temps(folder: Path, name: str) -> set[str]:
-    return {p.name for p in folder.iterdir()
-            if p.name.startswith(f".{name}.") and p.name.endswith(".partial")}
+    return {
+        p.name for p in folder.iterdir() if p.name.startswith(f".{name}.") and p.name.endswith(".partial")
+    }
 
 
 class TestDebris:
@@ -345,12 +397,18 @@ class TestDebris:
         subprocess.run([sys.executable, "-c", KILLED, str(out)], capture_output=True)
         dead = hidden_temps(tmp_path, "out.json")
         assert len(dead) == 1 and not out.exists()
-        decoys = {".out.json.abc.partial", ".other.json.abcdefgh.partial", "out.json.partial",
-                  ".out.json.abcdefgh.partial.bak", ".out.json.ABCDEFGH.partial"}
+        decoys = {
+            ".out.json.abc.partial",
+            ".other.json.abcdefgh.partial",
+            "out.json.partial",
+            ".out.json.abcdefgh.partial.bak",
+            ".out.json.ABCDEFGH.partial",
+        }
         for name in decoys:
             (tmp_path / name).write_text("not a temporary file of this writer")
-        live = subprocess.Popen([sys.executable, "-c", LIVE, str(out)], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, text=True)
+        live = subprocess.Popen(
+            [sys.executable, "-c", LIVE, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
         try:
             assert live.stdout is not None and live.stdout.readline() == "ready\n"
             writing = hidden_temps(tmp_path, "out.json") - dead - decoys
@@ -373,15 +431,19 @@ class TestDebris:
                 partial.write_bytes(b"half")
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         assert str(caught.value).startswith(
-            f"cannot write {out} (writing db.h5.partial): No space left on device")
+            f"cannot write {out} (writing db.h5.partial): No space left on device"
+        )
         assert not partial.exists() and out.read_bytes() == b"old"
 
     def test_space_and_reservation_errors_name_the_output(self, tmp_path, monkeypatch):
         out = tmp_path / "db.h5"
         monkeypatch.setattr(files, "free_bytes", lambda path: 10 << 20)
         partial = files.partial_path(out)
-        with pytest.raises(VprkitError, match=rf"^disk full: 10\.0 MiB free where {out} is "
-                                              r"written \(as db\.h5\.partial; "):
+        with pytest.raises(
+            VprkitError,
+            match=rf"^disk full: 10\.0 MiB free where {out} is "
+            r"written \(as db\.h5\.partial; ",
+        ):
             files.require_space(partial, 1 << 20)
 
         def full(*args):
@@ -389,21 +451,33 @@ class TestDebris:
 
         monkeypatch.setattr(os, "posix_fallocate", full)
         with open(partial, "wb") as handle:
-            with pytest.raises(VprkitError, match=rf"^cannot write {out} \(writing db\.h5\.partial\): "
-                                                  "No space left on device"):
+            with pytest.raises(
+                VprkitError,
+                match=rf"^cannot write {out} \(writing db\.h5\.partial\): "
+                "No space left on device",
+            ):
                 files.reserve(handle.fileno(), partial, 0, 1 << 20)
 
     def test_a_partial_name_too_long_names_the_output(self, gem_file, netvlad_file, tmp_path):
         out = tmp_path / ("x" * 245 + ".h5")  # the output fits in a name, not its .partial
-        result = CliRunner().invoke(main, ["combine", str(gem_file), str(netvlad_file), "-o",
-                                           str(out), "--quiet"])
+        result = CliRunner().invoke(
+            main, ["combine", str(gem_file), str(netvlad_file), "-o", str(out), "--quiet"]
+        )
         line = one_error_line(result.exit_code, result.output)
         assert line.startswith(f"Error: cannot write {out} (writing {out.name}.partial): "), line
         assert left_behind(tmp_path, set()) == []
 
-    @pytest.mark.parametrize("name", ["@500_000.5@4477000@.jpg", "@500000@4_477_000@.jpg",
-                                      "@ 500000@4477000@.jpg", "@500000@\u0664477000@.jpg",
-                                      "@500000@inf@.jpg", "@0x10@1@.jpg"])
+    @pytest.mark.parametrize(
+        "name",
+        [
+            "@500_000.5@4477000@.jpg",
+            "@500000@4_477_000@.jpg",
+            "@ 500000@4477000@.jpg",
+            "@500000@\u0664477000@.jpg",
+            "@500000@inf@.jpg",
+            "@0x10@1@.jpg",
+        ],
+    )
     def test_utm_in_names_is_strict(self, name):
         with pytest.raises(VprkitError, match="UTM"):
             parse_utm(name)
@@ -411,6 +485,7 @@ class TestDebris:
     @pytest.mark.parametrize("text", ["1_0", "5,2_5", "\u0665,10"])
     def test_thresholds_are_strict(self, text):
         from vprkit.evaluate.statistics import parse_thresholds
+
         assert parse_thresholds(" 5, 10,25") == (5.0, 10.0, 25.0)
         with pytest.raises(VprkitError, match="bad threshold list"):
             parse_thresholds(text)
@@ -425,20 +500,37 @@ class TestNumbers:
     @pytest.mark.parametrize("text", ["1_0", "\u0661,5", "1,\u0665"])
     def test_recall_lists_are_ascii(self, text):
         from vprkit.evaluate.evaluation import parse_recalls
+
         with pytest.raises(VprkitError, match="bad recall list"):
             parse_recalls(text)
 
     def test_parse_float(self):
         from vprkit.numbers import parse_float
+
         assert parse_float("45.5", "lat") == 45.5 and parse_float(" -1e3\t", "lat") == -1000.0
         assert parse_float("inf", "x", finite=False) == float("inf")
-        for bad in ("500_000.5", "1_0", "nan", "inf", "-Infinity", "1e999", "", "  ", "1.2.3",
-                    "0x10", "\u0664", "45.5abc", "45.5\n7", "1,5"):
+        for bad in (
+            "500_000.5",
+            "1_0",
+            "nan",
+            "inf",
+            "-Infinity",
+            "1e999",
+            "",
+            "  ",
+            "1.2.3",
+            "0x10",
+            "\u0664",
+            "45.5abc",
+            "45.5\n7",
+            "1,5",
+        ):
             with pytest.raises(VprkitError, match=r"^lat of row 3: "):
                 parse_float(bad, "lat of row 3")
 
     def test_parse_int(self):
         from vprkit.numbers import parse_int
+
         assert parse_int("12", "RANK") == 12 and parse_int("+3", "RANK") == 3
         assert parse_int("-3", "RANK") == -3
         for bad in ("1_0", "1.0", "", "\u0663", "0x1", "1e3", "9" * 5000, "4 2"):
@@ -451,6 +543,7 @@ class TestNumbers:
 
     def test_messages_are_one_printable_line(self):
         from vprkit.numbers import parse_float
+
         with pytest.raises(VprkitError) as caught:
             parse_float("1\x1b[31m\n" + "9" * 500, "lat")
         text = str(caught.value)

@@ -25,8 +25,10 @@ SIZE = (32, 40)
 
 
 def test_training_does_not_import_extract():
-    code = ("import sys, vprkit.train, vprkit.train.trainer; "
-            "print(sorted(m for m in sys.modules if m.startswith('vprkit.')))")
+    code = (
+        "import sys, vprkit.train, vprkit.train.trainer; "
+        "print(sorted(m for m in sys.modules if m.startswith('vprkit.')))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     loaded = result.stdout
     assert "vprkit.extract.inference" in loaded and "vprkit.train.trainer" in loaded
@@ -57,24 +59,37 @@ def test_extract_options_are_inference_options():
     config = TrainConfig(root="x", resize=SIZE, infer_batch_size=3, workers=0, device="cpu", seed=7)
     assert dataclasses.asdict(_inference_options(config)) == {
         **dataclasses.asdict(inference.InferenceOptions()),
-        "resize": SIZE, "batch_size": 3, "workers": 0, "device": "cpu", "seed": 7}
+        "resize": SIZE,
+        "batch_size": 3,
+        "workers": 0,
+        "device": "cpu",
+        "seed": 7,
+    }
 
 
 def test_same_descriptors_with_either_options(tmp_path):
     root = generate_dataset(tmp_path, {"test": (5, 3)}, size=SIZE, seed=1)
     from vprkit.data.datasets import load_split
+
     paths = load_split(root, "test").database.paths()
     torch.manual_seed(0)
     model = build_model(ModelConfig(weights="none")).eval()
     device = devices.resolve_device("cpu")
-    a = inference.compute_descriptors(model, paths, inference.InferenceOptions(
-        resize=SIZE, batch_size=2, workers=0), device)
-    b = inference.compute_descriptors(model, paths, ExtractOptions(resize=SIZE, batch_size=2,
-                                                                   workers=0), device)
+    a = inference.compute_descriptors(
+        model, paths, inference.InferenceOptions(resize=SIZE, batch_size=2, workers=0), device
+    )
+    b = inference.compute_descriptors(
+        model, paths, ExtractOptions(resize=SIZE, batch_size=2, workers=0), device
+    )
     assert a.shape == (5, model.output_dim) and a.dtype == np.float32
     assert np.array_equal(a, b)
-    batch = next(iter(inference.image_loader(paths, ExtractOptions(resize=SIZE, batch_size=2,
-                                                                   workers=0), (1, 2), device)))
+    batch = next(
+        iter(
+            inference.image_loader(
+                paths, ExtractOptions(resize=SIZE, batch_size=2, workers=0), (1, 2), device
+            )
+        )
+    )
     (d1, stats1), (d2, _) = inference.infer_batch(model, batch, (1, 2), device, False)
     assert np.array_equal(d1, a[:2]) and d2.shape == d1.shape and stats1["count"].shape == (2,)
 

@@ -57,10 +57,16 @@ class TestParameterErrors:
         assert isinstance(info.value, VprkitError) and isinstance(info.value, ValueError)
         assert not (tmp_path / "c.h5").exists()
 
-    @pytest.mark.parametrize("kw, parameter", [
-        ({"batch_size": 0}, "batch_size"), ({"workers": -1}, "workers"), ({"seed": -1}, "seed"),
-        ({"resize": (0, 10)}, "resize"), ({"dtype": "int8"}, "dtype"),
-    ])
+    @pytest.mark.parametrize(
+        "kw, parameter",
+        [
+            ({"batch_size": 0}, "batch_size"),
+            ({"workers": -1}, "workers"),
+            ({"seed": -1}, "seed"),
+            ({"resize": (0, 10)}, "resize"),
+            ({"dtype": "int8"}, "dtype"),
+        ],
+    )
     def test_extract_options(self, small_root, tmp_path, kw, parameter):
         with pytest.raises(ParameterError) as info:
             extract(small_root, tmp_path / "x.h5", config(), options(**kw))
@@ -68,15 +74,13 @@ class TestParameterErrors:
         assert parameter in str(info.value)
 
     def test_cli_shows_the_option(self, gem_file, netvlad_file, tmp_path):
-        result = cli("combine", gem_file, netvlad_file, "-o", tmp_path / "c.h5",
-                     "--block-rows", "0")
+        result = cli("combine", gem_file, netvlad_file, "-o", tmp_path / "c.h5", "--block-rows", "0")
         assert result.exit_code == 1
         assert result.output.strip() == "Error: --block-rows must be at least 1, got 0"
 
     def test_cli_shows_an_option_of_another_name(self, gem_file, netvlad_file, tmp_path):
         """combine's ``weights`` is the command's --part-weights (declared by the command)."""
-        result = cli("combine", gem_file, netvlad_file, "-o", tmp_path / "c.h5",
-                     "--part-weights", "1")
+        result = cli("combine", gem_file, netvlad_file, "-o", tmp_path / "c.h5", "--part-weights", "1")
         assert "Error: --part-weights needs 2 positive numbers" in result.output
 
     def test_words_inside_names_and_paths_are_kept(self):
@@ -99,20 +103,21 @@ class TestParameterErrors:
         try:
             raise VprkitError(f"process 1 of 2 failed: {cause}") from cause
         except VprkitError as err:
-            assert error_line(err, click.Context(command)) == ("process 1 of 2 failed: x.h5 "
-                                                               "exists; pass --overwrite")
+            assert error_line(err, click.Context(command)) == (
+                "process 1 of 2 failed: x.h5 exists; pass --overwrite"
+            )
 
     def test_pickles_with_its_parameters(self):
-        err = pickle.loads(pickle.dumps(ParameterError("resize", "resize or native_size",
-                                                       "native_size")))
-        assert (err.parameter, err.others, str(err)) == ("resize", ("native_size",),
-                                                         "resize or native_size")
+        err = pickle.loads(pickle.dumps(ParameterError("resize", "resize or native_size", "native_size")))
+        assert (err.parameter, err.others, str(err)) == ("resize", ("native_size",), "resize or native_size")
 
 
 def _traceback_with(ctx: click.Context, err: Exception):
     """A traceback whose frame holds ``ctx`` as click's Command.invoke frames do."""
+
     def invoke(ctx):
         raise err
+
     try:
         invoke(ctx)
     except Exception as caught:
@@ -120,8 +125,7 @@ def _traceback_with(ctx: click.Context, err: Exception):
 
 
 class TestLogging:
-    def test_library_logs_and_prints_nothing(self, gem_file, netvlad_file, tmp_path, caplog,
-                                             capsys):
+    def test_library_logs_and_prints_nothing(self, gem_file, netvlad_file, tmp_path, caplog, capsys):
         with caplog.at_level(logging.INFO, logger="vprkit"):
             path = combine([gem_file, netvlad_file], tmp_path / "c.h5", pca=16)
         out = capsys.readouterr()
@@ -149,8 +153,7 @@ class TestLogging:
     def test_cli_leaves_logging_as_it_was(self, gem_file, netvlad_file, tmp_path):
         logger = logging.getLogger("vprkit")
         before = (list(logger.handlers), logger.level)
-        assert cli("combine", gem_file, netvlad_file, "-o", tmp_path / "c.h5",
-                   "--quiet").exit_code == 0
+        assert cli("combine", gem_file, netvlad_file, "-o", tmp_path / "c.h5", "--quiet").exit_code == 0
         assert (list(logger.handlers), logger.level) == before
 
 
@@ -220,8 +223,7 @@ class TestRenderer:
         clock = [0.0]
         monkeypatch.setattr("vprkit.progress.time.monotonic", lambda: clock[0])
         render = ProgressRenderer(live=False, seconds=30)
-        with caplog.at_level(logging.INFO, logger="vprkit"), \
-                progress_task(render, "pictures", 1000) as task:
+        with caplog.at_level(logging.INFO, logger="vprkit"), progress_task(render, "pictures", 1000) as task:
             for _ in range(4):
                 clock[0] += 31
                 task.advance(1)

@@ -40,15 +40,15 @@ def options(**kw) -> ExtractOptions:
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
-    return generate_dataset(tmp_path_factory.mktemp("locate_data"), {"test": (30, 14)},
-                            size=SIZE, seed=4)
+    return generate_dataset(tmp_path_factory.mktemp("locate_data"), {"test": (30, 14)}, size=SIZE, seed=4)
 
 
 @pytest.fixture(scope="module")
 def database(root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("locate_db") / "nv.h5"
-    return extract(root, out, ModelConfig(aggregation="netvlad", clusters=8, weights="none"),
-                   options(), progress=False)
+    return extract(
+        root, out, ModelConfig(aggregation="netvlad", clusters=8, weights="none"), options(), progress=False
+    )
 
 
 def predictions_top1(path: Path, scale: str, tmp_path: Path) -> dict[str, str]:
@@ -76,20 +76,23 @@ class TestLocate:
         photo = sorted((root / "images/test/queries").glob("*.jpg"))[3]
         loc = locate([photo], database, progress=False).located[0]
         best = loc.matches[0]
-        assert (loc.position.east, loc.position.north) == (best["position"]["east"],
-                                                           best["position"]["north"])
+        assert (loc.position.east, loc.position.north) == (
+            best["position"]["east"],
+            best["position"]["north"],
+        )
         assert loc.position.zone == 33 and loc.position.letter == "T"
         east, north = float(photo.name.split("@")[1]), float(photo.name.split("@")[2])
-        assert loc.error_m == pytest.approx(math.hypot(east - loc.position.east,
-                                                       north - loc.position.north))
+        assert loc.error_m == pytest.approx(math.hypot(east - loc.position.east, north - loc.position.north))
 
     def test_confidence_is_the_margin_to_another_place(self, root, database):
         photo = sorted((root / "images/test/queries").glob("*.jpg"))[0]
         loc = locate([photo], database, top_k=30, progress=False).located[0]
         best = np.array([loc.matches[0]["position"]["east"], loc.matches[0]["position"]["north"]])
-        other = next(m for m in loc.matches
-                     if np.hypot(*(np.array([m["position"]["east"], m["position"]["north"]])
-                                   - best)) > 25)
+        other = next(
+            m
+            for m in loc.matches
+            if np.hypot(*(np.array([m["position"]["east"], m["position"]["north"]]) - best)) > 25
+        )
         assert loc.confidence == pytest.approx(other["distance"] - loc.matches[0]["distance"])
         assert loc.confidence >= 0
 
@@ -102,7 +105,7 @@ class TestLocate:
         (folder / "broken.jpg").write_bytes(b"not a jpeg")
         result = run_cli("locate", folder, "--db", database, "--json", "-", "--quiet")
         assert result.exit_code == 0, result.output
-        data = json.loads(result.output[result.output.index("{"):])
+        data = json.loads(result.output[result.output.index("{") :])
         assert data["photos"] == 3 and data["located"] == 2
         assert data["failed"][0]["photo"].endswith("broken.jpg")
 
@@ -112,8 +115,15 @@ class TestLocate:
         rows = list(csv.DictReader(open(tmp_path / "l.csv", newline="")))
         assert len(rows) == 14
         assert rows[0]["best_match"] == result.located[0].matches[0]["name"]
-        cli = run_cli("locate", root / "images/test/queries", "--db", database, "--geojson",
-                      tmp_path / "g.json", "--quiet")
+        cli = run_cli(
+            "locate",
+            root / "images/test/queries",
+            "--db",
+            database,
+            "--geojson",
+            tmp_path / "g.json",
+            "--quiet",
+        )
         assert cli.exit_code == 0, cli.output
         data = json.loads((tmp_path / "g.json").read_text())
         assert data == json.loads(json.dumps(geojson(result)))
@@ -124,8 +134,7 @@ class TestLocate:
             assert -180 <= lon <= 180 and -90 <= lat <= 90
 
     def test_table(self, root, database):
-        result = run_cli("locate", root / "images/test/queries", "--db", database, "--top-k",
-                         "2", "--quiet")
+        result = run_cli("locate", root / "images/test/queries", "--db", database, "--top-k", "2", "--quiet")
         assert result.exit_code == 0, result.output
         assert "photos with known coordinates placed within 25 m" in result.output
 
@@ -135,8 +144,13 @@ class TestRefusals:
         ckpt = tmp_path / "m.pth"
         torch.manual_seed(0)
         torch.save(build_model(ModelConfig(weights="none")).state_dict(), ckpt)
-        out = extract(root, tmp_path / "c.h5", ModelConfig(weights="none", checkpoint=str(ckpt)),
-                      options(scales=(1,)), progress=False)
+        out = extract(
+            root,
+            tmp_path / "c.h5",
+            ModelConfig(weights="none", checkpoint=str(ckpt)),
+            options(scales=(1,)),
+            progress=False,
+        )
         ckpt.unlink()
         with pytest.raises(VprkitError, match="is missing"):
             locate([root / "images/test/queries"], out, progress=False)
@@ -182,9 +196,13 @@ def test_corridor_share_equals_recall_at_1(tmp_path):
     """The acceptance on real data: a database of corridor's test split, its query folder
     located; the share within 25 m equals evaluate's R@1."""
     data = shared_dataset("corridor")
-    out = extract(data, tmp_path / "corridor.h5",
-                  ModelConfig(aggregation="gem", weights="none"),
-                  options(scales=(1,), resize=None), progress=False)
+    out = extract(
+        data,
+        tmp_path / "corridor.h5",
+        ModelConfig(aggregation="gem", weights="none"),
+        options(scales=(1,), resize=None),
+        progress=False,
+    )
     result = locate([data / "images/test/queries"], out, progress=False)
     within = [loc.error_m <= 25 for loc in result.located]
     assert len(within) == evaluate_file(out).queries
@@ -195,8 +213,7 @@ def test_corridor_share_equals_recall_at_1(tmp_path):
 class TestPictures:
     def test_evaluate_only_wrong(self, database, tmp_path):
         out = tmp_path / "pics"
-        result = run_cli("evaluate", database, "--pictures", out, "--only-wrong", "--recalls",
-                         "1,5")
+        result = run_cli("evaluate", database, "--pictures", out, "--only-wrong", "--recalls", "1,5")
         assert result.exit_code == 0, result.output
         top1 = predictions_top1(database, "1", tmp_path)
         with open(tmp_path / "pred1.csv", newline="") as handle:
@@ -214,8 +231,17 @@ class TestPictures:
         assert result.exit_code == 1 and "give --pictures DIR" in result.output
 
     def test_locate_pictures(self, root, database, tmp_path):
-        result = run_cli("locate", root / "images/test/queries", "--db", database, "--pictures",
-                         tmp_path / "lp", "--quiet", "--json", tmp_path / "l.json")
+        result = run_cli(
+            "locate",
+            root / "images/test/queries",
+            "--db",
+            database,
+            "--pictures",
+            tmp_path / "lp",
+            "--quiet",
+            "--json",
+            tmp_path / "l.json",
+        )
         assert result.exit_code == 0, result.output
         assert len(list((tmp_path / "lp").glob("*.png"))) == 14
         assert (tmp_path / "lp/index.html").is_file()
@@ -225,8 +251,9 @@ class TestOwnPhotos:
     def test_database_without_queries_serves_locate(self, root, tmp_path):
         mapped = tmp_path / "mapped"
         shutil.copytree(root / "images/test/database", mapped / "images/test/database")
-        out = extract(mapped, tmp_path / "db.h5", ModelConfig(weights="none"),
-                      options(scales=(1,)), progress=False)
+        out = extract(
+            mapped, tmp_path / "db.h5", ModelConfig(weights="none"), options(scales=(1,)), progress=False
+        )
         result = locate([root / "images/test/queries"], out, progress=False)
         assert len(result.located) == 14
         with pytest.raises(VprkitError, match="0 query rows"):
@@ -246,9 +273,11 @@ class TestOwnPhotos:
             im.transpose(Image.Transpose.ROTATE_90).save(rotated, exif=exif)
         with Image.open(rotated) as im:
             assert im.size == (64, 80)  # W x H: stored sideways
-        a, b, c = (locate([p], database, top_k=5, progress=False).located[0]
-                   for p in (upright, rotated, query))
+        a, b, c = (
+            locate([p], database, top_k=5, progress=False).located[0] for p in (upright, rotated, query)
+        )
         assert [m["name"] for m in a.matches] == [m["name"] for m in b.matches]
         assert [m["distance"] for m in a.matches] == pytest.approx(
-            [m["distance"] for m in b.matches], abs=1e-5)
+            [m["distance"] for m in b.matches], abs=1e-5
+        )
         assert a.matches[0]["name"] == c.matches[0]["name"]

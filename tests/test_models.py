@@ -57,12 +57,29 @@ class TestModelConfig:
     defaults (old configs, headers and checkpoints are unchanged), set by name or by text."""
 
     OLD = [  # what earlier releases recorded, as they recorded it
-        {"backbone": "resnet18conv4", "aggregation": "gem", "clusters": 64, "weights": "imagenet",
-         "checkpoint": None},
-        {"backbone": "vgg16", "aggregation": "netvlad", "clusters": 8, "weights": "none",
-         "checkpoint": "/runs/a/best.pth", "fc_output_dim": 128},
-        {"backbone": "resnet50conv4", "aggregation": "mac", "clusters": 64, "weights": "none",
-         "checkpoint": None, "l2": "after_pool"},
+        {
+            "backbone": "resnet18conv4",
+            "aggregation": "gem",
+            "clusters": 64,
+            "weights": "imagenet",
+            "checkpoint": None,
+        },
+        {
+            "backbone": "vgg16",
+            "aggregation": "netvlad",
+            "clusters": 8,
+            "weights": "none",
+            "checkpoint": "/runs/a/best.pth",
+            "fc_output_dim": 128,
+        },
+        {
+            "backbone": "resnet50conv4",
+            "aggregation": "mac",
+            "clusters": 64,
+            "weights": "none",
+            "checkpoint": None,
+            "l2": "after_pool",
+        },
         {"weights": "none", "checkpoint": None, "model": "cosplace_resnet18_32"},
     ]
 
@@ -76,10 +93,12 @@ class TestModelConfig:
         config = ModelConfig(aggregation="netvlad", aggregation_options={"clusters": 8})
         assert config.clusters == 8 and config.aggregation_options == {}
         assert config.aggregation_settings().clusters == 8
-        assert ModelConfig(aggregation="netvlad").with_overrides(["aggregation.clusters=32"]) \
-            == ModelConfig(aggregation="netvlad", clusters=32)
-        mac = ModelConfig(aggregation="mac").with_overrides(["aggregation.l2=after_pool",
-                                                             "aggregation.fc_output_dim=16"])
+        assert ModelConfig(aggregation="netvlad").with_overrides(["aggregation.clusters=32"]) == ModelConfig(
+            aggregation="netvlad", clusters=32
+        )
+        mac = ModelConfig(aggregation="mac").with_overrides(
+            ["aggregation.l2=after_pool", "aggregation.fc_output_dim=16"]
+        )
         assert (mac.l2, mac.fc_output_dim) == ("after_pool", 16)
         assert ModelConfig(aggregation="gem", clusters=32).to_dict()["clusters"] == 32  # as before
 
@@ -91,17 +110,29 @@ class TestModelConfig:
         assert ModelConfig(aggregation_options={"p": 3}).aggregation_options == {}  # the default
 
     def test_refusals_name_the_option(self):
-        with pytest.raises(VprkitError, match=r"aggregation gem has no option 'clusters' "
-                                              r"\(its options: fc_output_dim, l2, p\)"):
+        with pytest.raises(
+            VprkitError,
+            match=r"aggregation gem has no option 'clusters' "
+            r"\(its options: fc_output_dim, l2, p\)",
+        ):
             ModelConfig().with_overrides(["aggregation.clusters=8"])
-        with pytest.raises(VprkitError, match=r"setting 'aggregation.clusters=8.5': '8.5' is not "
-                                              "a whole number"):
+        with pytest.raises(
+            VprkitError,
+            match=r"setting 'aggregation.clusters=8.5': '8.5' is not "
+            "a whole number",
+        ):
             ModelConfig(aggregation="netvlad").with_overrides(["aggregation.clusters=8.5"])
-        with pytest.raises(VprkitError, match=r"backbone resnet18conv4 has no option 'depth' "
-                                              r"\(its options: none\)"):
+        with pytest.raises(
+            VprkitError,
+            match=r"backbone resnet18conv4 has no option 'depth' "
+            r"\(its options: none\)",
+        ):
             ModelConfig(backbone_options={"depth": 3})
-        with pytest.raises(VprkitError, match=r"setting 'backbone.depth=3': backbone resnet18conv4 has no "
-                                              "option 'depth'"):
+        with pytest.raises(
+            VprkitError,
+            match=r"setting 'backbone.depth=3': backbone resnet18conv4 has no "
+            "option 'depth'",
+        ):
             ModelConfig().with_overrides(["backbone.depth=3"])
         with pytest.raises(VprkitError, match=r"the zoo model cosplace_resnet18_32 has no"):
             ModelConfig(model="cosplace_resnet18_32").with_overrides(["aggregation.p=3"])
@@ -110,12 +141,12 @@ class TestModelConfig:
 
 
 class TestCheckpoints:
-    @pytest.mark.parametrize("backbone", ["resnet18conv4", "resnet18conv5", "resnet50conv4",
-                                          "vgg16", "efficientnet_lite0"])
+    @pytest.mark.parametrize(
+        "backbone", ["resnet18conv4", "resnet18conv5", "resnet50conv4", "vgg16", "efficientnet_lite0"]
+    )
     @pytest.mark.parametrize("aggregation", ["gem", "netvlad"])
     def test_architecture_inferred_from_keys(self, backbone, aggregation):
-        model = VPRModel(ModelConfig(backbone=backbone, aggregation=aggregation, weights="none",
-                                     clusters=16))
+        model = VPRModel(ModelConfig(backbone=backbone, aggregation=aggregation, weights="none", clusters=16))
         arch = infer_architecture(model.state_dict())
         assert arch["backbone"] == backbone and arch["aggregation"] == aggregation
         if aggregation == "netvlad":

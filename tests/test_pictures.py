@@ -26,8 +26,9 @@ def image(path: Path, size: tuple[int, int], fmt: str = "PNG") -> Path:
 
 
 def match(path: Path, rank: int, positive: bool | None, metres: float | None = 12.34) -> Match:
-    return Match(path=path, name=path.name, rank=rank, distance=0.123456 * rank, metres=metres,
-                 positive=positive)
+    return Match(
+        path=path, name=path.name, rank=rank, distance=0.123456 * rank, metres=metres, positive=positive
+    )
 
 
 def tiles(widths: list[int]) -> list[tuple[int, int]]:
@@ -52,12 +53,19 @@ def outputs(out: Path) -> list[Path]:
 
 def test_picture_size_frames_and_text(tmp_path: Path):
     q = image(tmp_path / "q.png", (180, 90))  # thumbnail 120 wide
-    dbs = [image(tmp_path / "a.png", (200, 100)),  # 120
-           image(tmp_path / "b.jpg", (90, 120), "JPEG"),  # 45, in a tile of MIN_TILE
-           image(tmp_path / "c.png", (300, 150))]  # 120
+    dbs = [
+        image(tmp_path / "a.png", (200, 100)),  # 120
+        image(tmp_path / "b.jpg", (90, 120), "JPEG"),  # 45, in a tile of MIN_TILE
+        image(tmp_path / "c.png", (300, 150)),
+    ]  # 120
     matches = [match(dbs[0], 1, True), match(dbs[1], 2, False), match(dbs[2], 3, None, None)]
-    index = write_pictures(tmp_path / "out", [QueryPicture(q, "q.png", matches, "a caption")], "t",
-                           thumb_height=TH, progress=False)
+    index = write_pictures(
+        tmp_path / "out",
+        [QueryPicture(q, "q.png", matches, "a caption")],
+        "t",
+        thumb_height=TH,
+        progress=False,
+    )
     png = tmp_path / "out" / "q.png.png"
     assert index == tmp_path / "out" / "index.html" and png.is_file()
     widths = [120, 120, 45, 120]
@@ -83,9 +91,13 @@ def test_exif_rotation_and_panorama_keep_aspect_ratio(tmp_path: Path):
     Image.new("RGB", (120, 60), FILL).save(rotated, exif=exif)
     wide = image(tmp_path / "pano.png", (2000, 100))  # 20:1, capped at MAX_ASPECT
     q = image(tmp_path / "q.png", (60, 60))
-    write_pictures(tmp_path / "out", [QueryPicture(q, "q", [match(rotated, 1, True),
-                                                          match(wide, 2, True)])],
-                   "t", thumb_height=TH, progress=False)
+    write_pictures(
+        tmp_path / "out",
+        [QueryPicture(q, "q", [match(rotated, 1, True), match(wide, 2, True)])],
+        "t",
+        thumb_height=TH,
+        progress=False,
+    )
     cap = round(pictures.MAX_ASPECT * TH)
     with Image.open(tmp_path / "out" / "q.png") as im:
         assert im.width == MARGIN + MIN_TILE + MARGIN + MIN_TILE + MARGIN + cap + 2 * FRAME + MARGIN
@@ -100,8 +112,7 @@ def test_unreadable_images_become_placeholders(tmp_path: Path):
     truncated.write_bytes(good.read_bytes()[:300])
     missing = tmp_path / "missing.jpg"
     matches = [match(p, i + 1, False) for i, p in enumerate([text, truncated, missing])]
-    write_pictures(tmp_path / "out", [QueryPicture(q, "q", matches)], "t", thumb_height=TH,
-                   progress=False)
+    write_pictures(tmp_path / "out", [QueryPicture(q, "q", matches)], "t", thumb_height=TH, progress=False)
     placeholder = round(TH * 4 / 3)
     with Image.open(tmp_path / "out" / "q.png") as im:
         assert im.width == MARGIN + 4 * (max(placeholder + 2 * FRAME, MIN_TILE) + MARGIN)
@@ -109,8 +120,9 @@ def test_unreadable_images_become_placeholders(tmp_path: Path):
             left = x + (tile - placeholder - 2 * FRAME) // 2
             assert pixel(im, (left + 1, MARGIN + 1)) == pictures.RED
             assert pixel(im, (left + FRAME + 2, MARGIN + FRAME + 2)) == pictures.PLACEHOLDER
-            inside = im.crop((left + FRAME, MARGIN + FRAME, left + FRAME + placeholder,
-                              MARGIN + FRAME + TH)).convert("L")
+            inside = im.crop(
+                (left + FRAME, MARGIN + FRAME, left + FRAME + placeholder, MARGIN + FRAME + TH)
+            ).convert("L")
             assert inside.getextrema()[0] < 100  # the "unreadable" text
 
 
@@ -127,22 +139,35 @@ class Gallery(HTMLParser):
             self.scripts.append(dict(attrs))
 
 
-HOSTILE = ["a/b.jpg", "a_b.jpg", "A_B.jpg", "../../escape.jpg", "..", "", "/abs/x.", "x.y/...z",
-           "<script>alert(1)</script>", "café/東京.jpg", "x" * 400, "name\x1b[31m\udcff.jpg"]
+HOSTILE = [
+    "a/b.jpg",
+    "a_b.jpg",
+    "A_B.jpg",
+    "../../escape.jpg",
+    "..",
+    "",
+    "/abs/x.",
+    "x.y/...z",
+    "<script>alert(1)</script>",
+    "café/東京.jpg",
+    "x" * 400,
+    "name\x1b[31m\udcff.jpg",
+]
 
 
 def hostile_queries(tmp_path: Path) -> list[QueryPicture]:
     q = image(tmp_path / "q.png", (80, 60))
     db = image(tmp_path / "db.png", (80, 60))
-    return [QueryPicture(q, name, [match(db, 1, i % 2 == 0)], caption=f"<b>{name}</b> & co")
-            for i, name in enumerate(HOSTILE)]
+    return [
+        QueryPicture(q, name, [match(db, 1, i % 2 == 0)], caption=f"<b>{name}</b> & co")
+        for i, name in enumerate(HOSTILE)
+    ]
 
 
 def test_hostile_names_stay_inside_and_are_escaped(tmp_path: Path):
     out = tmp_path / "deep" / "out"
     out.parent.mkdir()
-    index = write_pictures(out, hostile_queries(tmp_path), "<i>title</i>", thumb_height=TH,
-                           progress=False)
+    index = write_pictures(out, hostile_queries(tmp_path), "<i>title</i>", thumb_height=TH, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["db.png", "deep", "q.png"]
     assert outputs(out.parent) == [out]
     pngs = [p for p in outputs(out) if p.suffix == ".png"]
@@ -237,10 +262,22 @@ def test_gallery_loads_in_a_real_browser(tmp_path: Path):
     out = tmp_path / "out"
     queries = hostile_queries(tmp_path)
     index = write_pictures(out, queries, "t", thumb_height=TH, progress=False)
-    run = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
-                          f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,4000",
-                          "--virtual-time-budget=5000", "--dump-dom", index.as_uri()],
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1280,4000",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            index.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     body = re.search(r"<body[^>]*>", run.stdout)
     assert body, f"no page from {browser} (rc {run.returncode}): {run.stderr[-2000:]}"
     assert f'data-images-loaded="{len(queries)}"' in body[0], body[0]

@@ -36,8 +36,9 @@ class TestPreviousRelease:
     def test_evaluation_json_loads(self):
         results = load_results(DATA / "rows.json")
         assert [r.scale for r in results] == ["1", "1+2", "1", "1+2"]
-        assert all(r.outcomes is not None and len(r.outcomes.first_positive_rank) == r.queries
-                   for r in results)
+        assert all(
+            r.outcomes is not None and len(r.outcomes.first_positive_rank) == r.queries for r in results
+        )
 
     def test_file_is_extended_with_a_scale_by_todays_extract(self, tmp_path):
         from vprkit.data.synthetic import generate_dataset
@@ -53,9 +54,13 @@ class TestPreviousRelease:
         assert old_root.name == "ds"
         with DescriptorFile(out) as f:
             before = f.read_rows("database", (1,), 0, f.num("database"))
-        extract(root, out, ModelConfig(aggregation="gem", clusters=4, weights="none"),
-                ExtractOptions(scales=(1, 2, 3), resize=(48, 64), workers=0, batch_size=4),
-                progress=None)
+        extract(
+            root,
+            out,
+            ModelConfig(aggregation="gem", clusters=4, weights="none"),
+            ExtractOptions(scales=(1, 2, 3), resize=(48, 64), workers=0, batch_size=4),
+            progress=None,
+        )
         with DescriptorFile(out) as f:
             assert list(f.scales) == [1, 2, 3]
             assert np.array_equal(f.read_rows("database", (1,), 0, f.num("database")), before)

@@ -29,10 +29,13 @@ MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 @pytest.mark.slow
 def test_corridor_random_resnet_gem_and_pyramid(tmp_path):
     root = shared_dataset("corridor")
-    out = extract(root, tmp_path / "corridor.h5",
-                  ModelConfig(backbone="resnet18conv4", aggregation="gem", weights="none"),
-                  ExtractOptions(scales=(1, 2), resize=None, workers=0, batch_size=16),
-                  progress=False)
+    out = extract(
+        root,
+        tmp_path / "corridor.h5",
+        ModelConfig(backbone="resnet18conv4", aggregation="gem", weights="none"),
+        ExtractOptions(scales=(1, 2), resize=None, workers=0, batch_size=16),
+        progress=False,
+    )
     single = evaluate_file(out, "1")
     pyramid = evaluate_file(out, "1+2")
     assert single.queries == 111 and single.database == 111
@@ -66,8 +69,9 @@ def nordland_stretch(tmp_path_factory) -> Path:
     return root
 
 
-def numpy_recalls(database: np.ndarray, queries: np.ndarray, db_names: list[str],
-                  q_names: list[str]) -> tuple[dict[str, float], float]:
+def numpy_recalls(
+    database: np.ndarray, queries: np.ndarray, db_names: list[str], q_names: list[str]
+) -> tuple[dict[str, float], float]:
     """Recall@N (percent) by brute-force squared L2 over every database row, positives within
     25 m from the file names' UTM; and the R@1 that random rankings would give."""
     db_utm = np.array([utm_of(n) for n in db_names])
@@ -110,10 +114,31 @@ def test_nordland_imagenet_efficientnet_recalls_equal_numpy(nordland_stretch, tm
     recalls are well above chance."""
     out = tmp_path / f"{aggregation}.h5"
     runner = CliRunner()
-    result = runner.invoke(main, [
-        "extract", str(nordland_stretch), "-o", str(out), "--backbone", "efficientnet_lite0",
-        "--weights", "imagenet", "--aggregation", aggregation, "--clusters", "16",
-        "--native-size", "--batch-size", "50", "--workers", "0", "--device", "cpu", "--quiet"])
+    result = runner.invoke(
+        main,
+        [
+            "extract",
+            str(nordland_stretch),
+            "-o",
+            str(out),
+            "--backbone",
+            "efficientnet_lite0",
+            "--weights",
+            "imagenet",
+            "--aggregation",
+            aggregation,
+            "--clusters",
+            "16",
+            "--native-size",
+            "--batch-size",
+            "50",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     result = runner.invoke(main, ["evaluate", str(out), "--json", "-"])
     assert result.exit_code == 0, result.output + repr(result.exception)
@@ -125,8 +150,9 @@ def test_nordland_imagenet_efficientnet_recalls_equal_numpy(nordland_stretch, tm
         stored = {role: h5[f"scales/1/{role}"][()] for role in ("database", "queries")}
         model = reference_model(aggregation, h5)
     assert stored["database"].shape == (NORDLAND_FRAMES, {"gem": 112, "netvlad": 16 * 112}[aggregation])
-    recalls, chance = numpy_recalls(stored["database"], stored["queries"],
-                                    names["database"], names["queries"])
+    recalls, chance = numpy_recalls(
+        stored["database"], stored["queries"], names["database"], names["queries"]
+    )
     assert row["recalls"] == recalls, (row["recalls"], recalls)
     # a handful of images through the network directly (PIL + numpy preprocessing)
     for role in ("database", "queries"):
@@ -139,5 +165,6 @@ def test_nordland_imagenet_efficientnet_recalls_equal_numpy(nordland_stretch, tm
     # Chance is about 3 positives in 200 frames: R@1 1.5, R@20 26. Measured here: GeM R@1/5/10/20
     # 11.5 / 30.0 / 41.0 / 58.0; NetVLAD (16 clusters) 18.5 / 41.5 / 51.0 / 67.5.
     assert recalls["1"] > 3 * chance
-    assert recalls["20"] > 1.5 * 100 * (1 - math.comb(NORDLAND_FRAMES - 3, 20)
-                                        / math.comb(NORDLAND_FRAMES, 20))
+    assert recalls["20"] > 1.5 * 100 * (
+        1 - math.comb(NORDLAND_FRAMES - 3, 20) / math.comb(NORDLAND_FRAMES, 20)
+    )

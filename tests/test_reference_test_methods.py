@@ -27,8 +27,13 @@ MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
 EAST, NORTH = 500000.0, 4000000.0
 # query (H, W), database image it shows (None: unrelated image), east offset from that image
-QUERIES = [((96, 128), 0, 3.0), ((120, 100), 2, -4.0), ((90, 150), 4, 2.0), ((94, 200), 1, 3.0),
-           ((96, 128), None, 0.0)]
+QUERIES = [
+    ((96, 128), 0, 3.0),
+    ((120, 100), 2, -4.0),
+    ((90, 150), 4, 2.0),
+    ((94, 200), 1, 3.0),
+    ((96, 128), None, 0.0),
+]
 N_DB = 6
 FLOAT_MAX = np.finfo(np.float32).max
 
@@ -40,8 +45,9 @@ class L2Norm(torch.nn.Module):
 
 def tiny_model() -> torch.nn.Module:
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=4), torch.nn.AdaptiveAvgPool2d(1),
-                               torch.nn.Flatten(), L2Norm())
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, stride=4), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), L2Norm()
+    )
 
 
 def smooth_image(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
@@ -90,8 +96,10 @@ def test_load_normalized_is_totensor_then_imagenet_normalize(tmp_path):
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("size, single", [((96, 128), (96, 128)), ((120, 100), (115, 96)),
-                                          ((90, 150), (96, 160)), ((94, 200), (96, 204))])
+@pytest.mark.parametrize(
+    "size, single",
+    [((96, 128), (96, 128)), ((120, 100), (115, 96)), ((90, 150), (96, 160)), ((94, 200), (96, 204))],
+)
 def test_transform_shapes(size, single):
     img = torch.randn(3, *size)
     assert query_transform(img, "hard_resize", RESIZE).shape == (3, 96, 128)
@@ -116,8 +124,13 @@ def test_five_crops_order_is_tl_tr_bl_br_center(size, resized):
     s = 96
     h, w = resized
     top, left = int(round((h - s) / 2)), int(round((w - s) / 2))
-    expected = [big[:, :s, :s], big[:, :s, -s:], big[:, -s:, :s], big[:, -s:, -s:],
-                big[:, top:top + s, left:left + s]]
+    expected = [
+        big[:, :s, :s],
+        big[:, :s, -s:],
+        big[:, -s:, :s],
+        big[:, -s:, -s:],
+        big[:, top : top + s, left : left + s],
+    ]
     for c in range(5):
         assert torch.equal(crops[c], expected[c]), c
     for method in ("nearest_crop", "maj_voting"):
@@ -132,7 +145,7 @@ def test_central_crop_uses_nearest_interpolation():
     cols = np.minimum(np.floor(np.arange(128) * 0.78125).astype(int), 99)
     scaled = img[:, rows][:, :, cols]
     top = int(round((153 - 96) / 2))  # round(28.5) = 28
-    expected = scaled[:, top:top + 96, :]
+    expected = scaled[:, top : top + 96, :]
     got = query_transform(img, "central_crop", RESIZE)
     assert torch.equal(got, expected)
     bilinear = torch.nn.functional.interpolate(img[None], scale_factor=1.28, mode="bilinear")[0]
@@ -159,8 +172,10 @@ def test_unknown_method_is_rejected():
 
 def test_nearest_crop_merge_drops_duplicates_keeping_the_closest():
     preds = np.array([[4, 2, 9], [2, 4, 7], [4, 7, 2], [9, 4, 2], [7, 9, 4]], np.int64)
-    dists = np.array([[.30, .50, .90], [.20, .60, .70], [.35, .40, .80], [.25, .55, .65],
-                      [.45, .52, .95]], np.float32)
+    dists = np.array(
+        [[0.30, 0.50, 0.90], [0.20, 0.60, 0.70], [0.35, 0.40, 0.80], [0.25, 0.55, 0.65], [0.45, 0.52, 0.95]],
+        np.float32,
+    )
     before = (preds.copy(), dists.copy())
     # candidates by distance: 2@.20, 9@.25, 4@.30, 4@.35, 7@.40 ... -> [2, 9, 4]
     assert merge_nearest_crop(dists, preds, 3).tolist() == [[2, 9, 4]]
@@ -168,10 +183,24 @@ def test_nearest_crop_merge_drops_duplicates_keeping_the_closest():
 
 
 def test_nearest_crop_merge_rows_are_grouped_per_query():
-    preds = np.array([[1, 2], [1, 3], [1, 4], [1, 5], [1, 6],
-                      [7, 8], [8, 7], [9, 8], [7, 9], [8, 9]], np.int64)
-    dists = np.array([[.5, .6], [.4, .9], [.45, .95], [.41, .96], [.42, .35],
-                      [.10, .20], [.05, .30], [.15, .25], [.12, .13], [.07, .08]], np.float32)
+    preds = np.array(
+        [[1, 2], [1, 3], [1, 4], [1, 5], [1, 6], [7, 8], [8, 7], [9, 8], [7, 9], [8, 9]], np.int64
+    )
+    dists = np.array(
+        [
+            [0.5, 0.6],
+            [0.4, 0.9],
+            [0.45, 0.95],
+            [0.41, 0.96],
+            [0.42, 0.35],
+            [0.10, 0.20],
+            [0.05, 0.30],
+            [0.15, 0.25],
+            [0.12, 0.13],
+            [0.07, 0.08],
+        ],
+        np.float32,
+    )
     # query 0: 6@.35, 1@.40 ; query 1: 8@.05, 8@.07, 9@.08 -> [8, 9]
     assert merge_nearest_crop(dists, preds, 2).tolist() == [[6, 1], [8, 9]]
 
@@ -179,13 +208,15 @@ def test_nearest_crop_merge_rows_are_grouped_per_query():
 def test_nearest_crop_merge_ties():
     # the same label tied across crops is kept once
     preds = np.array([[5, 1], [5, 2], [3, 5], [4, 6], [6, 7]], np.int64)
-    dists = np.array([[.1, .5], [.1, .6], [.3, .7], [.4, .8], [.2, .9]], np.float32)
+    dists = np.array([[0.1, 0.5], [0.1, 0.6], [0.3, 0.7], [0.4, 0.8], [0.2, 0.9]], np.float32)
     assert merge_nearest_crop(dists, preds, 2).tolist() == [[5, 6]]
     # different labels tied at the smallest distance: both come first, the order is numpy's
     # default (unstable) argsort's, as in the benchmark
     preds = np.array([[3, 1, 9], [8, 2, 9], [1, 3, 9], [4, 6, 9], [6, 7, 9]], np.int64)
-    dists = np.array([[.2, .5, .91], [.2, .6, .92], [.3, .7, .93], [.4, .8, .94], [.25, .9, .95]],
-                     np.float32)
+    dists = np.array(
+        [[0.2, 0.5, 0.91], [0.2, 0.6, 0.92], [0.3, 0.7, 0.93], [0.4, 0.8, 0.94], [0.25, 0.9, 0.95]],
+        np.float32,
+    )
     got = merge_nearest_crop(dists, preds, 3)[0]
     assert set(got[:2].tolist()) == {3, 8} and got[2] == 6
     first_two = preds.reshape(-1)[np.argsort(dists.reshape(-1))[:2]]
@@ -200,8 +231,21 @@ def faiss_search(db: np.ndarray, queries: np.ndarray, k: int):
 
 def test_nearest_crop_merge_with_fewer_database_rows_than_k():
     db = np.array([[0.0, 0.0], [10.0, 0.0]])
-    crops = np.array([[1, 0], [2, 0], [8.5, 0], [3, 0], [4, 0],  # query 0: closest is 0, then 1
-                      [9, 0], [8, 0], [1.5, 0], [7, 0], [6, 0]], np.float64)  # query 1: 1, then 0
+    crops = np.array(
+        [
+            [1, 0],
+            [2, 0],
+            [8.5, 0],
+            [3, 0],
+            [4, 0],  # query 0: closest is 0, then 1
+            [9, 0],
+            [8, 0],
+            [1.5, 0],
+            [7, 0],
+            [6, 0],
+        ],
+        np.float64,
+    )  # query 1: 1, then 0
     dists, preds = faiss_search(db, crops, 4)
     assert (preds[:, 2:] == -1).all() and (dists[:, 2:] == FLOAT_MAX).all()  # faiss padding
     assert merge_nearest_crop(dists, preds, 4).tolist() == [[0, 1, -1, -1], [1, 0, -1, -1]]
@@ -222,8 +266,16 @@ def test_merges_reject_bad_shapes():
 
 
 VOTE_PREDS = np.array([[7, 1, 2], [1, 3, 4], [1, 5, 6], [1, 2, 3], [8, 9, 7]], np.int64)
-VOTE_DISTS = np.array([[.100, .150, .600], [.105, .700, .800], [.106, .710, .810],
-                       [.107, .720, .820], [.108, .730, .830]], np.float32)
+VOTE_DISTS = np.array(
+    [
+        [0.100, 0.150, 0.600],
+        [0.105, 0.700, 0.800],
+        [0.106, 0.710, 0.810],
+        [0.107, 0.720, 0.820],
+        [0.108, 0.730, 0.830],
+    ],
+    np.float32,
+)
 
 
 def test_maj_voting_changes_the_order_versus_nearest_crop():
@@ -308,8 +360,9 @@ def test_benchmark_features_shapes_and_values(root, method):
     assert database.shape == (N_DB, 8)
     assert queries.shape == ((5 * nq, 8) if method in ("nearest_crop", "maj_voting") else (nq, 8))
     with torch.no_grad():
-        expected_db = np.stack([model(TF.resize(load_normalized(p), list(RESIZE))[None])[0].numpy()
-                                for p in db_paths])
+        expected_db = np.stack(
+            [model(TF.resize(load_normalized(p), list(RESIZE))[None])[0].numpy() for p in db_paths]
+        )
         np.testing.assert_allclose(database, expected_db, atol=1e-5)
         for i, p in enumerate(q_paths):
             img = query_transform(load_normalized(p), method, RESIZE)
@@ -317,7 +370,7 @@ def test_benchmark_features_shapes_and_values(root, method):
             if method == "five_crops":
                 np.testing.assert_allclose(queries[i], out.mean(0), atol=1e-5)
             elif method in ("nearest_crop", "maj_voting"):
-                np.testing.assert_allclose(queries[5 * i:5 * i + 5], out, atol=1e-5)
+                np.testing.assert_allclose(queries[5 * i : 5 * i + 5], out, atol=1e-5)
             else:
                 np.testing.assert_allclose(queries[i], out[0], atol=1e-5)
 

@@ -49,7 +49,7 @@ def test_one_module_per_name(kind):
     package = importlib.import_module(f"vprkit.models.{kind}")
     registry = package.REGISTRY
     assert registry.declared() == choices.component_names(Path(package.__file__).parent)
-    assert registry.names()[:len(registry.declared())] == registry.declared()
+    assert registry.names()[: len(registry.declared())] == registry.declared()
     for name in registry.declared():
         item = registry.get(name)
         defined_in = item.builder.__module__ if kind == "backbones" else item.__module__
@@ -135,8 +135,9 @@ def test_new_backbone_equals_benchmark(tmp_path, name):
 @pytest.fixture(scope="module")
 def backbone_states():
     names = [n for n in BACKBONES if n != "efficientnet_lite0" or HAVE_EFFICIENTNET]
-    return {n: {f"backbone.{k}": v for k, v in get_backbone(n).build("none").state_dict().items()}
-            for n in names}
+    return {
+        n: {f"backbone.{k}": v for k, v in get_backbone(n).build("none").state_dict().items()} for n in names
+    }
 
 
 def test_infer_architecture_round_trips_every_pair(backbone_states):
@@ -170,8 +171,10 @@ def test_default_configs_are_unchanged():
 
 
 def test_store_imports_no_torch():
-    code = ("import sys, vprkit.store, vprkit.descriptors.pyramid, vprkit.choices; "
-            "assert 'torch' not in sys.modules")
+    code = (
+        "import sys, vprkit.store, vprkit.descriptors.pyramid, vprkit.choices; "
+        "assert 'torch' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -179,17 +182,40 @@ def test_cli_pyramid_of_aggregation_without_rule(small_root, tmp_path):
     from test_cli import assert_one_line_error, run
 
     out = tmp_path / "rmac.h5"
-    common = ("--weights", "none", "--scales", "1,2", "--resize", *SIZE, "--workers", "0",
-              "--device", "cpu", "--quiet")
+    common = (
+        "--weights",
+        "none",
+        "--scales",
+        "1,2",
+        "--resize",
+        *SIZE,
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--quiet",
+    )
     assert run("extract", small_root, "-o", out, "--aggregation", "rmac", *common).exit_code == 0
     assert run("evaluate", out, "--scale", "2").exit_code == 0
-    assert_one_line_error(run("evaluate", out, "--scale", "1+2"),
-                          "the rmac aggregation has no pyramid rule")
+    assert_one_line_error(run("evaluate", out, "--scale", "1+2"), "the rmac aggregation has no pyramid rule")
     mac = tmp_path / "mac.h5"
-    result = run("extract", small_root, "-o", mac, "--aggregation", "mac", "--l2", "after_pool",
-                 "--fc-output-dim", "8", *common)
+    result = run(
+        "extract",
+        small_root,
+        "-o",
+        mac,
+        "--aggregation",
+        "mac",
+        "--l2",
+        "after_pool",
+        "--fc-output-dim",
+        "8",
+        *common,
+    )
     assert result.exit_code == 0, result.output
-    assert_one_line_error(run("evaluate", mac, "--scale", "1+2"),
-                          r"the mac\+fc aggregation has no pyramid rule")
-    assert_one_line_error(run("extract", small_root, "-o", tmp_path / "x.h5", "--l2", "sideways"),
-                          "unknown --l2 'sideways'")
+    assert_one_line_error(
+        run("evaluate", mac, "--scale", "1+2"), r"the mac\+fc aggregation has no pyramid rule"
+    )
+    assert_one_line_error(
+        run("extract", small_root, "-o", tmp_path / "x.h5", "--l2", "sideways"), "unknown --l2 'sideways'"
+    )

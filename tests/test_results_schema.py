@@ -29,10 +29,14 @@ def result(tmp_path_factory) -> EvaluationResult:
     utm = np.c_[np.arange(60) * 10.0, np.zeros(60)]
     q_utm = utm[:40] + [2.0, 0.0]
     q_utm[-4:] += [0.0, 3000.0]  # four queries without positives
-    names = {"database": [f"d{i}.jpg" for i in range(60)],
-             "queries": [f"q{i}.jpg" for i in range(40)]}
-    path = write_descriptor_file(tmp_path_factory.mktemp("schema") / "m.h5", db, queries,
-                                 names=names, utm={"database": utm, "queries": q_utm})
+    names = {"database": [f"d{i}.jpg" for i in range(60)], "queries": [f"q{i}.jpg" for i in range(40)]}
+    path = write_descriptor_file(
+        tmp_path_factory.mktemp("schema") / "m.h5",
+        db,
+        queries,
+        names=names,
+        utm={"database": utm, "queries": q_utm},
+    )
     return evaluate_file(path, recalls=(1, 5, 10), bootstrap=50, thresholds=(2.5, 25, 100))
 
 
@@ -41,8 +45,18 @@ def good_row(result) -> dict:
 
 
 # the first release's row: the fields every release wrote
-FIRST_RELEASE = ("file", "scale", "recalls", "queries", "database", "dim", "threshold",
-                 "queries_without_positives", "seconds", "search")
+FIRST_RELEASE = (
+    "file",
+    "scale",
+    "recalls",
+    "queries",
+    "database",
+    "dim",
+    "threshold",
+    "queries_without_positives",
+    "seconds",
+    "search",
+)
 
 
 class TestRoundTrip:
@@ -67,10 +81,12 @@ class TestRoundTrip:
         assert load_results(tmp_path / "e.json") == [result, other]
 
     def test_every_json_field_is_declared_once(self):
-        declared = {f.metadata.get("json_key") or f.name for f in fields(EvaluationResult)
-                    if "json" in f.metadata}
-        assert declared == set(EvaluationResult.__dataclass_fields__) - {"outcomes", "ranking"} \
-            | {"per_query"}
+        declared = {
+            f.metadata.get("json_key") or f.name for f in fields(EvaluationResult) if "json" in f.metadata
+        }
+        assert declared == set(EvaluationResult.__dataclass_fields__) - {"outcomes", "ranking"} | {
+            "per_query"
+        }
 
     def test_keys_of_a_newer_release_are_ignored(self, result):
         row = dict(good_row(result), some_future_field={"x": 1})
@@ -108,8 +124,11 @@ BAD_FIELDS = [
     ("database", True, "'database' is true, not an integer >= 1"),
     ("recalls", [50.0], "'recalls' is [50.0], not an object of N -> Recall@N (%)"),
     ("recall_ci", {"1": [1, "x"]}, "'recall_ci' of Recall@1 is [1, \"x\"], not an interval"),
-    ("bootstrap", {"resamples": 10, "seed": "0", "level": 0.95},
-     "'seed' of 'bootstrap' is \"0\", not an integer from 0 to"),
+    (
+        "bootstrap",
+        {"resamples": 10, "seed": "0", "level": 0.95},
+        "'seed' of 'bootstrap' is \"0\", not an integer from 0 to",
+    ),
     ("per_query", [1, 2], "'per_query' is [1, 2], not an object of per-query outcomes"),
     ("unmatched", "ignored", "'unmatched' is \"ignored\", not 'counted' or 'dropped'"),
     # NaN and infinity
@@ -130,10 +149,12 @@ BAD_FIELDS = [
     ("recalls", {"x": 50.0}, "'recalls' has the key 'x', not an integer N >= 1"),
     ("recalls", {"05": 50.0}, "'recalls' has the key '05', not an integer N >= 1"),
     ("recall_ci", {"0": [1, 2]}, "'recall_ci' has the key '0', not an integer N >= 1"),
-    ("recall_at_thresholds", {"nan": 5.0}, "'recall_at_thresholds' has the key 'nan', not a "
-                                           "positive number of metres"),
-    ("recall_at_thresholds", {"25": 5.0, "25.0": 6.0}, "'recall_at_thresholds' has the key "
-                                                       "'25.0', twice"),
+    (
+        "recall_at_thresholds",
+        {"nan": 5.0},
+        "'recall_at_thresholds' has the key 'nan', not a positive number of metres",
+    ),
+    ("recall_at_thresholds", {"25": 5.0, "25.0": 6.0}, "'recall_at_thresholds' has the key '25.0', twice"),
 ]
 
 
@@ -145,16 +166,18 @@ def assert_one_line(err: VprkitError, *fragments: str) -> None:
 
 
 class TestBadFields:
-    @pytest.mark.parametrize("key, value, message", BAD_FIELDS,
-                             ids=[f"{k}-{i}" for i, (k, _, _) in enumerate(BAD_FIELDS)])
+    @pytest.mark.parametrize(
+        "key, value, message", BAD_FIELDS, ids=[f"{k}-{i}" for i, (k, _, _) in enumerate(BAD_FIELDS)]
+    )
     def test_one_line_naming_the_file_row_and_field(self, result, tmp_path, key, value, message):
         row = good_row(result)
         path = tmp_path / "eval.json"
         path.write_text(json.dumps([row, dict(row, **{key: value})]))
         with pytest.raises(VprkitError) as err:
             load_results(path)
-        assert_one_line(err.value, f"{path} is not the JSON that 'vprkit evaluate --json' writes: "
-                        f"row 2 {message}")
+        assert_one_line(
+            err.value, f"{path} is not the JSON that 'vprkit evaluate --json' writes: row 2 {message}"
+        )
 
     @pytest.mark.parametrize("key", FIRST_RELEASE[:-1])  # "search" has a default
     def test_a_missing_required_field(self, result, tmp_path, key):
@@ -185,8 +208,10 @@ class TestBadFields:
     def test_cli_report_and_compare_show_the_line(self, result, tmp_path):
         row = good_row(result)
         (tmp_path / "eval.json").write_text(json.dumps([row, dict(row, dim=0)]))
-        for args in (["report", str(tmp_path / "eval.json"), "-o", str(tmp_path / "r.md")],
-                     ["compare", str(tmp_path / "eval.json")]):
+        for args in (
+            ["report", str(tmp_path / "eval.json"), "-o", str(tmp_path / "r.md")],
+            ["compare", str(tmp_path / "eval.json")],
+        ):
             got = CliRunner().invoke(main, args)
             lines = got.output.splitlines()
             assert got.exit_code == 1 and len(lines) == 1, got.output
@@ -209,7 +234,10 @@ class TestGenericSchema:
 
         assert read_dataclass(Toy, {"name": "a"}) == Toy("a", 1)
         assert read_dataclass(Toy, {"name": "a", "count": 3}) == Toy("a", 3)
-        for data, message in (({"count": 3}, "has no 'name'"), ([1], "is a list, not an object"),
-                              ({"name": "a", "count": 0}, "'count' is 0, not an integer >= 1")):
+        for data, message in (
+            ({"count": 3}, "has no 'name'"),
+            ([1], "is a list, not an object"),
+            ({"name": "a", "count": 0}, "'count' is 0, not an integer >= 1"),
+        ):
             with pytest.raises(Mismatch, match=message):
                 read_dataclass(Toy, data)

@@ -47,7 +47,7 @@ def coarse(rng, shape) -> np.ndarray:
 
 
 def blocks_of(db, size: int):
-    return [(s, db[s:s + size]) for s in range(0, len(db), size)]
+    return [(s, db[s : s + size]) for s in range(0, len(db), size)]
 
 
 def reference(q, db, k):
@@ -57,8 +57,10 @@ def reference(q, db, k):
     order = np.array([np.lexsort((cols, row)) for row in d])[:, :k]
     dist = np.take_along_axis(d, order, axis=1)
     pad = k - order.shape[1]
-    return (np.pad(dist, ((0, 0), (0, pad)), constant_values=np.inf),
-            np.pad(order, ((0, 0), (0, pad)), constant_values=-1))
+    return (
+        np.pad(dist, ((0, 0), (0, pad)), constant_values=np.inf),
+        np.pad(order, ((0, 0), (0, pad)), constant_values=-1),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +86,7 @@ class TestExactSearch:
         np.testing.assert_array_equal(t_d, ref_d.astype(np.float32))
         assert t_d.dtype == np.float32 and t_i.dtype == np.int64
 
-    @pytest.mark.parametrize("tile, chunk", [(1, 1), (40 * 3, 40), (97, 7), (10 ** 6, 4096)])
+    @pytest.mark.parametrize("tile, chunk", [(1, 1), (40 * 3, 40), (97, 7), (10**6, 4096)])
     def test_tiles_and_query_chunks(self, device, tied, tile, chunk, monkeypatch):
         q, db = tied
         monkeypatch.setattr(search, "QUERY_CHUNK", chunk)
@@ -180,12 +182,14 @@ class TestDeviceChoice:
         monkeypatch.setattr(search, "torch_blocked_search", _fail)
         q, db = tied
         for dev in ("cpu", torch.device("cpu")):
-            np.testing.assert_array_equal(blocked_search(q, blocks_of(db, 99), 5, dev)[1],
-                                          reference(q, db, 5)[1])
+            np.testing.assert_array_equal(
+                blocked_search(q, blocks_of(db, 99), 5, dev)[1], reference(q, db, 5)[1]
+            )
 
     def test_auto(self, tied, monkeypatch):
-        monkeypatch.setattr(search, "torch_blocked_search" if not torch.cuda.is_available()
-                            else "faiss_blocked_search", _fail)
+        monkeypatch.setattr(
+            search, "torch_blocked_search" if not torch.cuda.is_available() else "faiss_blocked_search", _fail
+        )
         q, db = tied
         got = blocked_search(q, blocks_of(db, 99), 5)  # auto, the default
         np.testing.assert_array_equal(got[1], reference(q, db, 5)[1])
@@ -199,15 +203,13 @@ class TestDeviceChoice:
 
     def test_evaluate_file_on_each_path(self, device, tmp_path, monkeypatch):
         rng = np.random.default_rng(5)
-        path = write_descriptor_file(tmp_path / "d.h5", coarse(rng, (120, 8)),
-                                     coarse(rng, (30, 8)))
-        faiss_result = evaluate_file(path, recalls=(1, 5), block_rows=16, device="cpu",
-                                     bootstrap=0)
+        path = write_descriptor_file(tmp_path / "d.h5", coarse(rng, (120, 8)), coarse(rng, (30, 8)))
+        faiss_result = evaluate_file(path, recalls=(1, 5), block_rows=16, device="cpu", bootstrap=0)
         if device == "cpu":  # the torch path on a CPU, which blocked_search gives to faiss
-            monkeypatch.setattr(search, "faiss_blocked_search",
-                                lambda q, b, k: torch_blocked_search(q, b, k, "cpu"))
-        torch_result = evaluate_file(path, recalls=(1, 5), block_rows=16, device=device,
-                                     bootstrap=0)
+            monkeypatch.setattr(
+                search, "faiss_blocked_search", lambda q, b, k: torch_blocked_search(q, b, k, "cpu")
+            )
+        torch_result = evaluate_file(path, recalls=(1, 5), block_rows=16, device=device, bootstrap=0)
         assert torch_result.recalls == faiss_result.recalls
         assert torch_result.search == "exact"
 
@@ -280,8 +282,9 @@ class TestKmeans:
         km.train(x)
         np.testing.assert_array_equal(km.centroids, x[faiss_permutation(500, seed + 1)[:9]])
 
-    @pytest.mark.parametrize("n, k, niter, seed", [(3000, 12, 100, 0), (3000, 12, 7, 4),
-                                                    (5000, 16, 50, 1)])  # 5000 > 16 x 256
+    @pytest.mark.parametrize(
+        "n, k, niter, seed", [(3000, 12, 100, 0), (3000, 12, 7, 4), (5000, 16, 50, 1)]
+    )  # 5000 > 16 x 256
     def test_same_seed_same_centroids(self, device, n, k, niter, seed):
         x = unit_blobs(n, 16, 30, 0.1, seed)
         want = faiss_kmeans(x, k, niter, seed)
@@ -303,8 +306,7 @@ class TestKmeans:
 
     def test_without_iterations_gives_the_init(self, device):
         x = unit_blobs(300, 4, 3, 0.3, 2)
-        np.testing.assert_array_equal(torch_kmeans(x, 5, 0, 2, device),
-                                      faiss_kmeans(x, 5, 0, 2))
+        np.testing.assert_array_equal(torch_kmeans(x, 5, 0, 2, device), faiss_kmeans(x, 5, 0, 2))
 
     def test_as_many_points_as_clusters(self, device):
         x = unit_blobs(5, 3, 2, 0.3, 0)
@@ -332,19 +334,23 @@ class TestNetVLADInit:
         cpu.init_from_descriptors(feats, seed=3, niter=NETVLAD_KMEANS_ITERATIONS)
         other = NetVLAD(clusters=8, dim=16).to(device)
         torch_init_netvlad(other, feats, 3, torch.device(device))
-        np.testing.assert_allclose(other.centroids.detach().cpu().numpy(),
-                                   cpu.centroids.detach().numpy(), atol=1e-5)
-        np.testing.assert_allclose(other.conv.weight.detach().cpu().numpy(),
-                                   cpu.conv.weight.detach().numpy(), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            other.centroids.detach().cpu().numpy(), cpu.centroids.detach().numpy(), atol=1e-5
+        )
+        np.testing.assert_allclose(
+            other.conv.weight.detach().cpu().numpy(), cpu.conv.weight.detach().numpy(), rtol=1e-4, atol=1e-4
+        )
         assert other.centroids.device.type == device
 
     def test_too_few_features(self, device):
         with pytest.raises(VprkitError, match="at least 8 local features"):
-            torch_init_netvlad(NetVLAD(clusters=8, dim=4), np.ones((5, 4), np.float32), 0,
-                               torch.device(device))
+            torch_init_netvlad(
+                NetVLAD(clusters=8, dim=4), np.ones((5, 4), np.float32), 0, torch.device(device)
+            )
 
     def test_extraction_records_one_method_and_the_device(self, netvlad_file):
         from vprkit.store import DescriptorFile
+
         with DescriptorFile(netvlad_file) as f:
             init = f.model["netvlad_init"]
         assert init["method"] == "faiss k-means" and init["kmeans_device"] == "cpu"

@@ -29,8 +29,23 @@ from vprkit.train import TrainConfig, train
 
 RESIZE = ["--resize", str(SIZE[0]), str(SIZE[1])]
 FAST = ["--weights", "none", *RESIZE, "--workers", "0", "--quiet", "--device", "cpu"]
-TRAIN = [*FAST, "--queries-per-epoch", "4", "--cache-refresh", "4", "--batch-size", "2",
-         "--negatives", "2", "--neg-samples", "8", "--epochs", "1", "--infer-batch-size", "8"]
+TRAIN = [
+    *FAST,
+    "--queries-per-epoch",
+    "4",
+    "--cache-refresh",
+    "4",
+    "--batch-size",
+    "2",
+    "--negatives",
+    "2",
+    "--neg-samples",
+    "8",
+    "--epochs",
+    "1",
+    "--infer-batch-size",
+    "8",
+]
 
 
 def cli(*args):
@@ -38,8 +53,9 @@ def cli(*args):
 
 
 def one_line_error(result, pattern: str = "") -> str:
-    assert result.exception is None or isinstance(result.exception, SystemExit), \
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
         f"{type(result.exception).__name__}: {result.exception}\n{result.output}"
+    )
     assert result.exit_code in (1, 2), result.output  # 2: click's usage errors (bad values)
     lines = [line for line in result.output.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("Error: ")]
@@ -47,6 +63,7 @@ def one_line_error(result, pattern: str = "") -> str:
     assert "Traceback" not in result.output and "Exception ignored" not in result.output
     if pattern:
         import re
+
         assert re.search(pattern, errors[0]), errors[0]
     return errors[0]
 
@@ -72,8 +89,9 @@ def crafted_checkpoint(path: Path, marker: Path, where: str = "extra") -> Path:
 
 @pytest.fixture(scope="module")
 def train_root(tmp_path_factory) -> Path:
-    return generate_dataset(tmp_path_factory.mktemp("train"), {"train": (20, 10), "val": (16, 8)},
-                            size=SIZE, seed=7)
+    return generate_dataset(
+        tmp_path_factory.mktemp("train"), {"train": (20, 10), "val": (16, 8)}, size=SIZE, seed=7
+    )
 
 
 class TestCraftedCheckpoints:
@@ -81,25 +99,51 @@ class TestCraftedCheckpoints:
     def test_extract_runs_nothing(self, small_root, tmp_path, where):
         marker = tmp_path / "pwned"
         evil = crafted_checkpoint(tmp_path / "evil.pth", marker, where)
-        line = one_line_error(cli("extract", small_root, "-o", tmp_path / "x.h5", "--checkpoint",
-                                  evil, *RESIZE, "--workers", "0", "--quiet"),
-                              r"holds Python objects \((posix|os)\.system\) that vprkit does not load")
+        line = one_line_error(
+            cli(
+                "extract",
+                small_root,
+                "-o",
+                tmp_path / "x.h5",
+                "--checkpoint",
+                evil,
+                *RESIZE,
+                "--workers",
+                "0",
+                "--quiet",
+            ),
+            r"holds Python objects \((posix|os)\.system\) that vprkit does not load",
+        )
         assert "weights_only" not in line and not marker.exists()
         assert not (tmp_path / "x.h5").exists() and not partial_path(tmp_path / "x.h5").exists()
 
     def test_backbone_weights_file_runs_nothing(self, small_root, tmp_path):
         marker = tmp_path / "pwned"
         torch.save({"conv1.weight": _RunsCode(marker)}, tmp_path / "w.pth")
-        one_line_error(cli("extract", small_root, "-o", tmp_path / "x.h5", "--weights",
-                           tmp_path / "w.pth", *RESIZE, "--workers", "0", "--quiet"),
-                       "weights file .* holds Python objects")
+        one_line_error(
+            cli(
+                "extract",
+                small_root,
+                "-o",
+                tmp_path / "x.h5",
+                "--weights",
+                tmp_path / "w.pth",
+                *RESIZE,
+                "--workers",
+                "0",
+                "--quiet",
+            ),
+            "weights file .* holds Python objects",
+        )
         assert not marker.exists()
 
     def test_train_checkpoint_runs_nothing(self, train_root, tmp_path):
         marker = tmp_path / "pwned"
         evil = crafted_checkpoint(tmp_path / "evil.pth", marker)
-        one_line_error(cli("train", train_root, "--out", tmp_path / "run", "--checkpoint", evil,
-                           *TRAIN), "holds Python objects")
+        one_line_error(
+            cli("train", train_root, "--out", tmp_path / "run", "--checkpoint", evil, *TRAIN),
+            "holds Python objects",
+        )
         assert not marker.exists()
 
     def test_planted_last_pth_runs_nothing(self, train_root, tmp_path):
@@ -114,9 +158,16 @@ class TestCraftedCheckpoints:
 
     def test_benchmark_checkpoint_with_numpy_recalls_still_loads(self, tmp_path):
         state = VPRModel(ModelConfig(weights="none")).state_dict()
-        torch.save({"epoch_num": 3, "model_state_dict": {f"module.{k}": v for k, v in state.items()},
-                    "recalls": np.array([41.5, 63.2]), "best_r5": np.float64(63.2),
-                    "not_improved_num": np.int64(0)}, tmp_path / "best_model.pth")
+        torch.save(
+            {
+                "epoch_num": 3,
+                "model_state_dict": {f"module.{k}": v for k, v in state.items()},
+                "recalls": np.array([41.5, 63.2]),
+                "best_r5": np.float64(63.2),
+                "not_improved_num": np.int64(0),
+            },
+            tmp_path / "best_model.pth",
+        )
         model = load_model_from_checkpoint(tmp_path / "best_model.pth")
         assert model.config.backbone == "resnet18conv4" and model.config.aggregation == "gem"
         assert load_safely(tmp_path / "best_model.pth")["recalls"].tolist() == [41.5, 63.2]
@@ -135,16 +186,19 @@ class TestDamagedRunFolders:
         assert cli("train", train_root, "--out", run, *TRAIN, "--epochs", "2").exit_code == 0
         return run
 
-    @pytest.mark.parametrize("damage, pattern", [
-        ("empty", "run state .*last.pth is empty"),
-        ("truncated", "cannot read run state .*last.pth: .*damaged or not a torch file"),
-        ("not torch", "cannot read run state"),
-        ("wrong keys", "is not a vprkit run state"),
-        ("config not json", "config.json is damaged"),
-        ("config unknown key", "config.json is damaged"),
-        ("config a list", "config.json is damaged"),
-        ("config missing", "config.json does not exist"),
-    ])
+    @pytest.mark.parametrize(
+        "damage, pattern",
+        [
+            ("empty", "run state .*last.pth is empty"),
+            ("truncated", "cannot read run state .*last.pth: .*damaged or not a torch file"),
+            ("not torch", "cannot read run state"),
+            ("wrong keys", "is not a vprkit run state"),
+            ("config not json", "config.json is damaged"),
+            ("config unknown key", "config.json is damaged"),
+            ("config a list", "config.json is damaged"),
+            ("config missing", "config.json does not exist"),
+        ],
+    )
     def test_one_line_each(self, run, damage, pattern):
         last, cfg = run / "last.pth", run / "config.json"
         if damage == "empty":
@@ -182,8 +236,9 @@ class TestDamagedRunFolders:
         db = root / "images/train/database"
         first = sorted(db.iterdir())[0]
         shutil.copy(first, db / ("@999@999@33@T@@@@@@@@@extra@.jpg"))
-        one_line_error(cli("train", "--resume", run, "--quiet"),
-                       "changed since .* was started .*train_database")
+        one_line_error(
+            cli("train", "--resume", run, "--quiet"), "changed since .* was started .*train_database"
+        )
 
     def test_other_architecture_in_last_pth(self, run, tmp_path, train_root):
         data = torch.load(run / "last.pth", weights_only=True)
@@ -199,9 +254,18 @@ class TestRunFolderLock:
         run.mkdir()
         with output_lock(run / "train"):
             with pytest.raises(VprkitError, match="another vprkit process is writing the run folder"):
-                train(TrainConfig(root=str(train_root), model=ModelConfig(weights="none"),
-                                  resize=SIZE, workers=0, device="cpu", epochs=1), run,
-                      progress=False)
+                train(
+                    TrainConfig(
+                        root=str(train_root),
+                        model=ModelConfig(weights="none"),
+                        resize=SIZE,
+                        workers=0,
+                        device="cpu",
+                        epochs=1,
+                    ),
+                    run,
+                    progress=False,
+                )
             with pytest.raises(VprkitError, match="another vprkit process"):
                 train(None, run, resume=True, progress=False)
         assert not (run / "last.pth").exists()
@@ -238,18 +302,18 @@ class TestPlantedLinks:
 
     def test_combine_and_merge(self, gem_file, netvlad_file, tmp_path, target):
         (tmp_path / "c.h5.partial").symlink_to(target)
-        assert cli("combine", gem_file, netvlad_file, "-o", tmp_path / "c.h5", "--quiet") \
-            .exit_code == 0
+        assert cli("combine", gem_file, netvlad_file, "-o", tmp_path / "c.h5", "--quiet").exit_code == 0
         (tmp_path / "d.h5.lock").symlink_to(target)
-        one_line_error(cli("combine", gem_file, netvlad_file, "-o", tmp_path / "d.h5", "--quiet"),
-                       "d.h5.lock is a symbolic link")
+        one_line_error(
+            cli("combine", gem_file, netvlad_file, "-o", tmp_path / "d.h5", "--quiet"),
+            "d.h5.lock is a symbolic link",
+        )
         assert target.read_text() == "precious"
 
     def test_json_predictions_and_report_replace_the_link(self, gem_file, tmp_path, target):
         for name in ("r.json", "p.csv"):
             (tmp_path / name).symlink_to(target)
-        result = cli("evaluate", gem_file, "--json", tmp_path / "r.json", "--predictions",
-                     tmp_path / "p.csv")
+        result = cli("evaluate", gem_file, "--json", tmp_path / "r.json", "--predictions", tmp_path / "p.csv")
         assert result.exit_code == 0, result.output
         assert target.read_text() == "precious"
         assert not (tmp_path / "r.json").is_symlink() and json.loads((tmp_path / "r.json").read_text())
@@ -260,6 +324,7 @@ class TestPlantedLinks:
         shutil.copy(gem_file, local)
         from vprkit.search.index import index_path
         from vprkit.store import DescriptorFile
+
         with DescriptorFile(local) as f:
             path = index_path(f, (1,), "IVF2,Flat")
         path.symlink_to(target)
@@ -275,13 +340,12 @@ class TestPlantedLinks:
         run2 = tmp_path / "run2"
         run2.mkdir()
         for name in ("train.log", "metrics.jsonl", "config.json"):  # left by a run that stopped
-            (run2 / name).symlink_to(target)                        # before its first checkpoint
+            (run2 / name).symlink_to(target)  # before its first checkpoint
         assert cli("train", train_root, "--out", run2, *TRAIN).exit_code == 0
         assert target.read_text() == "precious" and not (run2 / "train.log").is_symlink()
         (run2 / "train.log").unlink()
         (run2 / "train.log").symlink_to(target)
-        one_line_error(cli("train", "--resume", run2, "--quiet"),
-                       "train.log is a symbolic link")
+        one_line_error(cli("train", "--resume", run2, "--quiet"), "train.log is a symbolic link")
         assert target.read_text() == "precious"
 
     def test_atomic_output_keeps_the_old_file_on_error(self, tmp_path):
@@ -294,24 +358,27 @@ class TestPlantedLinks:
 
 
 class TestOptionValues:
-    @pytest.mark.parametrize("args, pattern", [
-        (["--threshold", "nan"], "--threshold must be a positive"),
-        (["--threshold", "inf"], "--threshold must be a positive"),
-        (["--threshold", "-3"], "--threshold must be a positive"),
-        (["--block-rows", "0"], "--block-rows must be at least 1"),
-        (["--block-rows", "-5"], "--block-rows must be at least 1"),
-        (["--recalls", "1,,5"], "bad recall list"),
-        (["--recalls", "5,1"], "bad recall list"),
-        (["--recalls", "0,1"], "bad recall list"),
-        (["--recalls", "1,100"], r"Recall@100 asks for more predictions than the 30 database"),
-        (["--recalls", "1,99999999999999999999"], "bad recall list"),
-        (["--nprobe", "0"], "--nprobe must be at least 1"),
-        (["--scale", "1++2"], "bad scale list"),
-        (["--scale", "+1"], "bad scale list"),
-        (["--scale", "1+1"], "bad scale list"),
-        (["--scale", "0"], "bad scale list"),
-        (["--scale", "1e3"], "bad scale list"),
-    ])
+    @pytest.mark.parametrize(
+        "args, pattern",
+        [
+            (["--threshold", "nan"], "--threshold must be a positive"),
+            (["--threshold", "inf"], "--threshold must be a positive"),
+            (["--threshold", "-3"], "--threshold must be a positive"),
+            (["--block-rows", "0"], "--block-rows must be at least 1"),
+            (["--block-rows", "-5"], "--block-rows must be at least 1"),
+            (["--recalls", "1,,5"], "bad recall list"),
+            (["--recalls", "5,1"], "bad recall list"),
+            (["--recalls", "0,1"], "bad recall list"),
+            (["--recalls", "1,100"], r"Recall@100 asks for more predictions than the 30 database"),
+            (["--recalls", "1,99999999999999999999"], "bad recall list"),
+            (["--nprobe", "0"], "--nprobe must be at least 1"),
+            (["--scale", "1++2"], "bad scale list"),
+            (["--scale", "+1"], "bad scale list"),
+            (["--scale", "1+1"], "bad scale list"),
+            (["--scale", "0"], "bad scale list"),
+            (["--scale", "1e3"], "bad scale list"),
+        ],
+    )
     def test_evaluate(self, tmp_path, args, pattern):
         rng = np.random.default_rng(0)
         f = write_file(tmp_path / "f.h5", rng.normal(size=(30, 8)), rng.normal(size=(6, 8)))
@@ -319,37 +386,49 @@ class TestOptionValues:
 
     @pytest.mark.parametrize("weights", ["nan,1", "inf,1", "0,1", "-1,2", "1"])
     def test_combine_weights(self, gem_file, netvlad_file, tmp_path, weights):
-        one_line_error(cli("combine", gem_file, netvlad_file, "-o", tmp_path / "c.h5",
-                           "--part-weights", weights), "--part-weights needs 2 positive numbers")
+        one_line_error(
+            cli("combine", gem_file, netvlad_file, "-o", tmp_path / "c.h5", "--part-weights", weights),
+            "--part-weights needs 2 positive numbers",
+        )
         assert not (tmp_path / "c.h5").exists()
 
     def test_combine_block_rows(self, gem_file, netvlad_file, tmp_path):
-        one_line_error(cli("combine", gem_file, netvlad_file, "-o", tmp_path / "c.h5",
-                           "--block-rows", "0"), "--block-rows must be at least 1")
+        one_line_error(
+            cli("combine", gem_file, netvlad_file, "-o", tmp_path / "c.h5", "--block-rows", "0"),
+            "--block-rows must be at least 1",
+        )
 
-    @pytest.mark.parametrize("args, pattern", [
-        (["--workers", "-1"], "'--workers': -1 is not in the range x>=0"),
-        (["--seed", "-1"], "'--seed': -1 is not in the range 0<=x<=4294967295"),
-        (["--seed", str(2**64)], "is not in the range 0<=x<=4294967295"),
-        (["--clusters", "0", "--aggregation", "netvlad"], "'--clusters': 0 is not in the range x>=1"),
-        (["--scales", "1,,2"], "bad scale list"),
-        (["--scales", "1,1"], "a scale is repeated"),
-        (["--batch-size", "0"], "'--batch-size': 0 is not in the range x>=1"),
-        (["--resize", "0", "10"], "bad --resize"),
-    ])
+    @pytest.mark.parametrize(
+        "args, pattern",
+        [
+            (["--workers", "-1"], "'--workers': -1 is not in the range x>=0"),
+            (["--seed", "-1"], "'--seed': -1 is not in the range 0<=x<=4294967295"),
+            (["--seed", str(2**64)], "is not in the range 0<=x<=4294967295"),
+            (["--clusters", "0", "--aggregation", "netvlad"], "'--clusters': 0 is not in the range x>=1"),
+            (["--scales", "1,,2"], "bad scale list"),
+            (["--scales", "1,1"], "a scale is repeated"),
+            (["--batch-size", "0"], "'--batch-size': 0 is not in the range x>=1"),
+            (["--resize", "0", "10"], "bad --resize"),
+        ],
+    )
     def test_extract(self, small_root, tmp_path, args, pattern):
-        one_line_error(cli("extract", small_root, "-o", tmp_path / "x.h5", "--weights", "none",
-                           "--quiet", *args), pattern)
+        one_line_error(
+            cli("extract", small_root, "-o", tmp_path / "x.h5", "--weights", "none", "--quiet", *args),
+            pattern,
+        )
         assert not (tmp_path / "x.h5").exists() and not partial_path(tmp_path / "x.h5").exists()
 
-    @pytest.mark.parametrize("args, pattern", [
-        (["--lr", "nan"], "--lr and --margin must be positive"),
-        (["--margin", "inf"], "--lr and --margin must be positive"),
-        (["--weight-decay", "nan"], "--lr and --margin must be positive"),
-        (["--workers", "-2"], "--workers and --seed must not be negative"),
-        (["--clusters", "0"], "'--clusters': 0 is not in the range x>=1"),
-        (["--resize", "-1", "4"], "bad --resize"),
-    ])
+    @pytest.mark.parametrize(
+        "args, pattern",
+        [
+            (["--lr", "nan"], "--lr and --margin must be positive"),
+            (["--margin", "inf"], "--lr and --margin must be positive"),
+            (["--weight-decay", "nan"], "--lr and --margin must be positive"),
+            (["--workers", "-2"], "--workers and --seed must not be negative"),
+            (["--clusters", "0"], "'--clusters': 0 is not in the range x>=1"),
+            (["--resize", "-1", "4"], "bad --resize"),
+        ],
+    )
     def test_train(self, train_root, tmp_path, args, pattern):
         one_line_error(cli("train", train_root, "--out", tmp_path / "run", *TRAIN, *args), pattern)
         assert not (tmp_path / "run" / "last.pth").exists()
@@ -369,8 +448,11 @@ class TestInertText:
         result = cli("extract", root, "-o", out, "--weights", "none", *RESIZE, "--workers", "0")
         assert result.exit_code == 0, result.output
         assert "[b]gem.h5" in result.output and "\x1b" not in result.output
-        for args, shown in ((["info", out], "\\x1b[2J"), (["evaluate", out], "[b]gem.h5"),
-                            (["dataset", "info", root], "\\x1b[2J")):
+        for args, shown in (
+            (["info", out], "\\x1b[2J"),
+            (["evaluate", out], "[b]gem.h5"),
+            (["dataset", "info", root], "\\x1b[2J"),
+        ):
             result = cli(*args)
             assert result.exit_code == 0, result.output
             assert "\x1b" not in result.output and shown in result.output, result.output
@@ -378,6 +460,7 @@ class TestInertText:
 
     def test_stored_attributes_shown_escaped_and_cut(self, tmp_path):
         import h5py
+
         rng = np.random.default_rng(0)
         f = write_file(tmp_path / "f.h5", rng.normal(size=(10, 4)), rng.normal(size=(3, 4)))
         with h5py.File(f, "r+") as h5:
@@ -394,6 +477,7 @@ class TestInertText:
 def _interrupted_extract(root: Path, out: Path, monkeypatch, after_commits: int = 2) -> None:
     """An extraction stopped (Ctrl-C) after ``after_commits`` committed batches."""
     from vprkit.store import DescriptorWriter
+
     real = DescriptorWriter.commit_rows
     calls = {"n": 0}
 
@@ -412,6 +496,7 @@ def _interrupted_extract(root: Path, out: Path, monkeypatch, after_commits: int 
 def _replace_bytes(image: Path, seed: int) -> None:
     """Other pixels under the same name (the size and name stay)."""
     from PIL import Image
+
     rng = np.random.default_rng(seed)
     with Image.open(image) as im:
         size = im.size
@@ -432,6 +517,7 @@ class TestImagesChecked:
 
         from vprkit.data.datasets import load_split
         from vprkit.store import DescriptorFile
+
         split = load_split(small_root, "test")
         with DescriptorFile(gem_file) as f:
             for role in ("database", "queries"):
@@ -447,8 +533,7 @@ class TestImagesChecked:
             extract(root, out, config(), options(), progress=False)
         assert partial_path(out).exists() and not out.exists()
 
-    def test_changing_a_row_not_yet_extracted_is_not_a_difference(self, root, tmp_path,
-                                                                 monkeypatch):
+    def test_changing_a_row_not_yet_extracted_is_not_a_difference(self, root, tmp_path, monkeypatch):
         out = tmp_path / "gem.h5"
         _interrupted_extract(root, out, monkeypatch)
         _replace_bytes(sorted((root / "images/test/queries").iterdir())[-1], 2)
@@ -460,8 +545,10 @@ class TestImagesChecked:
         before = out.read_bytes()
         image = sorted((root / "images/test/queries").iterdir())[3]
         _replace_bytes(image, 3)
-        one_line_error(cli("extract", root, "-o", out, *FAST, "--scales", "1,2"),
-                       f"was made differently .*queries image {image.name} has other bytes")
+        one_line_error(
+            cli("extract", root, "-o", out, *FAST, "--scales", "1,2"),
+            f"was made differently .*queries image {image.name} has other bytes",
+        )
         assert out.read_bytes() == before and not partial_path(out).exists()
 
     def test_another_root_with_the_same_images_extends(self, root, tmp_path):
@@ -470,6 +557,7 @@ class TestImagesChecked:
         shutil.copytree(root, moved)  # new modification times, same bytes
         extract(moved, out, config(), options(scales=(1, 2)), progress=False)
         from vprkit.store import DescriptorFile
+
         with DescriptorFile(out) as f:
             assert f.scales == [1, 2]
 
@@ -484,17 +572,21 @@ class TestImagesChecked:
     def test_combine_refuses_files_of_other_bytes(self, root, tmp_path):
         gem = extract(root, tmp_path / "gem.h5", config(), options(), progress=False)
         _replace_bytes(sorted((root / "images/test/database").iterdir())[5], 5)
-        vlad = extract(root, tmp_path / "vlad.h5", config("netvlad", clusters=4), options(),
-                       progress=False)
-        one_line_error(cli("combine", gem, vlad, "-o", tmp_path / "c.h5", "--quiet"),
-                       "were extracted from different images under the same names "
-                       r"\(1 database images differ")
+        vlad = extract(root, tmp_path / "vlad.h5", config("netvlad", clusters=4), options(), progress=False)
+        one_line_error(
+            cli("combine", gem, vlad, "-o", tmp_path / "c.h5", "--quiet"),
+            "were extracted from different images under the same names "
+            r"\(1 database images differ",
+        )
 
     def test_merged_shards_keep_the_hashes(self, gem_file, small_root, tmp_path):
         from vprkit.extract.shards import merge
         from vprkit.store import DescriptorFile
-        shards = [extract(small_root, tmp_path / "g.h5", config(), options(shard=(i, 3)),
-                          progress=False) for i in range(3)]
+
+        shards = [
+            extract(small_root, tmp_path / "g.h5", config(), options(shard=(i, 3)), progress=False)
+            for i in range(3)
+        ]
         merged = merge(shards, tmp_path / "m.h5", progress=False)
         with DescriptorFile(merged) as m, DescriptorFile(gem_file) as g:
             for role in ("database", "queries"):
@@ -502,6 +594,7 @@ class TestImagesChecked:
 
     def test_files_from_before_hashes_still_extend_with_a_warning(self, root, tmp_path):
         import h5py
+
         out = extract(root, tmp_path / "gem.h5", config(), options(), progress=False)
         with h5py.File(out, "r+") as f:
             del f["database/sha256"], f["queries/sha256"]
@@ -513,16 +606,18 @@ class TestImagesChecked:
 class TestLibraryOptionValues:
     """The library refuses what the CLI's ranges refuse, for Python callers."""
 
-    @pytest.mark.parametrize("kw, pattern", [
-        ({"workers": -1}, "^workers must not be negative, got -1$"),
-        ({"seed": -1}, "^seed must not be negative, got -1$"),
-        ({"batch_size": 0}, "^batch_size must be at least 1, got 0$"),
-    ])
+    @pytest.mark.parametrize(
+        "kw, pattern",
+        [
+            ({"workers": -1}, "^workers must not be negative, got -1$"),
+            ({"seed": -1}, "^seed must not be negative, got -1$"),
+            ({"batch_size": 0}, "^batch_size must be at least 1, got 0$"),
+        ],
+    )
     def test_extract_options(self, small_root, tmp_path, kw, pattern):
         with pytest.raises(VprkitError, match=pattern):
             extract(small_root, tmp_path / "x.h5", config(), options(**kw), progress=False)
 
     def test_clusters(self, small_root, tmp_path):
         with pytest.raises(VprkitError, match="clusters must be at least 1"):
-            extract(small_root, tmp_path / "x.h5", config("netvlad", clusters=0), options(),
-                    progress=False)
+            extract(small_root, tmp_path / "x.h5", config("netvlad", clusters=0), options(), progress=False)

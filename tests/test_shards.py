@@ -55,10 +55,13 @@ class TestMerge:
     @classmethod
     def sharded(cls, small_root, tmp_path_factory):
         folder = tmp_path_factory.mktemp("shards")
-        whole = extract(small_root, folder / "whole.h5", config(), options(scales=(1, 2)),
-                        progress=False)
-        paths = [extract(small_root, folder / "gem.h5", config(),
-                         options(scales=(1, 2), shard=(i, 3)), progress=False) for i in range(3)]
+        whole = extract(small_root, folder / "whole.h5", config(), options(scales=(1, 2)), progress=False)
+        paths = [
+            extract(
+                small_root, folder / "gem.h5", config(), options(scales=(1, 2), shard=(i, 3)), progress=False
+            )
+            for i in range(3)
+        ]
         return whole, paths
 
     def test_shard_files_hold_their_slices(self, sharded):
@@ -92,12 +95,18 @@ class TestMerge:
             merge([paths[0], paths[0], paths[1], paths[2]], tmp_path / "m.h5", progress=False)
         with pytest.raises(VprkitError, match="is not a shard"):
             merge([whole, *paths], tmp_path / "m.h5", progress=False)
-        other = extract(small_root, tmp_path / "seed1.h5", config(),
-                        options(scales=(1, 2), shard=(1, 3), seed=1), progress=False)
+        other = extract(
+            small_root,
+            tmp_path / "seed1.h5",
+            config(),
+            options(scales=(1, 2), shard=(1, 3), seed=1),
+            progress=False,
+        )
         with pytest.raises(VprkitError, match="not shards of one extraction: their model differs"):
             merge([paths[0], other, paths[2]], tmp_path / "m.h5", progress=False)
-        two = extract(small_root, tmp_path / "two.h5", config(), options(scales=(1, 2), shard=(1, 2)),
-                      progress=False)
+        two = extract(
+            small_root, tmp_path / "two.h5", config(), options(scales=(1, 2), shard=(1, 2)), progress=False
+        )
         with pytest.raises(VprkitError, match="is shard 1 of 2"):
             merge([paths[0], two], tmp_path / "m.h5", progress=False)
         (tmp_path / "exists.h5").write_bytes(b"")
@@ -110,15 +119,18 @@ class TestMerge:
         _, paths = sharded
         with pytest.raises(VprkitError, match="is shard 0 of 3 .* vprkit merge"):
             evaluate_file(paths[0])
-        result = CliRunner().invoke(main, ["combine", str(paths[0]), str(paths[1]),
-                                           "-o", str(tmp_path / "c.h5")])
+        result = CliRunner().invoke(
+            main, ["combine", str(paths[0]), str(paths[1]), "-o", str(tmp_path / "c.h5")]
+        )
         assert result.exit_code == 1 and "is shard 0 of 3" in result.output
 
     def test_netvlad_shards_share_the_kmeans_of_the_whole_split(self, small_root, tmp_path):
         netvlad = config("netvlad", clusters=8)
         whole = extract(small_root, tmp_path / "whole.h5", netvlad, options(), progress=False)
-        paths = [extract(small_root, tmp_path / "v.h5", netvlad, options(shard=(i, 2)),
-                         progress=False) for i in range(2)]
+        paths = [
+            extract(small_root, tmp_path / "v.h5", netvlad, options(shard=(i, 2)), progress=False)
+            for i in range(2)
+        ]
         merged = merge(paths, tmp_path / "merged.h5", progress=False)
         assert_same_database(merged, whole)
 
@@ -126,21 +138,50 @@ class TestMerge:
 @pytest.mark.slow
 def test_two_processes_then_merge_cli(small_root, tmp_path):
     """Two concurrent `vprkit extract --shard` processes, then `vprkit merge` (the CLI path)."""
-    common = ["extract", str(small_root), "-o", str(tmp_path / "gem.h5"), "--weights", "none",
-              "--resize", *map(str, SIZE), "--scales", "1,2", "--batch-size", "5",
-              "--workers", "0", "--device", "cpu", "--quiet"]
+    common = [
+        "extract",
+        str(small_root),
+        "-o",
+        str(tmp_path / "gem.h5"),
+        "--weights",
+        "none",
+        "--resize",
+        *map(str, SIZE),
+        "--scales",
+        "1,2",
+        "--batch-size",
+        "5",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "vprkit.cli", *common, "--shard", f"{i}/2"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "vprkit.cli", *common, "--shard", f"{i}/2"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        for i in range(2)
+    ]
     for proc in procs:
         out, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, out.decode()
     runner = CliRunner()
-    result = runner.invoke(main, ["merge", str(tmp_path / "gem.shard0of2.h5"),
-                                  str(tmp_path / "gem.shard1of2.h5"), "-o", str(tmp_path / "gem.h5"),
-                                  "--quiet"])
+    result = runner.invoke(
+        main,
+        [
+            "merge",
+            str(tmp_path / "gem.shard0of2.h5"),
+            str(tmp_path / "gem.shard1of2.h5"),
+            "-o",
+            str(tmp_path / "gem.h5"),
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    whole = extract(small_root, tmp_path / "whole.h5", config(), options(scales=(1, 2)),
-                    progress=False)
+    whole = extract(small_root, tmp_path / "whole.h5", config(), options(scales=(1, 2)), progress=False)
     assert_same_database(tmp_path / "gem.h5", whole)

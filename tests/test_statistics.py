@@ -38,7 +38,9 @@ def outcomes(rank, distance=None, metres=None, has=None, key="q"):
         rank,
         np.asarray(distance if distance is not None else np.arange(n), dtype=np.float64),
         np.asarray(metres if metres is not None else np.where(rank == 1, 3.0, 300.0), np.float64),
-        np.asarray(has if has is not None else np.ones(n), dtype=bool), key)
+        np.asarray(has if has is not None else np.ones(n), dtype=bool),
+        key,
+    )
 
 
 def two_files(tmp_path, n_db=300, n_q=200, noises=(1.0, 0.7), seed=0):
@@ -47,24 +49,25 @@ def two_files(tmp_path, n_db=300, n_q=200, noises=(1.0, 0.7), seed=0):
     db = rng.normal(size=(n_db, 32)).astype(np.float32)
     db /= np.linalg.norm(db, axis=1, keepdims=True)
     utm = np.c_[np.arange(n_db) * 10.0, np.zeros(n_db)]
-    names = {"database": [f"d{i}.jpg" for i in range(n_db)],
-             "queries": [f"q{i}.jpg" for i in range(n_q)]}
+    names = {"database": [f"d{i}.jpg" for i in range(n_db)], "queries": [f"q{i}.jpg" for i in range(n_q)]}
     paths = []
     for i, noise in enumerate(noises):
         q = db[:n_q] + noise * rng.normal(size=(n_q, 32)).astype(np.float32)
         q[-10:] = rng.normal(size=(10, 32))  # ten queries far from everything...
         q_utm = utm[:n_q] + [3.0, 0.0]
         q_utm[-10:] += [0.0, 5000.0]  # ...and without any positive
-        paths.append(write_descriptor_file(tmp_path / f"m{i}.h5", db, q, names=names,
-                                           utm={"database": utm, "queries": q_utm}))
+        paths.append(
+            write_descriptor_file(
+                tmp_path / f"m{i}.h5", db, q, names=names, utm={"database": utm, "queries": q_utm}
+            )
+        )
     return paths
 
 
 class TestPrecisionRecall:
     def test_equals_scikit_learn_on_a_hand_made_case(self):
         # right, wrong, right, right (tie with a wrong one), no positive (wrong), right
-        o = outcomes([1, 3, 1, 1, 0, 1], distance=[0.1, 0.2, 0.3, 0.5, 0.5, 0.9],
-                     has=[1, 1, 1, 1, 0, 1])
+        o = outcomes([1, 3, 1, 1, 0, 1], distance=[0.1, 0.2, 0.3, 0.5, 0.5, 0.9], has=[1, 1, 1, 1, 0, 1])
         curve = precision_recall(o)
         labels = np.array([1, 0, 1, 1, 0, 1], dtype=bool)
         precision, recall, _ = precision_recall_curve(labels, -o.top1_distance)
@@ -151,7 +154,7 @@ class TestMcNemar:
         only_a, only_b, p = mcnemar_exact(a, b)
         assert (only_a, only_b) == (10, 2)
         assert p == pytest.approx(binomtest(10, 12, 0.5).pvalue)
-        by_hand = 2 * sum(math.comb(12, i) for i in range(3)) / 2 ** 12
+        by_hand = 2 * sum(math.comb(12, i) for i in range(3)) / 2**12
         assert p == pytest.approx(by_hand)  # 0.0386
 
     def test_no_discordant_pair(self):
@@ -162,8 +165,7 @@ class TestMcNemar:
 class TestThresholds:
     def test_share_within_each_threshold(self):
         o = outcomes([1, 0, 0, 1], metres=[3.0, 10.0, 60.0, 25.0])
-        assert recall_at_thresholds(o, (5, 10, 25, 50)) == {5.0: 25.0, 10.0: 50.0, 25.0: 75.0,
-                                                           50.0: 75.0}
+        assert recall_at_thresholds(o, (5, 10, 25, 50)) == {5.0: 25.0, 10.0: 50.0, 25.0: 75.0, 50.0: 75.0}
 
     def test_parsing(self):
         assert parse_thresholds("5,10,25") == (5.0, 10.0, 25.0)
@@ -223,12 +225,12 @@ class TestCompare:
         a, b = two_files(tmp_path, noises=(1.0, 0.6))
         runner = CliRunner()
         for path in (a, b):
-            result = runner.invoke(main, ["evaluate", str(path), "--json",
-                                          str(path.with_suffix(".json"))])
+            result = runner.invoke(main, ["evaluate", str(path), "--json", str(path.with_suffix(".json"))])
             assert result.exit_code == 0, result.output
         rows = [json.loads(p.with_suffix(".json").read_text())[0] for p in (a, b)]
-        result = runner.invoke(main, ["compare", str(a.with_suffix(".json")),
-                                      str(b.with_suffix(".json")), "--json", "-"])
+        result = runner.invoke(
+            main, ["compare", str(a.with_suffix(".json")), str(b.with_suffix(".json")), "--json", "-"]
+        )
         assert result.exit_code == 0, result.output
         got = json.loads(result.output)[0]
         ra, rb = rows[0]["recalls"]["1"], rows[1]["recalls"]["1"]
@@ -239,9 +241,11 @@ class TestCompare:
         ha = np.array(rows[0]["per_query"]["first_positive_rank"]) == 1
         hb = np.array(rows[1]["per_query"]["first_positive_rank"]) == 1
         only_a, only_b = int((ha & ~hb).sum()), int((~ha & hb).sum())
-        assert got["mcnemar"] == {"only_a": only_a, "only_b": only_b,
-                                  "p_value": pytest.approx(binomtest(only_a, only_a + only_b,
-                                                                     0.5).pvalue)}
+        assert got["mcnemar"] == {
+            "only_a": only_a,
+            "only_b": only_b,
+            "p_value": pytest.approx(binomtest(only_a, only_a + only_b, 0.5).pvalue),
+        }
         assert got["clear_at_1"] == ((low > 0 or high < 0) and got["mcnemar"]["p_value"] < 0.05)
         words = "clear at 95%" if got["clear_at_1"] else "not clear at 95%"
         assert words in got["verdict"]

@@ -54,8 +54,9 @@ class TestDescriptorFile:
             assert f["scales/1/database"].chunks == (10, 4)
 
     def test_incomplete_file_refused(self, tmp_path):
-        part = write_file(tmp_path / "p.h5", np.ones((2, 3), np.float32),
-                          np.ones((1, 3), np.float32), complete=False)
+        part = write_file(
+            tmp_path / "p.h5", np.ones((2, 3), np.float32), np.ones((1, 3), np.float32), complete=False
+        )
         with pytest.raises(VprkitError, match="is incomplete"):
             DescriptorFile(part)
         with pytest.raises(VprkitError, match="unfinished extraction left a .partial"):
@@ -101,33 +102,44 @@ def _plain(path: Path, db: np.ndarray, q: np.ndarray, **kw) -> Path:
 
 class TestLightImport:
     def test_import_store_loads_neither_torch_nor_sklearn(self):
-        code = ("import sys, vprkit.store; "
-                "print(','.join(m for m in ('torch', 'sklearn') if m in sys.modules))")
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             check=True, cwd=REPO)
+        code = (
+            "import sys, vprkit.store; print(','.join(m for m in ('torch', 'sklearn') if m in sys.modules))"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+        )
         assert out.stdout.strip() == "", f"import vprkit.store imported {out.stdout.strip()}"
 
     def test_roles_are_shared_with_the_datasets(self):
         from vprkit.data import datasets
+
         assert datasets.ROLES is store.ROLES == ("database", "queries")
 
     def test_no_raw_hdf5_outside_the_store(self):
         raw = re.compile(r"^\s*(import h5py|from h5py)|\.h5\[", re.MULTILINE)
-        found = [str(p.relative_to(REPO)) for p in (REPO / "vprkit").rglob("*.py")
-                 if p.parent.name != "store" and raw.search(p.read_text(encoding="utf-8"))]
+        found = [
+            str(p.relative_to(REPO))
+            for p in (REPO / "vprkit").rglob("*.py")
+            if p.parent.name != "store" and raw.search(p.read_text(encoding="utf-8"))
+        ]
         assert found == []
 
 
 class TestHeader:
     def test_attrs_round_trip(self):
-        header = Header(model={"backbone": "x", "n": [1, 2]}, aggregation=GEM,
-                        dataset={"split": "test"}, preprocessing={"resize": None}, dtype="float16")
+        header = Header(
+            model={"backbone": "x", "n": [1, 2]},
+            aggregation=GEM,
+            dataset={"split": "test"},
+            preprocessing={"resize": None},
+            dtype="float16",
+        )
         attrs = header.to_attrs()
         assert attrs["model"] == '{"backbone": "x", "n": [1, 2]}' and attrs["dtype"] == "float16"
         assert Header.from_attrs(attrs) == header
         assert Header.of(header.to_dict()) == header and Header.of(header) is header
 
-    @pytest.mark.parametrize("bad", ['[1, 2]', "not json", "x" * (store.MAX_ATTR_CHARS + 1)])
+    @pytest.mark.parametrize("bad", ["[1, 2]", "not json", "x" * (store.MAX_ATTR_CHARS + 1)])
     def test_damaged_attrs_raise(self, bad):
         attrs = Header({}, GEM, {}, {}, "float32").to_attrs()
         attrs["dataset"] = bad
@@ -159,14 +171,19 @@ class TestAccessors:
 
     def test_aggregation_arrays_and_combine_record_round_trip(self, tmp_path):
         out = tmp_path / "e.h5"
-        pca = {"mean": np.zeros(3, np.float32), "components": np.eye(2, 3, dtype=np.float32),
-               "explained_variance": np.ones(2, np.float32), "whiten": True,
-               "fitted_on": "a.h5:database", "rows": 7, "method": "exact"}
+        pca = {
+            "mean": np.zeros(3, np.float32),
+            "components": np.eye(2, 3, dtype=np.float32),
+            "explained_variance": np.ones(2, np.float32),
+            "whiten": True,
+            "fitted_on": "a.h5:database",
+            "rows": 7,
+            "method": "exact",
+        }
         with store.writing(out) as o:
             w = o.create(header(), *_lists(2, 1))
             w.write_aggregation_arrays({"centroids": np.full((2, 3), 0.5, np.float32)})
-            w.write_combine_record({"inputs": [{"dim": 3}, {"dim": 1}], "weights": None},
-                                   [pca, None])
+            w.write_combine_record({"inputs": [{"dim": 3}, {"dim": 1}], "weights": None}, [pca, None])
             _fill(w, 2, 1, 2)
         assert o.written == out
         with DescriptorFile(out) as f:
@@ -178,10 +195,14 @@ class TestAccessors:
 
 
 def _lists(n_db: int, n_q: int):
-    names = {"database": [f"@{i}@0@.jpg" for i in range(n_db)],
-             "queries": [f"@{i}@5@.jpg" for i in range(n_q)]}
-    utm = {"database": np.c_[np.arange(n_db), np.zeros(n_db)],
-           "queries": np.c_[np.arange(n_q), np.full(n_q, 5.0)]}
+    names = {
+        "database": [f"@{i}@0@.jpg" for i in range(n_db)],
+        "queries": [f"@{i}@5@.jpg" for i in range(n_q)],
+    }
+    utm = {
+        "database": np.c_[np.arange(n_db), np.zeros(n_db)],
+        "queries": np.c_[np.arange(n_q), np.full(n_q, 5.0)],
+    }
     return names, utm
 
 

@@ -39,8 +39,9 @@ def test_blocks_equal_arrays(tmp_path):
     utm = {"database": rng.uniform(0, 100, (10, 2)), "queries": rng.uniform(0, 100, (4, 2))}
     kw = dict(names=names, utm=utm, dtype="float16", header={"model": {"backbone": "b"}})
     a = write_descriptor_file(tmp_path / "a.h5", db, q, **kw)
-    b = write_descriptor_file(tmp_path / "b.h5", (db[i:i + 3] for i in range(0, 10, 3)),
-                              iter([q[:1], q[1:]]), **kw)
+    b = write_descriptor_file(
+        tmp_path / "b.h5", (db[i : i + 3] for i in range(0, 10, 3)), iter([q[:1], q[1:]]), **kw
+    )
     first, second = datasets_of(a), datasets_of(b)
     assert first.keys() == second.keys()
     assert all(identical(first[k], second[k]) for k in first)
@@ -55,15 +56,26 @@ def test_partial(tmp_path):
         assert f.rows_done("queries", 1) == 1
 
 
-@pytest.mark.parametrize("kw, message", [
-    ({"names": {"database": [], "queries": []}}, "names and utm together"),
-    ({"names": {"database": ["a"], "queries": ["b"]},
-      "utm": {"database": np.zeros((1, 2)), "queries": np.zeros((1, 2))}},
-     "more database rows than the 1 names"),
-    ({"names": {"database": ["a", "b", "c"], "queries": ["d"]},
-      "utm": {"database": np.zeros((3, 2)), "queries": np.zeros((1, 2))}},
-     "2 database rows for 3 names"),
-])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"names": {"database": [], "queries": []}}, "names and utm together"),
+        (
+            {
+                "names": {"database": ["a"], "queries": ["b"]},
+                "utm": {"database": np.zeros((1, 2)), "queries": np.zeros((1, 2))},
+            },
+            "more database rows than the 1 names",
+        ),
+        (
+            {
+                "names": {"database": ["a", "b", "c"], "queries": ["d"]},
+                "utm": {"database": np.zeros((3, 2)), "queries": np.zeros((1, 2))},
+            },
+            "2 database rows for 3 names",
+        ),
+    ],
+)
 def test_refusals(tmp_path, kw, message):
     with pytest.raises(ValueError, match=message):
         write_descriptor_file(tmp_path / "x.h5", np.ones((2, 3)), np.ones((1, 3)), **kw)

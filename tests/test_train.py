@@ -37,9 +37,21 @@ def train_root(tmp_path_factory):
 
 
 def small_config(root, **kw) -> TrainConfig:
-    base = dict(root=str(root), weights="none", resize=SIZE, queries_per_epoch=6, cache_refresh=3,
-                batch_size=2, negatives=2, neg_samples=10, epochs=2, infer_batch_size=8,
-                workers=0, device="cpu", lr=1e-3)
+    base = dict(
+        root=str(root),
+        weights="none",
+        resize=SIZE,
+        queries_per_epoch=6,
+        cache_refresh=3,
+        batch_size=2,
+        negatives=2,
+        neg_samples=10,
+        epochs=2,
+        infer_batch_size=8,
+        workers=0,
+        device="cpu",
+        lr=1e-3,
+    )
     base.update(kw)
     return flat_config(**base)
 
@@ -75,10 +87,17 @@ class TestPresets:
         outs = [m6(x) for _ in range(3)]
         assert not torch.equal(outs[0], outs[1]) and not torch.equal(outs[1], outs[2])
 
-    @pytest.mark.parametrize("name, p, d, fill, pe", [
-        ("occlusion:M1", 0.33, 0.4, 0.0, 0.33), ("occlusion:M2", 0.33, 0.4, 150 / 255, 0.33),
-        ("occlusion:M3", 0.33, 0.4, 1.0, 0.33), ("occlusion:M4", 0.5, 0.2, 0.0, 0.2),
-        ("occlusion:M5", 0.5, 0.2, 150 / 255, 0.2), ("occlusion:M6", 0.5, 0.2, 1.0, 0.2)])
+    @pytest.mark.parametrize(
+        "name, p, d, fill, pe",
+        [
+            ("occlusion:M1", 0.33, 0.4, 0.0, 0.33),
+            ("occlusion:M2", 0.33, 0.4, 150 / 255, 0.33),
+            ("occlusion:M3", 0.33, 0.4, 1.0, 0.33),
+            ("occlusion:M4", 0.5, 0.2, 0.0, 0.2),
+            ("occlusion:M5", 0.5, 0.2, 150 / 255, 0.2),
+            ("occlusion:M6", 0.5, 0.2, 1.0, 0.2),
+        ],
+    )
     def test_occlusion_parameters(self, name, p, d, fill, pe):
         perspective, erasing = build_preset(name).transforms
         assert perspective.p == p and perspective.distortion_scale == d
@@ -103,9 +122,13 @@ class TestMining:
     @staticmethod
     def utm_features(source):
         """Features = coordinates, so feature distance is metric distance."""
+
         def features(db_idx, q_idx):
-            return (source.split.database.utm[db_idx].astype(np.float32),
-                    source.split.queries.utm[q_idx].astype(np.float32))
+            return (
+                source.split.database.utm[db_idx].astype(np.float32),
+                source.split.queries.utm[q_idx].astype(np.float32),
+            )
+
         return features
 
     def test_unmapped_queries_dropped(self, source):
@@ -122,8 +145,9 @@ class TestMining:
             assert (dists > 25).all() and len(set(negs)) == 3
 
     def test_hardest_first(self, source):
-        groups = mine(source, source.queries[:6], self.utm_features(source), "full", 3, 30,
-                      np.random.default_rng(0), {})
+        groups = mine(
+            source, source.queries[:6], self.utm_features(source), "full", 3, 30, np.random.default_rng(0), {}
+        )
         db, q = source.split.database.utm, source.split.queries.utm
         for query, pos, *negs in groups:
             d = np.linalg.norm(db - q[query], axis=1)
@@ -134,8 +158,16 @@ class TestMining:
 
     def test_too_few_negatives(self, source):
         with pytest.raises(VprkitError, match="negative candidates"):
-            mine(source, source.queries[:2], self.utm_features(source), "full", 40, 30,
-                 np.random.default_rng(0), {})
+            mine(
+                source,
+                source.queries[:2],
+                self.utm_features(source),
+                "full",
+                40,
+                30,
+                np.random.default_rng(0),
+                {},
+            )
 
 
 class TestLoss:
@@ -143,8 +175,16 @@ class TestLoss:
         feats = torch.randn(2 * 5, 7)
         got = triplet_loss(feats, 2, 3, 0.1)
         f = feats.view(2, 5, 7)
-        ref = sum(torch.nn.TripletMarginLoss(margin=0.1, reduction="sum")(
-            f[g, 0:1], f[g, 1:2], f[g, 2 + n: 3 + n]) for g in range(2) for n in range(3)) / 6
+        ref = (
+            sum(
+                torch.nn.TripletMarginLoss(margin=0.1, reduction="sum")(
+                    f[g, 0:1], f[g, 1:2], f[g, 2 + n : 3 + n]
+                )
+                for g in range(2)
+                for n in range(3)
+            )
+            / 6
+        )
         torch.testing.assert_close(got, ref)
 
     @pytest.mark.parametrize("aggregation", ["gem", "netvlad"])
@@ -166,8 +206,11 @@ class TestLoss:
 class TestRun:
     def test_run_folder_and_extract_from_best(self, train_root, tmp_path):
         run = tmp_path / "run"
-        best = train(small_config(train_root, aggregation="netvlad", clusters=4,
-                                  augment=["night:M2", "occlusion:M1"]), run, progress=False)
+        best = train(
+            small_config(train_root, aggregation="netvlad", clusters=4, augment=["night:M2", "occlusion:M1"]),
+            run,
+            progress=False,
+        )
         assert best == run / "best.pth" and best.exists() and (run / "last.pth").exists()
         config = json.loads((run / "config.json").read_text())
         assert config["augment"] == ["night:M2", "occlusion:M1"] and config["cache_refresh"] == 3
@@ -178,20 +221,44 @@ class TestRun:
         model = load_model_from_checkpoint(best)
         assert model.config.aggregation == "netvlad" and model.config.clusters == 4
         out = tmp_path / "e.h5"
-        result = CliRunner().invoke(main, ["extract", str(train_root), "--split", "val", "-o",
-                                           str(out), "--checkpoint", str(best), "--resize",
-                                           *map(str, SIZE), "--workers", "0", "--quiet"])
+        result = CliRunner().invoke(
+            main,
+            [
+                "extract",
+                str(train_root),
+                "--split",
+                "val",
+                "-o",
+                str(out),
+                "--checkpoint",
+                str(best),
+                "--resize",
+                *map(str, SIZE),
+                "--workers",
+                "0",
+                "--quiet",
+            ],
+        )
         assert result.exit_code == 0, result.output
 
     def test_resume_gives_the_same_weights(self, train_root, tmp_path, monkeypatch):
-        config = small_config(train_root, augment=["occlusion:M4"], scheduler="cosine",
-                              optimizer="adamw", weight_decay=0.01)
+        config = small_config(
+            train_root, augment=["occlusion:M4"], scheduler="cosine", optimizer="adamw", weight_decay=0.01
+        )
         train(config, tmp_path / "a", progress=False)
         interrupt_training_at(monkeypatch, 3)
         with pytest.raises(KeyboardInterrupt):
-            train(small_config(train_root, augment=["occlusion:M4"], scheduler="cosine",
-                               optimizer="adamw", weight_decay=0.01), tmp_path / "b",
-                  progress=False)
+            train(
+                small_config(
+                    train_root,
+                    augment=["occlusion:M4"],
+                    scheduler="cosine",
+                    optimizer="adamw",
+                    weight_decay=0.01,
+                ),
+                tmp_path / "b",
+                progress=False,
+            )
         monkeypatch.undo()
         train(None, tmp_path / "b", resume=True, progress=False)
         a = torch.load(tmp_path / "a/last.pth", weights_only=True)
@@ -201,20 +268,26 @@ class TestRun:
         assert a["state"]["epoch"] == b["state"]["epoch"] == 2
 
     def test_sizes_adapt_to_small_datasets(self, train_root, tmp_path):
-        train(small_config(train_root, queries_per_epoch=500, cache_refresh=100, neg_samples=900,
-                           epochs=1), tmp_path / "r", progress=False)
+        train(
+            small_config(train_root, queries_per_epoch=500, cache_refresh=100, neg_samples=900, epochs=1),
+            tmp_path / "r",
+            progress=False,
+        )
         config = json.loads((tmp_path / "r/config.json").read_text())
         assert config["queries_per_epoch"] == 14 and config["cache_refresh"] == 14
         assert config["neg_samples"] == 30
 
 
 class TestRefusals:
-    @pytest.mark.parametrize("kw, pattern", [
-        ({"augment": ["night:M9"]}, "unknown augmentation"),
-        ({"optimizer": "rmsprop"}, "unknown optimizer"),
-        ({"batch_size": 0}, "^batch_size must be at least 1, got 0$"),
-        ({"lr": 0}, "^lr and margin must be positive"),
-    ])
+    @pytest.mark.parametrize(
+        "kw, pattern",
+        [
+            ({"augment": ["night:M9"]}, "unknown augmentation"),
+            ({"optimizer": "rmsprop"}, "unknown optimizer"),
+            ({"batch_size": 0}, "^batch_size must be at least 1, got 0$"),
+            ({"lr": 0}, "^lr and margin must be positive"),
+        ],
+    )
     def test_bad_options(self, train_root, tmp_path, kw, pattern):
         with pytest.raises(VprkitError, match=pattern):
             train(small_config(train_root, **kw), tmp_path / "x", progress=False)
@@ -260,18 +333,23 @@ class TestRecipes:
         defaults = TrainConfig(root="r")
         benchmark = config_from_recipe("benchmark", root="r")
         assert dataclasses_without_recipe(benchmark) == dataclasses_without_recipe(defaults)
-        for name, optimizer, lr, scheduler in (("paper-adamw", "adamw", 1e-4, "none"),
-                                               ("paper-asgd", "asgd", 0.1, "none"),
-                                               ("paper-adamw-plateau", "adamw", 1e-4, "plateau"),
-                                               ("paper-asgd-cosine", "asgd", 0.1, "cosine")):
+        for name, optimizer, lr, scheduler in (
+            ("paper-adamw", "adamw", 1e-4, "none"),
+            ("paper-asgd", "asgd", 0.1, "none"),
+            ("paper-adamw-plateau", "adamw", 1e-4, "plateau"),
+            ("paper-asgd-cosine", "asgd", 0.1, "cosine"),
+        ):
             config = config_from_recipe(name, root="r")
-            assert (config.optimizer, config.lr, config.weight_decay, config.scheduler) == \
-                (optimizer, lr, 1e-3, scheduler), name
+            assert (config.optimizer, config.lr, config.weight_decay, config.scheduler) == (
+                optimizer,
+                lr,
+                1e-3,
+                scheduler,
+            ), name
 
     def test_overrides_win_and_refusals(self):
         config = config_from_recipe("paper-asgd-cosine", root="r", lr=0.05, epochs=2)
-        assert (config.optimizer, config.lr, config.scheduler, config.epochs) == \
-            ("asgd", 0.05, "cosine", 2)
+        assert (config.optimizer, config.lr, config.scheduler, config.epochs) == ("asgd", 0.05, "cosine", 2)
         assert config_from_recipe(None, root="r") == TrainConfig(root="r")
         with pytest.raises(VprkitError, match="unknown recipe 'fast'; choose one of benchmark, "):
             config_from_recipe("fast", root="r")
@@ -292,27 +370,39 @@ class TestRecipes:
         monkeypatch.setattr(vprkit.train, "train", fake_train)
 
         def get(*options):
-            result = CliRunner().invoke(main, ["train", str(train_root), "-o", str(tmp_path / "r"),
-                                               *options])
+            result = CliRunner().invoke(main, ["train", str(train_root), "-o", str(tmp_path / "r"), *options])
             assert result.exit_code == 0, result.output
             return made.pop()
+
         return get
 
     def test_cli_recipe_sets_the_fields_and_explicit_options_win(self, cli_config):
         plain = cli_config()
         assert plain.recipe is None and (plain.optimizer, plain.lr) == ("adam", 1e-5)
         config = cli_config("--recipe", "paper-adamw-plateau")
-        assert (config.recipe, config.optimizer, config.lr, config.weight_decay,
-                config.scheduler) == ("paper-adamw-plateau", "adamw", 1e-4, 1e-3, "plateau")
+        assert (config.recipe, config.optimizer, config.lr, config.weight_decay, config.scheduler) == (
+            "paper-adamw-plateau",
+            "adamw",
+            1e-4,
+            1e-3,
+            "plateau",
+        )
         # given explicitly, even with the default's value: the option wins
-        config = cli_config("--recipe", "paper-adamw-plateau", "--lr", "1e-5", "--scheduler", "none",
-                            "--epochs", "2")
-        assert (config.optimizer, config.lr, config.weight_decay, config.scheduler,
-                config.epochs) == ("adamw", 1e-5, 1e-3, "none", 2)
+        config = cli_config(
+            "--recipe", "paper-adamw-plateau", "--lr", "1e-5", "--scheduler", "none", "--epochs", "2"
+        )
+        assert (config.optimizer, config.lr, config.weight_decay, config.scheduler, config.epochs) == (
+            "adamw",
+            1e-5,
+            1e-3,
+            "none",
+            2,
+        )
 
     def test_cli_unknown_recipe_and_listing(self, train_root, tmp_path):
-        result = CliRunner().invoke(main, ["train", str(train_root), "-o", str(tmp_path / "r"),
-                                           "--recipe", "paper-sgd"])
+        result = CliRunner().invoke(
+            main, ["train", str(train_root), "-o", str(tmp_path / "r"), "--recipe", "paper-sgd"]
+        )
         assert result.exit_code == 2
         lines = [line for line in result.output.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("Error:"), result.output
@@ -325,17 +415,51 @@ class TestRecipes:
 
     def test_config_json_records_the_recipe(self, train_root, tmp_path):
         run = tmp_path / "run"
-        result = CliRunner().invoke(main, [
-            "train", str(train_root), "-o", str(run), "--recipe", "paper-asgd-cosine",
-            "--weights", "none", "--resize", *map(str, SIZE), "--queries-per-epoch", "6",
-            "--cache-refresh", "3", "--batch-size", "2", "--negatives", "2", "--neg-samples", "10",
-            "--epochs", "1", "--infer-batch-size", "8", "--workers", "0", "--device", "cpu",
-            "--lr", "0.01", "--quiet"])
+        result = CliRunner().invoke(
+            main,
+            [
+                "train",
+                str(train_root),
+                "-o",
+                str(run),
+                "--recipe",
+                "paper-asgd-cosine",
+                "--weights",
+                "none",
+                "--resize",
+                *map(str, SIZE),
+                "--queries-per-epoch",
+                "6",
+                "--cache-refresh",
+                "3",
+                "--batch-size",
+                "2",
+                "--negatives",
+                "2",
+                "--neg-samples",
+                "10",
+                "--epochs",
+                "1",
+                "--infer-batch-size",
+                "8",
+                "--workers",
+                "0",
+                "--device",
+                "cpu",
+                "--lr",
+                "0.01",
+                "--quiet",
+            ],
+        )
         assert result.exit_code == 0, result.output
         config = json.loads((run / "config.json").read_text())
         assert config["recipe"] == "paper-asgd-cosine"
-        assert (config["optimizer"], config["lr"], config["weight_decay"], config["scheduler"]) == \
-            ("asgd", 0.01, 1e-3, "cosine")
+        assert (config["optimizer"], config["lr"], config["weight_decay"], config["scheduler"]) == (
+            "asgd",
+            0.01,
+            1e-3,
+            "cosine",
+        )
         assert TrainConfig.load(run / "config.json").recipe == "paper-asgd-cosine"
         refused = CliRunner().invoke(main, ["train", "--resume", str(run), "--recipe", "benchmark"])
         assert refused.exit_code != 0 and "--recipe starts a new run" in refused.output
@@ -353,8 +477,7 @@ class TestRecipes:
         assert TrainConfig.load(run / "config.json").recipe is None
         result = CliRunner().invoke(main, ["train", "--resume", str(run), "--quiet"])
         assert result.exit_code == 0, result.output
-        assert (run / "best.pth").exists() and "recipe" not in json.loads(
-            (run / "config.json").read_text())
+        assert (run / "best.pth").exists() and "recipe" not in json.loads((run / "config.json").read_text())
 
 
 def dataclasses_without_recipe(config: TrainConfig) -> dict:
@@ -411,14 +534,15 @@ class TestNestedModel:
         (tmp_path / "config.json").write_text(PREVIOUS_RELEASE_CONFIG)
         config = TrainConfig.load(tmp_path / "config.json")
         old = json.loads(PREVIOUS_RELEASE_CONFIG)
-        assert config.model == ModelConfig(backbone="resnet18conv5", aggregation="netvlad",
-                                           clusters=32, weights="none", fc_output_dim=128)
-        for key in ("backbone", "aggregation", "clusters", "weights", "checkpoint", "l2",
-                    "fc_output_dim"):
+        assert config.model == ModelConfig(
+            backbone="resnet18conv5", aggregation="netvlad", clusters=32, weights="none", fc_output_dim=128
+        )
+        for key in ("backbone", "aggregation", "clusters", "weights", "checkpoint", "l2", "fc_output_dim"):
             assert getattr(config.model, key) == old[key], key
         rest = {k: v for k, v in old.items() if k != "format" and not hasattr(config.model, k)}
-        assert rest and all(getattr(config, k) == (tuple(v) if k in ("resize", "recalls") else v)
-                            for k, v in rest.items()), rest
+        assert rest and all(
+            getattr(config, k) == (tuple(v) if k in ("resize", "recalls") else v) for k, v in rest.items()
+        ), rest
         # written back in the nested form, which loads to the same config
         data = json.loads(config.to_json())
         assert data["model"] == config.model.to_dict() and "backbone" not in data
@@ -449,21 +573,33 @@ class TestNestedModel:
         import vprkit.train
 
         made = []
-        monkeypatch.setattr(vprkit.train, "train",
-                            lambda config, run_dir, progress=None: made.append(config)
-                            or run_dir / "best.pth")
+        monkeypatch.setattr(
+            vprkit.train,
+            "train",
+            lambda config, run_dir, progress=None: made.append(config) or run_dir / "best.pth",
+        )
 
         def run(*options):
-            return CliRunner().invoke(main, ["train", str(train_root), "-o", str(tmp_path / "r"),
-                                             *options])
-        result = run("--aggregation", "netvlad", "--set", "aggregation.clusters=32",
-                     "--set", "aggregation.fc_output_dim=128")
+            return CliRunner().invoke(main, ["train", str(train_root), "-o", str(tmp_path / "r"), *options])
+
+        result = run(
+            "--aggregation",
+            "netvlad",
+            "--set",
+            "aggregation.clusters=32",
+            "--set",
+            "aggregation.fc_output_dim=128",
+        )
         assert result.exit_code == 0, result.output
-        assert (made[-1].model.aggregation, made[-1].model.clusters,
-                made[-1].model.fc_output_dim) == ("netvlad", 32, 128)
+        assert (made[-1].model.aggregation, made[-1].model.clusters, made[-1].model.fc_output_dim) == (
+            "netvlad",
+            32,
+            128,
+        )
         result = run("--set", "aggregation.clusters")
         assert result.exit_code != 0 and "Error: " in result.output
         assert "COMPONENT.OPTION=VALUE" in result.output and "Traceback" not in result.output
-        refused = CliRunner().invoke(main, ["train", "--resume", str(tmp_path / "r"), "--set",
-                                            "aggregation.clusters=32"])
+        refused = CliRunner().invoke(
+            main, ["train", "--resume", str(tmp_path / "r"), "--set", "aggregation.clusters=32"]
+        )
         assert refused.exit_code != 0 and "--set configures a new run" in refused.output

@@ -36,9 +36,24 @@ REPO = Path(__file__).resolve().parents[1]  # the processes import this checkout
 SIZE = (32, 40)
 # Steps of 3 groups (2 + 1 per process) and of 1 group (process 1 idle): uneven shares and an
 # empty one are both exercised. NetVLAD: k-means initialisation in every process.
-OPTIONS = dict(weights="none", resize=SIZE, aggregation="netvlad", clusters=4, queries_per_epoch=8,
-               cache_refresh=4, batch_size=3, negatives=2, neg_samples=10, epochs=1,
-               infer_batch_size=8, workers=0, device="cpu", optimizer="sgd", lr=1.0, margin=1.0)
+OPTIONS = dict(
+    weights="none",
+    resize=SIZE,
+    aggregation="netvlad",
+    clusters=4,
+    queries_per_epoch=8,
+    cache_refresh=4,
+    batch_size=3,
+    negatives=2,
+    neg_samples=10,
+    epochs=1,
+    infer_batch_size=8,
+    workers=0,
+    device="cpu",
+    optimizer="sgd",
+    lr=1.0,
+    margin=1.0,
+)
 RUN_FILES = {"config.json", "train.log", "metrics.jsonl", "last.pth", "best.pth", "curves.png"}
 
 
@@ -59,13 +74,31 @@ def cli_options(options: dict) -> list[str]:
 
 
 def torchrun(*args: str, timeout: float = 150) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
     env["OMP_NUM_THREADS"] = "1"
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--standalone", "-m", "vprkit.cli", "train", *args],
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--standalone",
+            "-m",
+            "vprkit.cli",
+            "train",
+            *args,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -86,8 +119,9 @@ def losses(run: Path) -> list[float]:
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
-    return generate_dataset(tmp_path_factory.mktemp("ddp"), {"train": (30, 16), "val": (20, 10)},
-                            size=SIZE, seed=4)
+    return generate_dataset(
+        tmp_path_factory.mktemp("ddp"), {"train": (30, 16), "val": (20, 10)}, size=SIZE, seed=4
+    )
 
 
 @contextmanager
@@ -131,9 +165,24 @@ def test_two_processes_train_what_one_process_trains(root, one_process, tmp_path
     assert stored["aggregation"] == "netvlad" and state.keys() == data["model_state_dict"].keys()
     assert load_model_from_checkpoint(run / "best.pth").config.clusters == 4
     out = tmp_path / "e.h5"
-    extracted = CliRunner().invoke(main, ["extract", str(root), "--split", "val", "-o", str(out),
-                                          "--checkpoint", str(run / "best.pth"), "--resize",
-                                          *map(str, SIZE), "--workers", "0", "--quiet"])
+    extracted = CliRunner().invoke(
+        main,
+        [
+            "extract",
+            str(root),
+            "--split",
+            "val",
+            "-o",
+            str(out),
+            "--checkpoint",
+            str(run / "best.pth"),
+            "--resize",
+            *map(str, SIZE),
+            "--workers",
+            "0",
+            "--quiet",
+        ],
+    )
     assert extracted.exit_code == 0, extracted.output
 
     # the same training as one process
@@ -161,14 +210,14 @@ def test_resume_a_one_process_run_with_two(root, one_process, tmp_path, monkeypa
 
 @pytest.mark.slow
 def test_an_error_in_one_process_stops_both(tmp_path):
-    root = generate_dataset(tmp_path / "d", {"train": (30, 16), "val": (20, 10)}, size=SIZE,
-                            seed=4)
+    root = generate_dataset(tmp_path / "d", {"train": (30, 16), "val": (20, 10)}, size=SIZE, seed=4)
     # validation descriptors: rows 0-15 in process 0, 16-19 (the last batch of 8) in process 1
     broken = load_split(root, "val").database.paths()[-1]
     broken.write_bytes(b"not an image")
     options = {**OPTIONS, "aggregation": "gem"}
-    result = torchrun(str(root), "--out", str(tmp_path / "run"), "--quiet", *cli_options(options),
-                      timeout=120)
+    result = torchrun(
+        str(root), "--out", str(tmp_path / "run"), "--quiet", *cli_options(options), timeout=120
+    )
     assert result.returncode != 0
     assert f"cannot read image {broken}" in result.stderr  # process 1's own error
     assert "process 1 of 2 stopped: cannot read image" in result.stderr  # process 0's

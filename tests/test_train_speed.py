@@ -70,8 +70,7 @@ def reference_mine(source, query_ids, features, method, negs, neg_samples, rng, 
 
 @pytest.fixture(scope="module")
 def mining_source(tmp_path_factory):
-    root = generate_dataset(tmp_path_factory.mktemp("mining"), {"train": (90, 30)}, size=(16, 20),
-                            seed=3)
+    root = generate_dataset(tmp_path_factory.mktemp("mining"), {"train": (90, 30)}, size=(16, 20), seed=3)
     return TripletSource.from_split(load_split(root, "train"))
 
 
@@ -106,9 +105,8 @@ class TestMiningEqualsReference:
         cache_ref: dict = {}
         cache: dict = {}
         for refresh in range(3):  # full mining: the negatives of a refresh join the next one's
-            query_ids = queries[refresh * 7 % len(queries):][:16]
-            expected = reference_mine(mining_source, query_ids, features, method, 4, 50, rng_ref,
-                                      cache_ref)
+            query_ids = queries[refresh * 7 % len(queries) :][:16]
+            expected = reference_mine(mining_source, query_ids, features, method, 4, 50, rng_ref, cache_ref)
             got = mine(mining_source, query_ids, features, method, 4, 50, rng, cache)
             np.testing.assert_array_equal(got, expected)
         assert rng.bit_generator.state == rng_ref.bit_generator.state
@@ -121,38 +119,44 @@ class TestMiningEqualsReference:
     def test_full_mining_pair_by_pair(self, mining_source, kind, dim, monkeypatch):
         """Full mining on a large database: fast distances for each query's candidates only."""
         from vprkit.train import mining
+
         monkeypatch.setattr(mining, "PER_QUERY", 1)
         features = table_features(mining_source, dim, kind, seed=5)
         rng_ref, rng = np.random.default_rng(3), np.random.default_rng(3)
         cache_ref: dict = {}
         cache: dict = {}
         for refresh in range(2):
-            query_ids = mining_source.queries[refresh * 5:][:20]
+            query_ids = mining_source.queries[refresh * 5 :][:20]
             np.testing.assert_array_equal(
                 mine(mining_source, query_ids, features, "full", 4, 40, rng, cache),
-                reference_mine(mining_source, query_ids, features, "full", 4, 40, rng_ref,
-                               cache_ref))
+                reference_mine(mining_source, query_ids, features, "full", 4, 40, rng_ref, cache_ref),
+            )
 
     @pytest.mark.parametrize("dim", [5, 300])
     def test_near_ties_defeat_a_plain_faiss_ranking(self, mining_source, dim, monkeypatch):
         """The ``near`` features are a real test: faiss alone orders them otherwise, and the
         shortlists ranked exactly are the near-tied cluster, not every candidate."""
         from vprkit.train import neighbours
+
         db, q = table_features(mining_source, dim, "near")(np.arange(90), np.arange(30))
         differs = 0
         for qi in range(len(q)):
-            fast = faiss.pairwise_distances(q[qi:qi + 1], db)[0]
-            differs += not np.array_equal(np.argsort(fast, kind="stable")[:4],
-                                          _reference_nearest(q[qi], db, 4))
+            fast = faiss.pairwise_distances(q[qi : qi + 1], db)[0]
+            differs += not np.array_equal(
+                np.argsort(fast, kind="stable")[:4], _reference_nearest(q[qi], db, 4)
+            )
         assert differs > 10
         ranked = []
-        monkeypatch.setattr(neighbours, "reference_nearest",
-                            lambda query, feats, k: ranked.append(len(feats))
-                            or _reference_nearest(query, feats, k))
+        monkeypatch.setattr(
+            neighbours,
+            "reference_nearest",
+            lambda query, feats, k: ranked.append(len(feats)) or _reference_nearest(query, feats, k),
+        )
         search = Shortlists(q, db)
         for qi in range(len(q)):
-            np.testing.assert_array_equal(search.nearest(qi, np.arange(90), 4),
-                                          _reference_nearest(q[qi], db, 4))
+            np.testing.assert_array_equal(
+                search.nearest(qi, np.arange(90), 4), _reference_nearest(q[qi], db, 4)
+            )
         assert set(ranked) == {18}  # the cluster of 18 near ties, of 90 candidates
 
     def test_repeated_queries_and_other_dtypes(self, mining_source):
@@ -163,10 +167,10 @@ class TestMiningEqualsReference:
             features = table_features(mining_source, 40, "plain", seed=2, dtype=dtype)
             cache_ref: dict = {}
             cache: dict = {}
-            expected = reference_mine(mining_source, query_ids, features, "full", 3, 40,
-                                      np.random.default_rng(1), cache_ref)
-            got = mine(mining_source, query_ids, features, "full", 3, 40, np.random.default_rng(1),
-                       cache)
+            expected = reference_mine(
+                mining_source, query_ids, features, "full", 3, 40, np.random.default_rng(1), cache_ref
+            )
+            got = mine(mining_source, query_ids, features, "full", 3, 40, np.random.default_rng(1), cache)
             np.testing.assert_array_equal(got, expected)
 
     @pytest.mark.parametrize("engine", ["faiss", "torch", "pairs"])
@@ -177,15 +181,15 @@ class TestMiningEqualsReference:
         q /= np.linalg.norm(q, axis=1, keepdims=True)
         columns = (q[0] + 1e-3 * rng.standard_normal((400, dim)) / np.sqrt(dim)).astype(np.float32)
         columns[::9] = columns[4]  # exact ties
-        search = Shortlists(q, columns, engine=None if engine == "pairs" else engine,
-                            per_query=engine == "pairs")
+        search = Shortlists(
+            q, columns, engine=None if engine == "pairs" else engine, per_query=engine == "pairs"
+        )
         search.block = 7  # several blocks of queries
         for qi in range(len(q)):
             candidates = np.sort(rng.choice(400, size=250, replace=False))
             expected = _reference_nearest(q[qi], columns[candidates], 10)
             np.testing.assert_array_equal(search.nearest(qi, candidates, 10), expected)
-            np.testing.assert_array_equal(reference_nearest(q[qi], columns[candidates], 10),
-                                          expected)
+            np.testing.assert_array_equal(reference_nearest(q[qi], columns[candidates], 10), expected)
 
     def test_non_finite_descriptors_use_the_reference(self):
         q = np.ones((2, 4), dtype=np.float32)
@@ -193,8 +197,9 @@ class TestMiningEqualsReference:
         columns[3] = np.nan
         search = Shortlists(q, columns)
         assert not search.fast
-        np.testing.assert_array_equal(search.nearest(0, np.arange(30), 3),
-                                      _reference_nearest(q[0], columns, 3))
+        np.testing.assert_array_equal(
+            search.nearest(0, np.arange(30), 3), _reference_nearest(q[0], columns, 3)
+        )
 
 
 # --------------------------------------------------------------------------- caches
@@ -205,9 +210,21 @@ def train_root(tmp_path_factory):
 
 
 def small_config(root, **kw) -> TrainConfig:
-    base = dict(root=str(root), weights="none", resize=SIZE, queries_per_epoch=6, cache_refresh=3,
-                batch_size=2, negatives=2, neg_samples=10, epochs=1, infer_batch_size=4,
-                workers=0, device="cpu", lr=1e-3)
+    base = dict(
+        root=str(root),
+        weights="none",
+        resize=SIZE,
+        queries_per_epoch=6,
+        cache_refresh=3,
+        batch_size=2,
+        negatives=2,
+        neg_samples=10,
+        epochs=1,
+        infer_batch_size=4,
+        workers=0,
+        device="cpu",
+        lr=1e-3,
+    )
     base.update(kw)
     return flat_config(**base)
 
@@ -223,8 +240,7 @@ def flat_config(**fields) -> TrainConfig:
 class TestCache:
     @pytest.mark.parametrize("channels_last", [True, False])
     @pytest.mark.parametrize("resize", [SIZE, (24, 36)])
-    def test_cache_is_the_plain_forward_of_training_images(self, train_root, channels_last,
-                                                           resize):
+    def test_cache_is_the_plain_forward_of_training_images(self, train_root, channels_last, resize):
         source = TripletSource.from_split(load_split(train_root, "train"))
         torch.manual_seed(0)
         model = VPRModel(ModelConfig(aggregation="netvlad", clusters=4, weights="none"))
@@ -233,14 +249,16 @@ class TestCache:
         db_idx, q_idx = np.array([0, 3, 4, 9, 17]), np.array([2, 5, 1])
         db, q = cache_features(model, source, config, torch.device("cpu"))(db_idx, q_idx)
         assert not model.training and db.dtype == np.float32 and db.shape == (5, model.output_dim)
-        paths = ([source.split.database.paths()[i] for i in db_idx]
-                 + [source.split.queries.paths()[i] for i in q_idx])
+        paths = [source.split.database.paths()[i] for i in db_idx] + [
+            source.split.queries.paths()[i] for i in q_idx
+        ]
         with torch.no_grad():
             expected = model(torch.stack([training_image(p, resize) for p in paths])).numpy()
         np.testing.assert_allclose(np.concatenate([db, q]), expected, rtol=0, atol=2e-6)
 
     def test_one_pass_per_refresh(self, train_root, tmp_path, monkeypatch):
         from vprkit.train import caches
+
         real, calls = caches.dataset_descriptors, []
 
         def counted(model, dataset, *args, **kw):
@@ -264,26 +282,63 @@ class TestCache:
 
 # --------------------------------------------------------------------------- --amp, --channels-last
 def cli_run(root, run, *options):
-    return CliRunner().invoke(main, [
-        "train", str(root), "-o", str(run), "--weights", "none", "--resize", *map(str, SIZE),
-        "--queries-per-epoch", "4", "--cache-refresh", "2", "--batch-size", "2", "--negatives", "2",
-        "--neg-samples", "10", "--epochs", "1", "--infer-batch-size", "4", "--workers", "0",
-        "--device", "cpu", "--lr", "1e-3", "--quiet", *options])
+    return CliRunner().invoke(
+        main,
+        [
+            "train",
+            str(root),
+            "-o",
+            str(run),
+            "--weights",
+            "none",
+            "--resize",
+            *map(str, SIZE),
+            "--queries-per-epoch",
+            "4",
+            "--cache-refresh",
+            "2",
+            "--batch-size",
+            "2",
+            "--negatives",
+            "2",
+            "--neg-samples",
+            "10",
+            "--epochs",
+            "1",
+            "--infer-batch-size",
+            "4",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--lr",
+            "1e-3",
+            "--quiet",
+            *options,
+        ],
+    )
 
 
 class TestPrecisionOptions:
-    @pytest.mark.parametrize("options, amp, channels_last", [
-        (["--amp"], True, True), (["--no-channels-last"], False, False),
-        (["--amp", "--no-channels-last", "--aggregation", "netvlad", "--clusters", "4"], True,
-         False)])
+    @pytest.mark.parametrize(
+        "options, amp, channels_last",
+        [
+            (["--amp"], True, True),
+            (["--no-channels-last"], False, False),
+            (["--amp", "--no-channels-last", "--aggregation", "netvlad", "--clusters", "4"], True, False),
+        ],
+    )
     def test_run_records_and_loads(self, train_root, tmp_path, options, amp, channels_last):
         run = tmp_path / "run"
         result = cli_run(train_root, run, *options)
         assert result.exit_code == 0, result.output
         config = json.loads((run / "config.json").read_text())
         assert (config["amp"], config["channels_last"]) == (amp, channels_last)
-        losses = [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()
-                  if "loss" in json.loads(x)]
+        losses = [
+            json.loads(x)["loss"]
+            for x in (run / "metrics.jsonl").read_text().splitlines()
+            if "loss" in json.loads(x)
+        ]
         assert len(losses) == 2 and np.isfinite(losses).all() and min(losses) > 0
         log = (run / "train.log").read_text()
         assert ("bfloat16 autocast" if amp else "float32") in log
@@ -306,8 +361,9 @@ class TestPrecisionOptions:
         assert "[default: no-amp]" in text and "[default: channels-last]" in text
 
     def test_runs_from_before_the_options_resume_as_they_ran(self, tmp_path):
-        stored = {k: v for k, v in TrainConfig(root="r").to_dict().items()
-                  if k not in ("amp", "channels_last")}
+        stored = {
+            k: v for k, v in TrainConfig(root="r").to_dict().items() if k not in ("amp", "channels_last")
+        }
         (tmp_path / "config.json").write_text(json.dumps(stored))
         config = TrainConfig.load(tmp_path / "config.json")
         assert (config.amp, config.channels_last) == (False, False)
@@ -338,9 +394,20 @@ def test_two_processes_with_the_new_defaults(train_root, tmp_path):
     import sys
     from pathlib import Path
 
-    options = dict(aggregation="netvlad", clusters=4, queries_per_epoch=8, cache_refresh=4,
-                   batch_size=3, negatives=2, neg_samples=10, epochs=1, infer_batch_size=8,
-                   optimizer="sgd", lr=1.0, margin=1.0)
+    options = dict(
+        aggregation="netvlad",
+        clusters=4,
+        queries_per_epoch=8,
+        cache_refresh=4,
+        batch_size=3,
+        negatives=2,
+        neg_samples=10,
+        epochs=1,
+        infer_batch_size=8,
+        optimizer="sgd",
+        lr=1.0,
+        margin=1.0,
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -350,14 +417,30 @@ def test_two_processes_with_the_new_defaults(train_root, tmp_path):
     repo = Path(__file__).resolve().parents[1]
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     env.update(PYTHONPATH=str(repo), OMP_NUM_THREADS="1")
-    args = ["--weights", "none", "--resize", *map(str, SIZE), "--workers", "0", "--device", "cpu",
-            "--quiet"]
+    args = ["--weights", "none", "--resize", *map(str, SIZE), "--workers", "0", "--device", "cpu", "--quiet"]
     for key, value in options.items():
         args += ["--" + key.replace("_", "-"), str(value)]
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--standalone", "-m", "vprkit.cli", "train", str(train_root), "-o",
-                             str(tmp_path / "two"), *args], env=env, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--standalone",
+            "-m",
+            "vprkit.cli",
+            "train",
+            str(train_root),
+            "-o",
+            str(tmp_path / "two"),
+            *args,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert json.loads((tmp_path / "two/config.json").read_text())["channels_last"] is True
     a = torch.load(tmp_path / "one/last.pth", weights_only=True)["model_state_dict"]

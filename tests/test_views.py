@@ -74,12 +74,29 @@ class Reference:
 
     def __init__(self, aggregation: str, root: Path, folder: Path):
         self.model = build_reference(aggregation, seed={"gem": 5, "netvlad": 9}[aggregation])
-        self.checkpoint = save_benchmark_checkpoint(self.model, folder / f"{aggregation}.pth",
-                                                    "benchmark")
+        self.checkpoint = save_benchmark_checkpoint(self.model, folder / f"{aggregation}.pth", "benchmark")
         self.file = folder / f"{aggregation}.h5"
-        result = run_cli("extract", root, "-o", self.file, "--checkpoint", self.checkpoint,
-                         "--resize", *RESIZE, "--views", ALL_VIEWS, "--scales", "1,2",
-                         "--batch-size", "4", "--workers", "0", "--device", "cpu", "--quiet")
+        result = run_cli(
+            "extract",
+            root,
+            "-o",
+            self.file,
+            "--checkpoint",
+            self.checkpoint,
+            "--resize",
+            *RESIZE,
+            "--views",
+            ALL_VIEWS,
+            "--scales",
+            "1,2",
+            "--batch-size",
+            "4",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--quiet",
+        )
         assert result.exit_code == 0, result.output + repr(result.exception)
 
 
@@ -156,9 +173,9 @@ class TestMerges:
 
     def test_duplicates_across_crops_keep_the_closest(self):
         p = np.array([[3, 1], [1, 4], [3, 5], [6, 3], [1, 2]])
-        d = np.array([[.5, .6], [.1, .9], [.4, .7], [.2, .3], [.8, .95]], np.float32)
+        d = np.array([[0.5, 0.6], [0.1, 0.9], [0.4, 0.7], [0.2, 0.3], [0.8, 0.95]], np.float32)
         dist, pred = merge_nearest_crop(d, p, 2)
-        assert pred.tolist() == [[1, 6]] and dist[0].tolist() == pytest.approx([.1, .2])
+        assert pred.tolist() == [[1, 6]] and dist[0].tolist() == pytest.approx([0.1, 0.2])
 
     def test_ties_keep_the_crops_order(self):
         p = np.array([[7, 8], [9, 7], [8, 9], [10, 11], [12, 13]])
@@ -169,7 +186,7 @@ class TestMerges:
     def test_fewer_database_rows_than_candidates(self):
         # 2 database images, k = 2: every crop finds both; 10 candidates, 2 distinct
         p = np.array([[0, 1], [1, 0], [0, 1], [0, 1], [1, 0]])
-        d = np.array([[1, 2], [.5, 3], [1, 2], [1, 2], [.7, 4]], np.float32)
+        d = np.array([[1, 2], [0.5, 3], [1, 2], [1, 2], [0.7, 4]], np.float32)
         for merge in (merge_nearest_crop, merge_maj_voting):
             _, pred = merge(d, p, 2)
             assert pred.tolist() == [[1, 0]]
@@ -183,7 +200,7 @@ class TestMerges:
     def test_voting_reorders(self):
         # nearest_crop ranks 7 first; image 1, the top-1 of three crops, wins the vote
         p = np.array([[7, 8], [1, 8], [1, 9], [1, 10], [11, 12]])
-        d = np.array([[.100, .2], [.105, .3], [.106, .3], [.107, .3], [.5, .6]], np.float32)
+        d = np.array([[0.100, 0.2], [0.105, 0.3], [0.106, 0.3], [0.107, 0.3], [0.5, 0.6]], np.float32)
         assert merge_nearest_crop(d, p, 2)[1].tolist() == [[7, 1]]
         dist, pred = merge_maj_voting(d, p, 2, 0.01)
         assert pred.tolist() == [[1, 7]]
@@ -213,8 +230,9 @@ class TestBenchmarkParity:
     --test-method M`` equals the benchmark's Recall@N for every method."""
 
     @pytest.mark.parametrize("aggregation", ["gem", "netvlad"])
-    @pytest.mark.parametrize("method", ["hard_resize", "single_query", "central_crop",
-                                        "five_crops", "nearest_crop"])
+    @pytest.mark.parametrize(
+        "method", ["hard_resize", "single_query", "central_crop", "five_crops", "nearest_crop"]
+    )
     def test_stored_rows_equal_benchmark_features(self, root, references, aggregation, method):
         ref = references[aggregation]
         split = root / "images/test"
@@ -225,8 +243,7 @@ class TestBenchmarkParity:
             view = TEST_METHODS[method]
             stored = f.read_rows("queries", (1,), 0, f.num_rows("queries", view), view)
             ours = query_rows_for(method, stored)
-            assert max_abs_diff(f.read_rows("database", (1,), 0, f.num("database")),
-                                database) < 1e-4
+            assert max_abs_diff(f.read_rows("database", (1,), 0, f.num("database")), database) < 1e-4
         assert ours.shape == queries.shape
         assert max_abs_diff(ours, queries) < 1e-4
 
@@ -240,14 +257,15 @@ class TestBenchmarkParity:
         row = json.loads(result.output)[0]
         assert row["test_method"] == method
         assert row["majority_weight"] == (0.01 if method == "maj_voting" else None)
-        assert [row["recalls"][str(n)] for n in (1, 5, 10, 20)] == pytest.approx(
-            expected.tolist(), abs=1e-9)
+        assert [row["recalls"][str(n)] for n in (1, 5, 10, 20)] == pytest.approx(expected.tolist(), abs=1e-9)
 
     def test_methods_differ(self, references):
         """The views are not the same rows under other names."""
         with DescriptorFile(references["gem"].file) as f:
-            rows = {v: f.read_rows("queries", (1,), 0, f.num("queries"), v)
-                    for v in ("hard_resize", "single_query", "central_crop")}
+            rows = {
+                v: f.read_rows("queries", (1,), 0, f.num("queries"), v)
+                for v in ("hard_resize", "single_query", "central_crop")
+            }
         assert max_abs_diff(rows["hard_resize"], rows["central_crop"]) > 1e-3
         assert max_abs_diff(rows["hard_resize"], rows["single_query"]) > 1e-3
 
@@ -256,22 +274,30 @@ class TestBenchmarkParity:
         """Every method at a pyramid, from a copy of the file alone (no checkpoint)."""
         copy = tmp_path / "alone.h5"
         copy.write_bytes(references["gem"].file.read_bytes())
-        result = run_cli("evaluate", copy, "--test-method", method, "--scale", "1+2",
-                         "--json", "-")
+        result = run_cli("evaluate", copy, "--test-method", method, "--scale", "1+2", "--json", "-")
         assert result.exit_code == 0, result.output
         with DescriptorFile(copy) as f:
-            crops = f.read_rows("queries", (1, 2), 0, f.num_rows("queries", "five_crops"),
-                                "five_crops")
-            single = [f.read_rows("queries", (s,), 0, f.num_rows("queries", "five_crops"),
-                                  "five_crops") for s in (1, 2)]
+            crops = f.read_rows("queries", (1, 2), 0, f.num_rows("queries", "five_crops"), "five_crops")
+            single = [
+                f.read_rows("queries", (s,), 0, f.num_rows("queries", "five_crops"), "five_crops")
+                for s in (1, 2)
+            ]
         assert crops.shape == single[0].shape
         assert max_abs_diff(crops, single[0]) > 1e-4  # a pyramid, not scale 1
         assert json.loads(result.output)[0]["scale"] == "1+2"
 
     def test_predictions_record_the_method(self, references, tmp_path):
         out = tmp_path / "p.csv"
-        result = run_cli("evaluate", references["gem"].file, "--test-method", "nearest_crop",
-                         "--predictions", out, "--recalls", "1,5")
+        result = run_cli(
+            "evaluate",
+            references["gem"].file,
+            "--test-method",
+            "nearest_crop",
+            "--predictions",
+            out,
+            "--recalls",
+            "1,5",
+        )
         assert result.exit_code == 0, result.output
         lines = out.read_text().splitlines()
         header, first = lines[0].split(","), lines[1].split(",")
@@ -306,19 +332,34 @@ class TestExtractViews:
         with DescriptorFile(out) as f:
             before = f.read_rows("queries", (1,), 0, f.num("queries"))
             assert f.views() == ["hard_resize"]
-        extract(root, out, small_config(), small_options(scales=(1, 2), views=(
-            "hard_resize", "five_crops")), progress=False)
+        extract(
+            root,
+            out,
+            small_config(),
+            small_options(scales=(1, 2), views=("hard_resize", "five_crops")),
+            progress=False,
+        )
         full = tmp_path / "full.h5"
-        extract(root, full, small_config(), small_options(scales=(1, 2), views=(
-            "hard_resize", "five_crops")), progress=False)
+        extract(
+            root,
+            full,
+            small_config(),
+            small_options(scales=(1, 2), views=("hard_resize", "five_crops")),
+            progress=False,
+        )
         with DescriptorFile(out) as f, DescriptorFile(full) as g:
             assert f.views() == ["hard_resize", "five_crops"]
             assert np.array_equal(f.read_rows("queries", (1,), 0, f.num("queries")), before)
             n = f.num_rows("queries", "five_crops")
             assert n == 5 * f.num("queries")
             for scales in ((1,), (1, 2)):
-                assert max_abs_diff(f.read_rows("queries", scales, 0, n, "five_crops"),
-                                    g.read_rows("queries", scales, 0, n, "five_crops")) < 1e-5
+                assert (
+                    max_abs_diff(
+                        f.read_rows("queries", scales, 0, n, "five_crops"),
+                        g.read_rows("queries", scales, 0, n, "five_crops"),
+                    )
+                    < 1e-5
+                )
             assert f.image_size(2, "five_crops") == (24, 24)
 
     def test_done_when_the_file_holds_them(self, root, tmp_path, caplog):
@@ -333,6 +374,7 @@ class TestExtractViews:
 
     def test_interrupted_view_pass_resumes(self, root, tmp_path, monkeypatch):
         from vprkit.store import DescriptorWriter
+
         out = tmp_path / "r.h5"
         opts = small_options(views=("hard_resize", "five_crops"))
         real = DescriptorWriter.commit_rows
@@ -351,13 +393,20 @@ class TestExtractViews:
         reference = extract(root, tmp_path / "ref.h5", small_config(), opts, progress=False)
         with DescriptorFile(out) as f, DescriptorFile(reference) as g:
             n = f.num_rows("queries", "five_crops")
-            assert np.array_equal(f.read_rows("queries", (1,), 0, n, "five_crops"),
-                                  g.read_rows("queries", (1,), 0, n, "five_crops"))
+            assert np.array_equal(
+                f.read_rows("queries", (1,), 0, n, "five_crops"),
+                g.read_rows("queries", (1,), 0, n, "five_crops"),
+            )
 
     def test_native_size_refused(self, root, tmp_path):
         with pytest.raises(VprkitError, match="relative to resize"):
-            extract(root, tmp_path / "n.h5", small_config(),
-                    small_options(resize=None, views=("five_crops",)), progress=False)
+            extract(
+                root,
+                tmp_path / "n.h5",
+                small_config(),
+                small_options(resize=None, views=("five_crops",)),
+                progress=False,
+            )
 
     def test_unknown_view_refused(self):
         with pytest.raises(VprkitError, match="unknown view 'six_crops'"):
@@ -382,26 +431,36 @@ class TestDownstream:
 
     def test_merged_shards_equal_one_extraction(self, root, tmp_path):
         opts = dict(views=("hard_resize", "five_crops", "single_query"), scales=(1, 2))
-        whole = extract(root, tmp_path / "w.h5", small_config(), small_options(**opts),
-                        progress=False)
-        shards = [extract(root, tmp_path / "s.h5", small_config(),
-                          small_options(shard=(i, 3), **opts), progress=False) for i in range(3)]
+        whole = extract(root, tmp_path / "w.h5", small_config(), small_options(**opts), progress=False)
+        shards = [
+            extract(
+                root, tmp_path / "s.h5", small_config(), small_options(shard=(i, 3), **opts), progress=False
+            )
+            for i in range(3)
+        ]
         result = run_cli("merge", *shards, "-o", tmp_path / "m.h5", "--quiet")
         assert result.exit_code == 0, result.output
         with DescriptorFile(whole) as f, DescriptorFile(tmp_path / "m.h5") as g:
             assert g.views() == f.views()
             for view in f.views():
                 n = f.num_rows("queries", view)
-                assert max_abs_diff(f.read_rows("queries", (1, 2), 0, n, view),
-                                    g.read_rows("queries", (1, 2), 0, n, view)) < 1e-5
+                assert (
+                    max_abs_diff(
+                        f.read_rows("queries", (1, 2), 0, n, view), g.read_rows("queries", (1, 2), 0, n, view)
+                    )
+                    < 1e-5
+                )
 
     def test_ensemble_per_view(self, root, tmp_path):
         views = ("hard_resize", "five_crops")
-        a = extract(root, tmp_path / "a.h5", small_config(), small_options(views=views),
-                    progress=False)
-        b = extract(root, tmp_path / "b.h5", ModelConfig(
-            backbone="resnet18conv4", aggregation="netvlad", clusters=4, weights="none"),
-            small_options(views=views + ("central_crop",)), progress=False)
+        a = extract(root, tmp_path / "a.h5", small_config(), small_options(views=views), progress=False)
+        b = extract(
+            root,
+            tmp_path / "b.h5",
+            ModelConfig(backbone="resnet18conv4", aggregation="netvlad", clusters=4, weights="none"),
+            small_options(views=views + ("central_crop",)),
+            progress=False,
+        )
         out = tmp_path / "ens.h5"
         result = run_cli("combine", a, b, "-o", out)
         assert result.exit_code == 0, result.output
@@ -409,8 +468,12 @@ class TestDownstream:
         with DescriptorFile(out) as e, DescriptorFile(a) as fa, DescriptorFile(b) as fb:
             assert e.views() == ["hard_resize", "five_crops"]
             n = e.num_rows("queries", "five_crops")
-            expected = np.concatenate([fa.read_rows("queries", (1,), 0, n, "five_crops"),
-                                       fb.read_rows("queries", (1,), 0, n, "five_crops")], axis=1)
-            assert max_abs_diff(e.read_rows("queries", (1,), 0, n, "five_crops"),
-                                expected) < 1e-6
+            expected = np.concatenate(
+                [
+                    fa.read_rows("queries", (1,), 0, n, "five_crops"),
+                    fb.read_rows("queries", (1,), 0, n, "five_crops"),
+                ],
+                axis=1,
+            )
+            assert max_abs_diff(e.read_rows("queries", (1,), 0, n, "five_crops"), expected) < 1e-6
         assert evaluate_file(out, test_method="maj_voting").queries == 15

@@ -32,8 +32,7 @@ def run_cli(*args):
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
-    return generate_dataset(tmp_path_factory.mktemp("zoo_data"), {"test": (20, 8)}, size=SIZE,
-                            seed=2)
+    return generate_dataset(tmp_path_factory.mktemp("zoo_data"), {"test": (20, 8)}, size=SIZE, seed=2)
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +48,25 @@ def checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def zoo_file(root, checkpoint, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("zoo_file") / "cosplace.h5"
-    result = run_cli("extract", root, "-o", out, "--model", SMALL, "--checkpoint", checkpoint,
-                     "--resize", *SIZE, "--scales", "1,2", "--workers", "0", "--device", "cpu",
-                     "--quiet")
+    result = run_cli(
+        "extract",
+        root,
+        "-o",
+        out,
+        "--model",
+        SMALL,
+        "--checkpoint",
+        checkpoint,
+        "--resize",
+        *SIZE,
+        "--scales",
+        "1,2",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -87,8 +102,9 @@ class TestExtract:
             names = f.names("database")[:3]
             stored = f.read_rows("database", (1,), 0, 3)
             assert f.model["model"] == SMALL and f.dim == 32
-        x = torch.stack([preprocess(load_image(root / "images/test/database" / n), SIZE, (1,))[0]
-                         for n in names])
+        x = torch.stack(
+            [preprocess(load_image(root / "images/test/database" / n), SIZE, (1,))[0] for n in names]
+        )
         with torch.no_grad():
             assert np.abs(model(x).numpy() - stored).max() < 1e-4
 
@@ -102,8 +118,7 @@ class TestExtract:
         model = build_model(config).eval()
         assert isinstance(model, ZooNetwork) and not hasattr(model, "aggregation")
         assert model.label == SMALL and model.input_rule == InputRule()
-        assert model.stats_spec() == {} and model.pyramid_params() == {"type": "none",
-                                                                       "aggregation": SMALL}
+        assert model.stats_spec() == {} and model.pyramid_params() == {"type": "none", "aggregation": SMALL}
         with DescriptorFile(zoo_file) as f:
             assert {**model.describe(), "netvlad_init": None} == f.model
             assert f.model["backbone"] == "ResNet-18" and f.aggregation == model.pyramid_params()
@@ -117,8 +132,13 @@ class TestExtract:
             evaluate_file(zoo_file, "1+2")
         result = run_cli("evaluate", zoo_file)
         assert result.exit_code == 0 and SMALL in result.output
-        gem = extract(root, tmp_path / "gem.h5", ModelConfig(weights="none"),
-                      ExtractOptions(resize=SIZE, workers=0, device="cpu"), progress=False)
+        gem = extract(
+            root,
+            tmp_path / "gem.h5",
+            ModelConfig(weights="none"),
+            ExtractOptions(resize=SIZE, workers=0, device="cpu"),
+            progress=False,
+        )
         ens = tmp_path / "ens.h5"
         assert run_cli("combine", zoo_file, gem, "-o", ens, "--quiet").exit_code == 0
         with DescriptorFile(ens) as f:
@@ -126,20 +146,24 @@ class TestExtract:
         located = locate([root / "images/test/queries"], zoo_file, progress=False)
         assert len(located.located) == 8
         assert 100 * sum(loc.error_m <= 25 for loc in located.located) / 8 == pytest.approx(
-            evaluate_file(zoo_file).recalls[1])
+            evaluate_file(zoo_file).recalls[1]
+        )
 
     def test_half(self, root, checkpoint, tmp_path):
-        out = extract(root, tmp_path / "h.h5", ModelConfig(model=SMALL, checkpoint=str(checkpoint)),
-                      ExtractOptions(resize=SIZE, workers=0, device="cpu", half=True),
-                      progress=False)
+        out = extract(
+            root,
+            tmp_path / "h.h5",
+            ModelConfig(model=SMALL, checkpoint=str(checkpoint)),
+            ExtractOptions(resize=SIZE, workers=0, device="cpu", half=True),
+            progress=False,
+        )
         with DescriptorFile(out) as f:
             assert f.preprocessing["precision"] == "bfloat16" and f.num("database") == 20
 
 
 class TestRefusals:
     def test_with_backbone(self, root, tmp_path):
-        result = run_cli("extract", root, "-o", tmp_path / "x.h5", "--model", SMALL,
-                         "--backbone", "vgg16")
+        result = run_cli("extract", root, "-o", tmp_path / "x.h5", "--model", SMALL, "--backbone", "vgg16")
         assert result.exit_code == 1 and "whole network" in result.output
 
     def test_needs_weights(self, root, tmp_path):
@@ -150,20 +174,36 @@ class TestRefusals:
     def test_wrong_file(self, root, tmp_path):
         wrong = tmp_path / "wrong.pth"
         torch.save({"backbone.0.weight": torch.zeros(1)}, wrong)
-        result = run_cli("extract", root, "-o", tmp_path / "x.h5", "--model", SMALL,
-                         "--checkpoint", wrong, "--resize", *SIZE)
+        result = run_cli(
+            "extract",
+            root,
+            "-o",
+            tmp_path / "x.h5",
+            "--model",
+            SMALL,
+            "--checkpoint",
+            wrong,
+            "--resize",
+            *SIZE,
+        )
         assert result.exit_code == 1 and "not a" in result.output
         assert len(result.output.strip().splitlines()) == 1
 
 
 def test_shards_merge_to_the_whole(root, checkpoint, zoo_file, tmp_path):
     config = ModelConfig(model=SMALL, checkpoint=str(checkpoint))
-    shards = [extract(root, tmp_path / "s.h5", config,
-                      ExtractOptions(scales=(1, 2), resize=SIZE, workers=0, device="cpu",
-                                     shard=(i, 2)), progress=False) for i in range(2)]
+    shards = [
+        extract(
+            root,
+            tmp_path / "s.h5",
+            config,
+            ExtractOptions(scales=(1, 2), resize=SIZE, workers=0, device="cpu", shard=(i, 2)),
+            progress=False,
+        )
+        for i in range(2)
+    ]
     assert run_cli("merge", *shards, "-o", tmp_path / "m.h5", "--quiet").exit_code == 0
     with DescriptorFile(zoo_file) as whole, DescriptorFile(tmp_path / "m.h5") as merged:
         for role in ("database", "queries"):
             n = whole.num(role)
-            assert np.abs(whole.read_rows(role, (2,), 0, n) - merged.read_rows(role, (2,), 0, n)
-                          ).max() < 1e-5
+            assert np.abs(whole.read_rows(role, (2,), 0, n) - merged.read_rows(role, (2,), 0, n)).max() < 1e-5

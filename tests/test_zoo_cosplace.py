@@ -32,14 +32,23 @@ FAMILIES = {"cosplace": COSPLACE_RELEASED, "eigenplaces": EIGENPLACES_RELEASED}
 NAME = re.compile(r"^(cosplace|eigenplaces)_(vgg16|resnet18|resnet50|resnet101|resnet152)_([0-9]+)$")
 # (family, upstream backbone, dim) compared with the reference on images
 COMPARED = [
-    ("cosplace", "ResNet18", 32), ("cosplace", "ResNet18", 512),
-    ("cosplace", "ResNet50", 2048), ("cosplace", "VGG16", 512),
-    ("eigenplaces", "ResNet18", 256), ("eigenplaces", "ResNet18", 512),
-    ("eigenplaces", "ResNet50", 2048), ("eigenplaces", "VGG16", 512),
+    ("cosplace", "ResNet18", 32),
+    ("cosplace", "ResNet18", 512),
+    ("cosplace", "ResNet50", 2048),
+    ("cosplace", "VGG16", 512),
+    ("eigenplaces", "ResNet18", 256),
+    ("eigenplaces", "ResNet18", 512),
+    ("eigenplaces", "ResNet50", 2048),
+    ("eigenplaces", "VGG16", 512),
 ]
 TOL = 1e-4
-BACKBONE_TEXT = {"ResNet18": "ResNet-18", "ResNet50": "ResNet-50", "ResNet101": "ResNet-101",
-                 "ResNet152": "ResNet-152", "VGG16": "VGG-16"}
+BACKBONE_TEXT = {
+    "ResNet18": "ResNet-18",
+    "ResNet50": "ResNet-50",
+    "ResNet101": "ResNet-101",
+    "ResNet152": "ResNet-152",
+    "VGG16": "VGG-16",
+}
 
 
 def name_of(family: str, backbone: str, dim: int) -> str:
@@ -70,8 +79,7 @@ def batch() -> torch.Tensor:
     return x
 
 
-@pytest.mark.parametrize("family,backbone,dim", COMPARED,
-                         ids=[name_of(*case) for case in COMPARED])
+@pytest.mark.parametrize("family,backbone,dim", COMPARED, ids=[name_of(*case) for case in COMPARED])
 def test_release_file_gives_reference_descriptors(releases, family, backbone, dim):
     ref, path = releases(backbone, dim)
     spec = get_zoo_model(name_of(family, backbone, dim))
@@ -103,8 +111,7 @@ def test_other_file_shapes_load(releases, tmp_path, shape):
     if shape == "module_prefix":
         save_release(ref, path, prefix="module.")
     else:
-        torch.save({"epoch_num": 3, "model_state_dict": ref.state_dict(), "best_val_recall1": 50.0},
-                   path)
+        torch.save({"epoch_num": 3, "model_state_dict": ref.state_dict(), "best_val_recall1": 50.0}, path)
     spec = get_zoo_model("cosplace_resnet18_32")
     model = spec.build()
     spec.load_state_dict(model, load_safely(path))
@@ -113,12 +120,16 @@ def test_other_file_shapes_load(releases, tmp_path, shape):
         np.testing.assert_allclose(model.eval()(x).numpy(), ref(x).numpy(), atol=TOL, rtol=0)
 
 
-@pytest.mark.parametrize("file,target,expected", [
-    (("ResNet18", 512), "cosplace_resnet18_256", r"aggregation\.3\.weight has shape \(512, 512\)"),
-    (("ResNet18", 32), "cosplace_resnet50_2048", r"missing 'backbone\.4\.0\.conv3\.weight'"),
-    (("VGG16", 512), "eigenplaces_resnet18_512", r"missing 'backbone\.1\.weight'"),
-    (("ResNet50", 2048), "eigenplaces_resnet101_2048", r"missing 'backbone\.6\.6\.conv1\.weight'"),
-], ids=["wrong_dim", "resnet18_as_resnet50", "vgg16_as_resnet18", "resnet50_as_resnet101"])
+@pytest.mark.parametrize(
+    "file,target,expected",
+    [
+        (("ResNet18", 512), "cosplace_resnet18_256", r"aggregation\.3\.weight has shape \(512, 512\)"),
+        (("ResNet18", 32), "cosplace_resnet50_2048", r"missing 'backbone\.4\.0\.conv3\.weight'"),
+        (("VGG16", 512), "eigenplaces_resnet18_512", r"missing 'backbone\.1\.weight'"),
+        (("ResNet50", 2048), "eigenplaces_resnet101_2048", r"missing 'backbone\.6\.6\.conv1\.weight'"),
+    ],
+    ids=["wrong_dim", "resnet18_as_resnet50", "vgg16_as_resnet18", "resnet50_as_resnet101"],
+)
 def test_other_release_refused(releases, file, target, expected):
     _, path = releases(*file)
     spec = get_zoo_model(target)
@@ -129,24 +140,32 @@ def test_other_release_refused(releases, file, target, expected):
     assert "\n" not in message
     assert f"not a {'CosPlace' if target.startswith('cosplace') else 'EigenPlaces'} " in message
     fits = [name_of(family, *file) for family in FAMILIES if file[1] in FAMILIES[family].get(file[0], [])]
-    assert message.endswith(f"; the file is a {BACKBONE_TEXT[file[0]]} {file[1]}-D GeoLocalizationNet: "
-                            f"--model {' or '.join(fits)}")
+    assert message.endswith(
+        f"; the file is a {BACKBONE_TEXT[file[0]]} {file[1]}-D GeoLocalizationNet: "
+        f"--model {' or '.join(fits)}"
+    )
 
 
 def test_unreleased_size_said():
     state = RefCosPlaceNet("ResNet18", 100).state_dict()
     spec = get_zoo_model("eigenplaces_resnet18_256")
-    with pytest.raises(VprkitError, match=r"; the file is a ResNet-18 100-D GeoLocalizationNet, a size "
-                       r"that was not released$"):
+    with pytest.raises(
+        VprkitError,
+        match=r"; the file is a ResNet-18 100-D GeoLocalizationNet, a size "
+        r"that was not released$",
+    ):
         spec.load_state_dict(spec.build(), state)
 
 
-@pytest.mark.parametrize("state,expected", [
-    ([1, 2], "found list"),
-    ({}, "found dict (empty)"),
-    ({"backbone.0.weight": "x"}, "'backbone.0.weight' holds str"),
-    ({"backbone.0.weight": torch.zeros(1)}, "not a CosPlace ResNet-18 32-D state dict"),
-])
+@pytest.mark.parametrize(
+    "state,expected",
+    [
+        ([1, 2], "found list"),
+        ({}, "found dict (empty)"),
+        ({"backbone.0.weight": "x"}, "'backbone.0.weight' holds str"),
+        ({"backbone.0.weight": torch.zeros(1)}, "not a CosPlace ResNet-18 32-D state dict"),
+    ],
+)
 def test_not_a_state_dict_refused(state, expected):
     spec = get_zoo_model("cosplace_resnet18_32")
     with pytest.raises(VprkitError) as err:
@@ -155,9 +174,12 @@ def test_not_a_state_dict_refused(state, expected):
 
 
 def test_registered_names_are_the_releases():
-    released = {name_of(family, backbone, dim): (family, backbone, dim)
-                for family, table in FAMILIES.items() for backbone, dims in table.items()
-                for dim in dims}
+    released = {
+        name_of(family, backbone, dim): (family, backbone, dim)
+        for family, table in FAMILIES.items()
+        for backbone, dims in table.items()
+        for dim in dims
+    }
     ours = {name: spec for name, spec in zoo_models().items() if spec.family in FAMILIES}
     assert len(released) == 43
     assert sorted(ours) == sorted(released)
@@ -183,8 +205,10 @@ def test_every_layout_has_upstream_keys(backbone):
         for dim in table.get(backbone, []):
             with torch.device("meta"):
                 ours = get_zoo_model(name_of(family, backbone, dim)).build().state_dict()
-            expected = {k: (dim, *v.shape[1:]) if k.startswith("aggregation.3.") else tuple(v.shape)
-                        for k, v in theirs.items()}
+            expected = {
+                k: (dim, *v.shape[1:]) if k.startswith("aggregation.3.") else tuple(v.shape)
+                for k, v in theirs.items()
+            }
             assert list(ours) == list(expected)
             assert {k: tuple(v.shape) for k, v in ours.items()} == expected
 
@@ -196,8 +220,7 @@ def test_extract_end_to_end(tmp_path, releases):
     root = generate_dataset(tmp_path / "data", {"test": (10, 5)}, size=(64, 80), seed=0)
     out = tmp_path / "cosplace.h5"
     config = ModelConfig(model="cosplace_resnet18_32", checkpoint=str(path))
-    extract(root, out, config, ExtractOptions(resize=(64, 80), workers=0, device="cpu"),
-            progress=False)
+    extract(root, out, config, ExtractOptions(resize=(64, 80), workers=0, device="cpu"), progress=False)
     with DescriptorFile(out) as stored:
         assert stored.dim == 32
         for role, count in (("database", 10), ("queries", 5)):
@@ -216,5 +239,4 @@ def resized(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """``image`` (3, H, W) at ``size`` as vprkit resizes (bilinear, antialiased), if it differs."""
     if tuple(image.shape[-2:]) == size:
         return image
-    return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False,
-                         antialias=True)[0]
+    return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]

@@ -78,6 +78,7 @@ def image(*size: int, seed: int = 0) -> torch.Tensor:
 # the registry
 # ---------------------------------------------------------------------------------------------
 
+
 def test_registered_variants():
     expected = {
         "mixvpr_resnet50_4096": (4096, (320, 320), 1, (), "resnet50_MixVPR_4096_channels(1024)_rows(4).ckpt"),
@@ -97,6 +98,7 @@ def test_registered_variants():
 # ---------------------------------------------------------------------------------------------
 # MixVPR
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def mixvpr_reference():
@@ -160,6 +162,7 @@ def test_mixvpr_needs_its_input_size():
 # BoQ, ResNet-50
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def boq_resnet_reference():
     return ref_boq.build_resnet_reference(seed=0)
@@ -177,15 +180,28 @@ def test_boq_resnet50_release_file_matches_reference(boq_resnet_reference, tmp_p
 
 def split_layout(state: dict, frozen: bool) -> dict:
     """The same weights in upstream's later ResNet layout (frozen + unfrozen layers)."""
-    names = (("frozen_layers.0.0.", "frozen_layers.0.1.", "frozen_layers.1.", "frozen_layers.2.",
-              "unfrozen_layers.0.") if frozen else
-             ("unfrozen_layers.0.0.", "unfrozen_layers.0.1.", "unfrozen_layers.1.", "unfrozen_layers.2.",
-              "unfrozen_layers.3."))
+    names = (
+        (
+            "frozen_layers.0.0.",
+            "frozen_layers.0.1.",
+            "frozen_layers.1.",
+            "frozen_layers.2.",
+            "unfrozen_layers.0.",
+        )
+        if frozen
+        else (
+            "unfrozen_layers.0.0.",
+            "unfrozen_layers.0.1.",
+            "unfrozen_layers.1.",
+            "unfrozen_layers.2.",
+            "unfrozen_layers.3.",
+        )
+    )
     out = {}
     for key, value in state.items():
         for i, new in zip((0, 1, 4, 5, 6), names, strict=True):
             if key.startswith(f"backbone.net.{i}."):
-                key = "backbone." + new + key[len(f"backbone.net.{i}."):]
+                key = "backbone." + new + key[len(f"backbone.net.{i}.") :]
                 break
         out[key] = value
     return out
@@ -212,6 +228,7 @@ def test_boq_resnet50_refuses_what_does_not_fit(boq_resnet_reference, mixvpr_ref
 # BoQ, DINOv2
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def boq_dinov2_reference():
     pytest.importorskip("timm")
@@ -222,8 +239,13 @@ def boq_dinov2_reference():
 def boq_dinov2_model(boq_dinov2_reference, tmp_path_factory):
     path = ref_boq.save_release(boq_dinov2_reference, tmp_path_factory.mktemp("boq") / "dinov2_12288.pth")
     state = load_safely(path)
-    for key in ("backbone.dino.mask_token", "backbone.dino.norm.weight", "backbone.dino.blocks.11.ls2.gamma",
-                "backbone.dino.pos_embed", "aggregator.boqs.1.cross_attn.out_proj.weight"):
+    for key in (
+        "backbone.dino.mask_token",
+        "backbone.dino.norm.weight",
+        "backbone.dino.blocks.11.ls2.gamma",
+        "backbone.dino.pos_embed",
+        "aggregator.boqs.1.cross_attn.out_proj.weight",
+    ):
         assert key in state
     assert tuple(state["backbone.dino.pos_embed"].shape) == (1, 1 + 37 * 37, 768)
     return loaded("boq_dinov2_12288", path)
@@ -236,8 +258,9 @@ def test_boq_dinov2_release_file_matches_reference(boq_dinov2_model, boq_dinov2_
 
 def test_boq_dinov2_without_the_final_norm(boq_dinov2_reference):
     """Upstream's later ``DinoV2`` replaces ``dino.norm`` by an identity: no ``norm`` keys."""
-    state = {k: v for k, v in boq_dinov2_reference.state_dict().items()
-             if not k.startswith("backbone.dino.norm.")}
+    state = {
+        k: v for k, v in boq_dinov2_reference.state_dict().items() if not k.startswith("backbone.dino.norm.")
+    }
     model = built("boq_dinov2_12288")
     spec("boq_dinov2_12288").load_state_dict(model, state)
     assert_same(model, boq_dinov2_reference, image(1, 3, 42, 56, seed=3))
@@ -256,15 +279,14 @@ def test_boq_dinov2_position_embeddings_as_dinov2_interpolates(boq_dinov2_refere
 
 def test_boq_dinov2_key_mapping_is_explicit_and_complete(boq_dinov2_model):
     model = boq_dinov2_model
-    ours = {k[len("backbone.dino."):] for k in model.state_dict() if k.startswith("backbone.dino.")}
+    ours = {k[len("backbone.dino.") :] for k in model.state_dict() if k.startswith("backbone.dino.")}
     assert set(dinov2.DINOV2_KEY_MAP.values()) == ours
     upstream = set(ref_boq.RefDinoVisionTransformer().state_dict())
     assert upstream == set(dinov2.DINOV2_KEY_MAP) and set(boq.DINOV2_UNUSED) <= upstream
     assert math.prod(model.backbone.dino.vit.pos_embed.shape) == (1 + 37 * 37) * 768
 
 
-def test_boq_dinov2_refuses_what_does_not_fit(boq_dinov2_reference, boq_dinov2_model,
-                                              boq_resnet_reference):
+def test_boq_dinov2_refuses_what_does_not_fit(boq_dinov2_reference, boq_dinov2_model, boq_resnet_reference):
     state = dict(boq_dinov2_reference.state_dict())
     assert "use --model boq_resnet50_16384" in refused("boq_dinov2_12288", boq_resnet_reference.state_dict())
     assert "use --model boq_dinov2_12288" in refused("boq_resnet50_16384", state)
@@ -281,6 +303,7 @@ def test_boq_dinov2_refuses_what_does_not_fit(boq_dinov2_reference, boq_dinov2_m
 # end to end: vprkit extract --model mixvpr_resnet50_4096 --checkpoint FILE
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_extract_with_the_mixvpr_release(mixvpr_reference, mixvpr_release, tmp_path):
     from vprkit.data.datasets import load_split
@@ -288,10 +311,15 @@ def test_extract_with_the_mixvpr_release(mixvpr_reference, mixvpr_release, tmp_p
     from vprkit.extract.split import ExtractOptions, extract
     from vprkit.models import ModelConfig
     from vprkit.store.reader import DescriptorFile
+
     root = generate_dataset(tmp_path / "data", {"test": (4, 3)}, size=(320, 320), seed=0)
-    out = extract(root, tmp_path / "mixvpr.h5",
-                  ModelConfig(model="mixvpr_resnet50_4096", checkpoint=str(mixvpr_release)),
-                  ExtractOptions(resize=(320, 320), workers=0, device="cpu"), progress=False)
+    out = extract(
+        root,
+        tmp_path / "mixvpr.h5",
+        ModelConfig(model="mixvpr_resnet50_4096", checkpoint=str(mixvpr_release)),
+        ExtractOptions(resize=(320, 320), workers=0, device="cpu"),
+        progress=False,
+    )
     split = load_split(root, "test")
     with DescriptorFile(out) as f:
         assert f.dim == 4096

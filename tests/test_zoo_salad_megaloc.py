@@ -72,16 +72,16 @@ def release(tmp_path_factory, build, file_name: str, name: str, seed: int):
 
 @pytest.fixture(scope="module")
 def salad(tmp_path_factory):
-    ref, net, state, path = release(tmp_path_factory, build_reference_salad, "dino_salad.ckpt",
-                                    SALAD, seed=1)
+    ref, net, state, path = release(tmp_path_factory, build_reference_salad, "dino_salad.ckpt", SALAD, seed=1)
     yield ref, net, state, path
     path.unlink(missing_ok=True)  # 350 MB: not left for pytest's kept temporary folders
 
 
 @pytest.fixture(scope="module")
 def megaloc(tmp_path_factory):
-    ref, net, state, path = release(tmp_path_factory, build_reference_megaloc, "megaloc.torch",
-                                    MEGALOC, seed=2)
+    ref, net, state, path = release(
+        tmp_path_factory, build_reference_megaloc, "megaloc.torch", MEGALOC, seed=2
+    )
     path.unlink()  # 900 MB
     return ref, net, state
 
@@ -104,8 +104,9 @@ def test_registered_releases():
 
 
 # --------------------------------------------------------------------------- DINOv2 alone
-@pytest.mark.parametrize("size", [(126, 126), (224, 182), (182, 224), (322, 322), (518, 518),
-                                  (70, 518), (28, 14)])
+@pytest.mark.parametrize(
+    "size", [(126, 126), (224, 182), (182, 224), (322, 322), (518, 518), (70, 518), (28, 14)]
+)
 def test_position_embeddings_interpolate_as_dinov2(size):
     ref = RefDinoVisionTransformer(depth=0)
     with torch.no_grad():
@@ -161,13 +162,14 @@ def test_dinov2_wrong_state_refused(dinov2_pair):
     state = ref.state_dict()
     missing = {k: v for k, v in state.items() if k != "blocks.11.ls2.gamma"}
     assert "missing 'm.blocks.11.ls2.gamma'" in one_line_error(
-        lambda: load_dinov2_state(net, {f"m.{k}": v for k, v in missing.items()}, "m."))
+        lambda: load_dinov2_state(net, {f"m.{k}": v for k, v in missing.items()}, "m.")
+    )
     extra = {**state, "register_tokens": torch.zeros(1, 4, 768)}
-    assert "unexpected 'register_tokens'" in one_line_error(
-        lambda: load_dinov2_state(net, extra, ""))
+    assert "unexpected 'register_tokens'" in one_line_error(lambda: load_dinov2_state(net, extra, ""))
     small = {**state, "pos_embed": torch.zeros(1, 257, 768)}
     assert "pos_embed has shape (1, 257, 768), expected (1, 1370, 768)" in one_line_error(
-        lambda: load_dinov2_state(net, small, ""))
+        lambda: load_dinov2_state(net, small, "")
+    )
     assert "multiples of 14, not 130x126" in one_line_error(lambda: net(batch(1, 130, 126)))
 
 
@@ -220,7 +222,8 @@ def test_salad_input_rules(salad):
     _, net, _, _ = salad
     assert "multiples of 14" in one_line_error(lambda: net(batch(1, 120, 126)))
     assert "at least as many patches as clusters (64), not 49" in one_line_error(
-        lambda: net(batch(1, 98, 98)))
+        lambda: net(batch(1, 98, 98))
+    )
 
 
 # --------------------------------------------------------------------------- MegaLoc
@@ -228,8 +231,10 @@ def test_salad_input_rules(salad):
 def test_megaloc_release_layout(megaloc):
     ref, net, state = megaloc
     assert list(state) == list(ref.state_dict())
-    assert {".".join(k.split(".")[:2]) for k in state if k.startswith("aggregator.")} == \
-        {"aggregator.agg", "aggregator.linear"}
+    assert {".".join(k.split(".")[:2]) for k in state if k.startswith("aggregator.")} == {
+        "aggregator.agg",
+        "aggregator.linear",
+    }
     assert tuple(state["aggregator.linear.weight"].shape) == (8448, 64 * 256 + 256)
 
 
@@ -267,22 +272,23 @@ def test_other_release_refused(salad, megaloc):
 def test_wrong_files_refused(salad):
     ref, net, state, _ = salad
     spec = get_zoo_model(SALAD)
-    dinov2_only = {k[len("backbone.model."):]: v for k, v in state.items()
-                   if k.startswith("backbone.model.")}
-    assert "no backbone.model.* DINOv2 keys" in one_line_error(
-        lambda: spec.load_state_dict(net, dinov2_only))
-    assert "not a dict of tensors" in one_line_error(
-        lambda: spec.load_state_dict(net, torch.zeros(3)))
+    dinov2_only = {
+        k[len("backbone.model.") :]: v for k, v in state.items() if k.startswith("backbone.model.")
+    }
+    assert "no backbone.model.* DINOv2 keys" in one_line_error(lambda: spec.load_state_dict(net, dinov2_only))
+    assert "not a dict of tensors" in one_line_error(lambda: spec.load_state_dict(net, torch.zeros(3)))
     extra = {**state, "loss_fn.weight": torch.zeros(1)}
     assert "unexpected 'loss_fn.weight'" in one_line_error(lambda: spec.load_state_dict(net, extra))
     no_dustbin = {k: v for k, v in state.items() if k != "aggregator.dust_bin"}
     assert "missing 'dust_bin'" in one_line_error(lambda: spec.load_state_dict(net, no_dustbin))
     wide = {**state, "aggregator.score.3.weight": torch.zeros(32, 512, 1, 1)}
     assert "score.3.weight has shape (32, 512, 1, 1)" in one_line_error(
-        lambda: spec.load_state_dict(net, wide))
+        lambda: spec.load_state_dict(net, wide)
+    )
     truncated = {k: v for k, v in state.items() if not k.startswith("backbone.model.blocks.11.")}
     assert "missing 'backbone.model.blocks.11." in one_line_error(
-        lambda: spec.load_state_dict(net, truncated))
+        lambda: spec.load_state_dict(net, truncated)
+    )
     with torch.no_grad():  # none of the refusals changed the network
         x = batch(1, 126, 126, seed=13)
         assert_close(net(x), ref(x))
@@ -298,8 +304,10 @@ def test_checkpoint_with_objects_refused(tmp_path):
     """``load_safely`` reads tensors, numbers, strings and containers only: a checkpoint that
     pickles other objects is refused with one line (convert a trusted one to its state dict)."""
     path = tmp_path / "lightning.ckpt"
-    torch.save({"state_dict": {"aggregator.dust_bin": torch.tensor(1.0)},
-                "hyper_parameters": Hyperparameters()}, path)
+    torch.save(
+        {"state_dict": {"aggregator.dust_bin": torch.tensor(1.0)}, "hyper_parameters": Hyperparameters()},
+        path,
+    )
     message = one_line_error(lambda: load_safely(path, "checkpoint"))
     assert re.search(r"holds Python objects \(.*Hyperparameters\)", message)
 
@@ -312,6 +320,7 @@ def test_extract_end_to_end(tmp_path, salad):
     try:
         from vprkit.extract.split import ExtractOptions, extract
         from vprkit.models import ModelConfig
+
         ModelConfig(model=SALAD, checkpoint="x")
     except (ImportError, TypeError) as err:  # pragma: no cover  (the integration is not there)
         pytest.skip(f"no zoo support in ModelConfig / extract yet: {err}")
@@ -319,12 +328,18 @@ def test_extract_end_to_end(tmp_path, salad):
 
     from vprkit.data.synthetic import generate_dataset
     from vprkit.store import DescriptorFile
+
     ref, _, _, path = salad
     root = generate_dataset(tmp_path / "data", {"test": (4, 2)}, size=(64, 80), seed=0)
     out = tmp_path / "salad.h5"
     config = ModelConfig(model=SALAD, checkpoint=str(path))
-    extract(root, out, config, ExtractOptions(resize=(126, 126), batch_size=3, workers=0,
-                                              device="cpu"), progress=False)
+    extract(
+        root,
+        out,
+        config,
+        ExtractOptions(resize=(126, 126), batch_size=3, workers=0, device="cpu"),
+        progress=False,
+    )
     with DescriptorFile(out) as stored:
         assert stored.dim == 8448 and stored.model["model"] == SALAD
         for role, count in (("database", 4), ("queries", 2)):
@@ -336,8 +351,11 @@ def test_extract_end_to_end(tmp_path, salad):
                 with Image.open(root / "images" / "test" / role / name) as image:
                     pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
                 tensor = (torch.from_numpy(pixels).permute(2, 0, 1) - IMAGENET_MEAN) / IMAGENET_STD
-                images.append(F.interpolate(tensor[None], size=(126, 126), mode="bilinear",
-                                            align_corners=False, antialias=True)[0])
+                images.append(
+                    F.interpolate(
+                        tensor[None], size=(126, 126), mode="bilinear", align_corners=False, antialias=True
+                    )[0]
+                )
             with torch.no_grad():
                 expected = ref(torch.stack(images)).numpy()
             np.testing.assert_allclose(rows, expected, atol=TOL, rtol=0)

@@ -78,8 +78,14 @@ if TYPE_CHECKING:
     from vprkit.store import DescriptorFile
     from vprkit.train.trainer import TrainConfig
     from vprkit.train.trainer import train as train_model
-def merge_shards(shards: list[str | Path], output: str | Path, overwrite: bool = False,
-                 progress: ProgressCallback | None = None) -> Path:
+
+
+def merge_shards(
+    shards: list[str | Path],
+    output: str | Path,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+) -> Path:
     """Join the shard files of one sharded extraction into one descriptor file.
 
     ``extract_split(..., options=ExtractOptions(shard=(i, n)))`` (``vprkit extract --shard i/n``)
@@ -105,13 +111,21 @@ def merge_shards(shards: list[str | Path], output: str | Path, overwrite: bool =
     """
     from vprkit.extract.shards import merge
     from vprkit.progress import progress_callback
+
     return merge(shards, output, overwrite=overwrite, progress=progress_callback(progress))
 
 
-def evaluate_file(path: str | Path, scale: str | None = None, *args: Any,
-                  predictions_path: str | Path | None = None, pictures: str | Path | None = None,
-                  only_wrong: bool = False, pictures_limit: int | None = None,
-                  pictures_top_k: int = 5, **kwargs: Any) -> EvaluationResult:
+def evaluate_file(
+    path: str | Path,
+    scale: str | None = None,
+    *args: Any,
+    predictions_path: str | Path | None = None,
+    pictures: str | Path | None = None,
+    only_wrong: bool = False,
+    pictures_limit: int | None = None,
+    pictures_top_k: int = 5,
+    **kwargs: Any,
+) -> EvaluationResult:
     """Recall@N of one scale or pyramid of a descriptor file: ``vprkit.evaluate.evaluate_file``
     (see there for the arguments and the result).
 
@@ -142,9 +156,12 @@ def evaluate_file(path: str | Path, scale: str | None = None, *args: Any,
     if predictions_path is not None or pictures is not None:
         from vprkit.report.predictions import write_predictions, write_query_pictures
 
-        warnings.warn("evaluate_file(predictions_path=, pictures=) are deprecated: use "
-                      "vprkit.report.write_predictions and write_query_pictures on the result",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "evaluate_file(predictions_path=, pictures=) are deprecated: use "
+            "vprkit.report.write_predictions and write_query_pictures on the result",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         if predictions_path is not None:
             write_predictions(result, predictions_path)
         if pictures is not None:

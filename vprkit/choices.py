@@ -25,11 +25,20 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # the image files a dataset folder
 def component_names(folder: Path) -> tuple[str, ...]:
     """The component modules of a registry package (not ``base`` nor ``_private``), in natural
     order (``resnet18conv4`` before ``resnet101conv4``), read from the folder, unimported."""
+
     def natural(name: str) -> list:
         return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
-    return tuple(sorted((m.name for m in pkgutil.iter_modules([str(folder)])
-                         if not m.name.startswith("_") and m.name != "base"), key=natural))
+    return tuple(
+        sorted(
+            (
+                m.name
+                for m in pkgutil.iter_modules([str(folder)])
+                if not m.name.startswith("_") and m.name != "base"
+            ),
+            key=natural,
+        )
+    )
 
 
 def literal_of(path: Path, name: str):
@@ -64,9 +73,14 @@ AUGMENT_PRESETS = tuple(f"{kind}:M{i}" for kind in ("night", "occlusion") for i 
 DEFAULT_RESIZE = (480, 640)  # the benchmark's image size (H, W)
 # query view -> rows stored per query, and test method -> the view it reads (vprkit.descriptors.views)
 VIEWS = {"hard_resize": 1, "single_query": 1, "central_crop": 1, "five_crops": 5}
-TEST_METHODS = {"hard_resize": "hard_resize", "single_query": "single_query",
-                "central_crop": "central_crop", "five_crops": "five_crops",
-                "nearest_crop": "five_crops", "maj_voting": "five_crops"}
+TEST_METHODS = {
+    "hard_resize": "hard_resize",
+    "single_query": "single_query",
+    "central_crop": "central_crop",
+    "five_crops": "five_crops",
+    "nearest_crop": "five_crops",
+    "maj_voting": "five_crops",
+}
 DEFAULT_MAJORITY_WEIGHT = 0.01  # the benchmark's --majority_weight
 # evaluate's statistics (vprkit.evaluate.statistics): bootstrap resamples and seed, R@1 thresholds (m)
 DEFAULT_RESAMPLES = 1000

@@ -26,9 +26,14 @@ DEMO_TRAIN_QUERIES = 70  # of the 73 training queries with a positive within 10 
 logger = logging.getLogger(__name__)
 
 
-def run_demo(out: str | Path = "vprkit_demo", backbone: str = DEFAULT_BACKBONE,
-             weights: str = "none", scales: str = "1,2,3", train: bool = True,
-             progress: ProgressCallback | None = None) -> list[EvaluationResult]:
+def run_demo(
+    out: str | Path = "vprkit_demo",
+    backbone: str = DEFAULT_BACKBONE,
+    weights: str = "none",
+    scales: str = "1,2,3",
+    train: bool = True,
+    progress: ProgressCallback | None = None,
+) -> list[EvaluationResult]:
     """The whole pipeline on a generated dataset in ``out``; its Recall@N rows (one table).
 
     Args:
@@ -53,22 +58,35 @@ def run_demo(out: str | Path = "vprkit_demo", backbone: str = DEFAULT_BACKBONE,
     scale_list = parse_scales(scales)
     pyramid = [spec_name(scale_list)] if len(scale_list) > 1 else []
     options = ExtractOptions(scales=scale_list, resize=DEMO_SIZE, batch_size=16, workers=1)
-    models = {"gem": ModelConfig(backbone=backbone, aggregation="gem", weights=weights),
-              "netvlad": ModelConfig(backbone=backbone, aggregation="netvlad", weights=weights)}
+    models = {
+        "gem": ModelConfig(backbone=backbone, aggregation="gem", weights=weights),
+        "netvlad": ModelConfig(backbone=backbone, aggregation="netvlad", weights=weights),
+    }
     if train:
         from vprkit.train import TrainConfig
         from vprkit.train import train as run_train
+
         run = out / "runs" / "gem"
         if not (run / "best.pth").exists():
             if run.exists():
                 for f in run.iterdir():
                     f.unlink()
             logger.info(f"training GeM for one epoch in {run}")
-            run_train(TrainConfig(root=str(root.resolve()), model=models["gem"],
-                                  resize=DEMO_SIZE, queries_per_epoch=DEMO_TRAIN_QUERIES,
-                                  cache_refresh=DEMO_TRAIN_QUERIES,
-                                  neg_samples=150, epochs=1, lr=1e-4, workers=1), run,
-                      progress=progress)
+            run_train(
+                TrainConfig(
+                    root=str(root.resolve()),
+                    model=models["gem"],
+                    resize=DEMO_SIZE,
+                    queries_per_epoch=DEMO_TRAIN_QUERIES,
+                    cache_refresh=DEMO_TRAIN_QUERIES,
+                    neg_samples=150,
+                    epochs=1,
+                    lr=1e-4,
+                    workers=1,
+                ),
+                run,
+                progress=progress,
+            )
         models["gem_trained"] = ModelConfig(checkpoint=str(run / "best.pth"))
     results = []
     files = {}

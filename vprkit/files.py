@@ -68,7 +68,7 @@ def output_of(path: Path) -> Path | None:
     if found:
         return path.with_name(found[1])
     if path.name.endswith(".partial") and len(path.name) > len(".partial"):
-        return path.with_name(path.name[:-len(".partial")])
+        return path.with_name(path.name[: -len(".partial")])
     return None
 
 
@@ -82,8 +82,10 @@ def written_as(path: Path) -> str:
 def refuse_link(path: Path) -> None:
     """One clear error where ``path`` is a symbolic link: vprkit never writes through one."""
     if path.is_symlink():
-        raise VprkitError(f"{path} is a symbolic link; vprkit does not write through links "
-                          "(remove it, or choose another output)")
+        raise VprkitError(
+            f"{path} is a symbolic link; vprkit does not write through links "
+            "(remove it, or choose another output)"
+        )
 
 
 def _umask() -> int:
@@ -94,8 +96,10 @@ def _umask() -> int:
 
 def _creation_error(path: Path, err: OSError) -> VprkitError:
     if err.errno in (errno.EEXIST, errno.ELOOP) and path.is_symlink():
-        return VprkitError(f"{path} is a symbolic link; vprkit does not write through links "
-                           "(remove it, or choose another output)")
+        return VprkitError(
+            f"{path} is a symbolic link; vprkit does not write through links "
+            "(remove it, or choose another output)"
+        )
     if err.errno == errno.EEXIST:
         return VprkitError(f"{path} exists already (left by another process?); remove it")
     return VprkitError(f"cannot write {written_as(path)}: {err.strerror}")
@@ -104,8 +108,7 @@ def _creation_error(path: Path, err: OSError) -> VprkitError:
 def create_exclusive(path: Path) -> int:
     """A new file at ``path`` (which must not exist, not even as a link); its descriptor."""
     try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC,
-                       0o666 & ~_umask())
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o666 & ~_umask())
     except OSError as err:
         raise _creation_error(path, err) from None
 
@@ -201,8 +204,14 @@ def atomic_output(path: str | Path, mode: str = "w", **open_args: Any) -> Iterat
             os.replace(tmp, path)  # still locked: no cleaner can take it before the rename
     except BaseException as err:
         tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG,
-                                                      errno.EROFS, errno.EACCES, errno.EIO):
+        if isinstance(err, OSError) and err.errno in (
+            errno.ENOSPC,
+            errno.EDQUOT,
+            errno.EFBIG,
+            errno.EROFS,
+            errno.EACCES,
+            errno.EIO,
+        ):
             raise VprkitError(f"cannot write {path}: {err.strerror}") from None
         raise
 
@@ -231,8 +240,9 @@ def output_lock(output: Path, what: str = "") -> Iterator[None]:
     output = Path(output)
     lock_path = output.with_name(output.name + ".lock")
     try:
-        fd = os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | _NOFOLLOW | _CLOEXEC,
-                     0o666 & ~_umask())
+        fd = os.open(
+            lock_path, os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | _NOFOLLOW | _CLOEXEC, 0o666 & ~_umask()
+        )
     except OSError as err:
         if err.errno == errno.ELOOP or lock_path.is_symlink():
             raise _creation_error(lock_path, err) from None
@@ -296,8 +306,9 @@ def guarded_write(partial: Path, output: Path, resumable: bool = False) -> Itera
         where = f"cannot write {output} (writing {partial.name}): {os.strerror(code)}"
         kept = f"; {output} is untouched" if output.exists() else ""
         if resumable:
-            raise VprkitError(f"{where}; the rows written before are kept (rerun the same "
-                              f"command to resume){kept}") from None
+            raise VprkitError(
+                f"{where}; the rows written before are kept (rerun the same command to resume){kept}"
+            ) from None
         hint = " (disk full or not writable?)" if code in _FULL else ""
         raise VprkitError(f"{where}{hint}; removed the unfinished file{kept}") from None
 
@@ -313,8 +324,9 @@ def file_size_limit() -> int | None:
     return None if soft == resource.RLIM_INFINITY else int(soft)
 
 
-def require_space(path: Path, nbytes: int, *, size: int = 0, reserved: int = 0,
-                  what: str = "next block") -> None:
+def require_space(
+    path: Path, nbytes: int, *, size: int = 0, reserved: int = 0, what: str = "next block"
+) -> None:
     """Stop with a clear error, before HDF5 meets a full disk, when ``nbytes`` do not fit.
 
     ``size``: the bytes the file at ``path`` holds already (checked with ``nbytes`` against the
@@ -329,16 +341,17 @@ def require_space(path: Path, nbytes: int, *, size: int = 0, reserved: int = 0,
         raise VprkitError(
             f"cannot write {written_as(path)}: {os.strerror(errno.EFBIG)} (the file-size limit, "
             f"ulimit -f, is {human_bytes(limit)}; {what} {human_bytes(nbytes)}); stopped before "
-            "writing it. Raise the limit and run the same command again")
+            "writing it. Raise the limit and run the same command again"
+        )
     free = free_bytes(path)
     if free + max(0, reserved) < nbytes + SPACE_MARGIN:
         output = output_of(path)
-        written = f"{path} is written (" if output is None else \
-            f"{output} is written (as {path.name}; "
+        written = f"{path} is written (" if output is None else f"{output} is written (as {path.name}; "
         raise VprkitError(
             f"disk full: {human_bytes(free)} free where {written}{what} {human_bytes(nbytes)}, "
             f"margin {human_bytes(SPACE_MARGIN)}); stopped before writing it. Free some space "
-            "and run the same command again (an extraction resumes where it stopped)")
+            "and run the same command again (an extraction resumes where it stopped)"
+        )
 
 
 def reserve(fd: int, path: Path, size: int, nbytes: int) -> bool:
@@ -354,7 +367,8 @@ def reserve(fd: int, path: Path, size: int, nbytes: int) -> bool:
         raise VprkitError(
             f"cannot write {written_as(path)}: {err.strerror} (reserving {human_bytes(nbytes)} "
             "more); stopped before writing it. Make room (or raise the limit) and run the same command "
-            "again (an extraction resumes where it stopped)") from None
+            "again (an extraction resumes where it stopped)"
+        ) from None
     return True
 
 
@@ -362,4 +376,4 @@ def human_bytes(n: float) -> str:
     """``n`` bytes as ``1.5 GiB``."""
     units = ["B", "KiB", "MiB", "GiB", "TiB"]
     i = min(len(units) - 1, int(math.log(max(n, 1), 1024)))
-    return f"{n / 1024 ** i:.1f} {units[i]}"
+    return f"{n / 1024**i:.1f} {units[i]}"

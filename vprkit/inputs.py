@@ -32,9 +32,13 @@ DATA_LIMIT = 1 << 30  # evaluation JSON (with per-query rows), run metrics, coor
 IMAGE_FILE_LIMIT = 256 << 20  # one photo's file: far beyond any camera's
 
 _FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
-_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
-          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-          (stat.S_ISSOCK, "a socket"))
+_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def size_text(size: int) -> str:
@@ -91,8 +95,9 @@ def open_input(path: str | Path, what: str) -> BinaryIO:
 
 
 def _too_large(path: str | Path, what: str, size: str, limit: int) -> VprkitError:
-    return VprkitError(f"cannot read {what} {shown(path)}: it is {size}, over the limit of "
-                       f"{size_text(limit)}")
+    return VprkitError(
+        f"cannot read {what} {shown(path)}: it is {size}, over the limit of {size_text(limit)}"
+    )
 
 
 def read_bytes(path: str | Path, what: str, limit: int) -> bytes:
@@ -111,14 +116,14 @@ def read_bytes(path: str | Path, what: str, limit: int) -> bytes:
     return data
 
 
-def read_text(path: str | Path, what: str, limit: int, encoding: str = "utf-8",
-              hint: str = "") -> str:
+def read_text(path: str | Path, what: str, limit: int, encoding: str = "utf-8", hint: str = "") -> str:
     """``read_bytes`` decoded as UTF-8 (``encoding`` ``utf-8-sig`` also takes a BOM); one line
     naming the file, the first bad byte and its line where it is not (``hint`` added)."""
     data = read_bytes(path, what, limit)
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as err:
-        line = data[:err.start].count(b"\n") + 1
-        raise VprkitError(f"{what} {shown(path)} is not UTF-8 text (byte 0x{data[err.start]:02x} "
-                          f"on line {line}){hint}") from None
+        line = data[: err.start].count(b"\n") + 1
+        raise VprkitError(
+            f"{what} {shown(path)} is not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}){hint}"
+        ) from None

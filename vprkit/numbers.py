@@ -37,8 +37,9 @@ def _bad(what: str, text: str, expected: str) -> NumberError:
     return NumberError(f"{what}: {shown(repr(text), 40)} is not {expected}")
 
 
-def parse_int(text: str, what: str, *, minimum: int | None = None, maximum: int | None = None,
-              spaces: bool = True) -> int:
+def parse_int(
+    text: str, what: str, *, minimum: int | None = None, maximum: int | None = None, spaces: bool = True
+) -> int:
     """``text`` as a whole number (``12``, ``+3``, ``-3``), within [minimum, maximum] where
     given; ``what`` starts the error (e.g. the variable's name)."""
     value = _text(text, what, spaces)

@@ -118,8 +118,9 @@ ProgressCallback = Callable[[ProgressEvent], None]
 _ids = itertools.count(1)
 
 
-def progress_callback(progress: ProgressCallback | bool | None,
-                      stacklevel: int = 2) -> ProgressCallback | None:
+def progress_callback(
+    progress: ProgressCallback | bool | None, stacklevel: int = 2
+) -> ProgressCallback | None:
     """``progress`` as a callback or None. The booleans of vprkit 0.2: False is None (silent);
     True, the library drawing on the terminal itself, is ``ProgressRenderer()`` with a
     DeprecationWarning (removed in 0.3).
@@ -135,13 +136,18 @@ def progress_callback(progress: ProgressCallback | bool | None,
     if progress is False:
         return None
     if progress is True:
-        warnings.warn("progress=True is deprecated and will be removed in vprkit 0.3; pass a "
-                      "callback such as vprkit.progress.ProgressRenderer(), or None",
-                      DeprecationWarning, stacklevel=stacklevel + 1)
+        warnings.warn(
+            "progress=True is deprecated and will be removed in vprkit 0.3; pass a "
+            "callback such as vprkit.progress.ProgressRenderer(), or None",
+            DeprecationWarning,
+            stacklevel=stacklevel + 1,
+        )
         return ProgressRenderer()
     if progress is not None and not callable(progress):
-        raise ParameterError("progress", "progress must be a callable taking a ProgressEvent, or "
-                                         f"None; got {type(progress).__name__}")
+        raise ParameterError(
+            "progress",
+            f"progress must be a callable taking a ProgressEvent, or None; got {type(progress).__name__}",
+        )
     return progress
 
 
@@ -160,8 +166,9 @@ class ProgressTask:
 
     def _emit(self, kind: Literal["start", "advance", "done"], advance: int = 0) -> None:
         if self.callback is not None:
-            self.callback(ProgressEvent(kind, self.task, self.total, self.completed, advance,
-                                        self.status, self.id))
+            self.callback(
+                ProgressEvent(kind, self.task, self.total, self.completed, advance, self.status, self.id)
+            )
 
     def __enter__(self) -> ProgressTask:
         self._emit("start")
@@ -183,8 +190,7 @@ class ProgressTask:
         self._emit("advance")
 
 
-def progress_task(progress: ProgressCallback | bool | None, task: str,
-                  total: int | None) -> ProgressTask:
+def progress_task(progress: ProgressCallback | bool | None, task: str, total: int | None) -> ProgressTask:
     """A ``ProgressTask`` reporting to ``progress`` (None: to nobody)."""
     return ProgressTask(progress_callback(progress, stacklevel=3), task, total)
 
@@ -234,15 +240,14 @@ class ProgressRenderer:
             if self._bar is None:
                 self._bar = progress_bar()
                 self._bar.start()
-            self._bars[event.id] = self._bar.add_task(event.task, total=event.total,
-                                                      completed=event.completed,
-                                                      rate=event.status)
+            self._bars[event.id] = self._bar.add_task(
+                event.task, total=event.total, completed=event.completed, rate=event.status
+            )
             return
         task = self._bars.get(event.id)
         if self._bar is None or task is None:
             return
-        self._bar.update(task, advance=event.advance, description=event.task,
-                         rate=event.status)
+        self._bar.update(task, advance=event.advance, description=event.task, rate=event.status)
         if event.kind == "done":
             del self._bars[event.id]
             if not self._bars:
@@ -295,15 +300,16 @@ class ConsoleHandler(logging.Handler):
         try:
             text = self.text(record)
             if text.startswith("wrote "):
-                console.print(styled("wrote", "green", text[len("wrote"):]), soft_wrap=True)
+                console.print(styled("wrote", "green", text[len("wrote") :]), soft_wrap=True)
             else:
                 console.print(text, soft_wrap=True)
         except Exception:  # noqa: BLE001  (logging's rule: a broken handler never raises)
             self.handleError(record)
 
 
-def show_logs(level: int = logging.INFO,
-              text: Callable[[logging.LogRecord], str] | None = None) -> Callable[[], None]:
+def show_logs(
+    level: int = logging.INFO, text: Callable[[logging.LogRecord], str] | None = None
+) -> Callable[[], None]:
     """Show the ``vprkit`` logger's records from ``level`` up on stderr (the CLI's setting).
 
     Args:
@@ -322,4 +328,5 @@ def show_logs(level: int = logging.INFO,
     def undo() -> None:
         root.removeHandler(handler)
         root.setLevel(before)
+
     return undo

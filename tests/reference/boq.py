@@ -122,8 +122,9 @@ class RefBoQ(nn.Module):
         super().__init__()
         self.proj_c = nn.Conv2d(in_channels, proj_channels, kernel_size=3, padding=1)
         self.norm_input = nn.LayerNorm(proj_channels)
-        self.boqs = nn.ModuleList([RefBoQBlock(proj_channels, num_queries, proj_channels // 64)
-                                   for _ in range(num_layers)])
+        self.boqs = nn.ModuleList(
+            [RefBoQBlock(proj_channels, num_queries, proj_channels // 64) for _ in range(num_layers)]
+        )
         self.fc = nn.Linear(num_layers * num_queries, row_dim)
 
     def forward(self, x):
@@ -262,7 +263,10 @@ class RefDinoVisionTransformer(nn.Module):
         sy = float(h0 + 0.1) / m
         patch_pos_embed = F.interpolate(
             patch_pos_embed.reshape(1, m, m, dim).permute(0, 3, 1, 2),
-            mode="bicubic", antialias=False, scale_factor=(sx, sy))
+            mode="bicubic",
+            antialias=False,
+            scale_factor=(sx, sy),
+        )
         assert (w0, h0) == patch_pos_embed.shape[-2:]
         patch_pos_embed = patch_pos_embed.permute(0, 2, 3, 1).view(1, -1, dim)
         return torch.cat((class_pos_embed.unsqueeze(0), patch_pos_embed), dim=1).to(x.dtype)
@@ -288,7 +292,7 @@ class RefDinoV2(nn.Module):
         x = self.dino.prepare_tokens_with_masks(x)
         for blk in self.dino.blocks[: -self.unfreeze_n_blocks]:
             x = blk(x)
-        for blk in self.dino.blocks[-self.unfreeze_n_blocks:]:
+        for blk in self.dino.blocks[-self.unfreeze_n_blocks :]:
             x = blk(x)
         x = x[:, 1:]
         c = x.shape[-1]
@@ -340,8 +344,9 @@ def randomize_(model: nn.Module, generator: torch.Generator) -> nn.Module:
                 smooth = F.interpolate(coarse, size=(side, side), mode="bilinear", align_corners=True)
                 grid = smooth.flatten(2).transpose(1, 2)
                 grid = grid + 0.1 * torch.randn(grid.shape, generator=generator)
-                m.pos_embed.copy_(torch.cat([torch.randn(1, 1, grid.shape[-1], generator=generator),
-                                             grid], dim=1))
+                m.pos_embed.copy_(
+                    torch.cat([torch.randn(1, 1, grid.shape[-1], generator=generator), grid], dim=1)
+                )
             elif isinstance(m, (RefEncoderLayer, RefBoQBlock)):
                 for p in (m.self_attn.in_proj_bias, m.self_attn.out_proj.bias):
                     p.copy_(0.1 * torch.randn(p.shape, generator=generator))

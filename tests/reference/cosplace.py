@@ -84,8 +84,16 @@ def ref_backbone(backbone: str) -> nn.Sequential:
     """The torchvision network of ``backbone`` (random weights) cut as upstream cuts it."""
     model = getattr(torchvision.models, backbone.lower())(weights=None)
     if backbone.startswith("ResNet"):
-        children = [model.conv1, model.bn1, model.relu, model.maxpool,
-                    model.layer1, model.layer2, model.layer3, model.layer4]
+        children = [
+            model.conv1,
+            model.bn1,
+            model.relu,
+            model.maxpool,
+            model.layer1,
+            model.layer2,
+            model.layer3,
+            model.layer4,
+        ]
     elif backbone == "VGG16":
         children = list(model.features)[:-2]  # conv5_3 is the last layer: no ReLU, no pooling
         assert isinstance(children[-1], nn.Conv2d)
@@ -101,8 +109,8 @@ class RefCosPlaceNet(nn.Module):
         super().__init__()
         self.backbone = ref_backbone(backbone)
         self.aggregation = nn.Sequential(
-            RefL2Norm(), RefGeM(), RefFlatten(), nn.Linear(CHANNELS[backbone], fc_output_dim),
-            RefL2Norm())
+            RefL2Norm(), RefGeM(), RefFlatten(), nn.Linear(CHANNELS[backbone], fc_output_dim), RefL2Norm()
+        )
 
     def forward(self, x):
         return self.aggregation(self.backbone(x))
@@ -138,8 +146,7 @@ def save_release(net: RefCosPlaceNet, path: str | Path, prefix: str = "") -> Pat
     return Path(path)
 
 
-_TRANSFORM = T.Compose([T.ToTensor(), T.Normalize(mean=[0.485, 0.456, 0.406],
-                                                  std=[0.229, 0.224, 0.225])])
+_TRANSFORM = T.Compose([T.ToTensor(), T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])])
 
 
 def ref_image(path: str | Path) -> torch.Tensor:

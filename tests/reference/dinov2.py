@@ -98,8 +98,15 @@ class RefBlock(nn.Module):
 class RefDinoVisionTransformer(nn.Module):
     """DINOv2's ``DinoVisionTransformer`` for ViT-B/14 (inference only)."""
 
-    def __init__(self, img_size: int = 518, patch_size: int = 14, embed_dim: int = 768,
-                 depth: int = 12, num_heads: int = 12, interpolate_offset: float = 0.1):
+    def __init__(
+        self,
+        img_size: int = 518,
+        patch_size: int = 14,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        interpolate_offset: float = 0.1,
+    ):
         super().__init__()
         self.patch_size = patch_size
         self.embed_dim = self.num_features = embed_dim
@@ -128,8 +135,12 @@ class RefDinoVisionTransformer(nn.Module):
         assert m * m == n
         sx = float(w0 + self.interpolate_offset) / m
         sy = float(h0 + self.interpolate_offset) / m
-        patch_pos = F.interpolate(patch_pos.reshape(1, m, m, dim).permute(0, 3, 1, 2),
-                                  scale_factor=(sx, sy), mode="bicubic", antialias=False)
+        patch_pos = F.interpolate(
+            patch_pos.reshape(1, m, m, dim).permute(0, 3, 1, 2),
+            scale_factor=(sx, sy),
+            mode="bicubic",
+            antialias=False,
+        )
         assert (w0, h0) == tuple(patch_pos.shape[-2:])
         patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, -1, dim)
         return torch.cat((cls_pos.unsqueeze(0), patch_pos), dim=1).to(x.dtype)
@@ -145,8 +156,7 @@ class RefDinoVisionTransformer(nn.Module):
         for blk in self.blocks:
             x = blk(x)
         x_norm = self.norm(x)
-        return {"x_norm_clstoken": x_norm[:, 0], "x_norm_patchtokens": x_norm[:, 1:],
-                "x_prenorm": x}
+        return {"x_norm_clstoken": x_norm[:, 0], "x_norm_patchtokens": x_norm[:, 1:], "x_prenorm": x}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x)["x_norm_clstoken"])

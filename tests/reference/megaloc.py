@@ -53,17 +53,27 @@ def ref_get_matching_probs(s, dustbin_score=1.0, num_iters: int = 3, reg: float 
 
 
 class RefMegaLocSALAD(nn.Module):
-    def __init__(self, num_channels: int = 768, num_clusters: int = 64, cluster_dim: int = 256,
-                 token_dim: int = 256, mlp_dim: int = 512, dropout: float = 0.3):
+    def __init__(
+        self,
+        num_channels: int = 768,
+        num_clusters: int = 64,
+        cluster_dim: int = 256,
+        token_dim: int = 256,
+        mlp_dim: int = 512,
+        dropout: float = 0.3,
+    ):
         super().__init__()
         self.num_clusters, self.cluster_dim = num_clusters, cluster_dim
         drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.token_features = nn.Sequential(nn.Linear(num_channels, mlp_dim), nn.ReLU(),
-                                            nn.Linear(mlp_dim, token_dim))
-        self.cluster_features = nn.Sequential(nn.Conv2d(num_channels, mlp_dim, 1), drop,
-                                              nn.ReLU(), nn.Conv2d(mlp_dim, cluster_dim, 1))
-        self.score = nn.Sequential(nn.Conv2d(num_channels, mlp_dim, 1), drop, nn.ReLU(),
-                                   nn.Conv2d(mlp_dim, num_clusters, 1))
+        self.token_features = nn.Sequential(
+            nn.Linear(num_channels, mlp_dim), nn.ReLU(), nn.Linear(mlp_dim, token_dim)
+        )
+        self.cluster_features = nn.Sequential(
+            nn.Conv2d(num_channels, mlp_dim, 1), drop, nn.ReLU(), nn.Conv2d(mlp_dim, cluster_dim, 1)
+        )
+        self.score = nn.Sequential(
+            nn.Conv2d(num_channels, mlp_dim, 1), drop, nn.ReLU(), nn.Conv2d(mlp_dim, num_clusters, 1)
+        )
         self.dust_bin = nn.Parameter(torch.tensor(1.0))
 
     def forward(self, x):
@@ -74,8 +84,9 @@ class RefMegaLocSALAD(nn.Module):
         p = torch.exp(ref_get_matching_probs(p, self.dust_bin, 3))[:, :-1, :]
         p = p.unsqueeze(1).repeat(1, self.cluster_dim, 1, 1)
         f = f.unsqueeze(2).repeat(1, 1, self.num_clusters, 1)
-        f = torch.cat([F.normalize(t, p=2, dim=-1),
-                       F.normalize((f * p).sum(dim=-1), p=2, dim=1).flatten(1)], dim=-1)
+        f = torch.cat(
+            [F.normalize(t, p=2, dim=-1), F.normalize((f * p).sum(dim=-1), p=2, dim=1).flatten(1)], dim=-1
+        )
         return F.normalize(f, p=2, dim=-1)
 
 

@@ -73,8 +73,9 @@ class RefFeatureMixerLayer(nn.Module):
 class RefMixVPR(nn.Module):
     """Upstream's ``MixVPR`` aggregator."""
 
-    def __init__(self, in_channels=1024, in_h=20, in_w=20, out_channels=1024, mix_depth=4,
-                 mlp_ratio=1, out_rows=4):
+    def __init__(
+        self, in_channels=1024, in_h=20, in_w=20, out_channels=1024, mix_depth=4, mlp_ratio=1, out_rows=4
+    ):
         super().__init__()
         hw = in_h * in_w
         self.mix = nn.Sequential(*[RefFeatureMixerLayer(hw, mlp_ratio) for _ in range(mix_depth)])
@@ -145,22 +146,44 @@ def save_lightning(model: RefVPRModel, path: Path) -> Path:
     upstream's ``main.py`` holds them (``dict(hparams)`` of plain values)."""
     out_channels = model.aggregator.channel_proj.out_features
     out_rows = model.aggregator.row_proj.out_features
-    torch.save({
-        "epoch": 9, "global_step": 12340, "pytorch-lightning_version": "1.8.6",
-        "state_dict": model.state_dict(),
-        "loops": {"fit_loop": {"state_dict": {}, "epoch_progress": {"total": {"ready": 10}}}},
-        "hparams_name": "kwargs",
-        "hyper_parameters": {
-            "backbone_arch": "resnet50", "pretrained": True, "layers_to_freeze": 2,
-            "layers_to_crop": [4], "agg_arch": "MixVPR",
-            "agg_config": {"in_channels": 1024, "in_h": 20, "in_w": 20, "out_channels": out_channels,
-                           "mix_depth": 4, "mlp_ratio": 1, "out_rows": out_rows},
-            "lr": 0.05, "optimizer": "sgd", "weight_decay": 0.001, "momentum": 0.9,
-            "warmpup_steps": 650, "milestones": [5, 10, 15], "lr_mult": 0.3,
-            "loss_name": "MultiSimilarityLoss", "miner_name": "MultiSimilarityMiner",
-            "miner_margin": 0.1, "faiss_gpu": False,
+    torch.save(
+        {
+            "epoch": 9,
+            "global_step": 12340,
+            "pytorch-lightning_version": "1.8.6",
+            "state_dict": model.state_dict(),
+            "loops": {"fit_loop": {"state_dict": {}, "epoch_progress": {"total": {"ready": 10}}}},
+            "hparams_name": "kwargs",
+            "hyper_parameters": {
+                "backbone_arch": "resnet50",
+                "pretrained": True,
+                "layers_to_freeze": 2,
+                "layers_to_crop": [4],
+                "agg_arch": "MixVPR",
+                "agg_config": {
+                    "in_channels": 1024,
+                    "in_h": 20,
+                    "in_w": 20,
+                    "out_channels": out_channels,
+                    "mix_depth": 4,
+                    "mlp_ratio": 1,
+                    "out_rows": out_rows,
+                },
+                "lr": 0.05,
+                "optimizer": "sgd",
+                "weight_decay": 0.001,
+                "momentum": 0.9,
+                "warmpup_steps": 650,
+                "milestones": [5, 10, 15],
+                "lr_mult": 0.3,
+                "loss_name": "MultiSimilarityLoss",
+                "miner_name": "MultiSimilarityMiner",
+                "miner_margin": 0.1,
+                "faiss_gpu": False,
+            },
         },
-    }, path)
+        path,
+    )
     return Path(path)
 
 
@@ -180,4 +203,3 @@ def reference_descriptors(model: RefVPRModel, paths) -> torch.Tensor:
             x = transform(im.convert("RGB")).unsqueeze(0)
         rows.append(model(x)[0])
     return torch.stack(rows)
-

@@ -29,8 +29,7 @@ from reference.dinov2 import RefDinoVisionTransformer, randomize_
 
 
 class RefDINOv2(nn.Module):
-    def __init__(self, num_trainable_blocks: int = 4, norm_layer: bool = True,
-                 return_token: bool = True):
+    def __init__(self, num_trainable_blocks: int = 4, norm_layer: bool = True, return_token: bool = True):
         super().__init__()
         self.model = RefDinoVisionTransformer()
         self.num_channels = 768
@@ -42,10 +41,10 @@ class RefDINOv2(nn.Module):
         b, _, h, w = x.shape
         x = self.model.prepare_tokens_with_masks(x)
         with torch.no_grad():
-            for blk in self.model.blocks[:-self.num_trainable_blocks]:
+            for blk in self.model.blocks[: -self.num_trainable_blocks]:
                 x = blk(x)
         x = x.detach()
-        for blk in self.model.blocks[-self.num_trainable_blocks:]:
+        for blk in self.model.blocks[-self.num_trainable_blocks :]:
             x = blk(x)
         if self.norm_layer:
             x = self.model.norm(x)
@@ -77,17 +76,26 @@ def ref_log_optimal_transport(scores, alpha, iters: int):
 
 
 class RefSALAD(nn.Module):
-    def __init__(self, num_channels: int = 768, num_clusters: int = 64, cluster_dim: int = 128,
-                 token_dim: int = 256, dropout: float = 0.3):
+    def __init__(
+        self,
+        num_channels: int = 768,
+        num_clusters: int = 64,
+        cluster_dim: int = 128,
+        token_dim: int = 256,
+        dropout: float = 0.3,
+    ):
         super().__init__()
         self.num_clusters, self.cluster_dim, self.token_dim = num_clusters, cluster_dim, token_dim
         drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.token_features = nn.Sequential(nn.Linear(num_channels, 512), nn.ReLU(),
-                                            nn.Linear(512, token_dim))
-        self.cluster_features = nn.Sequential(nn.Conv2d(num_channels, 512, 1), drop, nn.ReLU(),
-                                              nn.Conv2d(512, cluster_dim, 1))
-        self.score = nn.Sequential(nn.Conv2d(num_channels, 512, 1), drop, nn.ReLU(),
-                                   nn.Conv2d(512, num_clusters, 1))
+        self.token_features = nn.Sequential(
+            nn.Linear(num_channels, 512), nn.ReLU(), nn.Linear(512, token_dim)
+        )
+        self.cluster_features = nn.Sequential(
+            nn.Conv2d(num_channels, 512, 1), drop, nn.ReLU(), nn.Conv2d(512, cluster_dim, 1)
+        )
+        self.score = nn.Sequential(
+            nn.Conv2d(num_channels, 512, 1), drop, nn.ReLU(), nn.Conv2d(512, num_clusters, 1)
+        )
         self.dust_bin = nn.Parameter(torch.tensor(1.0))
 
     def forward(self, x):
@@ -99,8 +107,9 @@ class RefSALAD(nn.Module):
         p = torch.exp(p)[:, :-1, :]
         p = p.unsqueeze(1).repeat(1, self.cluster_dim, 1, 1)
         f = f.unsqueeze(2).repeat(1, 1, self.num_clusters, 1)
-        f = torch.cat([F.normalize(t, p=2, dim=-1),
-                       F.normalize((f * p).sum(dim=-1), p=2, dim=1).flatten(1)], dim=-1)
+        f = torch.cat(
+            [F.normalize(t, p=2, dim=-1), F.normalize((f * p).sum(dim=-1), p=2, dim=1).flatten(1)], dim=-1
+        )
         return F.normalize(f, p=2, dim=-1)
 
 
@@ -110,8 +119,7 @@ class RefVPRModel(nn.Module):
     def __init__(self):
         super().__init__()
         self.backbone = RefDINOv2(num_trainable_blocks=4, norm_layer=True, return_token=True)
-        self.aggregator = RefSALAD(num_channels=768, num_clusters=64, cluster_dim=128,
-                                   token_dim=256)
+        self.aggregator = RefSALAD(num_channels=768, num_clusters=64, cluster_dim=128, token_dim=256)
 
     def forward(self, x):
         return self.aggregator(self.backbone(x))

@@ -58,10 +58,12 @@ CROP_METHODS = ("five_crops", "nearest_crop", "maj_voting")
 MULTI_CROP_METHODS = ("nearest_crop", "maj_voting")
 POSITIVE_DIST_THRESHOLD = 25.0  # the benchmark's --val_positive_dist_threshold default (metres)
 
-_BASE_TRANSFORM = T.Compose([
-    T.ToTensor(),
-    T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
-])
+_BASE_TRANSFORM = T.Compose(
+    [
+        T.ToTensor(),
+        T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+    ]
+)
 
 
 def load_normalized(path: str | os.PathLike) -> torch.Tensor:
@@ -113,8 +115,10 @@ def _describe(model: torch.nn.Module, batch: list[torch.Tensor], device: torch.d
 def _database_features(model, db_paths, resize, batch_size, device) -> list[np.ndarray]:
     chunks = []
     for start in range(0, len(db_paths), batch_size):
-        batch = [query_transform(load_normalized(p), "hard_resize", resize)
-                 for p in db_paths[start:start + batch_size]]
+        batch = [
+            query_transform(load_normalized(p), "hard_resize", resize)
+            for p in db_paths[start : start + batch_size]
+        ]
         chunks.append(_describe(model, batch, device))
     return chunks
 
@@ -123,7 +127,7 @@ def _query_features(model, q_paths, method, resize, batch_size, device) -> list[
     step = 1 if method == "single_query" else batch_size
     chunks = []
     for start in range(0, len(q_paths), step):
-        batch = [query_transform(load_normalized(p), method, resize) for p in q_paths[start:start + step]]
+        batch = [query_transform(load_normalized(p), method, resize) for p in q_paths[start : start + step]]
         if method in CROP_METHODS:
             # (bs, 5, 3, s, s) -> (5 * bs, 3, s, s): query i's crops are rows 5 * i .. 5 * i + 4
             crops = torch.cat(batch)
@@ -142,9 +146,14 @@ def _stack(chunks: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(chunks).astype(np.float32, copy=False)
 
 
-def benchmark_features(model: torch.nn.Module, db_paths: Sequence[str | os.PathLike],
-                       q_paths: Sequence[str | os.PathLike], method: str, resize: tuple[int, int],
-                       batch_size: int = 4) -> tuple[np.ndarray, np.ndarray]:
+def benchmark_features(
+    model: torch.nn.Module,
+    db_paths: Sequence[str | os.PathLike],
+    q_paths: Sequence[str | os.PathLike],
+    method: str,
+    resize: tuple[int, int],
+    batch_size: int = 4,
+) -> tuple[np.ndarray, np.ndarray]:
     """Descriptors as the benchmark's ``test`` computes them (model in eval mode, no grad).
 
     Returns ``(database, queries)``, float32: database (Ndb, D), always hard_resize in batches of
@@ -168,15 +177,16 @@ def _dedup_closest(dists: np.ndarray, preds: np.ndarray, k: int) -> np.ndarray:
     _, first = np.unique(ranked, return_index=True)
     kept = ranked[np.sort(first)][:k]
     out = np.full(k, -1, dtype=preds.dtype)
-    out[:len(kept)] = kept
+    out[: len(kept)] = kept
     return out
 
 
 def _as_crops(distances: np.ndarray, predictions: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     distances, predictions = np.asarray(distances), np.asarray(predictions)
     if distances.shape != predictions.shape or distances.ndim != 2 or distances.shape[0] % 5:
-        raise ValueError(f"expected matching (5 * Nq, k) arrays, got {distances.shape} and "
-                         f"{predictions.shape}")
+        raise ValueError(
+            f"expected matching (5 * Nq, k) arrays, got {distances.shape} and {predictions.shape}"
+        )
     if distances.shape[1] != k:
         raise ValueError(f"arrays have {distances.shape[1]} columns but k = {k}")
     nq = distances.shape[0] // 5
@@ -218,8 +228,9 @@ def top_n_voting(predictions: np.ndarray, distances: np.ndarray, topn: str, majo
         view[labels == value] -= delta
 
 
-def merge_maj_voting(distances: np.ndarray, predictions: np.ndarray, k: int,
-                     majority_weight: float = 0.01) -> np.ndarray:
+def merge_maj_voting(
+    distances: np.ndarray, predictions: np.ndarray, k: int, majority_weight: float = 0.01
+) -> np.ndarray:
     """Merge the 5 crops' faiss results per query as the benchmark's maj_voting; returns (Nq, k).
 
     Per query: top1, top5 and top10 votes lower the distances of labels that several crops agree
@@ -247,16 +258,18 @@ def _utms(paths: list[str]) -> np.ndarray:
     return np.array([(p.split("@")[1], p.split("@")[2]) for p in paths], dtype=np.float64).reshape(-1, 2)
 
 
-def positives(db_paths: list[str], q_paths: list[str],
-              threshold: float = POSITIVE_DIST_THRESHOLD) -> np.ndarray:
+def positives(
+    db_paths: list[str], q_paths: list[str], threshold: float = POSITIVE_DIST_THRESHOLD
+) -> np.ndarray:
     """Database indices within ``threshold`` metres of each query (sklearn radius_neighbors)."""
     knn = NearestNeighbors(n_jobs=-1)
     knn.fit(_utms(db_paths))
     return knn.radius_neighbors(_utms(q_paths), radius=threshold, return_distance=False)
 
 
-def recalls_at(predictions: np.ndarray, positives_per_query: Sequence[np.ndarray],
-               recall_values: Sequence[int]) -> np.ndarray:
+def recalls_at(
+    predictions: np.ndarray, positives_per_query: Sequence[np.ndarray], recall_values: Sequence[int]
+) -> np.ndarray:
     """The benchmark's Recall@N loop, in percent."""
     recalls = np.zeros(len(recall_values))
     for pred, pos in zip(predictions, positives_per_query, strict=True):
@@ -267,9 +280,15 @@ def recalls_at(predictions: np.ndarray, positives_per_query: Sequence[np.ndarray
     return recalls / len(predictions) * 100
 
 
-def benchmark_test(model: torch.nn.Module, root: str | os.PathLike, method: str, resize: tuple[int, int],
-                   recall_values: Sequence[int] = (1, 5, 10, 20), majority_weight: float = 0.01,
-                   batch_size: int = 4) -> dict:
+def benchmark_test(
+    model: torch.nn.Module,
+    root: str | os.PathLike,
+    method: str,
+    resize: tuple[int, int],
+    recall_values: Sequence[int] = (1, 5, 10, 20),
+    majority_weight: float = 0.01,
+    batch_size: int = 4,
+) -> dict:
     """Run the benchmark's ``test`` with ``method`` on ``root/images/test/{database,queries}``.
 
     Returns a dict with ``recalls`` (percent, one per recall value), ``predictions`` (Nq, k) with

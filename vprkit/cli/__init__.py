@@ -37,8 +37,7 @@ class NamedChoice(click.Choice):
     def convert(self, value, param, ctx):
         if value in self.choices:
             return value
-        self.fail(f"unknown {self.what} {value!r}; choose one of {', '.join(self.choices)}",
-                  param, ctx)
+        self.fail(f"unknown {self.what} {value!r}; choose one of {', '.join(self.choices)}", param, ctx)
 
 
 def json_option(what: str, is_output: bool = False):
@@ -47,47 +46,75 @@ def json_option(what: str, is_output: bool = False):
     what the command makes (evaluate, info, dataset info), so ``-o/--output`` names it too."""
     names = ("-o", "--output", "--json") if is_output else ("--json",)
     also = " -o/--output is the same option." if is_output else ""
-    return click.option(*names, "json_path", is_flag=False, flag_value="-", default=None,
-                        metavar="PATH|-",
-                        help=f"Write {what} as JSON to PATH, or print it alone to stdout with - "
-                             f"(also --json alone).{also}  [default: none]")
+    return click.option(
+        *names,
+        "json_path",
+        is_flag=False,
+        flag_value="-",
+        default=None,
+        metavar="PATH|-",
+        help=f"Write {what} as JSON to PATH, or print it alone to stdout with - "
+        f"(also --json alone).{also}  [default: none]",
+    )
 
 
 def statistics_options(function):
     """``--bootstrap``, ``--seed``, ``--thresholds`` and ``--drop-unmatched``: how evaluate
     states its uncertainty (``vprkit.evaluate.statistics``)."""
     function = click.option(
-        "--drop-unmatched", is_flag=True,
+        "--drop-unmatched",
+        is_flag=True,
         help="Leave queries without any positive out of the precision-recall curve.  [default: "
-             "counted there as wrong answers; Recall@N always counts them]")(function)
+        "counted there as wrong answers; Recall@N always counts them]",
+    )(function)
     function = click.option(
-        "--thresholds", default=",".join(f"{t:g}" for t in DEFAULT_THRESHOLDS),
-        show_default=True, metavar="M1,M2,...",
-        help="Metres at which R@1 is also given (top-1 within M metres); none: no such "
-             "table.")(function)
-    function = click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=DEFAULT_SEED,
-                            show_default=True,
-                            help="Seed of the bootstrap resampling (0 to 2**32-1).")(function)
+        "--thresholds",
+        default=",".join(f"{t:g}" for t in DEFAULT_THRESHOLDS),
+        show_default=True,
+        metavar="M1,M2,...",
+        help="Metres at which R@1 is also given (top-1 within M metres); none: no such table.",
+    )(function)
+    function = click.option(
+        "--seed",
+        type=click.IntRange(0, 2**32 - 1),
+        default=DEFAULT_SEED,
+        show_default=True,
+        help="Seed of the bootstrap resampling (0 to 2**32-1).",
+    )(function)
     return click.option(
-        "--bootstrap", type=click.IntRange(min=0), default=DEFAULT_RESAMPLES, show_default=True,
-        help="Resamples of the queries for the 95% intervals of Recall@N (0: none).")(function)
+        "--bootstrap",
+        type=click.IntRange(min=0),
+        default=DEFAULT_RESAMPLES,
+        show_default=True,
+        help="Resamples of the queries for the 95% intervals of Recall@N (0: none).",
+    )(function)
 
 
 def aggregation_options(function):
     """``--clusters``, ``--l2`` and ``--fc-output-dim``: the aggregation's options, as extract and
     train take them."""
     function = click.option(
-        "--fc-output-dim", type=click.IntRange(min=1), default=None,
+        "--fc-output-dim",
+        type=click.IntRange(min=1),
+        default=None,
         help="A fully connected layer to this dimension, then L2, after the aggregation "
-             "(the benchmark's --fc_output_dim; no pyramid).  [default: none]")(function)
+        "(the benchmark's --fc_output_dim; no pyramid).  [default: none]",
+    )(function)
     function = click.option(
-        "--l2", type=NamedChoice("--l2", L2_PLACEMENTS), default=None,
+        "--l2",
+        type=NamedChoice("--l2", L2_PLACEMENTS),
+        default=None,
         help="Where gem, mac, spoc and rmac L2-normalise (the benchmark's --l2).  "
-             "[default: before_pool, or what --checkpoint holds]")(function)
+        "[default: before_pool, or what --checkpoint holds]",
+    )(function)
     from vprkit.cli.defaults import field_default, library_option
-    return library_option("--clusters", type=click.IntRange(min=1),
-                          source=field_default("vprkit.models", "ModelConfig", "clusters"),
-                          help="NetVLAD clusters.")(function)
+
+    return library_option(
+        "--clusters",
+        type=click.IntRange(min=1),
+        source=field_default("vprkit.models", "ModelConfig", "clusters"),
+        help="NetVLAD clusters.",
+    )(function)
 
 
 def emit_json(json_path: str | None, data) -> bool:
@@ -106,20 +133,36 @@ def emit_json(json_path: str | None, data) -> bool:
 def output_option(help_text: str, default: Path | None = None):
     """``-o/--output`` as every command that writes has it, with ``--out`` kept as a hidden,
     deprecated alias (train and demo took --out before 0.2)."""
+
     def decorate(function):
-        function = click.option("--out", "deprecated_out", type=click.Path(path_type=Path),
-                                default=None, hidden=True,
-                                help="Deprecated alias of -o/--output.  [default: none]")(function)
-        return click.option("-o", "--output", type=click.Path(path_type=Path), default=default,
-                            show_default=default is not None, help=help_text)(function)
+        function = click.option(
+            "--out",
+            "deprecated_out",
+            type=click.Path(path_type=Path),
+            default=None,
+            hidden=True,
+            help="Deprecated alias of -o/--output.  [default: none]",
+        )(function)
+        return click.option(
+            "-o",
+            "--output",
+            type=click.Path(path_type=Path),
+            default=default,
+            show_default=default is not None,
+            help=help_text,
+        )(function)
+
     return decorate
 
 
 def resolve_output(output: Path | None, deprecated_out: Path | None) -> Path | None:
     """The output asked for, by -o/--output or (with a deprecation warning) by --out."""
     if deprecated_out is not None:
-        warnings.warn("--out is deprecated and will be removed in vprkit 0.3; use -o/--output",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "--out is deprecated and will be removed in vprkit 0.3; use -o/--output",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         if output is not None and output != deprecated_out:
             raise VprkitError("give -o/--output once (--out is its deprecated alias)")
         return deprecated_out

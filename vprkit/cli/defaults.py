@@ -20,8 +20,9 @@ from typing import Any
 import click
 
 
-def field_default(module: str, owner: str, name: str,
-                  shown: Callable[[Any], Any] | None = None) -> Callable[[], Any]:
+def field_default(
+    module: str, owner: str, name: str, shown: Callable[[Any], Any] | None = None
+) -> Callable[[], Any]:
     """A reader of the default of ``owner.name`` in ``module`` (a dataclass field or a function's
     keyword), converted by ``shown`` to the option's form (``(1, 2)`` -> ``"1,2"``); read once."""
 
@@ -80,9 +81,13 @@ def set_option(function):
     """``--set KEY=VALUE`` (repeatable): an option of a component of the network
     (``ModelConfig.with_overrides``), so that a new option of a component needs no new flag."""
     return click.option(
-        "--set", "settings", multiple=True, metavar="KEY=VALUE",
+        "--set",
+        "settings",
+        multiple=True,
+        metavar="KEY=VALUE",
         help="Set an option of the network's components, repeatable: aggregation.OPTION=VALUE "
-             "or backbone.OPTION=VALUE, any option the component declares (its Options in "
-             "vprkit.models), e.g. --set aggregation.clusters=32, --set "
-             "aggregation.fc_output_dim=128, --set aggregation.p=3.5 (gem); applied after the "
-             "options above.  [default: none]")(function)
+        "or backbone.OPTION=VALUE, any option the component declares (its Options in "
+        "vprkit.models), e.g. --set aggregation.clusters=32, --set "
+        "aggregation.fc_output_dim=128, --set aggregation.p=3.5 (gem); applied after the "
+        "options above.  [default: none]",
+    )(function)

@@ -12,12 +12,22 @@ def zoo_rows() -> list[dict]:
     """One row per zoo model: name, family, backbone, aggregation, dimension, input rule,
     weights source, extra packages."""
     from vprkit.models.zoo import zoo_models
-    return [{"name": s.name, "family": s.family, "backbone": s.backbone,
-             "aggregation": s.aggregation, "dim": s.output_dim,
-             "input": (f"{s.resize[0]}x{s.resize[1]}" if s.resize else "native size")
-             + (f", sides multiple of {s.multiple_of}" if s.multiple_of > 1 else ""),
-             "weights": s.weights, "requires": list(s.requires), "notes": s.notes}
-            for s in zoo_models().values()]
+
+    return [
+        {
+            "name": s.name,
+            "family": s.family,
+            "backbone": s.backbone,
+            "aggregation": s.aggregation,
+            "dim": s.output_dim,
+            "input": (f"{s.resize[0]}x{s.resize[1]}" if s.resize else "native size")
+            + (f", sides multiple of {s.multiple_of}" if s.multiple_of > 1 else ""),
+            "weights": s.weights,
+            "requires": list(s.requires),
+            "notes": s.notes,
+        }
+        for s in zoo_models().values()
+    ]
 
 
 @main.command()
@@ -32,6 +42,7 @@ def models(family, json_path):
     from rich.table import Table
 
     from vprkit.report.tables import cell
+
     rows = [r for r in zoo_rows() if family is None or r["family"] == family]
     if emit_json(json_path, rows):
         return
@@ -40,8 +51,15 @@ def models(family, json_path):
         table.add_column(col, overflow="fold", justify="right" if col == "dim" else "left")
     for r in rows:
         extra = " (needs vprkit[dinov2])" if r["requires"] else ""
-        table.add_row(cell(r["name"]), cell(r["backbone"]), cell(r["aggregation"]), str(r["dim"]),
-                      cell(r["input"]), cell(r["weights"] + extra, 300))
-    table.caption = (f"{len(rows)} models; besides them, any --backbone with any --aggregation "
-                     "(vprkit extract --help)")
+        table.add_row(
+            cell(r["name"]),
+            cell(r["backbone"]),
+            cell(r["aggregation"]),
+            str(r["dim"]),
+            cell(r["input"]),
+            cell(r["weights"] + extra, 300),
+        )
+    table.caption = (
+        f"{len(rows)} models; besides them, any --backbone with any --aggregation (vprkit extract --help)"
+    )
     results_console.print(table)

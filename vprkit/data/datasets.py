@@ -29,6 +29,7 @@ def parse_utm(name: str) -> tuple[float, float]:
     """UTM (east, north) in metres from a benchmark file name ``@east@north@...`` (plain
     numbers: no underscores, spaces or digits of other scripts, which ``float()`` accepts)."""
     from vprkit.numbers import parse_float
+
     fields = Path(name).name.split("@")
     try:
         east, north = (parse_float(fields[i], "UTM", finite=False, spaces=False) for i in (1, 2))
@@ -69,8 +70,13 @@ def list_images(folder: Path) -> list[str]:
         try:
             name.encode("utf-8")
         except UnicodeEncodeError:
-            problems.append((name, f"image name {shown(folder / name)} is not valid UTF-8; "
-                                   "rename it (descriptor files store names as UTF-8)"))
+            problems.append(
+                (
+                    name,
+                    f"image name {shown(folder / name)} is not valid UTF-8; "
+                    "rename it (descriptor files store names as UTF-8)",
+                )
+            )
             continue
         why = _image_problem(path)
         if why is not None:
@@ -112,8 +118,7 @@ class ImageList:
                 skipped.append(name)
         if skipped:
             warnings.warn(
-                f"skipped {len(skipped)} file(s) without coordinates in {folder}, "
-                f"e.g. {skipped[0]!r}",
+                f"skipped {len(skipped)} file(s) without coordinates in {folder}, e.g. {skipped[0]!r}",
                 stacklevel=2,
             )
         utm_array = np.asarray(utm, dtype=np.float64).reshape(-1, 2)
@@ -143,9 +148,7 @@ class Split:
         return positives_within(self.database.utm, self.queries.utm, radius)
 
 
-def positives_within(
-    database_utm: np.ndarray, queries_utm: np.ndarray, radius: float
-) -> list[np.ndarray]:
+def positives_within(database_utm: np.ndarray, queries_utm: np.ndarray, radius: float) -> list[np.ndarray]:
     """Database indices within ``radius`` metres of each query (inclusive), nearest first."""
     if len(database_utm) == 0:
         return [np.empty(0, dtype=np.int64) for _ in range(len(queries_utm))]
@@ -170,10 +173,13 @@ def image_inside(folder: Path, name: str, file: object) -> Path:
     reaches a file outside ``folder`` by its spelling. Symbolic links inside the dataset are
     followed: they are the dataset's own (made by its owner, e.g. by ``dataset import``)."""
     from vprkit.store.checks import name_problem
+
     problem = name_problem(name)
     if problem:
-        raise VprkitError(f"{file}: image name {shown(repr(name), 80)} {problem}: names are "
-                          f"relative to {shown(folder)}, inside it")
+        raise VprkitError(
+            f"{file}: image name {shown(repr(name), 80)} {problem}: names are "
+            f"relative to {shown(folder)}, inside it"
+        )
     return folder / name
 
 
@@ -184,16 +190,21 @@ def split_folder(root: Path | str, split: str) -> Path:
         raise VprkitError(f"dataset root {root} does not exist or is not a folder")
     folder = root / "images" / split
     if not folder.is_dir():
-        found = sorted(p.name for p in (root / "images").glob("*") if p.is_dir()) if (
-            root / "images"
-        ).is_dir() else []
+        found = (
+            sorted(p.name for p in (root / "images").glob("*") if p.is_dir())
+            if (root / "images").is_dir()
+            else []
+        )
         hint = f" (found splits: {', '.join(found)})" if found else " (expected ROOT/images/SPLIT)"
         raise VprkitError(f"split folder {folder} does not exist{hint}")
     return folder
 
 
 def load_split(
-    root: Path | str, split: str = "test", skip_unparsable: bool = False, allow_empty: bool = False,
+    root: Path | str,
+    split: str = "test",
+    skip_unparsable: bool = False,
+    allow_empty: bool = False,
     queries_optional: bool = False,
 ) -> Split:
     """Read one split of a dataset in the benchmark layout; ``queries_optional``: a split
@@ -203,17 +214,18 @@ def load_split(
     lists = {}
     for role in ROLES:
         role_folder = folder / role
-        if role == "queries" and queries_optional and (
-                not role_folder.is_dir() or not any(role_folder.iterdir())):
+        if (
+            role == "queries"
+            and queries_optional
+            and (not role_folder.is_dir() or not any(role_folder.iterdir()))
+        ):
             lists[role] = ImageList(folder=role_folder, names=[], utm=np.zeros((0, 2)))
             continue
         if not role_folder.is_dir():
             raise VprkitError(f"folder {role_folder} does not exist")
         lists[role] = ImageList.from_folder(role_folder, skip_unparsable=skip_unparsable)
         if not allow_empty and len(lists[role]) == 0:
-            raise VprkitError(
-                f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {role_folder}"
-            )
+            raise VprkitError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {role_folder}")
     return Split(root=Path(root), name=split, database=lists["database"], queries=lists["queries"])
 
 

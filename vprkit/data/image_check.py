@@ -27,8 +27,9 @@ def same_images(writer_or_file, split: Split) -> str | None:
     return None
 
 
-def changed_image(stored, split: Split, rows: dict[str, int],
-                  progress: ProgressCallback | None = None) -> str | None:
+def changed_image(
+    stored, split: Split, rows: dict[str, int], progress: ProgressCallback | None = None
+) -> str | None:
     """None if the first ``rows[role]`` images of each role still have the bytes whose SHA-256
     ``stored`` (a descriptor file or writer) kept, else the first image that changed. Files made
     before vprkit kept hashes cannot be checked (a warning says so)."""
@@ -36,17 +37,22 @@ def changed_image(stored, split: Split, rows: dict[str, int],
     for role in ROLES:
         hashes = stored.hashes(role)
         if hashes is None:
-            warnings.warn(f"{stored.path} was made before vprkit kept image hashes: its images "
-                          "cannot be checked against the dataset's", stacklevel=3)
+            warnings.warn(
+                f"{stored.path} was made before vprkit kept image hashes: its images "
+                "cannot be checked against the dataset's",
+                stacklevel=3,
+            )
             return None
         checks += [(role, i, hashes[i].tobytes()) for i in range(rows[role])]
     if not checks:
         return None
     paths = {role: split.role(role).paths() for role in ROLES}
-    with progress_task(progress, "check images", len(checks)) as task, \
-            ThreadPoolExecutor(max_workers=8) as pool:
+    with (
+        progress_task(progress, "check images", len(checks)) as task,
+        ThreadPoolExecutor(max_workers=8) as pool,
+    ):
         for start in range(0, len(checks), 1024):  # in blocks: stop soon after a difference
-            block = checks[start:start + 1024]
+            block = checks[start : start + 1024]
             digests = pool.map(_sha256_or_none, [paths[role][i] for role, i, _ in block])
             for (role, i, kept), digest in zip(block, digests, strict=True):
                 name = split.role(role).names[i]
@@ -67,8 +73,7 @@ def _sha256_or_none(path: Path) -> bytes | None:
 
 def rows_with_descriptors(writer) -> dict[str, int]:
     """Per role, the images that some scale (or query view) of an unfinished file holds."""
-    done = {role: max((writer.rows_done(role, [s]) for s in writer.scales), default=0)
-            for role in ROLES}
+    done = {role: max((writer.rows_done(role, [s]) for s in writer.scales), default=0) for role in ROLES}
     for s in writer.scales:
         for view in writer.views(s)[1:]:
             done["queries"] = max(done["queries"], writer.rows_done("queries", [s], view))

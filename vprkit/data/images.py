@@ -153,8 +153,7 @@ def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(image.shape[-2:]) == tuple(size):
         return image
     batched = image if image.dim() == 4 else image.unsqueeze(0)
-    out = F.interpolate(batched, size=tuple(size), mode="bilinear", align_corners=False,
-                        antialias=True)
+    out = F.interpolate(batched, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
     return out if image.dim() == 4 else out.squeeze(0)
 
 
@@ -173,8 +172,9 @@ def view_size(resize: tuple[int, int] | None, view: str, scale: int) -> tuple[in
     return scale_size(*resize, scale)  # hard_resize, central_crop
 
 
-def preprocess(image: torch.Tensor, size: tuple[int, int] | None,
-               scales: Sequence[int], view: str = "hard_resize") -> list[torch.Tensor]:
+def preprocess(
+    image: torch.Tensor, size: tuple[int, int] | None, scales: Sequence[int], view: str = "hard_resize"
+) -> list[torch.Tensor]:
     """Normalised image at each scale, as ``view`` sees it (``vprkit.descriptors.views``): a (3, h, w)
     tensor per scale, or (5, 3, h, w) for ``five_crops``."""
     image = normalize(image)
@@ -216,8 +216,13 @@ class ImageScalesDataset(Dataset):
     traceback); it returns its error so that the caller can report it in one line.
     """
 
-    def __init__(self, paths: Sequence[Path], size: tuple[int, int] | None,
-                 scales: Sequence[int], view: str = "hard_resize"):
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        size: tuple[int, int] | None,
+        scales: Sequence[int],
+        view: str = "hard_resize",
+    ):
         self.paths = list(paths)
         self.size = size
         self.scales = tuple(scales)

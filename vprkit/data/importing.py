@@ -34,8 +34,14 @@ from vprkit.geo.zones import MAX_DEGREES_FROM_CENTRAL_MERIDIAN, DatasetZone, par
 from vprkit.inputs import DATA_LIMIT, open_input, read_text
 from vprkit.numbers import parse_float
 
-__all__ = ["MAX_DEGREES_FROM_CENTRAL_MERIDIAN", "GpsTagError", "benchmark_name", "exif_latlon",
-           "import_images", "read_coordinates_csv"]
+__all__ = [
+    "MAX_DEGREES_FROM_CENTRAL_MERIDIAN",
+    "GpsTagError",
+    "benchmark_name",
+    "exif_latlon",
+    "import_images",
+    "read_coordinates_csv",
+]
 
 GPS_IFD = 0x8825
 NAME_MAX = 255  # bytes in one file name on the common file systems
@@ -115,11 +121,13 @@ def read_coordinates_csv(path: Path) -> dict[str, tuple[float, float]]:
     """name -> (lat, lon) from a UTF-8 CSV (a BOM is fine) with a header naming name, lat and
     lon columns: a regular file (or a link to one) of at most ``vprkit.inputs.DATA_LIMIT``
     bytes (``vprkit.inputs.read_text``)."""
-    aliases = {"name": ("name", "file", "filename", "image", "path"),
-               "lat": ("lat", "latitude"), "lon": ("lon", "lng", "long", "longitude")}
+    aliases = {
+        "name": ("name", "file", "filename", "image", "path"),
+        "lat": ("lat", "latitude"),
+        "lon": ("lon", "lng", "long", "longitude"),
+    }
     where = shown(path)
-    text = read_text(path, "coordinates file", DATA_LIMIT, encoding="utf-8-sig",
-                     hint="; save it as UTF-8")
+    text = read_text(path, "coordinates file", DATA_LIMIT, encoding="utf-8-sig", hint="; save it as UTF-8")
     reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
         fields = {f.strip().lower(): f for f in reader.fieldnames or []}
@@ -138,15 +146,21 @@ def read_coordinates_csv(path: Path) -> dict[str, tuple[float, float]]:
                 raise VprkitError(f"{where} line {line}: no image name")
             if not isinstance(lat, str) or not isinstance(lon, str):
                 raise VprkitError(f"{where} line {line}: bad latitude/longitude (a column is missing)")
-            latlon = (parse_float(lat, f"{where} line {line}: latitude"),
-                      parse_float(lon, f"{where} line {line}: longitude"))
+            latlon = (
+                parse_float(lat, f"{where} line {line}: latitude"),
+                parse_float(lon, f"{where} line {line}: longitude"),
+            )
             if not _valid_latlon(*latlon):
-                raise VprkitError(f"{where} line {line}: latitude/longitude {_brief(lat)}, {_brief(lon)} "
-                                  "out of range (expected -90..90, -180..180)")
+                raise VprkitError(
+                    f"{where} line {line}: latitude/longitude {_brief(lat)}, {_brief(lon)} "
+                    "out of range (expected -90..90, -180..180)"
+                )
             name = name.strip()
             if name in out and out[name] != latlon:
-                raise VprkitError(f"{where} line {line}: {shown(name)} already has other coordinates "
-                                  f"on line {first_line[name]}")
+                raise VprkitError(
+                    f"{where} line {line}: {shown(name)} already has other coordinates "
+                    f"on line {first_line[name]}"
+                )
             out[name] = latlon
             first_line.setdefault(name, line)
     except csv.Error as err:
@@ -154,8 +168,9 @@ def read_coordinates_csv(path: Path) -> dict[str, tuple[float, float]]:
     return out
 
 
-def benchmark_name(lat: float, lon: float, stem: str, suffix: str,
-                   utm_position: tuple[float, float, int, str] | None = None) -> str:
+def benchmark_name(
+    lat: float, lon: float, stem: str, suffix: str, utm_position: tuple[float, float, int, str] | None = None
+) -> str:
     """The benchmark file name ``@east@north@zone@letter@lat@lon@...@stem@.ext`` of a photo;
     ``utm_position`` (east, north, zone, letter), e.g. in a dataset's zone, else the photo's
     own zone."""
@@ -166,11 +181,17 @@ def benchmark_name(lat: float, lon: float, stem: str, suffix: str,
 
 def check_split_name(split: str) -> str:
     """``split`` as one plain folder name under ROOT/images (nothing that escapes it)."""
-    if (not isinstance(split, str) or not split or split in (".", "..")
-            or any(sep in split for sep in ("/", "\\", os.sep, os.altsep or "/"))
-            or Path(split).is_absolute() or not split.isprintable()):
-        raise VprkitError(f"bad split {_brief(split)}: expected a plain folder name such as "
-                          "train, val or test")
+    if (
+        not isinstance(split, str)
+        or not split
+        or split in (".", "..")
+        or any(sep in split for sep in ("/", "\\", os.sep, os.altsep or "/"))
+        or Path(split).is_absolute()
+        or not split.isprintable()
+    ):
+        raise VprkitError(
+            f"bad split {_brief(split)}: expected a plain folder name such as train, val or test"
+        )
     return split
 
 
@@ -189,8 +210,9 @@ def _folders_to_create(target: Path) -> list[Path]:
     return missing[::-1]
 
 
-def _plan(images: Path, names: list[str], table, coordinates, target: Path,
-          skip_missing: bool, zone: DatasetZone) -> tuple[list[tuple[Path, Path]], list[str]]:
+def _plan(
+    images: Path, names: list[str], table, coordinates, target: Path, skip_missing: bool, zone: DatasetZone
+) -> tuple[list[tuple[Path, Path]], list[str]]:
     """(source, destination) for every photo to write, and the names skipped; raises before
     anything is written."""
     plan: list[tuple[Path, Path]] = []
@@ -208,8 +230,7 @@ def _plan(images: Path, names: list[str], table, coordinates, target: Path,
         if latlon is None:
             if not skip_missing:
                 where = f"in {shown(coordinates)}" if table is not None else "in its EXIF GPS tags"
-                raise VprkitError(f"no coordinates for {shown(src)} {where} "
-                                  "(use --skip-missing to skip)")
+                raise VprkitError(f"no coordinates for {shown(src)} {where} (use --skip-missing to skip)")
             skipped.append(name)
             continue
         try:
@@ -219,12 +240,16 @@ def _plan(images: Path, names: list[str], table, coordinates, target: Path,
         except utm.error.OutOfRangeError as err:
             raise VprkitError(f"{shown(src)}: coordinates {latlon} out of range ({err})") from None
         if len(dest_name.encode("utf-8")) > NAME_MAX:
-            raise VprkitError(f"{shown(src)}: its name in the dataset would be longer than {NAME_MAX} "
-                              "bytes; shorten the photo's name")
+            raise VprkitError(
+                f"{shown(src)}: its name in the dataset would be longer than {NAME_MAX} "
+                "bytes; shorten the photo's name"
+            )
         dest = target / dest_name
         if dest_name in sources:
-            raise VprkitError(f"{shown(sources[dest_name])} and {shown(src)} would both be "
-                              f"{shown(dest)} (same place and name); rename one")
+            raise VprkitError(
+                f"{shown(sources[dest_name])} and {shown(src)} would both be "
+                f"{shown(dest)} (same place and name); rename one"
+            )
         if dest.exists() or dest.is_symlink():
             raise VprkitError(f"{shown(dest)} already exists (imported before?)")
         sources[dest_name] = src
@@ -298,13 +323,22 @@ def import_images(
                     written.append(dest)
         except (OSError, VprkitError) as err:
             _remove(written, made)
-            what = shown(err) if isinstance(err, VprkitError) else \
-                f"cannot write {shown(dest)}: {shown(err.strerror or err)}"
-            raise VprkitError(f"{what}; nothing was imported (removed the {len(written)} file(s) "
-                              "and the new folders it had written)") from None
+            what = (
+                shown(err)
+                if isinstance(err, VprkitError)
+                else f"cannot write {shown(dest)}: {shown(err.strerror or err)}"
+            )
+            raise VprkitError(
+                f"{what}; nothing was imported (removed the {len(written)} file(s) "
+                "and the new folders it had written)"
+            ) from None
         except BaseException:
             _remove(written, made)
             raise
-    return {"written": len(written), "skipped": len(skipped), "folder": str(target),
-            "first_skipped": skipped[0] if skipped else None,
-            "zone": dataset_zone_.name if written else None}
+    return {
+        "written": len(written),
+        "skipped": len(skipped),
+        "folder": str(target),
+        "first_skipped": skipped[0] if skipped else None,
+        "zone": dataset_zone_.name if written else None,
+    }

@@ -53,21 +53,23 @@ def generate_split(
     (folder / "database").mkdir(parents=True, exist_ok=True)
     (folder / "queries").mkdir(parents=True, exist_ok=True)
     for i in range(n_database):
-        crop = pano[:, i * stride: i * stride + width]
+        crop = pano[:, i * stride : i * stride + width]
         Image.fromarray(crop.astype(np.uint8)).save(
-            folder / "database" / _name(EAST0, NORTH0 + i * STEP_M, f"db{i:05d}"), quality=95)
+            folder / "database" / _name(EAST0, NORTH0 + i * STEP_M, f"db{i:05d}"), quality=95
+        )
     mapped = n_queries - unmapped_queries
     places = np.sort(rng.choice(n_database, size=min(mapped, n_database), replace=mapped > n_database))
     places = np.concatenate([places, n_database + 2 + np.arange(unmapped_queries)])
     for j, place in enumerate(places):
         shift = int(rng.integers(-stride // 4, stride // 4 + 1))
         x0 = int(np.clip(place * stride + shift, 0, pano.shape[1] - width))
-        crop = pano[:, x0: x0 + width]
+        crop = pano[:, x0 : x0 + width]
         gain, bias = rng.uniform(0.6, 1.2), rng.uniform(-30, 30)
         noisy = crop * gain + bias + rng.normal(0, 8, crop.shape)
         metres = x0 / stride * STEP_M
         Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(
-            folder / "queries" / _name(EAST0, NORTH0 + metres, f"q{j:05d}"), quality=90)
+            folder / "queries" / _name(EAST0, NORTH0 + metres, f"q{j:05d}"), quality=90
+        )
 
 
 def generate_dataset(

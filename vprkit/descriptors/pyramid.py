@@ -90,8 +90,7 @@ _COUNT = {"count": ((), "int64")}
 RULES["gem"] = Rule(lambda params: {**_COUNT, **_norm_stat(params)}, _power_mean)
 RULES["power_mean"] = RULES["gem"]  # SPoC's name for the same rule (files say "gem" for GeM)
 RULES["max"] = Rule(_norm_stat, _max)
-RULES["netvlad"] = Rule(lambda params: {"cluster_norms": ((int(params["clusters"]),), "float32")},
-                        _netvlad)
+RULES["netvlad"] = Rule(lambda params: {"cluster_norms": ((int(params["clusters"]),), "float32")}, _netvlad)
 
 
 def stat_spec(params: dict) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -119,6 +118,8 @@ def pyramid(
     rule = RULES.get(kind)
     if rule is None:
         name = params.get("aggregation", kind) if kind == NO_RULE else kind
-        raise VprkitError(f"the {name} aggregation has no pyramid rule: evaluate one scale "
-                          "(such as --scale 1), not a pyramid of several")
+        raise VprkitError(
+            f"the {name} aggregation has no pyramid rule: evaluate one scale "
+            "(such as --scale 1), not a pyramid of several"
+        )
     return rule.combine(params, descriptors, stats).astype(np.float32)

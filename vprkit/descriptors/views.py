@@ -32,9 +32,20 @@ import numpy as np
 from vprkit.choices import DEFAULT_MAJORITY_WEIGHT, TEST_METHODS, VIEWS
 from vprkit.errors import VprkitError
 
-__all__ = ["DEFAULT_MAJORITY_WEIGHT", "HARD_RESIZE", "TEST_METHODS", "VIEWS", "check_method",
-           "crops_per_query", "merge_maj_voting", "merge_nearest_crop", "merge_results",
-           "parse_views", "query_rows_for", "top_n_voting"]
+__all__ = [
+    "DEFAULT_MAJORITY_WEIGHT",
+    "HARD_RESIZE",
+    "TEST_METHODS",
+    "VIEWS",
+    "check_method",
+    "crops_per_query",
+    "merge_maj_voting",
+    "merge_nearest_crop",
+    "merge_results",
+    "parse_views",
+    "query_rows_for",
+    "top_n_voting",
+]
 
 HARD_RESIZE = "hard_resize"
 VOTING_DEPTHS = (1, 5, 10)  # top_n_voting at top-1, top-5 and top-10
@@ -46,16 +57,16 @@ def parse_views(text: str) -> tuple[str, ...]:
     names = [v.strip() for v in str(text).split(",") if v.strip()]
     unknown = [v for v in names if v not in VIEWS]
     if not names or unknown:
-        raise VprkitError(f"unknown view {(unknown or [text])[0]!r}; choose from "
-                          f"{', '.join(VIEWS)} (comma-separated)")
+        raise VprkitError(
+            f"unknown view {(unknown or [text])[0]!r}; choose from {', '.join(VIEWS)} (comma-separated)"
+        )
     return (HARD_RESIZE, *dict.fromkeys(v for v in names if v != HARD_RESIZE))
 
 
 def check_method(method: str) -> str:
     """``method`` when it is a test method, else one clear error listing them."""
     if method not in TEST_METHODS:
-        raise VprkitError(f"unknown test method {method!r}; choose one of "
-                          f"{', '.join(TEST_METHODS)}")
+        raise VprkitError(f"unknown test method {method!r}; choose one of {', '.join(TEST_METHODS)}")
     return method
 
 
@@ -84,20 +95,25 @@ def _merge(distances: np.ndarray, predictions: np.ndarray, k: int) -> tuple[np.n
     keep = np.sort(first)[:k]
     out_p = np.full(k, -1, dtype=np.int64)
     out_d = np.full(k, np.inf, dtype=np.float32)
-    out_p[:len(keep)], out_d[:len(keep)] = preds[keep], dists[keep]
+    out_p[: len(keep)], out_d[: len(keep)] = preds[keep], dists[keep]
     return out_d, out_p
 
 
 def _reshaped(distances: np.ndarray, predictions: np.ndarray, k: int):
-    if distances.shape != predictions.shape or distances.ndim != 2 or distances.shape[1] != k \
-            or len(distances) % 5:
+    if (
+        distances.shape != predictions.shape
+        or distances.ndim != 2
+        or distances.shape[1] != k
+        or len(distances) % 5
+    ):
         raise ValueError(f"expected (5 x queries, {k}) search results, got {distances.shape}")
     n = len(distances) // 5
     return distances.reshape(n, 5, k).astype(np.float32), predictions.reshape(n, 5, k)
 
 
-def merge_nearest_crop(distances: np.ndarray, predictions: np.ndarray, k: int
-                       ) -> tuple[np.ndarray, np.ndarray]:
+def merge_nearest_crop(
+    distances: np.ndarray, predictions: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """``nearest_crop``: the (5 N, k) search results of the crops (row ``5 q + c``) merged into
     (N, k) distances and predictions."""
     d, p = _reshaped(distances, predictions, k)
@@ -116,8 +132,9 @@ def top_n_voting(predictions: np.ndarray, distances: np.ndarray, n: int, weight:
         distances[:, columns][window == value] -= weight * count / n
 
 
-def merge_maj_voting(distances: np.ndarray, predictions: np.ndarray, k: int,
-                     weight: float = DEFAULT_MAJORITY_WEIGHT) -> tuple[np.ndarray, np.ndarray]:
+def merge_maj_voting(
+    distances: np.ndarray, predictions: np.ndarray, k: int, weight: float = DEFAULT_MAJORITY_WEIGHT
+) -> tuple[np.ndarray, np.ndarray]:
     """``maj_voting``: the crops' (5 N, k) results voted on (``top_n_voting`` at top-1, top-5
     and top-10), then merged as ``merge_nearest_crop``; the distances returned are the voted
     ones."""
@@ -137,9 +154,13 @@ def _stack(merged, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([m[0] for m in merged]), np.stack([m[1] for m in merged])
 
 
-def merge_results(method: str, distances: np.ndarray, predictions: np.ndarray, k: int,
-                  majority_weight: float = DEFAULT_MAJORITY_WEIGHT
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def merge_results(
+    method: str,
+    distances: np.ndarray,
+    predictions: np.ndarray,
+    k: int,
+    majority_weight: float = DEFAULT_MAJORITY_WEIGHT,
+) -> tuple[np.ndarray, np.ndarray]:
     """The per-query (N, k) results of ``method`` from the search of its rows."""
     if method == "nearest_crop":
         return merge_nearest_crop(distances, predictions, k)

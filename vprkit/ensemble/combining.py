@@ -50,12 +50,14 @@ def _alignment(ref: DescriptorFile, other: DescriptorFile, role: str) -> np.ndar
                     twice = n
                     break
                 seen.add(n)
-            raise VprkitError(f"{f.path.name} lists the {role} image {twice} more than once: rows "
-                              "cannot be matched by name")
+            raise VprkitError(
+                f"{f.path.name} lists the {role} image {twice} more than once: rows cannot be matched by name"
+            )
     if ref_names == names:
         if not np.array_equal(ref.utm(role), other.utm(role)):
-            raise VprkitError(f"{ref.path.name} and {other.path.name} give different coordinates "
-                              f"to the same {role} images")
+            raise VprkitError(
+                f"{ref.path.name} and {other.path.name} give different coordinates to the same {role} images"
+            )
         _same_bytes(ref, other, role, None)
         return None
     a, b = set(ref_names), set(names)
@@ -66,19 +68,20 @@ def _alignment(ref: DescriptorFile, other: DescriptorFile, role: str) -> np.ndar
             detail.append(f"{len(only_a)} only in {ref.path.name} (e.g. {only_a[0]})")
         if only_b:
             detail.append(f"{len(only_b)} only in {other.path.name} (e.g. {only_b[0]})")
-        raise VprkitError(f"{ref.path.name} and {other.path.name} describe different {role} "
-                          f"images: {'; '.join(detail)}")
+        raise VprkitError(
+            f"{ref.path.name} and {other.path.name} describe different {role} images: {'; '.join(detail)}"
+        )
     position = {n: i for i, n in enumerate(names)}
     index = np.array([position[n] for n in ref_names], dtype=np.int64)
     if not np.array_equal(ref.utm(role), other.utm(role)[index]):
-        raise VprkitError(f"{ref.path.name} and {other.path.name} give different coordinates "
-                          f"to the same {role} images")
+        raise VprkitError(
+            f"{ref.path.name} and {other.path.name} give different coordinates to the same {role} images"
+        )
     _same_bytes(ref, other, role, index)
     return index
 
 
-def _same_bytes(ref: DescriptorFile, other: DescriptorFile, role: str,
-                index: np.ndarray | None) -> None:
+def _same_bytes(ref: DescriptorFile, other: DescriptorFile, role: str, index: np.ndarray | None) -> None:
     """Refuse inputs whose images had other bytes under the same names (where both files kept
     the images' SHA-256)."""
     a, b = ref.hashes(role), other.hashes(role)
@@ -89,19 +92,27 @@ def _same_bytes(ref: DescriptorFile, other: DescriptorFile, role: str,
     differ = np.flatnonzero(known & (a != b).any(axis=1))
     if len(differ):
         name = ref.names(role)[int(differ[0])]
-        raise VprkitError(f"{ref.path.name} and {other.path.name} were extracted from different "
-                          f"images under the same names ({len(differ)} {role} images differ, "
-                          f"e.g. {name})")
+        raise VprkitError(
+            f"{ref.path.name} and {other.path.name} were extracted from different "
+            f"images under the same names ({len(differ)} {role} images differ, "
+            f"e.g. {name})"
+        )
 
 
-def _read(store: DescriptorFile, role: str, scales, start: int, stop: int,
-          order: np.ndarray | None, view: str = HARD_RESIZE) -> np.ndarray:
+def _read(
+    store: DescriptorFile,
+    role: str,
+    scales,
+    start: int,
+    stop: int,
+    order: np.ndarray | None,
+    view: str = HARD_RESIZE,
+) -> np.ndarray:
     """The rows of images [start, stop) of the reference order (``VIEWS[view]`` per image)."""
     c = VIEWS[view]
     if order is None:
         return store.read_rows(role, scales, start * c, stop * c, view)
-    return store.read_index(role, scales, (order[start:stop, None] * c + np.arange(c)).ravel(),
-                            view)
+    return store.read_index(role, scales, (order[start:stop, None] * c + np.arange(c)).ravel(), view)
 
 
 def _common_views(stores: list[DescriptorFile], spec_of) -> list[str]:
@@ -111,9 +122,11 @@ def _common_views(stores: list[DescriptorFile], spec_of) -> list[str]:
     common = [v for v in held[0] if all(v in h for h in held)]
     left = sorted({v for h in held for v in h} - set(common))
     if left:
-        logger.warning(f"note: the ensemble has no {', '.join(left)} query view"
-                       f"{'s' if len(left) > 1 else ''}: not every input holds "
-                       f"{'them' if len(left) > 1 else 'it'}")
+        logger.warning(
+            f"note: the ensemble has no {', '.join(left)} query view"
+            f"{'s' if len(left) > 1 else ''}: not every input holds "
+            f"{'them' if len(left) > 1 else 'it'}"
+        )
     return common
 
 
@@ -177,8 +190,9 @@ def combine(
     paths = [Path(p) for p in inputs]
     output = Path(output)
     if len(paths) < 2 and pca is None:
-        raise ParameterError("inputs", "combine needs at least two descriptor files in inputs "
-                                       "(or one with pca)")
+        raise ParameterError(
+            "inputs", "combine needs at least two descriptor files in inputs (or one with pca)"
+        )
     if output.exists() and not overwrite:
         raise ParameterError("overwrite", f"{output} exists; pass overwrite to replace it")
     if output.resolve() in [p.resolve() for p in paths]:
@@ -187,8 +201,11 @@ def combine(
     if weights is not None:
         weights = [float(w) for w in weights]
         if len(weights) != len(paths) or not all(math.isfinite(w) and w > 0 for w in weights):
-            raise ParameterError("weights", f"weights needs {len(paths)} positive numbers, one per "
-                                 f"input, got {','.join(f'{w:g}' for w in weights)}")
+            raise ParameterError(
+                "weights",
+                f"weights needs {len(paths)} positive numbers, one per "
+                f"input, got {','.join(f'{w:g}' for w in weights)}",
+            )
     if block_rows < 1:
         raise ParameterError("block_rows", f"block_rows must be at least 1, got {block_rows}")
     if pca is not None and pca < 1:
@@ -205,32 +222,56 @@ def combine(
             for st, sp in zip(stores, spec_of, strict=True):
                 st.check_spec(sp)
             ref = stores[0]
-            orders = {(i, role): _alignment(ref, st, role)
-                      for i, st in enumerate(stores) for role in ROLES if i > 0}
+            orders = {
+                (i, role): _alignment(ref, st, role) for i, st in enumerate(stores) for role in ROLES if i > 0
+            }
             dims = [st.dim for st in stores]
-            pcas = _fit_pcas(stores, spec_of, pca, pca_fit, whiten, block_rows, pca_memory_bytes,
-                             extra)
-            info = [{"file": str(st.path.resolve()), "scale": spec_name(sp), "dim": st.dim,
-                     "model": st.model, "dataset": st.dataset,
-                     "pca": None if p is None else {"dim": pca, "whiten": whiten, "rows": p.rows,
-                                                     "fitted_on": p.fitted_on, "method": p.method}}
-                    for st, sp, p in zip(stores, spec_of, pcas, strict=True)]
+            pcas = _fit_pcas(stores, spec_of, pca, pca_fit, whiten, block_rows, pca_memory_bytes, extra)
+            info = [
+                {
+                    "file": str(st.path.resolve()),
+                    "scale": spec_name(sp),
+                    "dim": st.dim,
+                    "model": st.model,
+                    "dataset": st.dataset,
+                    "pca": None
+                    if p is None
+                    else {
+                        "dim": pca,
+                        "whiten": whiten,
+                        "rows": p.rows,
+                        "fitted_on": p.fitted_on,
+                        "method": p.method,
+                    },
+                }
+                for st, sp, p in zip(stores, spec_of, pcas, strict=True)
+            ]
             transform = EnsembleTransform(dims=dims, pcas=pcas, weights=weights, info=info)
             _write(stores, spec_of, orders, transform, out, block_rows, progress)
         finally:
             for st in stores + extra:
                 st.close()
-    logger.info(f"wrote {out.written}: {transform.output_dim} dims from "
-                + " + ".join(f"{Path(i['file']).name}[{i['scale']}]"
-                             + (f"->PCA {i['pca']['dim']}" if i["pca"] else "")
-                             for i in transform.info))
+    logger.info(
+        f"wrote {out.written}: {transform.output_dim} dims from "
+        + " + ".join(
+            f"{Path(i['file']).name}[{i['scale']}]" + (f"->PCA {i['pca']['dim']}" if i["pca"] else "")
+            for i in transform.info
+        )
+    )
     assert out.written is not None  # the block ended without error
     return out.written
 
 
-def _fit_pcas(stores: list[DescriptorFile], spec_of, pca: int | None, pca_fit, whiten: bool,
-              block_rows: int, memory_bytes: int,
-              opened: list[DescriptorFile]) -> list[PCAParams | None]:
+def _fit_pcas(
+    stores: list[DescriptorFile],
+    spec_of,
+    pca: int | None,
+    pca_fit,
+    whiten: bool,
+    block_rows: int,
+    memory_bytes: int,
+    opened: list[DescriptorFile],
+) -> list[PCAParams | None]:
     """The PCA of each input wider than ``pca`` (None for the others), fitted where ``pca_fit``
     says; ``--pca-fit`` files are opened into ``opened`` (the caller closes them)."""
     reduce = [pca is not None and st.dim > pca for st in stores]
@@ -247,12 +288,12 @@ def _fit_pcas(stores: list[DescriptorFile], spec_of, pca: int | None, pca_fit, w
             fit_store = DescriptorFile(fit_files[sum(reduce[:i])])
             opened.append(fit_store)
             if fit_store.model.get("fingerprint") != st.model.get("fingerprint"):
-                raise ParameterError("pca_fit", f"pca_fit file {fit_store.path} was made by "
-                                                f"another model than {st.path}")
+                raise ParameterError(
+                    "pca_fit", f"pca_fit file {fit_store.path} was made by another model than {st.path}"
+                )
             fit_store.check_spec(sp)
             sources = [(fit_store, r) for r in ("queries", "database")]
-        logger.info(f"fitting PCA {st.dim} -> {pca} on "
-                    f"{', '.join(f'{f.path.name}:{r}' for f, r in sources)}")
+        logger.info(f"fitting PCA {st.dim} -> {pca} on {', '.join(f'{f.path.name}:{r}' for f, r in sources)}")
         pcas.append(fit_pca(sp, pca, sources, whiten, block_rows, memory_bytes, str(st.path)))
     return pcas
 
@@ -264,8 +305,9 @@ def _scale_specs(scales, n: int) -> list[tuple[int, ...] | None]:
     if len(scales) == 1:
         return [parse_scale_spec(scales[0]) if scales[0] else None] * n
     if len(scales) != n:
-        raise ParameterError("scales", f"give one scale for all inputs or one per input ({n}) "
-                                       f"in scales, not {len(scales)}")
+        raise ParameterError(
+            "scales", f"give one scale for all inputs or one per input ({n}) in scales, not {len(scales)}"
+        )
     return [parse_scale_spec(s) if s else None for s in scales]
 
 
@@ -274,18 +316,31 @@ def _fit_files(pca_fit, needed: int) -> list[Path] | None:
         return None
     files = [Path(pca_fit)] if isinstance(pca_fit, (str, Path)) else [Path(p) for p in pca_fit]
     if needed and len(files) != needed:
-        raise ParameterError("pca_fit", f"{needed} input(s) are reduced by PCA but {len(files)} "
-                             "pca_fit file(s) were given (one per reduced input, in input order)")
+        raise ParameterError(
+            "pca_fit",
+            f"{needed} input(s) are reduced by PCA but {len(files)} "
+            "pca_fit file(s) were given (one per reduced input, in input order)",
+        )
     return files
 
 
-def _write(stores, spec_of, orders, transform: EnsembleTransform, out: Output,
-           block_rows: int, progress: ProgressCallback | None) -> None:
+def _write(
+    stores,
+    spec_of,
+    orders,
+    transform: EnsembleTransform,
+    out: Output,
+    block_rows: int,
+    progress: ProgressCallback | None,
+) -> None:
     ref = stores[0]
     header = Header(
-        model={"type": "ensemble", "inputs": [
-            {k: v for k, v in inp.items() if k != "dataset"} for inp in transform.info],
-            "weights": transform.weights, "output_dim": transform.output_dim},
+        model={
+            "type": "ensemble",
+            "inputs": [{k: v for k, v in inp.items() if k != "dataset"} for inp in transform.info],
+            "weights": transform.weights,
+            "output_dim": transform.output_dim,
+        },
         aggregation={"type": "ensemble"},
         dataset=ref.dataset,
         preprocessing={"inputs": [st.preprocessing for st in stores]},
@@ -296,13 +351,17 @@ def _write(stores, spec_of, orders, transform: EnsembleTransform, out: Output,
     parts = [(role, HARD_RESIZE) for role in ROLES] + [("queries", v) for v in views[1:]]
     pcas = [None if p is None else asdict(p) for p in transform.pcas]
     # everything written after the names, checked and reserved with them before the first byte
-    more = sum(rows_bytes(ref.num(role) * VIEWS[view], transform.output_dim, "float32", {})
-               for role, view in parts)
+    more = sum(
+        rows_bytes(ref.num(role) * VIEWS[view], transform.output_dim, "float32", {}) for role, view in parts
+    )
     more += sum(np.asarray(p[key]).nbytes for p in pcas if p is not None for key in PCA_ARRAYS)
-    writer = out.create(header, names={r: ref.names(r) for r in ROLES},
-                        utm={r: ref.utm(r) for r in ROLES},
-                        hashes=None if any(h is None for h in hashes.values()) else hashes,
-                        more_bytes=more)
+    writer = out.create(
+        header,
+        names={r: ref.names(r) for r in ROLES},
+        utm={r: ref.utm(r) for r in ROLES},
+        hashes=None if any(h is None for h in hashes.values()) else hashes,
+        more_bytes=more,
+    )
     writer.add_scale(1, transform.output_dim, {}, None)
     for view in views[1:]:
         writer.add_view(1, view, transform.output_dim, {}, None)
@@ -314,8 +373,10 @@ def _write(stores, spec_of, orders, transform: EnsembleTransform, out: Output,
             step = max(1, block_rows // VIEWS[view])  # images per block
             for start in range(0, n, step):
                 stop = min(n, start + step)
-                rows = [_read(st, role, sp, start, stop, orders.get((i, role)), view)
-                        for i, (st, sp) in enumerate(zip(stores, spec_of, strict=True))]
+                rows = [
+                    _read(st, role, sp, start, stop, orders.get((i, role)), view)
+                    for i, (st, sp) in enumerate(zip(stores, spec_of, strict=True))
+                ]
                 writer.write(role, 1, start, transform.apply(rows), {}, view)
                 writer.commit_rows(role, [1], stop, view)
                 task.advance(stop - start)

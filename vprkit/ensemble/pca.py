@@ -52,8 +52,9 @@ class EnsembleTransform:
         out = []
         for i, (x, pca) in enumerate(zip(parts, self.pcas, strict=True)):
             if x.shape[1] != self.dims[i]:
-                raise VprkitError(f"input {i + 1} has {x.shape[1]} dimensions, the ensemble "
-                                  f"expects {self.dims[i]}")
+                raise VprkitError(
+                    f"input {i + 1} has {x.shape[1]} dimensions, the ensemble expects {self.dims[i]}"
+                )
             x = pca.transform(x) if pca is not None else np.asarray(x, dtype=np.float32)
             if self.weights is not None:
                 x = _l2(x) * self.weights[i]
@@ -70,16 +71,27 @@ class EnsembleTransform:
             raise VprkitError(f"{path} is not a combined descriptor file")
         spec, stored = record
         pcas = [None if p is None else PCAParams(**p) for p in stored]
-        return cls(dims=[inp["dim"] for inp in spec["inputs"]], pcas=pcas,
-                   weights=spec["weights"], info=spec["inputs"])
+        return cls(
+            dims=[inp["dim"] for inp in spec["inputs"]],
+            pcas=pcas,
+            weights=spec["weights"],
+            info=spec["inputs"],
+        )
 
 
 def _l2(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def fit_pca(scales, dim: int, sources: list[tuple[DescriptorFile, str]],
-            whiten: bool, block_rows: int, memory_bytes: int, label: str) -> PCAParams:
+def fit_pca(
+    scales,
+    dim: int,
+    sources: list[tuple[DescriptorFile, str]],
+    whiten: bool,
+    block_rows: int,
+    memory_bytes: int,
+    label: str,
+) -> PCAParams:
     """PCA of the rows of ``sources`` [(file, role)]: exact in memory when they fit in
     ``memory_bytes``, else exact by a streamed covariance when a D x D float64 matrix fits,
     else streamed with scikit-learn's IncrementalPCA."""
@@ -90,9 +102,13 @@ def fit_pca(scales, dim: int, sources: list[tuple[DescriptorFile, str]],
     if dim > in_dim:
         raise ParameterError("pca", f"pca {dim} is larger than the {in_dim} dimensions of {label}")
     if dim > rows:
-        raise ParameterError("pca", f"pca {dim} is larger than the {rows} rows that fit it "
-                                    f"({label}); choose a smaller pca or fit on more rows "
-                                    "(pca_fit)", "pca_fit")
+        raise ParameterError(
+            "pca",
+            f"pca {dim} is larger than the {rows} rows that fit it "
+            f"({label}); choose a smaller pca or fit on more rows "
+            "(pca_fit)",
+            "pca_fit",
+        )
     if rows * in_dim * 4 <= memory_bytes:
         data = np.concatenate([f.read_rows(role, scales, 0, f.num(role)) for f, role in sources])
         model = PCA(n_components=dim, whiten=whiten, svd_solver="full").fit(data)
@@ -100,8 +116,9 @@ def fit_pca(scales, dim: int, sources: list[tuple[DescriptorFile, str]],
         method = "exact (scikit-learn PCA, full SVD)"
     elif in_dim * in_dim * 8 <= memory_bytes:
         fitted = _streamed_covariance_pca(scales, dim, sources, block_rows)
-        method = (f"exact, streamed (covariance of {rows} rows accumulated in blocks of "
-                  f"{block_rows}, scipy eigh)")
+        method = (
+            f"exact, streamed (covariance of {rows} rows accumulated in blocks of {block_rows}, scipy eigh)"
+        )
     else:
         batch = max(block_rows, dim)
         model = IncrementalPCA(n_components=dim, whiten=whiten, batch_size=batch)
@@ -116,13 +133,19 @@ def fit_pca(scales, dim: int, sources: list[tuple[DescriptorFile, str]],
         method = f"incremental (scikit-learn IncrementalPCA, batches of {batch} rows)"
     mean, components, variance = (a.astype(np.float32) for a in fitted)
     return PCAParams(
-        mean=mean, components=components, explained_variance=variance, whiten=whiten,
-        fitted_on=", ".join(f"{f.path.name}:{r}" for f, r in sources), rows=rows,
-        method=method)
+        mean=mean,
+        components=components,
+        explained_variance=variance,
+        whiten=whiten,
+        fitted_on=", ".join(f"{f.path.name}:{r}" for f, r in sources),
+        rows=rows,
+        method=method,
+    )
 
 
-def _streamed_covariance_pca(scales, dim: int, sources: list[tuple[DescriptorFile, str]],
-                             block_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _streamed_covariance_pca(
+    scales, dim: int, sources: list[tuple[DescriptorFile, str]], block_rows: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact PCA of any number of rows in memory independent of them: the covariance is
     accumulated block by block (a D x D float64 sum of float32 block products, 3 GiB at
     D = 16384), then its top ``dim`` eigenvectors are taken. Rows are shifted by the first

@@ -86,13 +86,17 @@ class Comparison:
         """The comparison in words, as ``vprkit compare`` prints it."""
         pct = f"{self.level * 100:g}%"
         first = next((d for d in self.differences if d.n == 1), self.differences[0])
-        interval = "" if first.low is None else \
-            f", {pct} interval {first.low:+.1f} to {first.high:+.1f}"
+        interval = "" if first.low is None else f", {pct} interval {first.low:+.1f} to {first.high:+.1f}"
         way = "above" if first.difference > 0 else "below" if first.difference < 0 else "level with"
-        head = (f"{self.b} is {abs(first.difference):.1f} points {way} {self.a} at R@{first.n}"
-                if first.difference else f"{self.b} is level with {self.a} at R@{first.n}")
-        test = f" (McNemar exact p = {self.p_value:.3g}: {self.only_b} queries right only with " \
-               f"the second, {self.only_a} only with the first{interval})"
+        head = (
+            f"{self.b} is {abs(first.difference):.1f} points {way} {self.a} at R@{first.n}"
+            if first.difference
+            else f"{self.b} is level with {self.a} at R@{first.n}"
+        )
+        test = (
+            f" (McNemar exact p = {self.p_value:.3g}: {self.only_b} queries right only with "
+            f"the second, {self.only_a} only with the first{interval})"
+        )
         if first.n != 1:
             test = f" ({interval.lstrip(', ')})" if interval else ""
         clear = self.clear_at_1 if first.n == 1 else first.clear
@@ -104,18 +108,32 @@ class Comparison:
             words = f"borderline: the interval and McNemar's test disagree, not clear at {pct}"
         else:
             words = f"not clear at {pct}"
-        others = [f"R@{d.n} {d.difference:+.1f}" + (" (clear)" if d.clear else "")
-                  for d in self.differences if d is not first]
+        others = [
+            f"R@{d.n} {d.difference:+.1f}" + (" (clear)" if d.clear else "")
+            for d in self.differences
+            if d is not first
+        ]
         return f"{head}{test}: {words}." + (f" Also {', '.join(others)}." if others else "")
 
     def to_dict(self) -> dict:
         return {
-            "a": self.a, "b": self.b, "queries": self.queries,
-            "differences": [{"n": d.n, "a": d.a, "b": d.b, "difference": d.difference,
-                             "interval": None if d.low is None else [d.low, d.high],
-                             "clear": d.clear} for d in self.differences],
+            "a": self.a,
+            "b": self.b,
+            "queries": self.queries,
+            "differences": [
+                {
+                    "n": d.n,
+                    "a": d.a,
+                    "b": d.b,
+                    "difference": d.difference,
+                    "interval": None if d.low is None else [d.low, d.high],
+                    "clear": d.clear,
+                }
+                for d in self.differences
+            ],
             "mcnemar": {"only_a": self.only_a, "only_b": self.only_b, "p_value": self.p_value},
-            "clear_at_1": self.clear_at_1, "level": self.level,
+            "clear_at_1": self.clear_at_1,
+            "level": self.level,
             "bootstrap": {"resamples": self.resamples, "seed": self.seed},
             "verdict": self.verdict(),
         }
@@ -129,21 +147,28 @@ def _result(row: EvaluationResult | dict, where: str) -> EvaluationResult:
 def row_label(row: EvaluationResult | dict) -> str:
     """``file [scale]`` (and the test method when it is not hard_resize) of an evaluation row."""
     result = _result(row, "the row")
-    return f"{Path(result.file).name} [{result.scale}]" + \
-        ("" if result.test_method == HARD_RESIZE else f" {result.test_method}")
+    return f"{Path(result.file).name} [{result.scale}]" + (
+        "" if result.test_method == HARD_RESIZE else f" {result.test_method}"
+    )
 
 
 def _outcomes(row: EvaluationResult, where: str) -> QueryOutcomes:
     if row.outcomes is None:
-        raise VprkitError(f"{where} has no per-query outcomes (written by an older vprkit "
-                          "evaluate?): evaluate the file again with this version")
+        raise VprkitError(
+            f"{where} has no per-query outcomes (written by an older vprkit "
+            "evaluate?): evaluate the file again with this version"
+        )
     return row.outcomes
 
 
-def compare_rows(a: EvaluationResult | dict, b: EvaluationResult | dict,
-                 resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
-                 level: float = DEFAULT_LEVEL, where: tuple[str, str] = ("row a", "row b"),
-                 ) -> Comparison:
+def compare_rows(
+    a: EvaluationResult | dict,
+    b: EvaluationResult | dict,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+    level: float = DEFAULT_LEVEL,
+    where: tuple[str, str] = ("row a", "row b"),
+) -> Comparison:
     """Row ``b`` against row ``a`` (two evaluation results with their outcomes, or their
     ``to_dict()`` form); ``where`` names them in errors."""
     check_seed(seed)
@@ -151,8 +176,10 @@ def compare_rows(a: EvaluationResult | dict, b: EvaluationResult | dict,
     oa, ob = _outcomes(ra, where[0]), _outcomes(rb, where[1])
     same_queries(oa, ob)
     if ra.threshold != rb.threshold:
-        raise VprkitError(f"{where[0]} counts positives within {ra.threshold:g} m and "
-                          f"{where[1]} within {rb.threshold:g} m: compare rows of one threshold")
+        raise VprkitError(
+            f"{where[0]} counts positives within {ra.threshold:g} m and "
+            f"{where[1]} within {rb.threshold:g} m: compare rows of one threshold"
+        )
     ns = [n for n in ra.recalls if n in rb.recalls]
     if not ns:
         raise VprkitError(f"{where[0]} and {where[1]} share no N of Recall@N")
@@ -164,8 +191,9 @@ def compare_rows(a: EvaluationResult | dict, b: EvaluationResult | dict,
         low, high = intervals.get(n, (None, None))
         differences.append(Difference(n, ra_n, rb_n, rb_n - ra_n, low, high))
     only_a, only_b, p = mcnemar_exact(oa.first_positive_rank == 1, ob.first_positive_rank == 1)
-    return Comparison(row_label(ra), row_label(rb), len(oa), differences, only_a, only_b, p,
-                      level, resamples, seed)
+    return Comparison(
+        row_label(ra), row_label(rb), len(oa), differences, only_a, only_b, p, level, resamples, seed
+    )
 
 
 def load_rows(paths: Sequence[str | Path]) -> list[tuple[str, EvaluationResult]]:
@@ -180,9 +208,13 @@ def load_rows(paths: Sequence[str | Path]) -> list[tuple[str, EvaluationResult]]
     return rows
 
 
-def compare_files(paths: Sequence[str | Path], baseline: int = 1,
-                  resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
-                  level: float = DEFAULT_LEVEL) -> list[Comparison]:
+def compare_files(
+    paths: Sequence[str | Path],
+    baseline: int = 1,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+    level: float = DEFAULT_LEVEL,
+) -> list[Comparison]:
     """Every row of ``paths`` (evaluation JSON files) against row ``baseline``, query by query.
 
     Args:
@@ -206,14 +238,17 @@ def compare_files(paths: Sequence[str | Path], baseline: int = 1,
     check_seed(seed)
     rows = load_rows(paths)
     if len(rows) < 2:
-        raise VprkitError("a comparison needs at least two evaluation rows (give two files, or a "
-                          "file of several rows)")
+        raise VprkitError(
+            "a comparison needs at least two evaluation rows (give two files, or a file of several rows)"
+        )
     if not 1 <= baseline <= len(rows):
-        raise VprkitError(f"--baseline {baseline} is not a row: the files hold rows 1 to "
-                          f"{len(rows)}")
+        raise VprkitError(f"--baseline {baseline} is not a row: the files hold rows 1 to {len(rows)}")
     base_where, base = rows[baseline - 1]
-    return [compare_rows(base, row, resamples, seed, level, (base_where, where))
-            for i, (where, row) in enumerate(rows, start=1) if i != baseline]
+    return [
+        compare_rows(base, row, resamples, seed, level, (base_where, where))
+        for i, (where, row) in enumerate(rows, start=1)
+        if i != baseline
+    ]
 
 
 def comparisons_json(comparisons: Sequence[Comparison]) -> str:

@@ -48,8 +48,9 @@ DEFAULT_RECALLS = (1, 5, 10, 20)
 def parse_recalls(text: str) -> tuple[int, ...]:
     """``"1,5,10,20"`` -> (1, 5, 10, 20): the N of Recall@N, increasing integers >= 1."""
     if not re.fullmatch(r"\s*[0-9]{1,9}(\s*,\s*[0-9]{1,9})*\s*", str(text)):
-        raise VprkitError(f"bad recall list {str(text)!r}: expected increasing integers "
-                          "separated by commas, like 1,5,10,20")
+        raise VprkitError(
+            f"bad recall list {str(text)!r}: expected increasing integers separated by commas, like 1,5,10,20"
+        )
     values = tuple(int(v) for v in str(text).split(","))
     if min(values) < 1 or list(values) != sorted(set(values)):
         raise VprkitError(f"bad recall list {str(text)!r}: expected increasing integers >= 1")
@@ -59,16 +60,14 @@ def parse_recalls(text: str) -> tuple[int, ...]:
 def check_search_options(threshold: float, block_rows: int | None, nprobe: int) -> None:
     """One clear line for a threshold, block size or nprobe that would give a wrong number."""
     if not math.isfinite(threshold) or threshold <= 0:
-        raise ParameterError("threshold", f"threshold must be a positive number of metres, got "
-                                          f"{threshold}")
+        raise ParameterError("threshold", f"threshold must be a positive number of metres, got {threshold}")
     if block_rows is not None and block_rows < 1:
         raise ParameterError("block_rows", f"block_rows must be at least 1, got {block_rows}")
     if nprobe < 1:
         raise ParameterError("nprobe", f"nprobe must be at least 1, got {nprobe}")
 
 
-def recall_at_n(predictions: np.ndarray, positives: Sequence[np.ndarray],
-                ns: Sequence[int]) -> np.ndarray:
+def recall_at_n(predictions: np.ndarray, positives: Sequence[np.ndarray], ns: Sequence[int]) -> np.ndarray:
     """Percentage of queries with a positive among the first n predictions, for each n."""
     if len(predictions) == 0:
         raise VprkitError("there are no queries to evaluate")
@@ -147,8 +146,9 @@ def evaluate_file(
     check_bootstrap(bootstrap)
     check_seed(seed)
     if not math.isfinite(majority_weight):
-        raise ParameterError("majority_weight", f"majority_weight must be a finite number, got "
-                                                f"{majority_weight}")
+        raise ParameterError(
+            "majority_weight", f"majority_weight must be a finite number, got {majority_weight}"
+        )
     recalls = tuple(recalls)
     if not recalls or min(recalls) < 1:
         raise VprkitError(f"bad recalls {recalls}: expected integers >= 1")
@@ -161,12 +161,16 @@ def evaluate_file(
             raise VprkitError(f"{path} has {n_db} database and {n_q} query rows; need both")
         k = max(recalls)
         if k > n_db:
-            raise ParameterError("recalls", f"Recall@{k} asks for more predictions than the "
-                                 f"{n_db} database images of {path}; choose recalls up to {n_db}")
+            raise ParameterError(
+                "recalls",
+                f"Recall@{k} asks for more predictions than the "
+                f"{n_db} database images of {path}; choose recalls up to {n_db}",
+            )
         view = TEST_METHODS[test_method]
         store.check_view(scales, view)
-        queries = query_rows_for(test_method, store.read_rows(
-            "queries", scales, 0, store.num_rows("queries", view), view))
+        queries = query_rows_for(
+            test_method, store.read_rows("queries", scales, 0, store.num_rows("queries", view), view)
+        )
         block = block_rows or store.default_block_rows()
         if index:
             from vprkit.search.index import build_or_load, on_device, set_nprobe
@@ -179,14 +183,20 @@ def evaluate_file(
             search = f"approximate ({index}, nprobe {nprobe}{on_gpu})"
         else:
             distances, predictions = blocked_search(
-                queries, store.iter_blocks("database", scales, block), k, device)
+                queries, store.iter_blocks("database", scales, block), k, device
+            )
             search = "exact"
-        distances, predictions = merge_results(test_method, distances, predictions, k,
-                                               majority_weight)
+        distances, predictions = merge_results(test_method, distances, predictions, k, majority_weight)
         positives = positives_within(store.utm("database"), store.utm("queries"), threshold)
         values = recall_at_n(predictions, positives, recalls)
-        outcomes = query_outcomes(predictions, distances, positives, store.utm("queries"),
-                                  store.utm("database"), store.names("queries"))
+        outcomes = query_outcomes(
+            predictions,
+            distances,
+            positives,
+            store.utm("queries"),
+            store.utm("database"),
+            store.names("queries"),
+        )
         curve = precision_recall(outcomes, drop_unmatched)
         result = EvaluationResult(
             file=str(path),
@@ -204,8 +214,7 @@ def evaluate_file(
             test_method=test_method,
             majority_weight=majority_weight if test_method == "maj_voting" else None,
             recall_ci=bootstrap_recalls(outcomes, recalls, bootstrap, seed),
-            bootstrap={"resamples": bootstrap, "seed": seed, "level": DEFAULT_LEVEL}
-            if bootstrap else None,
+            bootstrap={"resamples": bootstrap, "seed": seed, "level": DEFAULT_LEVEL} if bootstrap else None,
             auc_pr=None if math.isnan(curve.auc) else curve.auc,
             recall_at_full_precision=curve.recall_at_full_precision,
             unmatched=curve.unmatched,
@@ -220,8 +229,11 @@ def evaluate_file(
 def model_label(model: dict) -> str:
     """``backbone+aggregation`` and where the weights came from, for tables."""
     if model.get("type") == "ensemble":
-        parts = [f"{i['model'].get('aggregation', '?')}[{i['scale']}]"
-                 + (f"->PCA{i['pca']['dim']}" if i.get("pca") else "") for i in model["inputs"]]
+        parts = [
+            f"{i['model'].get('aggregation', '?')}[{i['scale']}]"
+            + (f"->PCA{i['pca']['dim']}" if i.get("pca") else "")
+            for i in model["inputs"]
+        ]
         weights = model.get("weights")
         return "ensemble " + " + ".join(parts) + (f" w={weights}" if weights else "")
     if model.get("checkpoint"):

@@ -63,12 +63,20 @@ class Ranking:
 
 # the JSON kinds of EvaluationResult's structured fields (vprkit.evaluate.schema)
 RECALLS = Table("an object of N -> Recall@N (%)", N_KEY, PERCENT, "Recall@{key}", nonempty=True)
-INTERVALS = Table("an object of N -> [low, high]", N_KEY,
-                  Interval("an interval [low, high] of percentages", PERCENT),
-                  "{name} of Recall@{key}")
-BOOTSTRAP = Record("an object of resamples, seed and level", (
-    ("resamples", integer(1)), ("seed", integer(0, SEED_MAX)),
-    ("level", Number("a number between 0 and 1", 0.0, 1.0, above_low=True))))
+INTERVALS = Table(
+    "an object of N -> [low, high]",
+    N_KEY,
+    Interval("an interval [low, high] of percentages", PERCENT),
+    "{name} of Recall@{key}",
+)
+BOOTSTRAP = Record(
+    "an object of resamples, seed and level",
+    (
+        ("resamples", integer(1)),
+        ("seed", integer(0, SEED_MAX)),
+        ("level", Number("a number between 0 and 1", 0.0, 1.0, above_low=True)),
+    ),
+)
 UNMATCHED = Text("'counted' or 'dropped'", choices=("counted", "dropped"))
 BY_METRES = Table("an object of metres -> R@1 (%)", METRES_KEY, PERCENT, "{name} at {key} m")
 OUTCOMES = Parsed("an object of per-query outcomes", QueryOutcomes.from_dict)
@@ -129,17 +137,15 @@ class EvaluationResult:
     search: str = field(default="exact", metadata=schema(TEXT))
     test_method: str = field(default=HARD_RESIZE, metadata=schema(NAME))
     majority_weight: float | None = field(default=None, metadata=schema(nullable(NUMBER)))
-    recall_ci: dict[int, tuple[float, float]] = field(default_factory=dict,
-                                                      metadata=schema(INTERVALS))
+    recall_ci: dict[int, tuple[float, float]] = field(default_factory=dict, metadata=schema(INTERVALS))
     bootstrap: dict | None = field(default=None, metadata=schema(nullable(BOOTSTRAP)))
     auc_pr: float | None = field(default=None, metadata=schema(nullable(NUMBER)))
-    recall_at_full_precision: float | None = field(default=None,
-                                                   metadata=schema(nullable(PERCENT)))
+    recall_at_full_precision: float | None = field(default=None, metadata=schema(nullable(PERCENT)))
     unmatched: str = field(default="counted", metadata=schema(UNMATCHED))
-    recall_at_thresholds: dict[float, float] = field(default_factory=dict,
-                                                     metadata=schema(BY_METRES))
-    outcomes: QueryOutcomes | None = field(default=None, compare=False,
-                                           metadata=schema(nullable(OUTCOMES), "per_query"))
+    recall_at_thresholds: dict[float, float] = field(default_factory=dict, metadata=schema(BY_METRES))
+    outcomes: QueryOutcomes | None = field(
+        default=None, compare=False, metadata=schema(nullable(OUTCOMES), "per_query")
+    )
     ranking: Ranking | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
@@ -148,8 +154,7 @@ class EvaluationResult:
         out.pop("ranking")
         out["recalls"] = {str(n): r for n, r in self.recalls.items()}
         out["recall_ci"] = {str(n): list(ci) for n, ci in self.recall_ci.items()}
-        out["recall_at_thresholds"] = {threshold_label(t): r
-                                       for t, r in self.recall_at_thresholds.items()}
+        out["recall_at_thresholds"] = {threshold_label(t): r for t, r in self.recall_at_thresholds.items()}
         out["per_query"] = self.outcomes.to_dict() if self.outcomes is not None else None
         return out
 
@@ -173,8 +178,9 @@ class EvaluationResult:
         try:
             result = read_dataclass(cls, data)
             if result.outcomes is not None and len(result.outcomes) != result.queries:
-                raise Mismatch(f"'per_query' holds {len(result.outcomes)} queries, 'queries' "
-                               f"says {result.queries}")
+                raise Mismatch(
+                    f"'per_query' holds {len(result.outcomes)} queries, 'queries' says {result.queries}"
+                )
         except Mismatch as err:
             raise VprkitError(f"{where} {err}") from None
         return result
@@ -206,12 +212,13 @@ def load_results(path: str | Path) -> list[EvaluationResult]:
         raise VprkitError(f"{expected}: {type_name(rows)}, not a list of rows")
     if not rows:
         raise VprkitError(f"{expected}: an empty list, no rows")
-    results = [EvaluationResult.from_dict(row, f"{expected}: row {i}")
-               for i, row in enumerate(rows, start=1)]
+    results = [EvaluationResult.from_dict(row, f"{expected}: row {i}") for i, row in enumerate(rows, start=1)]
     ns = list(results[0].recalls)
     for i, result in enumerate(results, start=1):
         if list(result.recalls) != ns:
-            raise VprkitError(f"{expected}: row {i} 'recalls' has N = "
-                              f"{', '.join(map(str, result.recalls))}, other rows "
-                              f"{', '.join(map(str, ns))}")
+            raise VprkitError(
+                f"{expected}: row {i} 'recalls' has N = "
+                f"{', '.join(map(str, result.recalls))}, other rows "
+                f"{', '.join(map(str, ns))}"
+            )
     return results

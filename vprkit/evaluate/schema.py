@@ -20,10 +20,34 @@ from typing import Any, TypeVar
 from vprkit.errors import VprkitError, shown
 from vprkit.numbers import parse_float
 
-__all__ = ["Mismatch", "Kind", "Text", "Integer", "Number", "Nullable", "Key", "Table",
-           "Interval", "ListOf", "Record", "Parsed", "schema", "read_dataclass", "parse_json",
-           "described", "type_name", "TEXT", "NAME", "NUMBER", "POSITIVE", "PERCENT", "N_KEY",
-           "METRES_KEY", "integer", "nullable"]
+__all__ = [
+    "Mismatch",
+    "Kind",
+    "Text",
+    "Integer",
+    "Number",
+    "Nullable",
+    "Key",
+    "Table",
+    "Interval",
+    "ListOf",
+    "Record",
+    "Parsed",
+    "schema",
+    "read_dataclass",
+    "parse_json",
+    "described",
+    "type_name",
+    "TEXT",
+    "NAME",
+    "NUMBER",
+    "POSITIVE",
+    "PERCENT",
+    "N_KEY",
+    "METRES_KEY",
+    "integer",
+    "nullable",
+]
 
 T = TypeVar("T")
 SHOWN = 40  # characters of a bad value shown in an error
@@ -35,8 +59,9 @@ class Mismatch(ValueError):
 
 def type_name(value: object) -> str:
     """``an object``, ``a list``, ``a string``, ``a boolean``, ``null`` or ``a number``."""
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
-            type(None): "null"}.get(type(value), "a number")
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )
 
 
 def described(value: object) -> str:
@@ -83,8 +108,11 @@ class Text(Kind):
     choices: tuple[str, ...] = ()
 
     def read(self, value: Any, name: str) -> str:
-        if not isinstance(value, str) or (self.nonempty and not value) \
-                or (self.choices and value not in self.choices):
+        if (
+            not isinstance(value, str)
+            or (self.nonempty and not value)
+            or (self.choices and value not in self.choices)
+        ):
             raise self.refuse(value, name)
         return value
 
@@ -97,8 +125,12 @@ class Integer(Kind):
     most: int | None = None
 
     def read(self, value: Any, name: str) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < self.least \
-                or (self.most is not None and value > self.most):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or value < self.least
+            or (self.most is not None and value > self.most)
+        ):
             raise self.refuse(value, name)
         return value
 
@@ -119,8 +151,9 @@ class Number(Kind):
             number = float(value)
         except OverflowError:  # an integer beyond any float
             raise self.refuse(value, name) from None
-        if not (math.isfinite(number) and self.low <= number <= self.high) \
-                or (self.above_low and number == self.low):
+        if not (math.isfinite(number) and self.low <= number <= self.high) or (
+            self.above_low and number == self.low
+        ):
             raise self.refuse(value, name)
         return number
 
@@ -163,8 +196,10 @@ class Table(Kind):
             except ValueError:
                 key = None
             if key is None or key in out:
-                raise Mismatch(f"{name} has the key {shown(repr(text), SHOWN)}, "
-                               + ("twice" if key is not None else f"not {self.key.expected}"))
+                raise Mismatch(
+                    f"{name} has the key {shown(repr(text), SHOWN)}, "
+                    + ("twice" if key is not None else f"not {self.key.expected}")
+                )
             out[key] = self.value.read(item, self.item.format(name=name, key=shown(text, SHOWN)))
         return out
 
@@ -237,8 +272,9 @@ class Parsed(Kind):
 
 def integer(least: int, most: int | None = None) -> Integer:
     """Whole numbers from ``least`` (to ``most``)."""
-    return Integer(f"an integer >= {least}" if most is None else
-                   f"an integer from {least} to {most}", least, most)
+    return Integer(
+        f"an integer >= {least}" if most is None else f"an integer from {least} to {most}", least, most
+    )
 
 
 def nullable(kind: Kind) -> Nullable:

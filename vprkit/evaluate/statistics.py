@@ -32,10 +32,22 @@ from vprkit.choices import DEFAULT_RESAMPLES, DEFAULT_SEED, DEFAULT_THRESHOLDS
 from vprkit.errors import ParameterError, VprkitError
 from vprkit.numbers import parse_float
 
-__all__ = ["DEFAULT_RESAMPLES", "DEFAULT_SEED", "DEFAULT_THRESHOLDS", "DEFAULT_LEVEL",
-           "QueryOutcomes", "bootstrap_recalls", "paired_bootstrap", "mcnemar_exact",
-           "precision_recall", "recall_at_thresholds", "query_outcomes", "parse_thresholds",
-           "SEED_MAX", "check_seed"]
+__all__ = [
+    "DEFAULT_RESAMPLES",
+    "DEFAULT_SEED",
+    "DEFAULT_THRESHOLDS",
+    "DEFAULT_LEVEL",
+    "QueryOutcomes",
+    "bootstrap_recalls",
+    "paired_bootstrap",
+    "mcnemar_exact",
+    "precision_recall",
+    "recall_at_thresholds",
+    "query_outcomes",
+    "parse_thresholds",
+    "SEED_MAX",
+    "check_seed",
+]
 
 DEFAULT_LEVEL = 0.95
 SEED_MAX = 2**32 - 1  # the largest bootstrap seed (``--seed``)
@@ -85,10 +97,15 @@ class QueryOutcomes:
     def from_dict(cls, data: object, where: str) -> QueryOutcomes:
         """Read ``to_dict``'s form back; one line naming ``where`` when it is not that."""
         keys = ("first_positive_rank", "top1_distance", "top1_metres", "has_positive")
-        if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in keys) \
-                or not isinstance(data.get("queries_sha256"), str):
-            raise VprkitError(f"{where} has no per-query outcomes (written by an older vprkit "
-                              "evaluate?): evaluate the file again with this version")
+        if (
+            not isinstance(data, dict)
+            or not all(isinstance(data.get(k), list) for k in keys)
+            or not isinstance(data.get("queries_sha256"), str)
+        ):
+            raise VprkitError(
+                f"{where} has no per-query outcomes (written by an older vprkit "
+                "evaluate?): evaluate the file again with this version"
+            )
         lengths = {len(data[k]) for k in keys}
         if len(lengths) != 1 or 0 in lengths:
             raise VprkitError(f"{where}: its per-query lists are empty or of different lengths")
@@ -98,8 +115,7 @@ class QueryOutcomes:
             metres = np.asarray(data["top1_metres"], dtype=np.float64)
             has = np.asarray(data["has_positive"], dtype=np.int64).astype(bool)
         except (TypeError, ValueError, OverflowError):
-            raise VprkitError(f"{where}: its per-query lists hold values that are not numbers") \
-                from None
+            raise VprkitError(f"{where}: its per-query lists hold values that are not numbers") from None
         if rank.min() < 0 or not np.isfinite(metres).all() or np.isnan(distance).any():
             raise VprkitError(f"{where}: its per-query lists hold negative ranks or NaN values")
         return cls(rank, distance, metres, has, data["queries_sha256"])
@@ -113,27 +129,40 @@ def queries_sha256(names: Sequence[str], utm: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def query_outcomes(predictions: np.ndarray, distances: np.ndarray,
-                   positives: Sequence[np.ndarray], queries_utm: np.ndarray,
-                   database_utm: np.ndarray, names: Sequence[str]) -> QueryOutcomes:
+def query_outcomes(
+    predictions: np.ndarray,
+    distances: np.ndarray,
+    positives: Sequence[np.ndarray],
+    queries_utm: np.ndarray,
+    database_utm: np.ndarray,
+    names: Sequence[str],
+) -> QueryOutcomes:
     """``QueryOutcomes`` of (queries, k) predictions (database rows, -1 for none) and distances."""
     rank = np.zeros(len(predictions), dtype=np.int64)
     for qi, (pred, pos) in enumerate(zip(predictions, positives, strict=True)):
         found = np.flatnonzero(np.isin(pred, pos) & (pred >= 0))
         rank[qi] = found[0] + 1 if len(found) else 0
     top1 = predictions[:, 0]
-    metres = np.linalg.norm(np.asarray(queries_utm, dtype=np.float64)
-                            - np.asarray(database_utm, dtype=np.float64)[np.maximum(top1, 0)], axis=1)
-    return QueryOutcomes(rank, np.asarray(distances[:, 0], dtype=np.float64), metres,
-                         np.array([len(p) > 0 for p in positives], dtype=bool),
-                         queries_sha256(names, queries_utm))
+    metres = np.linalg.norm(
+        np.asarray(queries_utm, dtype=np.float64)
+        - np.asarray(database_utm, dtype=np.float64)[np.maximum(top1, 0)],
+        axis=1,
+    )
+    return QueryOutcomes(
+        rank,
+        np.asarray(distances[:, 0], dtype=np.float64),
+        metres,
+        np.array([len(p) > 0 for p in positives], dtype=bool),
+        queries_sha256(names, queries_utm),
+    )
 
 
 def check_bootstrap(resamples: int, level: float = DEFAULT_LEVEL) -> None:
     """One clear line for a resample count or confidence level that cannot give an interval."""
     if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 0:
-        raise ParameterError("bootstrap", f"bootstrap must be a whole number of resamples >= 0 "
-                                          f"(0: none), got {resamples}")
+        raise ParameterError(
+            "bootstrap", f"bootstrap must be a whole number of resamples >= 0 (0: none), got {resamples}"
+        )
     if not (isinstance(level, float) and 0 < level < 1):
         raise VprkitError(f"the confidence level must be between 0 and 1, got {level}")
 
@@ -141,8 +170,7 @@ def check_bootstrap(resamples: int, level: float = DEFAULT_LEVEL) -> None:
 def check_seed(seed: int) -> None:
     """One clear line for a bootstrap seed that is not a whole number from 0 to ``SEED_MAX``
     (numpy refuses negative seeds; the CLI takes the same range)."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) \
-            or not 0 <= int(seed) <= SEED_MAX:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) <= SEED_MAX:
         raise VprkitError(f"seed must be a whole number from 0 to {SEED_MAX}, got {seed!r}")
 
 
@@ -165,22 +193,30 @@ def _interval(samples: np.ndarray, level: float) -> np.ndarray:
     return np.percentile(samples, [tail, 100 - tail], axis=0).T
 
 
-def bootstrap_recalls(outcomes: QueryOutcomes, ns: Sequence[int],
-                      resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
-                      level: float = DEFAULT_LEVEL) -> dict[int, tuple[float, float]]:
+def bootstrap_recalls(
+    outcomes: QueryOutcomes,
+    ns: Sequence[int],
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+    level: float = DEFAULT_LEVEL,
+) -> dict[int, tuple[float, float]]:
     """``{n: (low, high)}``: percentile bootstrap interval of Recall@n in percent."""
     check_bootstrap(resamples, level)
     check_seed(seed)
     if resamples == 0:
         return {}
     means = _resampled_means(outcomes.hits(ns).astype(np.float64) * 100.0, resamples, seed)
-    return {n: (float(lo), float(hi)) for n, (lo, hi) in zip(ns, _interval(means, level),
-                                                             strict=True)}
+    return {n: (float(lo), float(hi)) for n, (lo, hi) in zip(ns, _interval(means, level), strict=True)}
 
 
-def paired_bootstrap(a: QueryOutcomes, b: QueryOutcomes, ns: Sequence[int],
-                     resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
-                     level: float = DEFAULT_LEVEL) -> dict[int, tuple[float, float]]:
+def paired_bootstrap(
+    a: QueryOutcomes,
+    b: QueryOutcomes,
+    ns: Sequence[int],
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+    level: float = DEFAULT_LEVEL,
+) -> dict[int, tuple[float, float]]:
     """``{n: (low, high)}``: interval of Recall@n of ``b`` minus ``a`` (points), resampling the
     same queries for both."""
     check_bootstrap(resamples, level)
@@ -190,16 +226,17 @@ def paired_bootstrap(a: QueryOutcomes, b: QueryOutcomes, ns: Sequence[int],
     same_queries(a, b)
     diff = (b.hits(ns).astype(np.float64) - a.hits(ns).astype(np.float64)) * 100.0
     means = _resampled_means(diff, resamples, seed)
-    return {n: (float(lo), float(hi)) for n, (lo, hi) in zip(ns, _interval(means, level),
-                                                             strict=True)}
+    return {n: (float(lo), float(hi)) for n, (lo, hi) in zip(ns, _interval(means, level), strict=True)}
 
 
 def same_queries(a: QueryOutcomes, b: QueryOutcomes) -> None:
     """Refuse two outcome rows that are not about the same queries, in the same order."""
     if len(a) != len(b) or a.queries_sha256 != b.queries_sha256:
-        raise VprkitError(f"the two rows are not on the same queries ({len(a)} and {len(b)} "
-                          "queries, or other names or positions): a paired comparison needs the "
-                          "same query set")
+        raise VprkitError(
+            f"the two rows are not on the same queries ({len(a)} and {len(b)} "
+            "queries, or other names or positions): a paired comparison needs the "
+            "same query set"
+        )
 
 
 def mcnemar_exact(a_right: np.ndarray, b_right: np.ndarray) -> tuple[int, int, float]:
@@ -244,13 +281,17 @@ def precision_recall(outcomes: QueryOutcomes, drop_unmatched: bool = False) -> P
     scores = -outcomes.top1_distance[keep]
     unmatched = "dropped" if drop_unmatched else "counted"
     if not labels.any():  # no right answer: the curve is undefined
-        return PrecisionRecall(np.array([1.0]), np.array([0.0]), math.nan, 0.0, int(keep.sum()),
-                               unmatched)
+        return PrecisionRecall(np.array([1.0]), np.array([0.0]), math.nan, 0.0, int(keep.sum()), unmatched)
     precision, recall, _ = precision_recall_curve(labels, scores)
     full = recall[precision >= 1.0]
-    return PrecisionRecall(precision, recall, float(auc(recall, precision)),
-                           float(full.max() * 100.0) if len(full) else 0.0, int(keep.sum()),
-                           unmatched)
+    return PrecisionRecall(
+        precision,
+        recall,
+        float(auc(recall, precision)),
+        float(full.max() * 100.0) if len(full) else 0.0,
+        int(keep.sum()),
+        unmatched,
+    )
 
 
 def parse_thresholds(text: str) -> tuple[float, ...]:
@@ -261,10 +302,15 @@ def parse_thresholds(text: str) -> tuple[float, ...]:
         values = tuple(parse_float(v, "threshold") for v in str(text).split(","))
     except ValueError:  # NumberError too: no underscores, inf or nan
         values = ()
-    if not values or not all(math.isfinite(v) and v > 0 for v in values) \
-            or list(values) != sorted(set(values)):
-        raise VprkitError(f"bad threshold list {str(text)!r}: expected increasing positive "
-                          "metres separated by commas, like 5,10,25,50,100")
+    if (
+        not values
+        or not all(math.isfinite(v) and v > 0 for v in values)
+        or list(values) != sorted(set(values))
+    ):
+        raise VprkitError(
+            f"bad threshold list {str(text)!r}: expected increasing positive "
+            "metres separated by commas, like 5,10,25,50,100"
+        )
     return values
 
 

@@ -50,8 +50,9 @@ def inference_options(options: Any) -> InferenceOptions:
     return InferenceOptions(**{f.name: getattr(options, f.name) for f in fields(InferenceOptions)})
 
 
-def image_loader(paths: list[Path], options: InferenceOptions, scales, device,
-                 view: str = "hard_resize") -> DataLoader:
+def image_loader(
+    paths: list[Path], options: InferenceOptions, scales, device, view: str = "hard_resize"
+) -> DataLoader:
     """Batches of ``options.batch_size`` images, each item ``(index, [image at each of
     scales], error or None, sha256)`` (``vprkit.data.images.ImageScalesDataset``), as query view
     ``view`` sees them; ``device`` is not used (kept for the callers' signature)."""
@@ -73,8 +74,9 @@ def check_items(items: list) -> None:
 
 
 @torch.inference_mode()
-def sample_local_features(model: DescriptorNet, paths: list[Path], options: InferenceOptions,
-                          device: torch.device) -> np.ndarray:
+def sample_local_features(
+    model: DescriptorNet, paths: list[Path], options: InferenceOptions, device: torch.device
+) -> np.ndarray:
     """L2-normalised local features sampled from images, for NetVLAD's k-means (benchmark)."""
     rng = np.random.default_rng(options.seed)
     count = min(options.cluster_images, len(paths))
@@ -144,7 +146,8 @@ def infer_batch(model: DescriptorNet, items: list, scales, device, half: bool):
                 raise VprkitError(
                     f"{model.label} failed on {len(x)} image(s) of "
                     f"{x.shape[-2]}x{x.shape[-1]} pixels at scale {scales[si]} "
-                    f"(too small?): {first}") from None
+                    f"(too small?): {first}"
+                ) from None
             target = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in group])
             desc_np = desc.float().cpu().numpy()
             if rows is None:
@@ -157,17 +160,25 @@ def infer_batch(model: DescriptorNet, items: list, scales, device, half: bool):
                 merged[k][target] = values
         assert rows is not None  # a batch has at least one item
         if not np.isfinite(rows).all():
-            bad = int(np.searchsorted(offsets, np.flatnonzero(~np.isfinite(rows).all(axis=1))[0],
-                                      side="right") - 1)
-            raise VprkitError(f"the network produced non-finite descriptors for image "
-                              f"{items[bad][0]} of the batch at scale {scales[si]}")
+            bad = int(
+                np.searchsorted(offsets, np.flatnonzero(~np.isfinite(rows).all(axis=1))[0], side="right") - 1
+            )
+            raise VprkitError(
+                f"the network produced non-finite descriptors for image "
+                f"{items[bad][0]} of the batch at scale {scales[si]}"
+            )
         per_scale.append((rows, merged))
     return per_scale
 
 
-def compute_descriptors(model: DescriptorNet, paths: list[Path], options: InferenceOptions,
-                        device: torch.device, progress: ProgressCallback | None = None,
-                        label: str = "descriptors") -> np.ndarray:
+def compute_descriptors(
+    model: DescriptorNet,
+    paths: list[Path],
+    options: InferenceOptions,
+    device: torch.device,
+    progress: ProgressCallback | None = None,
+    label: str = "descriptors",
+) -> np.ndarray:
     """Descriptors (N, D) of images at scale 1, in memory (training caches, validation)."""
     out = np.empty((len(paths), model.output_dim), dtype=np.float32)
     row = 0
@@ -175,7 +186,7 @@ def compute_descriptors(model: DescriptorNet, paths: list[Path], options: Infere
         for items in image_loader(paths, options, (1,), device):
             check_items(items)
             desc, _ = infer_batch(model, items, (1,), device, options.half)[0]
-            out[row: row + len(desc)] = desc
+            out[row : row + len(desc)] = desc
             row += len(desc)
             task.advance(len(desc))
     return out
@@ -190,14 +201,20 @@ def stack_or_error(batch: list) -> tuple[torch.Tensor | None, str | None]:
     shapes = {tuple(image.shape) for image, _ in batch}
     if len(shapes) > 1:
         a, b = sorted(shapes)[:2]
-        return None, (f"images of different sizes in one batch ({a[1]}x{a[2]} and {b[1]}x{b[2]}): "
-                      "give --resize H W")
+        return None, (
+            f"images of different sizes in one batch ({a[1]}x{a[2]} and {b[1]}x{b[2]}): give --resize H W"
+        )
     return torch.stack([image for image, _ in batch]), None
 
 
 @torch.inference_mode()
-def forward_descriptors(model: DescriptorNet, x: torch.Tensor, device: torch.device, half: bool = False,
-                        channels_last: bool = True) -> np.ndarray:
+def forward_descriptors(
+    model: DescriptorNet,
+    x: torch.Tensor,
+    device: torch.device,
+    half: bool = False,
+    channels_last: bool = True,
+) -> np.ndarray:
     """``model(x)`` (its plain forward, under ``autocast`` with ``half``) as float32 rows."""
     x = x.to(device, non_blocking=True)
     if channels_last:
@@ -207,19 +224,31 @@ def forward_descriptors(model: DescriptorNet, x: torch.Tensor, device: torch.dev
     return desc.float().cpu().numpy()
 
 
-def dataset_descriptors(model: DescriptorNet, dataset, batch_size: int, workers: int,
-                        device: torch.device, half: bool = False, channels_last: bool = True,
-                        progress: ProgressCallback | None = None,
-                        label: str = "descriptors") -> np.ndarray:
+def dataset_descriptors(
+    model: DescriptorNet,
+    dataset,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    half: bool = False,
+    channels_last: bool = True,
+    progress: ProgressCallback | None = None,
+    label: str = "descriptors",
+) -> np.ndarray:
     """Descriptors (N, D) of a dataset whose item i is ``(image (3, H, W), None)``, prepared as
     the caller wants (training's caches: as its forward sees them), or ``(None, error message)``:
     batches of ``batch_size`` decoded by ``workers`` processes, one ``forward_descriptors`` each.
     Non-finite descriptors are an error naming the image (``dataset.paths[i]`` where it has them).
     """
     out = np.empty((len(dataset), model.output_dim), dtype=np.float32)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers,
-                        collate_fn=stack_or_error, pin_memory=device.type == "cuda",
-                        prefetch_factor=4 if workers > 0 else None)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=stack_or_error,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if workers > 0 else None,
+    )
     row = 0
     with progress_task(progress, label, len(dataset)) as task:
         for images, error in loader:
@@ -230,7 +259,7 @@ def dataset_descriptors(model: DescriptorNet, dataset, batch_size: int, workers:
                 bad = row + int(np.flatnonzero(~np.isfinite(rows).all(axis=1))[0])
                 name = dataset.paths[bad] if hasattr(dataset, "paths") else f"number {bad}"
                 raise VprkitError(f"the network produced non-finite descriptors for image {name}")
-            out[row: row + len(rows)] = rows
+            out[row : row + len(rows)] = rows
             row += len(rows)
             task.advance(len(images))
     return out

@@ -42,22 +42,24 @@ def check_shard_count(count: int, where: str) -> None:
     """One clear line where ``count`` shards are more than ``MAX_SHARDS`` (``where`` says
     where the count came from)."""
     if isinstance(count, int) and count > MAX_SHARDS:
-        raise VprkitError(f"{where}: too many shards (an extraction is cut into at most "
-                          f"{MAX_SHARDS} shards)")
+        raise VprkitError(f"{where}: too many shards (an extraction is cut into at most {MAX_SHARDS} shards)")
 
 
 def parse_shard(text: str) -> tuple[int, int]:
     """``"0/4"`` -> (0, 4): shard index (from 0) and shard count (at most ``MAX_SHARDS``)."""
     match = re.fullmatch(r"[ \t]*([0-9]{1,12})[ \t]*/[ \t]*([0-9]+)[ \t]*", str(text))
     if not match:
-        raise VprkitError(f"bad shard {shown(repr(text), 40)}: expected INDEX/COUNT such as 0/4 "
-                          "(index from 0)")
+        raise VprkitError(
+            f"bad shard {shown(repr(text), 40)}: expected INDEX/COUNT such as 0/4 (index from 0)"
+        )
     if len(match[2]) > 12 or int(match[2]) > MAX_SHARDS:
         raise VprkitError(f"bad shard {shown(repr(text), 40)}: at most {MAX_SHARDS} shards")
     index, count = int(match[1]), int(match[2])
     if count < 1 or index >= count:
-        raise VprkitError(f"bad shard {text!r}: the index counts from 0 to COUNT-1 "
-                          f"(0/{max(count, 1)} .. {max(count, 1) - 1}/{max(count, 1)})")
+        raise VprkitError(
+            f"bad shard {text!r}: the index counts from 0 to COUNT-1 "
+            f"(0/{max(count, 1)} .. {max(count, 1) - 1}/{max(count, 1)})"
+        )
     return index, count
 
 
@@ -80,14 +82,21 @@ def names_sha256(names: dict[str, list[str]]) -> str:
 
 def take_shard(split: Split, index: int, count: int) -> tuple[Split, dict]:
     """The slice of ``split`` that shard ``index`` of ``count`` extracts, and its description."""
-    info = {"index": index, "count": count,
-            "names_sha256": names_sha256({r: split.role(r).names for r in ROLES})}
+    info = {
+        "index": index,
+        "count": count,
+        "names_sha256": names_sha256({r: split.role(r).names for r in ROLES}),
+    }
     parts = {}
     for role in ROLES:
         images = split.role(role)
         start, stop = shard_rows(len(images), index, count)
-        parts[role] = ImageList(folder=images.folder, names=images.names[start:stop],
-                                utm=images.utm[start:stop], skipped=images.skipped)
+        parts[role] = ImageList(
+            folder=images.folder,
+            names=images.names[start:stop],
+            utm=images.utm[start:stop],
+            skipped=images.skipped,
+        )
         info[f"{role}_rows"] = [start, stop]
         info[f"{role}_total"] = len(images)
     return replace(split, database=parts["database"], queries=parts["queries"]), info
@@ -98,33 +107,42 @@ def _check_same(files: list[DescriptorFile]) -> None:
     its file was opened: ``vprkit.store.validate``; merge also needs each shard's hash)."""
     for f in files:
         if "names_sha256" not in f.dataset["shard"]:
-            raise VprkitError(f"{f.path}: header attribute 'dataset.shard.names_sha256' is "
-                              "missing: merge cannot prove that the shards cover one image list "
-                              "(the file is damaged or was not written by vprkit)")
+            raise VprkitError(
+                f"{f.path}: header attribute 'dataset.shard.names_sha256' is "
+                "missing: merge cannot prove that the shards cover one image list "
+                "(the file is damaged or was not written by vprkit)"
+            )
     first = files[0]
     base = {k: v for k, v in first.dataset.items() if k != "shard"}
     for f in files[1:]:
-        for what, mine, theirs in (("model", f.model, first.model),
-                                   ("preprocessing", f.preprocessing, first.preprocessing),
-                                   ("storage dtype", f.dtype, first.dtype),
-                                   ("scales", f.scales, first.scales),
-                                   ("query views", [f.views((sc,)) for sc in f.scales],
-                                    [first.views((sc,)) for sc in first.scales]),
-                                   ("dataset", {k: v for k, v in f.dataset.items() if k != "shard"},
-                                    base)):
+        for what, mine, theirs in (
+            ("model", f.model, first.model),
+            ("preprocessing", f.preprocessing, first.preprocessing),
+            ("storage dtype", f.dtype, first.dtype),
+            ("scales", f.scales, first.scales),
+            ("query views", [f.views((sc,)) for sc in f.scales], [first.views((sc,)) for sc in first.scales]),
+            ("dataset", {k: v for k, v in f.dataset.items() if k != "shard"}, base),
+        ):
             if mine != theirs:
                 hint = ""
                 if what == "model" and f.model.get("netvlad_init"):
-                    hint = (" (NetVLAD clusters made by k-means in each process can differ: "
-                            "extract the shards from one --checkpoint)")
-                raise VprkitError(f"{f.path} and {first.path} are not shards of one extraction: "
-                                  f"their {what} differs{hint}")
+                    hint = (
+                        " (NetVLAD clusters made by k-means in each process can differ: "
+                        "extract the shards from one --checkpoint)"
+                    )
+                raise VprkitError(
+                    f"{f.path} and {first.path} are not shards of one extraction: their {what} differs{hint}"
+                )
         if f.dataset["shard"]["names_sha256"] != first.dataset["shard"]["names_sha256"]:
             raise VprkitError(f"{f.path} and {first.path} are shards of different image lists")
 
 
-def merge(shards: list[str | Path], output: str | Path, overwrite: bool = False,
-          progress: ProgressCallback | None = None) -> Path:
+def merge(
+    shards: list[str | Path],
+    output: str | Path,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+) -> Path:
     """Join the shard files of one extraction into ``output``; returns its path.
 
     Args:
@@ -157,16 +175,20 @@ def merge(shards: list[str | Path], output: str | Path, overwrite: bool = False,
         indices = [f.dataset["shard"]["index"] for f in files]
         for f in files:
             if f.dataset["shard"]["count"] != count:
-                raise VprkitError(f"{f.path} is shard {f.dataset['shard']['index']} of "
-                                  f"{f.dataset['shard']['count']}, {files[0].path} of {count}")
+                raise VprkitError(
+                    f"{f.path} is shard {f.dataset['shard']['index']} of "
+                    f"{f.dataset['shard']['count']}, {files[0].path} of {count}"
+                )
         duplicate = sorted({i for i in indices if indices.count(i) > 1})
         if duplicate:
             same = [str(f.path) for f in files if f.dataset["shard"]["index"] == duplicate[0]]
             raise VprkitError(f"shard {duplicate[0]} given twice: {', '.join(same)}")
         missing = sorted(set(range(count)) - set(indices))
         if missing:
-            raise VprkitError(f"shard(s) {', '.join(map(str, missing))} of {count} missing "
-                              f"(given: {', '.join(str(p) for p in paths)})")
+            raise VprkitError(
+                f"shard(s) {', '.join(map(str, missing))} of {count} missing "
+                f"(given: {', '.join(str(p) for p in paths)})"
+            )
         _check_same(files)
         return _write_merged(files, output, progress)
     finally:
@@ -174,30 +196,41 @@ def merge(shards: list[str | Path], output: str | Path, overwrite: bool = False,
             f.close()
 
 
-def _write_merged(files: list[DescriptorFile], output: Path,
-                  progress: ProgressCallback | None) -> Path:
+def _write_merged(files: list[DescriptorFile], output: Path, progress: ProgressCallback | None) -> Path:
     first = files[0]
     dataset = {k: v for k, v in first.dataset.items() if k != "shard"}
     dataset["merged_shards"] = len(files)
-    header = Header(model=first.model, aggregation=first.aggregation, dataset=dataset,
-                    preprocessing=first.preprocessing, dtype=first.dtype)
+    header = Header(
+        model=first.model,
+        aggregation=first.aggregation,
+        dataset=dataset,
+        preprocessing=first.preprocessing,
+        dtype=first.dtype,
+    )
     names = {r: [n for f in files for n in f.names(r)] for r in ROLES}
     if names_sha256(names) != first.dataset["shard"]["names_sha256"]:
-        raise VprkitError(f"the {len(files)} shards do not hold the images of the split they were "
-                          "cut from (a shard file was altered or renamed)")
+        raise VprkitError(
+            f"the {len(files)} shards do not hold the images of the split they were "
+            "cut from (a shard file was altered or renamed)"
+        )
     utm = {r: np.concatenate([f.utm(r) for f in files]) for r in ROLES}
     kept = {r: [f.hashes(r) for f in files] for r in ROLES}
     hashes: dict[str, np.ndarray] | None = None
     if all(h is not None for r in ROLES for h in kept[r]):
         hashes = {r: np.concatenate([h for h in kept[r] if h is not None]) for r in ROLES}
-    parts = {s: [(r, HARD_RESIZE) for r in ROLES] + [("queries", v) for v in first.views((s,))[1:]]
-             for s in first.scales}
+    parts = {
+        s: [(r, HARD_RESIZE) for r in ROLES] + [("queries", v) for v in first.views((s,))[1:]]
+        for s in first.scales
+    }
     total = sum(f.num(r) for f in files for s in first.scales for r, _ in parts[s])
     block = first.default_block_rows(64 << 20)
     aggregation = first.aggregation_arrays()
     # everything written after the names, checked and reserved with them before the first byte
-    more = sum(rows_bytes(len(names[role]) * VIEWS[view], first.dim, first.dtype,
-                          first.stat_specs(s)) for s in first.scales for role, view in parts[s])
+    more = sum(
+        rows_bytes(len(names[role]) * VIEWS[view], first.dim, first.dtype, first.stat_specs(s))
+        for s in first.scales
+        for role, view in parts[s]
+    )
     more += sum(np.asarray(a).nbytes for a in aggregation.values())
     with writing(output) as out:
         writer = out.create(header, names, utm, hashes, more_bytes=more)
@@ -217,13 +250,14 @@ def _write_merged(files: list[DescriptorFile], output: Path,
                             stop = min(n, start + block)
                             c = VIEWS[view]  # rows per image
                             desc, values = f.read_raw(role, s, start * c, stop * c, view)
-                            writer.write(role, s, row + start, desc,
-                                         {k: values[k] for k in stats}, view)
+                            writer.write(role, s, row + start, desc, {k: values[k] for k in stats}, view)
                             task.advance(stop - start)
                         row += n
                     writer.commit_rows(role, [s], row, view)
     path = out.written
     assert path is not None  # the block ended without error
-    logger.info(f"wrote {path}: {len(files)} shards, {len(names['database'])} database + "
-                f"{len(names['queries'])} queries")
+    logger.info(
+        f"wrote {path}: {len(files)} shards, {len(names['database'])} database + "
+        f"{len(names['queries'])} queries"
+    )
     return path

@@ -35,8 +35,7 @@ class World:
             return cls()
         check_shard_count(size, f"WORLD_SIZE={size} (one shard a process)")
         if not env.get("RANK"):
-            raise VprkitError("WORLD_SIZE > 1 needs integer RANK and LOCAL_RANK, as torchrun sets "
-                              "them")
+            raise VprkitError("WORLD_SIZE > 1 needs integer RANK and LOCAL_RANK, as torchrun sets them")
         rank = env_int(env, "RANK")
         local_rank = env_int(env, "LOCAL_RANK", str(rank))
         if not 0 <= rank < size or local_rank < 0:

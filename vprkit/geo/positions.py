@@ -49,10 +49,12 @@ def position_of(name: str, east: float, north: float) -> Position:
     and letter from the name's 3rd and 4th ``@`` fields, latitude and longitude from the 5th and
     6th, else computed from the UTM coordinates when the zone and letter are known."""
     fields = Path(name).name.split("@")
-    zone = int(fields[3]) if len(fields) > 3 and fields[3].isdigit() and \
-        1 <= int(fields[3]) <= 60 else None
-    letter = fields[4].upper() if len(fields) > 4 and len(fields[4]) == 1 and \
-        fields[4].upper() in "CDEFGHJKLMNPQRSTUVWX" else None
+    zone = int(fields[3]) if len(fields) > 3 and fields[3].isdigit() and 1 <= int(fields[3]) <= 60 else None
+    letter = (
+        fields[4].upper()
+        if len(fields) > 4 and len(fields[4]) == 1 and fields[4].upper() in "CDEFGHJKLMNPQRSTUVWX"
+        else None
+    )
     lat = _float(fields[5]) if len(fields) > 5 else None
     lon = _float(fields[6]) if len(fields) > 6 else None
     if (lat is None or lon is None) and zone is not None and letter is not None:

@@ -41,12 +41,17 @@ def _brief(value, limit: int = 60) -> str:
 
 def parse_zone(text: str | int) -> tuple[int, str | None]:
     """(number, letter or None) of a UTM zone given as ``NUMBER[LETTER]``, e.g. ``32`` or ``32T``."""
-    match = None if isinstance(text, bool) else re.fullmatch(
-        rf"\s*0*([1-9][0-9]?)\s*([{ZONE_LETTERS}])?\s*", str(text).upper(), flags=re.ASCII)
+    match = (
+        None
+        if isinstance(text, bool)
+        else re.fullmatch(rf"\s*0*([1-9][0-9]?)\s*([{ZONE_LETTERS}])?\s*", str(text).upper(), flags=re.ASCII)
+    )
     if match is None or int(match[1]) > 60:
-        raise VprkitError(f"bad UTM zone {_brief(text)}: expected a zone number 1-60 and an optional "
-                          f"latitude band letter ({ZONE_LETTERS[0]}-{ZONE_LETTERS[-1]}, not I or O), "
-                          "e.g. 32 or 32T")
+        raise VprkitError(
+            f"bad UTM zone {_brief(text)}: expected a zone number 1-60 and an optional "
+            f"latitude band letter ({ZONE_LETTERS[0]}-{ZONE_LETTERS[-1]}, not I or O), "
+            "e.g. 32 or 32T"
+        )
     return int(match[1]), match[2]
 
 
@@ -76,9 +81,11 @@ def _name_zone(path: Path) -> tuple[int, str | None] | None:
         if none is not None or letter and (len(letter) != 1 or letter not in ZONE_LETTERS):
             raise VprkitError("not a zone")
     except VprkitError:
-        raise VprkitError(f"cannot read the UTM zone of {shown(path)} (zone {_brief(fields[3])}, "
-                          f"letter {_brief(letter)}), already in the dataset; vprkit imports "
-                          "into the zone of the images already there") from None
+        raise VprkitError(
+            f"cannot read the UTM zone of {shown(path)} (zone {_brief(fields[3])}, "
+            f"letter {_brief(letter)}), already in the dataset; vprkit imports "
+            "into the zone of the images already there"
+        ) from None
     return number, letter or None
 
 
@@ -101,10 +108,12 @@ def dataset_zone(root: Path) -> tuple[int, str | None, Path] | None:
             continue
         number, letter, first = found
         if zone[0] != number or letter and zone[1] and _northern(letter) != _northern(zone[1]):
-            raise VprkitError(f"the images already in {shown(root)} are in different UTM zones "
-                              f"({shown(first)}: {number}{letter or ''}, {shown(path)}: "
-                              f"{zone[0]}{zone[1] or ''}); vprkit imports into one zone per "
-                              "dataset: import into a new dataset root")
+            raise VprkitError(
+                f"the images already in {shown(root)} are in different UTM zones "
+                f"({shown(first)}: {number}{letter or ''}, {shown(path)}: "
+                f"{zone[0]}{zone[1] or ''}); vprkit imports into one zone per "
+                "dataset: import into a new dataset root"
+            )
         if letter is None and zone[1] is not None:
             found = (number, zone[1], first)
     return found
@@ -121,12 +130,15 @@ class DatasetZone:
         existing = dataset_zone(root)
         if existing is not None:
             number, letter, path = existing
-            if forced is not None and (forced[0] != number or forced[1] and letter
-                                       and _northern(forced[1]) != _northern(letter)):
-                raise VprkitError(f"--zone {forced[0]}{forced[1] or ''} disagrees with the zone "
-                                  f"{number}{letter or ''} of the images already in {shown(root)} "
-                                  f"(e.g. {shown(path)}); vprkit imports into one zone per "
-                                  "dataset")
+            if forced is not None and (
+                forced[0] != number or forced[1] and letter and _northern(forced[1]) != _northern(letter)
+            ):
+                raise VprkitError(
+                    f"--zone {forced[0]}{forced[1] or ''} disagrees with the zone "
+                    f"{number}{letter or ''} of the images already in {shown(root)} "
+                    f"(e.g. {shown(path)}); vprkit imports into one zone per "
+                    "dataset"
+                )
             self.number, self.letter = number, (forced[1] if forced else None) or letter
             self.source = f"the zone of the images already in the dataset, e.g. {shown(path.name)}"
         elif forced is not None:
@@ -153,7 +165,9 @@ class DatasetZone:
                 f"({central_meridian(self.number):g}) of UTM zone {self.name}, this dataset's zone "
                 f"({self.source}); vprkit projects a dataset into one zone and refuses photos more "
                 f"than {MAX_DEGREES_FROM_CENTRAL_MERIDIAN:g} degrees from its central meridian, "
-                "where UTM distances lose accuracy: import them as a separate dataset")
-        east, north, number, letter = utm.from_latlon(lat, lon, force_zone_number=self.number,
-                                                      force_zone_letter=self.letter)
+                "where UTM distances lose accuracy: import them as a separate dataset"
+            )
+        east, north, number, letter = utm.from_latlon(
+            lat, lon, force_zone_number=self.number, force_zone_letter=self.letter
+        )
         return float(east), float(north), number, letter

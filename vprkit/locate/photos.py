@@ -93,13 +93,19 @@ class LocateResult:
     search: str = "exact"
 
     def to_dict(self) -> dict:
-        return {"database": self.database, "scale": self.scale, "top_k": self.top_k,
-                "threshold": self.threshold, "photos": len(self.located) + len(self.failed),
-                "located": len(self.located), "search": self.search,
-                "failed": [{"photo": photo_text(p), "error": photo_text(e)}
-                           for p, e in self.failed],
-                "seconds": self.seconds, "first_answer_seconds": self.first_answer_seconds,
-                "locations": [loc.to_dict() for loc in self.located]}
+        return {
+            "database": self.database,
+            "scale": self.scale,
+            "top_k": self.top_k,
+            "threshold": self.threshold,
+            "photos": len(self.located) + len(self.failed),
+            "located": len(self.located),
+            "search": self.search,
+            "failed": [{"photo": photo_text(p), "error": photo_text(e)} for p, e in self.failed],
+            "seconds": self.seconds,
+            "first_answer_seconds": self.first_answer_seconds,
+            "locations": [loc.to_dict() for loc in self.located],
+        }
 
 
 def find_photos(inputs: Sequence[str | Path]) -> list[Path]:
@@ -112,15 +118,17 @@ def find_photos(inputs: Sequence[str | Path]) -> list[Path]:
     photos: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
-                           and not p.is_dir())
+            found = sorted(
+                p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir()
+            )
             if not found:
                 raise VprkitError(f"no photos ({', '.join(IMAGE_EXTENSIONS)}) under {shown(item)}")
             problems = [(p, why) for p in found if (why := file_problem(p)) is not None]
             if problems:
                 more = f" (and {len(problems) - 1} more such entries)" if len(problems) > 1 else ""
-                raise VprkitError(f"cannot read photo {shown(problems[0][0])}: {problems[0][1]}; "
-                                  f"fix or remove it{more}")
+                raise VprkitError(
+                    f"cannot read photo {shown(problems[0][0])}: {problems[0][1]}; fix or remove it{more}"
+                )
             photos += found
         elif item.exists() or item.is_symlink():
             photos.append(check_regular(item, "photo"))
@@ -138,15 +146,19 @@ def rebuild_network(store: DescriptorFile, seed: int = 0) -> DescriptorNet:
     fingerprint)."""
     m = store.model
     if m.get("type") == "ensemble":
-        raise VprkitError(f"{store.path} is an ensemble: locate needs a file made by vprkit "
-                          "extract (locate against one of its inputs)")
+        raise VprkitError(
+            f"{store.path} is an ensemble: locate needs a file made by vprkit "
+            "extract (locate against one of its inputs)"
+        )
     for key in ("checkpoint", "weights"):
         value = m.get(key)
         if key == "weights" and (m.get("checkpoint") or value in ("imagenet", "none")):
             continue
         if value and not Path(value).is_file():
-            raise VprkitError(f"the {key} {value} that made {store.path} is missing; locate needs "
-                              "the same file to rebuild the network")
+            raise VprkitError(
+                f"the {key} {value} that made {store.path} is missing; locate needs "
+                "the same file to rebuild the network"
+            )
     config = validate_model_config(m, str(store.path), "model", "header attribute")
     torch.manual_seed(seed)
     model = build_model(config).eval()
@@ -154,12 +166,18 @@ def rebuild_network(store: DescriptorFile, seed: int = 0) -> DescriptorNet:
     if arrays and isinstance(model, VPRModel):  # NetVLAD clusters made by k-means at extraction
         model.aggregation.load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()})
     if fingerprint(model) != m.get("fingerprint"):
-        why = {"none": "its random weights were made with another seed (pass --seed)",
-               "imagenet": "the pretrained weights differ from those it was made with"}
-        hint = ("the checkpoint file changed since" if m.get("checkpoint")
-                else why.get(str(m.get("weights")), "the weights file changed since"))
-        raise VprkitError(f"the network rebuilt from {store.path}'s record differs from the one "
-                          f"that made it ({hint})")
+        why = {
+            "none": "its random weights were made with another seed (pass --seed)",
+            "imagenet": "the pretrained weights differ from those it was made with",
+        }
+        hint = (
+            "the checkpoint file changed since"
+            if m.get("checkpoint")
+            else why.get(str(m.get("weights")), "the weights file changed since")
+        )
+        raise VprkitError(
+            f"the network rebuilt from {store.path}'s record differs from the one that made it ({hint})"
+        )
     return model
 
 
@@ -212,32 +230,43 @@ def locate(
     if workers < 0:
         raise ParameterError("workers", f"workers must not be negative, got {workers}")
     if not threshold > 0:
-        raise ParameterError("threshold", f"threshold must be a positive number of metres, got "
-                                          f"{threshold}")
+        raise ParameterError("threshold", f"threshold must be a positive number of metres, got {threshold}")
     with DescriptorFile(database) as store:
         refuse_shard(store)
         scales = parse_scale_spec(scale) if scale else (store.scales[0],)
         store.check_spec(scales)
         n_db = store.num("database")
         if top_k > n_db:
-            raise ParameterError("top_k", f"top_k {top_k} is more than the {n_db} database "
-                                          "images")
+            raise ParameterError("top_k", f"top_k {top_k} is more than the {n_db} database images")
         dev = resolve_device(device)
         model = _prepared(rebuild_network(store, seed), dev)
         paths = find_photos(photos)
         half = store.preprocessing.get("precision", "float32") != "float32"
         if half and store.preprocessing.get("precision") != str(half_dtype(dev)).split(".")[-1]:
-            warnings.warn(f"{store.path} was made with {store.preprocessing['precision']} "
-                          f"inference; this device uses {half_dtype(dev)}", stacklevel=2)
+            warnings.warn(
+                f"{store.path} was made with {store.preprocessing['precision']} "
+                f"inference; this device uses {half_dtype(dev)}",
+                stacklevel=2,
+            )
         resize = store.preprocessing.get("resize")
-        options = InferenceOptions(resize=tuple(resize) if resize else None,
-                                   batch_size=batch_size, workers=workers, device=str(dev),
-                                   half=half)
+        options = InferenceOptions(
+            resize=tuple(resize) if resize else None,
+            batch_size=batch_size,
+            workers=workers,
+            device=str(dev),
+            half=half,
+        )
         search, searcher = _searcher(store, scales, index, nprobe, dev)
         k = min(n_db, max(top_k, CONFIDENCE_CANDIDATES))
         names, utm = store.names("database"), store.utm("database")
-        result = LocateResult(database=str(database), scale=spec_name(scales), top_k=top_k,
-                              threshold=threshold, located=[], search=search)
+        result = LocateResult(
+            database=str(database),
+            scale=spec_name(scales),
+            top_k=top_k,
+            threshold=threshold,
+            located=[],
+            search=search,
+        )
         with progress_task(progress, "locate", len(paths)) as task:
             for items in image_loader(paths, options, scales, dev):
                 good = [it for it in items if not it[2]]
@@ -246,8 +275,7 @@ def locate(
                     rows = _descriptors(model, good, scales, dev, half, store)
                     distances, ids = searcher(rows, k)
                     for it, d, i in zip(good, distances, ids, strict=True):
-                        result.located.append(_located(str(paths[it[0]]), d, i, names, utm,
-                                                       top_k, threshold))
+                        result.located.append(_located(str(paths[it[0]]), d, i, names, utm, top_k, threshold))
                     if result.first_answer_seconds is None:
                         result.first_answer_seconds = time.perf_counter() - started
                 task.advance(len(items))
@@ -260,8 +288,7 @@ def _prepared(model: DescriptorNet, device: torch.device) -> DescriptorNet:
     return fold_batch_norm(model)
 
 
-def _searcher(store: DescriptorFile, scales, index: str | None, nprobe: int,
-              device: torch.device):
+def _searcher(store: DescriptorFile, scales, index: str | None, nprobe: int, device: torch.device):
     """The search over the database rows, on ``device`` (exact: faiss on a CPU, torch on a GPU;
     ``index``: on the GPU with a faiss GPU build): (label, function(rows, k) -> (distances, ids))."""
     if index:
@@ -280,15 +307,15 @@ def _searcher(store: DescriptorFile, scales, index: str | None, nprobe: int,
             database = torch.from_numpy(database).to(device).float()
 
     def exact(rows: np.ndarray, k: int):
-        blocks = [(0, database)] if database is not None else \
-            store.iter_blocks("database", scales, block)
+        blocks = [(0, database)] if database is not None else store.iter_blocks("database", scales, block)
         return blocked_search(rows, blocks, k, device)
 
     return "exact", exact
 
 
-def _descriptors(model: DescriptorNet, items: list, scales, device, half: bool,
-                 store: DescriptorFile) -> np.ndarray:
+def _descriptors(
+    model: DescriptorNet, items: list, scales, device, half: bool, store: DescriptorFile
+) -> np.ndarray:
     """The photos' rows at the file's scale or pyramid, stored as the file stores its queries
     (its storage dtype, then the pyramid rule)."""
     outputs = infer_batch(model, items, scales, device, half)
@@ -296,17 +323,30 @@ def _descriptors(model: DescriptorNet, items: list, scales, device, half: bool,
     return pyramid(store.aggregation, descs, [s for _, s in outputs])
 
 
-def _located(photo: str, distances: np.ndarray, ids: np.ndarray, names: list[str],
-             utm: np.ndarray, top_k: int, threshold: float) -> LocatedPhoto:
+def _located(
+    photo: str,
+    distances: np.ndarray,
+    ids: np.ndarray,
+    names: list[str],
+    utm: np.ndarray,
+    top_k: int,
+    threshold: float,
+) -> LocatedPhoto:
     keep = ids >= 0
     distances, ids = distances[keep], ids[keep]
     best = int(ids[0])
     apart = np.linalg.norm(utm[ids] - utm[best], axis=1)
     other = np.flatnonzero(apart > threshold)
     confidence = float(distances[other[0]] - distances[0]) if len(other) else None
-    matches = [{"rank": r + 1, "name": names[int(i)], "distance": float(d),
-                "position": position_of(names[int(i)], *utm[int(i)]).to_dict()}
-               for r, (d, i) in enumerate(zip(distances[:top_k], ids[:top_k], strict=True))]
+    matches = [
+        {
+            "rank": r + 1,
+            "name": names[int(i)],
+            "distance": float(d),
+            "position": position_of(names[int(i)], *utm[int(i)]).to_dict(),
+        }
+        for r, (d, i) in enumerate(zip(distances[:top_k], ids[:top_k], strict=True))
+    ]
     position = position_of(names[best], *utm[best])
     truth, error = None, None
     try:
@@ -315,5 +355,11 @@ def _located(photo: str, distances: np.ndarray, ids: np.ndarray, names: list[str
         pass
     if truth is not None:
         error = float(np.hypot(truth[0] - position.east, truth[1] - position.north))
-    return LocatedPhoto(photo=photo, position=position, confidence=confidence, matches=matches,
-                        true_position=truth, error_m=error)
+    return LocatedPhoto(
+        photo=photo,
+        position=position,
+        confidence=confidence,
+        matches=matches,
+        true_position=truth,
+        error_m=error,
+    )

@@ -48,6 +48,7 @@ def build_model(config: ModelConfig) -> DescriptorNet:
     model (``vprkit.models.zoo``, found in its registry) when ``config.model`` is."""
     if config.model:
         from vprkit.models.zoo import ZooNetwork
+
         return ZooNetwork(config)
     return build_classic(config)
 
@@ -58,6 +59,7 @@ def build_classic(config: ModelConfig) -> VPRModel:
     if config.model:
         raise VprkitError(f"{config.model} is a model of the zoo, not a backbone and an aggregation")
     if config.checkpoint:
-        return load_model_from_checkpoint(config.checkpoint, config.backbone, config.aggregation,
-                                          config.l2, config.fc_output_dim)
+        return load_model_from_checkpoint(
+            config.checkpoint, config.backbone, config.aggregation, config.l2, config.fc_output_dim
+        )
     return VPRModel(config)

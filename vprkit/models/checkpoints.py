@@ -37,19 +37,19 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | N
     else:
         state = data
     config = stored_config(config, path)
-    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v)
-                                              for k, v in state.items()):
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()
+    ):
         raise VprkitError(f"checkpoint {path} does not hold a model state dict")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     if not any(k.startswith("backbone.") for k in state):
-        raise VprkitError(
-            f"checkpoint {path} has no 'backbone.*' keys: not a benchmark or vprkit model"
-        )
+        raise VprkitError(f"checkpoint {path} has no 'backbone.*' keys: not a benchmark or vprkit model")
     return state, config
 
 
-def infer_architecture(state: dict[str, torch.Tensor], aggregation: str | None = None,
-                       l2: str | None = None) -> dict:
+def infer_architecture(
+    state: dict[str, torch.Tensor], aggregation: str | None = None, l2: str | None = None
+) -> dict:
     """Backbone, aggregation and cluster count (plus ``l2`` and ``fc_output_dim`` where not the
     defaults) from the keys and shapes of a state dict, by the registries' key signatures.
 
@@ -58,34 +58,45 @@ def infer_architecture(state: dict[str, torch.Tensor], aggregation: str | None =
     benchmark's ``before_pool`` where that fits)."""
     backbones = recognise_backbone(state)
     if len(backbones) != 1:
-        raise VprkitError("cannot tell the backbone from the checkpoint keys"
-                          + (f" (it fits {', '.join(backbones)})" if backbones else ""))
-    layer = {k[len("aggregation."):]: v for k, v in state.items() if k.startswith("aggregation.")}
+        raise VprkitError(
+            "cannot tell the backbone from the checkpoint keys"
+            + (f" (it fits {', '.join(backbones)})" if backbones else "")
+        )
+    layer = {k[len("aggregation.") :]: v for k, v in state.items() if k.startswith("aggregation.")}
     found = recognise_aggregation(layer)
     if not found:
         raise VprkitError(
             "cannot tell the aggregation from the checkpoint keys (expected "
             "'aggregation.centroids' for NetVLAD, 'aggregation.1.p' for GeM or none for "
-            f"{', '.join(n for n in AGGREGATIONS if get_aggregation(n).recognise({}))})")
+            f"{', '.join(n for n in AGGREGATIONS if get_aggregation(n).recognise({}))})"
+        )
     names = sorted({f["aggregation"] for f in found})
     if aggregation is not None:
         if aggregation not in names:
-            raise VprkitError(f"checkpoint holds a {' or '.join(names)} aggregation, but "
-                              f"--aggregation {aggregation} was given")
+            raise VprkitError(
+                f"checkpoint holds a {' or '.join(names)} aggregation, but "
+                f"--aggregation {aggregation} was given"
+            )
         found = [f for f in found if f["aggregation"] == aggregation]
     elif len(names) > 1:
-        raise VprkitError(f"the checkpoint's aggregation has no weights: it may be "
-                          f"{', '.join(names)}; give --aggregation")
+        raise VprkitError(
+            f"the checkpoint's aggregation has no weights: it may be {', '.join(names)}; give --aggregation"
+        )
     if "l2" in found[0]:
         placements = [f["l2"] for f in found]
         wanted = l2 or "before_pool"
         if wanted not in placements:
             how = " or ".join(f"--l2 {p}" for p in placements)
-            raise VprkitError(f"the checkpoint's {found[0]['aggregation']} has its L2 norm "
-                              f"{' or '.join(placements)}, not {wanted}: give {how}")
+            raise VprkitError(
+                f"the checkpoint's {found[0]['aggregation']} has its L2 norm "
+                f"{' or '.join(placements)}, not {wanted}: give {how}"
+            )
         found = [f for f in found if f["l2"] == wanted]
-    arch = {"backbone": backbones[0], "aggregation": found[0]["aggregation"],
-            "clusters": int(found[0].get("clusters", 64))}
+    arch = {
+        "backbone": backbones[0],
+        "aggregation": found[0]["aggregation"],
+        "clusters": int(found[0].get("clusters", 64)),
+    }
     if found[0].get("l2", "before_pool") != "before_pool":
         arch["l2"] = found[0]["l2"]
     if found[0].get("fc_output_dim") is not None:
@@ -94,8 +105,11 @@ def infer_architecture(state: dict[str, torch.Tensor], aggregation: str | None =
 
 
 def load_model_from_checkpoint(
-    path: str | Path, backbone: str | None = None, aggregation: str | None = None,
-    l2: str | None = None, fc_output_dim: int | None = None,
+    path: str | Path,
+    backbone: str | None = None,
+    aggregation: str | None = None,
+    l2: str | None = None,
+    fc_output_dim: int | None = None,
 ) -> VPRModel:
     """Rebuild a network from a checkpoint, in eval mode (ready for inference; call ``.train()``
     to fine-tune). Explicit options must agree with what the checkpoint holds; ``aggregation``
@@ -105,10 +119,18 @@ def load_model_from_checkpoint(
         arch = validate_model_config(stored, f"checkpoint {path}", zoo=False).to_dict()
     else:
         arch = infer_architecture(state, aggregation, l2)
-    held = {"backbone": arch["backbone"], "aggregation": arch["aggregation"],
-            "l2": arch.get("l2") or "before_pool", "fc_output_dim": arch.get("fc_output_dim")}
-    for key, given in (("backbone", backbone), ("aggregation", aggregation), ("l2", l2),
-                       ("fc_output_dim", fc_output_dim)):
+    held = {
+        "backbone": arch["backbone"],
+        "aggregation": arch["aggregation"],
+        "l2": arch.get("l2") or "before_pool",
+        "fc_output_dim": arch.get("fc_output_dim"),
+    }
+    for key, given in (
+        ("backbone", backbone),
+        ("aggregation", aggregation),
+        ("l2", l2),
+        ("fc_output_dim", fc_output_dim),
+    ):
         if given is not None and given != held[key]:
             option = key.replace("_", "-")
             raise VprkitError(
@@ -130,12 +152,14 @@ def load_model_from_checkpoint(
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as err:  # tensors of other shapes
         detail = str(err).strip().splitlines()[-1].strip()
-        raise VprkitError(f"checkpoint {path} does not fit a {arch['backbone']} + "
-                          f"{arch['aggregation']} model: {detail}") from None
+        raise VprkitError(
+            f"checkpoint {path} does not fit a {arch['backbone']} + {arch['aggregation']} model: {detail}"
+        ) from None
     if missing or unexpected:
         detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-        raise VprkitError(f"checkpoint {path} does not fit a {arch['backbone']} + "
-                          f"{arch['aggregation']} model: {detail}")
+        raise VprkitError(
+            f"checkpoint {path} does not fit a {arch['backbone']} + {arch['aggregation']} model: {detail}"
+        )
     return model.eval()
 
 

@@ -102,8 +102,9 @@ class ModelConfig:
 
     def aggregation_settings(self) -> Any:
         """The aggregation's ``Options`` instance: its options, flat fields included."""
-        return aggregation_options(self.aggregation, self.aggregation_options, self.clusters,
-                                   self.l2, self.fc_output_dim)
+        return aggregation_options(
+            self.aggregation, self.aggregation_options, self.clusters, self.l2, self.fc_output_dim
+        )
 
     def backbone_settings(self) -> Any:
         """The backbone's ``Options`` instance."""
@@ -114,8 +115,9 @@ class ModelConfig:
         """The fields; ``l2`` and ``fc_output_dim`` only where they are not the defaults, the
         option dicts only where not empty, so that configs (and descriptor file headers) made
         before these options existed are unchanged."""
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name not in _OPTION_FIELDS}
+        data = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _OPTION_FIELDS
+        }
         if data["l2"] in (None, "before_pool"):
             del data["l2"]
         if data["fc_output_dim"] is None:
@@ -158,6 +160,7 @@ class ModelConfig:
             if not zoo:
                 at.at("model").fail(record["model"], "absent (a backbone and an aggregation)")
             from vprkit.models.zoo.base import REGISTRY as ZOO
+
             if record["model"] not in ZOO:
                 at.at("model").fail(record["model"], "a model of the zoo (vprkit models lists them)")
             return cls(model=record["model"], weights=str(weights), checkpoint=checkpoint)
@@ -170,19 +173,26 @@ class ModelConfig:
         l2 = record.get("l2")
         if l2 not in (None, L2_PLACEMENTS[0]) and not AGGREGATIONS.get(str(aggregation)).uses_l2:
             at.at("l2").fail(l2, f"before_pool or null for {aggregation}")
-        options = {key: mapping(at.at(key), record.get(key), optional=True) or {}
-                   for key in _OPTION_FIELDS}
-        for key, declared in (("aggregation_options", AGGREGATIONS.get(str(aggregation)).Options),
-                              ("backbone_options", BACKBONES.get(str(backbone)).options)):
+        options = {key: mapping(at.at(key), record.get(key), optional=True) or {} for key in _OPTION_FIELDS}
+        for key, declared in (
+            ("aggregation_options", AGGREGATIONS.get(str(aggregation)).Options),
+            ("backbone_options", BACKBONES.get(str(backbone)).options),
+        ):
             try:
                 make_options(declared, options[key], f"{key.split('_')[0]} {record[key.split('_')[0]]}")
             except VprkitError as err:  # an option that the component does not declare
                 raise VprkitError(f"{at.file}: {at.kind} '{at.at(key).key}': {err}") from None
-        config = cls(backbone=str(backbone), aggregation=str(aggregation),
-                     clusters=int(record.get("clusters", 64)), weights=str(weights),
-                     checkpoint=checkpoint, l2=l2, fc_output_dim=record.get("fc_output_dim"),
-                     aggregation_options=options["aggregation_options"],
-                     backbone_options=options["backbone_options"])
+        config = cls(
+            backbone=str(backbone),
+            aggregation=str(aggregation),
+            clusters=int(record.get("clusters", 64)),
+            weights=str(weights),
+            checkpoint=checkpoint,
+            l2=l2,
+            fc_output_dim=record.get("fc_output_dim"),
+            aggregation_options=options["aggregation_options"],
+            backbone_options=options["backbone_options"],
+        )
         check_sizes(config, at)
         return config
 
@@ -204,29 +214,35 @@ class ModelConfig:
             component, dot, option = key.strip().partition(".")
             what = f"setting {shown(setting, 60)!r}"
             if not equals or not dot or not option:
-                raise VprkitError(f"{what}: expected COMPONENT.OPTION=VALUE, e.g. "
-                                  "aggregation.clusters=32")
+                raise VprkitError(f"{what}: expected COMPONENT.OPTION=VALUE, e.g. aggregation.clusters=32")
             if component not in ("aggregation", "backbone"):
-                raise VprkitError(f"{what}: unknown component {shown(component, 40)!r} "
-                                  "(aggregation or backbone)")
+                raise VprkitError(
+                    f"{what}: unknown component {shown(component, 40)!r} (aggregation or backbone)"
+                )
             if config.model:
                 raise VprkitError(f"{what}: the zoo model {config.model} has no {component} options")
             if getattr(config, component) is None:  # a checkpoint's, read when it is loaded
                 raise VprkitError(f"{what}: give the {component} whose option it sets")
             if component == "aggregation":
                 kinds: type = AGGREGATIONS.get(config.aggregation).Options
-                parsed = parse_option(kinds, option, value.strip(), what,
-                                      f"aggregation {config.aggregation}")
+                parsed = parse_option(kinds, option, value.strip(), what, f"aggregation {config.aggregation}")
                 if option in FLAT_OPTIONS:
                     config = dataclasses.replace(config, **{option: parsed})
                 else:
                     config = dataclasses.replace(
-                        config, aggregation_options={**config.aggregation_options, option: parsed})
+                        config, aggregation_options={**config.aggregation_options, option: parsed}
+                    )
             else:
-                parsed = parse_option(BACKBONES.get(config.backbone).options, option,
-                                      value.strip(), what, f"backbone {config.backbone}")
+                parsed = parse_option(
+                    BACKBONES.get(config.backbone).options,
+                    option,
+                    value.strip(),
+                    what,
+                    f"backbone {config.backbone}",
+                )
                 config = dataclasses.replace(
-                    config, backbone_options={**config.backbone_options, option: parsed})
+                    config, backbone_options={**config.backbone_options, option: parsed}
+                )
         return config
 
 
@@ -247,10 +263,12 @@ def check_sizes(config: ModelConfig, at: Where | None = None) -> None:
     with torch.device("meta"):  # no memory: only its output dimension is wanted
         dim = cls.build(channels, settings).output_dim(channels)
     if dim > MAX_DIM:
-        at.at("clusters").fail(config.clusters, f"at most {MAX_DIM // channels} clusters of "
-                               f"{config.backbone}'s {channels} channels (descriptors of at most "
-                               f"{MAX_DIM} dimensions)")
+        at.at("clusters").fail(
+            config.clusters,
+            f"at most {MAX_DIM // channels} clusters of "
+            f"{config.backbone}'s {channels} channels (descriptors of at most "
+            f"{MAX_DIM} dimensions)",
+        )
     if config.fc_output_dim is not None:
         most = max(1, min(MAX_DIM, MAX_LAYER_WEIGHTS // dim))
         integer(at.at("fc_output_dim"), config.fc_output_dim, 1, most)
-

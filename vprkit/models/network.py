@@ -24,9 +24,14 @@ class VPRModel(nn.Module):
         weights = "none" if config.checkpoint else config.weights
         self.backbone: nn.Module = build_backbone(config.backbone, weights, config.backbone_options)
         self.channels = backbone_channels(config.backbone)
-        self.aggregation = build_aggregation(config.aggregation, self.channels, config.clusters,
-                                             config.l2, config.fc_output_dim,
-                                             options=config.aggregation_options)
+        self.aggregation = build_aggregation(
+            config.aggregation,
+            self.channels,
+            config.clusters,
+            config.l2,
+            config.fc_output_dim,
+            options=config.aggregation_options,
+        )
 
     @property
     def label(self) -> str:
@@ -64,4 +69,3 @@ class VPRModel(nn.Module):
         feats = [self.backbone(x) for x in images]
         joined = torch.cat([f.flatten(2) for f in feats], dim=2).unsqueeze(-1)
         return self.aggregation(joined)
-

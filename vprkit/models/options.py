@@ -31,8 +31,11 @@ def declared(options: type) -> dict[str, tuple[type, ...]]:
     out = {}
     for f in dataclasses.fields(options):
         kind = hints[f.name]
-        out[f.name] = typing.get_args(kind) if isinstance(kind, types.UnionType) \
-            or typing.get_origin(kind) is typing.Union else (kind,)
+        out[f.name] = (
+            typing.get_args(kind)
+            if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union
+            else (kind,)
+        )
     return out
 
 
@@ -68,17 +71,24 @@ def make_options(options: type, values: Mapping[str, Any], what: str) -> Any:
             known = ", ".join(kinds) or "none"
             raise VprkitError(f"{what} has no option {shown(key, 40)!r} (its options: {known})")
         if not _fits(value, kinds[key]):
-            raise VprkitError(f"{what} option {key!r} is {shown(repr(value), 40)}; expected "
-                              f"{_type_text(kinds[key])}")
-        given[key] = float(value) if float in kinds[key] and isinstance(value, int) \
-            and int not in kinds[key] else value
+            raise VprkitError(
+                f"{what} option {key!r} is {shown(repr(value), 40)}; expected {_type_text(kinds[key])}"
+            )
+        given[key] = (
+            float(value)
+            if float in kinds[key] and isinstance(value, int) and int not in kinds[key]
+            else value
+        )
     return options(**given)
 
 
 def changed_options(options: Any) -> dict[str, Any]:
     """The options of the dataclass instance ``options`` that are not at their defaults."""
-    return {f.name: getattr(options, f.name) for f in dataclasses.fields(options)
-            if getattr(options, f.name) != f.default}
+    return {
+        f.name: getattr(options, f.name)
+        for f in dataclasses.fields(options)
+        if getattr(options, f.name) != f.default
+    }
 
 
 def parse_option(options: type, key: str, text: str, setting: str, what: str) -> Any:
@@ -89,8 +99,7 @@ def parse_option(options: type, key: str, text: str, setting: str, what: str) ->
     kinds = declared(options)
     if key not in kinds:
         known = ", ".join(kinds) or "none"
-        raise VprkitError(f"{setting}: {what} has no option {shown(key, 40)!r} (its options: "
-                          f"{known})")
+        raise VprkitError(f"{setting}: {what} has no option {shown(key, 40)!r} (its options: {known})")
     accepted = kinds[key]
     if type(None) in accepted and text.lower() in ("none", "null"):
         return None

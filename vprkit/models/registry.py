@@ -39,8 +39,9 @@ class Registry(Generic[T]):
         hint: said after the known names of an unknown one (e.g. ``"vprkit models lists them"``).
     """
 
-    def __init__(self, kind: str, package: str, family_of: Callable[[str], str] | None = None,
-                 hint: str = ""):
+    def __init__(
+        self, kind: str, package: str, family_of: Callable[[str], str] | None = None, hint: str = ""
+    ):
         self.kind = kind
         self.package = package
         self.family_of = family_of
@@ -77,8 +78,10 @@ class Registry(Generic[T]):
     # ------------------------------------------------------------------ registering
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator: register the decorated class or function as ``name``."""
+
         def add(item: T) -> T:
             return self.add(name, item, getattr(item, "__module__", None))
+
         return add
 
     def add(self, name: str, item: T, module: str | None = None) -> T:
@@ -111,8 +114,7 @@ class Registry(Generic[T]):
                 importlib.import_module(f"{self.package}.{module}")
         if name not in self._items:
             hint = f"; {self.hint}" if self.hint else ""
-            raise VprkitError(f"unknown {self.kind} {name!r}; choose one of "
-                              f"{', '.join(self.names())}{hint}")
+            raise VprkitError(f"unknown {self.kind} {name!r}; choose one of {', '.join(self.names())}{hint}")
         return self._items[name]
 
     def __getitem__(self, name: str) -> T:

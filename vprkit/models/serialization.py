@@ -33,8 +33,7 @@ def _numpy_globals() -> list:
     allowed: list = [np.ndarray, np.dtype]
     for name in ("_reconstruct", "scalar"):
         function = getattr(multiarray, name)
-        allowed += [(function, f"numpy.core.multiarray.{name}"),
-                    (function, f"numpy._core.multiarray.{name}")]
+        allowed += [(function, f"numpy.core.multiarray.{name}"), (function, f"numpy._core.multiarray.{name}")]
     allowed += sorted({type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDGSUO"}, key=str)
     return allowed
 
@@ -53,17 +52,20 @@ def load_safely(path: str | Path, what: str = "checkpoint") -> Any:
     except pickle.UnpicklingError as err:
         found = _refused_globals(path, err)
         if not found:
-            raise VprkitError(f"cannot read {what} {path}: {_first_line(err)} (damaged or not a "
-                              "torch file?)") from None
+            raise VprkitError(
+                f"cannot read {what} {path}: {_first_line(err)} (damaged or not a torch file?)"
+            ) from None
         names = f"{', '.join(found[:3])}{', ...' if len(found) > 3 else ''}"
         raise VprkitError(
             f"{what} {path} holds Python objects ({names}) that vprkit does not load: only tensors, "
             "numbers, strings, numpy arrays and containers are read, since anything else can "
             "run code from the file (to convert a file you trust, see the docs' guide "
-            "'Benchmark datasets', 'Checkpoints')") from None
+            "'Benchmark datasets', 'Checkpoints')"
+        ) from None
     except Exception as err:
-        raise VprkitError(f"cannot read {what} {path}: {_first_line(err)} (damaged or not a "
-                          "torch file?)") from None
+        raise VprkitError(
+            f"cannot read {what} {path}: {_first_line(err)} (damaged or not a torch file?)"
+        ) from None
 
 
 def _first_line(err: BaseException) -> str:

@@ -17,8 +17,9 @@ from vprkit.store.checks import Where
 __all__ = ["check_sizes", "stored_config", "validate_model_config"]
 
 
-def validate_model_config(data: object, file: str, key: str = "model_config",
-                          kind: str = "stored", zoo: bool = True) -> ModelConfig:
+def validate_model_config(
+    data: object, file: str, key: str = "model_config", kind: str = "stored", zoo: bool = True
+) -> ModelConfig:
     """The ``ModelConfig`` that the recorded dict ``data`` describes, checked
     (``ModelConfig.from_dict`` with the place it was read).
 
@@ -41,6 +42,5 @@ def validate_model_config(data: object, file: str, key: str = "model_config",
 def stored_config(data: object, path: object) -> dict | None:
     """A checkpoint's ``model_config`` entry: None, or a dict (else one line naming it)."""
     if data is not None and not isinstance(data, dict):
-        Where(f"checkpoint {path}", "stored", "model_config").fail(
-            data, "a dict of the model's fields")
+        Where(f"checkpoint {path}", "stored", "model_config").fail(data, "a dict of the model's fields")
     return data

@@ -46,8 +46,9 @@ def _open(path: str | Path, output: Path) -> DescriptorFile:
 
 
 def _check_rows(value: int | None, what: str) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-                              or value < 1):
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1
+    ):
         raise VprkitError(f"{what} must be an integer of at least 1, got {value!r}")
 
 
@@ -58,13 +59,21 @@ def _pair_names(names: list[str], prefix: str, role: str) -> list[str]:
         if name.split() != [name]:
             raise VprkitError(
                 f"{role} image name '{shown(name, 200)}' is empty or contains white space, which "
-                "a pairs file (one 'name1 name2' per line) cannot hold; rename the image")
+                "a pairs file (one 'name1 name2' per line) cannot hold; rename the image"
+            )
     return out
 
 
-def export_pairs(path: str | Path, output: str | Path, top_k: int = 20, scale: str | None = None,
-                 database_pairs: bool = False, block_rows: int | None = None,
-                 db_prefix: str = "", query_prefix: str = "") -> Path:
+def export_pairs(
+    path: str | Path,
+    output: str | Path,
+    top_k: int = 20,
+    scale: str | None = None,
+    database_pairs: bool = False,
+    block_rows: int | None = None,
+    db_prefix: str = "",
+    query_prefix: str = "",
+) -> Path:
     """Write hloc's retrieval pairs file: each query's ``top_k`` database images, nearest first.
 
     The ranking is vprkit's exact search: squared L2 on the stored descriptors (the scale or
@@ -102,13 +111,13 @@ def export_pairs(path: str | Path, output: str | Path, top_k: int = 20, scale: s
         if top_k > available:
             other = "other database" if database_pairs else "database"
             hint = f"; choose --top-k up to {available}" if available else ""
-            raise VprkitError(f"top_k {top_k} is more than the {available} {other} images of "
-                              f"{store.path}{hint}")
+            raise VprkitError(
+                f"top_k {top_k} is more than the {available} {other} images of {store.path}{hint}"
+            )
         if n_src == 0:
             raise VprkitError(f"{store.path} has no {source} images to pair")
         db_names = _pair_names(store.names("database"), db_prefix, "database")
-        src_names = db_names if database_pairs else \
-            _pair_names(store.names("queries"), query_prefix, "query")
+        src_names = db_names if database_pairs else _pair_names(store.names("queries"), query_prefix, "query")
         block = block_rows or store.default_block_rows()
         k = top_k + 1 if database_pairs else top_k
         with atomic_output(output, "w", encoding="utf-8") as handle:
@@ -120,8 +129,9 @@ def export_pairs(path: str | Path, output: str | Path, top_k: int = 20, scale: s
     return output
 
 
-def _hloc_names(store: DescriptorFile, roles: Sequence[str], prefixes: dict[str, str]
-                ) -> dict[str, list[str]]:
+def _hloc_names(
+    store: DescriptorFile, roles: Sequence[str], prefixes: dict[str, str]
+) -> dict[str, list[str]]:
     """The group name of every image of ``roles``; one error for a name hloc cannot key."""
     names: dict[str, list[str]] = {}
     seen: dict[str, str] = {}
@@ -130,22 +140,34 @@ def _hloc_names(store: DescriptorFile, roles: Sequence[str], prefixes: dict[str,
         for name in names[role]:
             parts = name.split("/")
             if any(p in ("", ".", "..") for p in parts):
-                raise VprkitError(f"{role} image name '{shown(name, 200)}' is no HDF5 group name "
-                                  "that reads back the same (an empty, '.' or '..' part)")
+                raise VprkitError(
+                    f"{role} image name '{shown(name, 200)}' is no HDF5 group name "
+                    "that reads back the same (an empty, '.' or '..' part)"
+                )
             if name in seen:
-                both = "both a database and a query image" if seen[name] != role else \
-                    "twice among the database images" if role == "database" else \
-                    "twice among the queries"
+                both = (
+                    "both a database and a query image"
+                    if seen[name] != role
+                    else "twice among the database images"
+                    if role == "database"
+                    else "twice among the queries"
+                )
                 raise VprkitError(
                     f"image name '{shown(name, 200)}' is {both}; hloc keys descriptors by name: "
-                    "give distinct prefixes, e.g. --db-prefix db/ --query-prefix query/")
+                    "give distinct prefixes, e.g. --db-prefix db/ --query-prefix query/"
+                )
             seen[name] = role
     return names
 
 
-def _write_groups(writer: GlobalFeatureWriter, store: DescriptorFile,
-                  names: dict[str, list[str]], scales: tuple[int, ...], block: int,
-                  normalize: bool) -> tuple[float, str]:
+def _write_groups(
+    writer: GlobalFeatureWriter,
+    store: DescriptorFile,
+    names: dict[str, list[str]],
+    scales: tuple[int, ...],
+    block: int,
+    normalize: bool,
+) -> tuple[float, str]:
     """Write every image's group; the stored norm farthest from 1 and its image's name."""
     worst = (1.0, "")
     for role, role_names in names.items():
@@ -156,15 +178,22 @@ def _write_groups(writer: GlobalFeatureWriter, store: DescriptorFile,
                 worst = (float(norms[i]), role_names[start + i])
             if normalize:
                 rows = (rows / np.maximum(norms, 1e-12)[:, None]).astype(np.float32)
-            for name, row in zip(role_names[start:start + len(rows)], rows, strict=True):
+            for name, row in zip(role_names[start : start + len(rows)], rows, strict=True):
                 writer.add(name, row)
     return worst
 
 
-def export_hloc(path: str | Path, output: str | Path, scale: str | None = None,
-                roles: Sequence[str] = ROLES, overwrite: bool = False, db_prefix: str = "",
-                query_prefix: str = "", block_rows: int | None = None, normalize: bool = False
-                ) -> Path:
+def export_hloc(
+    path: str | Path,
+    output: str | Path,
+    scale: str | None = None,
+    roles: Sequence[str] = ROLES,
+    overwrite: bool = False,
+    db_prefix: str = "",
+    query_prefix: str = "",
+    block_rows: int | None = None,
+    normalize: bool = False,
+) -> Path:
     """Write hloc's global-feature file (as ``hloc.extract_features`` writes for NetVLAD & co).
 
     For every image of ``roles``, a group named ``prefix + name`` (names keep their ``/``, which
@@ -214,9 +243,12 @@ def export_hloc(path: str | Path, output: str | Path, scale: str | None = None,
                 norm, name = _write_groups(writer, store, names, scales, block, normalize)
             partial.replace(output)
     if abs(norm - 1) > NORM_TOLERANCE and not normalize:
-        warnings.warn(f"{path} at scale {spec_name(scales)} is not L2-normalised ('{shown(name, 200)}'"
-                      f" has norm {norm:.4g}); hloc ranks by dot product, which then orders unlike "
-                      "vprkit's L2 search (--l2-normalise writes unit rows)", stacklevel=2)
+        warnings.warn(
+            f"{path} at scale {spec_name(scales)} is not L2-normalised ('{shown(name, 200)}'"
+            f" has norm {norm:.4g}); hloc ranks by dot product, which then orders unlike "
+            "vprkit's L2 search (--l2-normalise writes unit rows)",
+            stacklevel=2,
+        )
     return output
 
 

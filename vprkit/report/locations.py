@@ -31,8 +31,19 @@ from vprkit.store import DescriptorFile
 
 if TYPE_CHECKING:
     from vprkit.locate.photos import LocateResult
-CSV_COLUMNS = ("photo", "east", "north", "zone", "letter", "lat", "lon", "confidence",
-               "best_match", "distance", "error_m")
+CSV_COLUMNS = (
+    "photo",
+    "east",
+    "north",
+    "zone",
+    "letter",
+    "lat",
+    "lon",
+    "confidence",
+    "best_match",
+    "distance",
+    "error_m",
+)
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 BENCHMARK_NAME = re.compile(r"@[0-9][\w@./-]*")  # no operator, call or reference can be formed
 
@@ -49,6 +60,7 @@ def csv_text(result: LocateResult) -> str:
     """One row per located photo: photo, east, north, zone, letter, lat, lon, confidence, best
     match, its distance, error in metres (empty where unknown); names as the module's docstring
     says (UTF-8, formula-like cells prefixed with ``'``)."""
+
     def text(value) -> str:
         return "" if value is None else f"{value:.6f}" if isinstance(value, float) else str(value)
 
@@ -57,11 +69,15 @@ def csv_text(result: LocateResult) -> str:
     out.writerow(CSV_COLUMNS)
     for loc in result.located:
         p = loc.position
-        out.writerow([spreadsheet_safe(photo_text(loc.photo)),
-                      *(text(v) for v in (p.east, p.north, p.zone, p.letter, p.lat, p.lon,
-                                          loc.confidence)),
-                      spreadsheet_safe(photo_text(loc.matches[0]["name"])),
-                      text(loc.matches[0]["distance"]), text(loc.error_m)])
+        out.writerow(
+            [
+                spreadsheet_safe(photo_text(loc.photo)),
+                *(text(v) for v in (p.east, p.north, p.zone, p.letter, p.lat, p.lon, loc.confidence)),
+                spreadsheet_safe(photo_text(loc.matches[0]["name"])),
+                text(loc.matches[0]["distance"]),
+                text(loc.error_m),
+            ]
+        )
     return buffer.getvalue()
 
 
@@ -79,17 +95,31 @@ def geojson(result: LocateResult) -> dict:
     features = []
     for loc in result.located:
         p = loc.position
-        geometry = None if p.lat is None or p.lon is None else \
-            {"type": "Point", "coordinates": [p.lon, p.lat]}
-        features.append({"type": "Feature", "geometry": geometry, "properties": {
-            "photo": photo_text(loc.photo), "best_match": photo_text(loc.matches[0]["name"]),
-            "confidence": loc.confidence, "east": p.east, "north": p.north, "zone": p.zone,
-            "letter": p.letter, "error_m": loc.error_m}})
+        geometry = (
+            None if p.lat is None or p.lon is None else {"type": "Point", "coordinates": [p.lon, p.lat]}
+        )
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": geometry,
+                "properties": {
+                    "photo": photo_text(loc.photo),
+                    "best_match": photo_text(loc.matches[0]["name"]),
+                    "confidence": loc.confidence,
+                    "east": p.east,
+                    "north": p.north,
+                    "zone": p.zone,
+                    "letter": p.letter,
+                    "error_m": loc.error_m,
+                },
+            }
+        )
     return {"type": "FeatureCollection", "features": features}
 
 
-def write_location_pictures(result: LocateResult, database: str | Path, folder: str | Path,
-                            progress: ProgressCallback | None = None) -> Path:
+def write_location_pictures(
+    result: LocateResult, database: str | Path, folder: str | Path, progress: ProgressCallback | None = None
+) -> Path:
     """``vprkit.report.pictures`` of each located photo and its top-K matches (framed green or red
     where the photo's name gives its true position, grey otherwise); returns index.html.
     ``progress``: called as the pictures are drawn (``vprkit.progress``); None: silent."""
@@ -101,17 +131,37 @@ def write_location_pictures(result: LocateResult, database: str | Path, folder: 
     for loc in result.located:
         matches = []
         for m in loc.matches:
-            metres = None if loc.true_position is None else float(np.hypot(
-                loc.true_position[0] - m["position"]["east"],
-                loc.true_position[1] - m["position"]["north"]))
-            matches.append(Match(path=image_inside(db_folder, m["name"], database), name=m["name"],
-                                 rank=m["rank"], distance=m["distance"], metres=metres,
-                                 positive=None if metres is None else metres <= result.threshold))
+            metres = (
+                None
+                if loc.true_position is None
+                else float(
+                    np.hypot(
+                        loc.true_position[0] - m["position"]["east"],
+                        loc.true_position[1] - m["position"]["north"],
+                    )
+                )
+            )
+            matches.append(
+                Match(
+                    path=image_inside(db_folder, m["name"], database),
+                    name=m["name"],
+                    rank=m["rank"],
+                    distance=m["distance"],
+                    metres=metres,
+                    positive=None if metres is None else metres <= result.threshold,
+                )
+            )
         p = loc.position
-        where = f"{p.east:.1f} E, {p.north:.1f} N" + (f", zone {p.zone}{p.letter or ''}"
-                                                      if p.zone else "")
+        where = f"{p.east:.1f} E, {p.north:.1f} N" + (f", zone {p.zone}{p.letter or ''}" if p.zone else "")
         conf = "-" if loc.confidence is None else f"{loc.confidence:.3g}"
-        pictures.append(QueryPicture(query_path=Path(loc.photo), query_name=Path(loc.photo).name,
-                                     matches=matches, caption=f"at {where}; confidence {conf}"))
-    return write_pictures(Path(folder), pictures, f"located against {Path(database).name}",
-                          progress=progress_callback(progress))
+        pictures.append(
+            QueryPicture(
+                query_path=Path(loc.photo),
+                query_name=Path(loc.photo).name,
+                matches=matches,
+                caption=f"at {where}; confidence {conf}",
+            )
+        )
+    return write_pictures(
+        Path(folder), pictures, f"located against {Path(database).name}", progress=progress_callback(progress)
+    )

@@ -81,9 +81,15 @@ def _slug(label: str, taken: set[str]) -> str:
 
 
 # what the report reads of a training run (``vprkit.evaluate.schema`` kinds)
-RUN_CONFIG = (("backbone", TEXT), ("aggregation", TEXT), ("optimizer", TEXT), ("lr", NUMBER),
-              ("weight_decay", NUMBER), ("scheduler", TEXT),
-              ("augment", ListOf("a list of strings", TEXT)))
+RUN_CONFIG = (
+    ("backbone", TEXT),
+    ("aggregation", TEXT),
+    ("optimizer", TEXT),
+    ("lr", NUMBER),
+    ("weight_decay", NUMBER),
+    ("scheduler", TEXT),
+    ("augment", ListOf("a list of strings", TEXT)),
+)
 EPOCH = integer(0)
 VAL_RECALLS = Table("an object of N -> Recall@N (%)", Key("a key", str), NUMBER, "Recall@{key}")
 
@@ -121,8 +127,7 @@ def _load_run(folder: Path) -> dict:
     metrics = folder / "metrics.jsonl"
     config = folder / "config.json"
     if not metrics.is_file() or not config.is_file():
-        raise VprkitError(f"{shown(folder)} is not a training run folder "
-                          "(no config.json/metrics.jsonl)")
+        raise VprkitError(f"{shown(folder)} is not a training run folder (no config.json/metrics.jsonl)")
     where = f"run configuration {shown(config)}"
     text = read_text(config, "run configuration", DATA_LIMIT)
     settings = _check_run_config(parse_json(text, where), where)
@@ -135,49 +140,76 @@ def _load_run(folder: Path) -> dict:
         if problem:
             raise VprkitError(f"{shown(metrics)} line {number} {problem}")
         rows.append(row)
-    return {"name": folder.name, "path": folder.resolve(), "config": settings,
-            "val": [r for r in rows if "val_recalls" in r],
-            "loss": [r for r in rows if "loss" in r]}
+    return {
+        "name": folder.name,
+        "path": folder.resolve(),
+        "config": settings,
+        "val": [r for r in rows if "val_recalls" in r],
+        "loss": [r for r in rows if "loss" in r],
+    }
 
 
 def _recall_table(rows: list[EvaluationResult]) -> list[str]:
     ns = list(rows[0].recalls)
     curves = has_curves(rows)
     extra = ["AUC-PR", "R@100%P"] if curves else []
-    lines = ["| file | model | scale | dim | " + " | ".join([f"R@{n}" for n in ns] + extra) + " |",
-             "| --- | --- | --- | ---: | " + " | ".join("---:" for _ in ns + extra) + " |"]
+    lines = [
+        "| file | model | scale | dim | " + " | ".join([f"R@{n}" for n in ns] + extra) + " |",
+        "| --- | --- | --- | ---: | " + " | ".join("---:" for _ in ns + extra) + " |",
+    ]
     for r in rows:
-        lines.append(f"| {_cell(Path(r.file).name)} | {_cell(r.model)} | {_cell(r.scale)} "
-                     f"| {r.dim} | "
-                     + " | ".join([recall_cell(r, n) for n in ns]
-                                  + (curve_cells(r) if curves else [])) + " |")
+        lines.append(
+            f"| {_cell(Path(r.file).name)} | {_cell(r.model)} | {_cell(r.scale)} "
+            f"| {r.dim} | "
+            + " | ".join([recall_cell(r, n) for n in ns] + (curve_cells(r) if curves else []))
+            + " |"
+        )
     counts = {r.dataset: (r.queries, r.database) for r in rows}
     lines.append("")
     boot = rows[0].bootstrap
-    lines.append("; ".join(f"{shown(d) or 'dataset'}: {q} queries, {db} database images"
-                           for d, (q, db) in counts.items())
-                 + f"; positives within {rows[0].threshold:g} m; "
-                 f"{shown(rows[0].search)} search"
-                 + (f"; ± half the 95% bootstrap interval ({boot['resamples']} resamples of "
-                    "the queries)" if boot is not None else "")
-                 + ("; AUC-PR and R@100%P: precision-recall of the top-1 answers scored by their "
-                    f"distance, queries without positives {shown(rows[0].unmatched)}"
-                    if curves else "") + ".")
+    lines.append(
+        "; ".join(
+            f"{shown(d) or 'dataset'}: {q} queries, {db} database images" for d, (q, db) in counts.items()
+        )
+        + f"; positives within {rows[0].threshold:g} m; "
+        f"{shown(rows[0].search)} search"
+        + (
+            f"; ± half the 95% bootstrap interval ({boot['resamples']} resamples of the queries)"
+            if boot is not None
+            else ""
+        )
+        + (
+            "; AUC-PR and R@100%P: precision-recall of the top-1 answers scored by their "
+            f"distance, queries without positives {shown(rows[0].unmatched)}"
+            if curves
+            else ""
+        )
+        + "."
+    )
     metres = list(rows[0].recall_at_thresholds)
     if metres and all(list(r.recall_at_thresholds) == metres for r in rows):
-        lines += ["", "R@1 at other thresholds (top-1 prediction within t metres):", "",
-                  "| file | scale | " + " | ".join(f"{threshold_label(t)} m" for t in metres) + " |",
-                  "| --- | --- | " + " | ".join("---:" for _ in metres) + " |"]
+        lines += [
+            "",
+            "R@1 at other thresholds (top-1 prediction within t metres):",
+            "",
+            "| file | scale | " + " | ".join(f"{threshold_label(t)} m" for t in metres) + " |",
+            "| --- | --- | " + " | ".join("---:" for _ in metres) + " |",
+        ]
         for r in rows:
-            lines.append(f"| {_cell(Path(r.file).name)} | {_cell(r.scale)} | "
-                         + " | ".join(f"{r.recall_at_thresholds[t]:.1f}" for t in metres) + " |")
+            lines.append(
+                f"| {_cell(Path(r.file).name)} | {_cell(r.scale)} | "
+                + " | ".join(f"{r.recall_at_thresholds[t]:.1f}" for t in metres)
+                + " |"
+            )
     return lines
 
 
 def _run_table(runs: list[dict]) -> list[str]:
-    lines = ["| run | model | optimizer | lr | wd | scheduler | augment | epochs | untrained R@1 / R@5 "
-             "| best val R@1 / R@5 (epoch) |",
-             "| --- | --- | --- | ---: | ---: | --- | --- | ---: | --- | --- |"]
+    lines = [
+        "| run | model | optimizer | lr | wd | scheduler | augment | epochs | untrained R@1 / R@5 "
+        "| best val R@1 / R@5 (epoch) |",
+        "| --- | --- | --- | ---: | ---: | --- | --- | ---: | --- | --- |",
+    ]
     for run in runs:
         c, val = run["config"], run["val"]
         untrained = next((v for v in val if v["epoch"] == 0), None)
@@ -185,15 +217,20 @@ def _run_table(runs: list[dict]) -> list[str]:
         best = max(trained, key=lambda v: v["val_recalls"].get("5", 0), default=None)
 
         def pair(v):
-            return "-" if v is None else \
-                f"{v['val_recalls'].get('1', 0):.1f} / {v['val_recalls'].get('5', 0):.1f}"
+            return (
+                "-"
+                if v is None
+                else f"{v['val_recalls'].get('1', 0):.1f} / {v['val_recalls'].get('5', 0):.1f}"
+            )
 
         lines.append(
             f"| {_cell(run['name'])} | {_cell(c['backbone'])}+{_cell(c['aggregation'])} "
             f"| {_cell(c['optimizer'])} | {c['lr']:g} | {c['weight_decay']:g} | {_cell(c['scheduler'])} "
             f"| {_cell(', '.join(c['augment'])) or '-'} "
             f"| {len(trained)} | {pair(untrained)} | {pair(best)}"
-            + (f" ({best['epoch']})" if best else "") + " |")
+            + (f" ({best['epoch']})" if best else "")
+            + " |"
+        )
     return lines
 
 
@@ -204,8 +241,12 @@ def _plot_recalls(rows: list[EvaluationResult], out: Path, title: str) -> Path |
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in rows:
-        ax.plot(list(r.recalls), list(r.recalls.values()), marker="o",
-                label=_plot_text(f"{Path(r.file).stem} [{r.scale}]"))
+        ax.plot(
+            list(r.recalls),
+            list(r.recalls.values()),
+            marker="o",
+            label=_plot_text(f"{Path(r.file).stem} [{r.scale}]"),
+        )
     ax.set(xlabel="N", ylabel="Recall@N (%)", title=_plot_text(title))
     integer_ticks(ax.xaxis)
     ax.legend(fontsize=7)
@@ -220,8 +261,12 @@ def _plot_runs(runs: list[dict], out: Path) -> Path | None:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
     for run in runs:
-        ax.plot([v["epoch"] for v in run["val"]], [v["val_recalls"].get("5", 0) for v in run["val"]],
-                marker="o", label=_plot_text(run["name"]))
+        ax.plot(
+            [v["epoch"] for v in run["val"]],
+            [v["val_recalls"].get("5", 0) for v in run["val"]],
+            marker="o",
+            label=_plot_text(run["name"]),
+        )
     ax.set(xlabel="epoch (0 = untrained)", ylabel="validation R@5 (%)", title="training runs")
     integer_ticks(ax.xaxis)
     ax.legend(fontsize=7)
@@ -229,8 +274,12 @@ def _plot_runs(runs: list[dict], out: Path) -> Path | None:
     return save_figure(fig, out)
 
 
-def write_report(inputs: list[str | Path], output: str | Path, title: str = "vprkit report",
-                 notes: str | Path | None = None) -> Path:
+def write_report(
+    inputs: list[str | Path],
+    output: str | Path,
+    title: str = "vprkit report",
+    notes: str | Path | None = None,
+) -> Path:
     """Markdown tables (and PNG plots beside ``output``) from evaluation JSON and run folders.
 
     Sections and runs are named by their file or folder name, lengthened by parent folders where
@@ -248,8 +297,11 @@ def write_report(inputs: list[str | Path], output: str | Path, title: str = "vpr
         elif item.is_file():
             evaluations.append((item, load_results(item)))
         else:
-            raise VprkitError(f"{shown(item)} does not exist" if not item.exists() else
-                              f"{shown(item)} is neither a file nor a folder")
+            raise VprkitError(
+                f"{shown(item)} does not exist"
+                if not item.exists()
+                else f"{shown(item)} is neither a file nor a folder"
+            )
     if not evaluations and not runs:
         raise VprkitError("nothing to report: give evaluation JSON files or run folders")
     lines = [f"# {shown(title)}", ""]
@@ -268,11 +320,13 @@ def write_report(inputs: list[str | Path], output: str | Path, title: str = "vpr
         compared = comparison_lines(rows, shown(path))
         if compared:
             lines += compared + [""]
-        stats = plot_statistics(rows, output.with_name(f"{output.stem}{slug}_statistics.png"),
-                                label)
+        stats = plot_statistics(rows, output.with_name(f"{output.stem}{slug}_statistics.png"), label)
         if stats:
-            lines += [f"![precision-recall, R@1 against the threshold and top-1 errors, "
-                      f"{_alt(label)}]({stats.name})", ""]
+            lines += [
+                f"![precision-recall, R@1 against the threshold and top-1 errors, "
+                f"{_alt(label)}]({stats.name})",
+                "",
+            ]
     groups: dict[Path, list[dict]] = {}  # runs by the folder that holds them (one per recipe)
     for run in runs:
         groups.setdefault(run["path"].parent, []).append(run)

@@ -184,16 +184,22 @@ class _Painter:
             colour = QUERY if match is None else _colour(match.positive)
             left = x + (tile - thumb.width - 2 * FRAME) // 2
             top = MARGIN + (self.height - thumb.height) // 2
-            draw.rectangle((left, top, left + thumb.width + 2 * FRAME - 1,
-                            top + thumb.height + 2 * FRAME - 1), fill=colour)
+            draw.rectangle(
+                (left, top, left + thumb.width + 2 * FRAME - 1, top + thumb.height + 2 * FRAME - 1),
+                fill=colour,
+            )
             canvas.paste(thumb, (left + FRAME, top + FRAME))
             y = MARGIN + frames + 4
             for line in self._lines(query, match):
                 draw.text((x, y), self.fit(line, tile), fill=TEXT, font=self.font)
                 y += self.line
             x += tile + MARGIN
-        draw.text((MARGIN, MARGIN + frames + 4 + TEXT_LINES * self.line),
-                  self.fit(query.caption, width - 2 * MARGIN), fill=TEXT, font=self.font)
+        draw.text(
+            (MARGIN, MARGIN + frames + 4 + TEXT_LINES * self.line),
+            self.fit(query.caption, width - 2 * MARGIN),
+            fill=TEXT,
+            font=self.font,
+        )
         return canvas
 
     @staticmethod
@@ -215,8 +221,10 @@ document.body.dataset.imagesLoaded=n;document.body.dataset.imagesBroken=b;}
 document.addEventListener('load',count,true);document.addEventListener('error',count,true);
 window.addEventListener('load',count);"""
 # Nothing but the gallery's own pictures, inline style and the script above: no request leaves.
-_POLICY = ("default-src 'none'; img-src 'self' file:; style-src 'unsafe-inline'; script-src "
-           f"'sha256-{base64.b64encode(hashlib.sha256(_SCRIPT.encode()).digest()).decode()}'")
+_POLICY = (
+    "default-src 'none'; img-src 'self' file:; style-src 'unsafe-inline'; script-src "
+    f"'sha256-{base64.b64encode(hashlib.sha256(_SCRIPT.encode()).digest()).decode()}'"
+)
 
 
 def _status(query: QueryPicture) -> tuple[str, str]:
@@ -228,9 +236,11 @@ def _status(query: QueryPicture) -> tuple[str, str]:
     return ("right", "top-1 right") if positive else ("wrong", "top-1 wrong")
 
 
-def gallery(title: str, queries: Sequence[QueryPicture], files: Sequence[str],
-            sizes: Sequence[tuple[int, int]]) -> str:
+def gallery(
+    title: str, queries: Sequence[QueryPicture], files: Sequence[str], sizes: Sequence[tuple[int, int]]
+) -> str:
     """The ``index.html`` text: every picture (relative, lazily loaded), a line per query."""
+
     def esc(text: str) -> str:
         return html.escape(shown(text))
 
@@ -239,21 +249,30 @@ def gallery(title: str, queries: Sequence[QueryPicture], files: Sequence[str],
     for query, file, (width, height) in zip(queries, files, sizes, strict=True):
         css, status = _status(query)
         caption = f" · {esc(query.caption)}" if query.caption else ""
-        rows.append(f'<section><p><b>{esc(query.query_name)}</b> · <span class="{css}">{status}</span>'
-                    f'{caption}</p>\n<img src="{html.escape(urllib.parse.quote(file))}" '
-                    f'width="{width}" height="{height}" loading="lazy" alt="{esc(query.query_name)}">'
-                    "</section>")
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n'
-            f'<meta http-equiv="Content-Security-Policy" content="{_POLICY}">\n'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-            f"<title>{esc(title)}</title>\n<style>{_STYLE}</style>\n<script>{_SCRIPT}</script>\n"
-            f"</head><body>\n<h1>{esc(title)}</h1>\n"
-            f"<p>{len(queries)} queries, top-1 right for {right}.</p>\n"
-            + "\n".join(rows) + "\n</body></html>\n")
+        rows.append(
+            f'<section><p><b>{esc(query.query_name)}</b> · <span class="{css}">{status}</span>'
+            f'{caption}</p>\n<img src="{html.escape(urllib.parse.quote(file))}" '
+            f'width="{width}" height="{height}" loading="lazy" alt="{esc(query.query_name)}">'
+            "</section>"
+        )
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n'
+        f'<meta http-equiv="Content-Security-Policy" content="{_POLICY}">\n'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{esc(title)}</title>\n<style>{_STYLE}</style>\n<script>{_SCRIPT}</script>\n"
+        f"</head><body>\n<h1>{esc(title)}</h1>\n"
+        f"<p>{len(queries)} queries, top-1 right for {right}.</p>\n" + "\n".join(rows) + "\n</body></html>\n"
+    )
 
 
-def write_pictures(out_dir: Path, queries: Sequence[QueryPicture], title: str, *,
-                   thumb_height: int = 160, progress: ProgressCallback | None = None) -> Path:
+def write_pictures(
+    out_dir: Path,
+    queries: Sequence[QueryPicture],
+    title: str,
+    *,
+    thumb_height: int = 160,
+    progress: ProgressCallback | None = None,
+) -> Path:
     """Write one PNG per query and ``index.html`` (a gallery of them) in ``out_dir`` (created if
     missing; its parent must exist), each atomically; return the path of ``index.html``.
 
@@ -270,8 +289,7 @@ def write_pictures(out_dir: Path, queries: Sequence[QueryPicture], title: str, *
     progress = progress_callback(progress)
     out_dir = Path(out_dir)
     if thumb_height < 16:
-        raise ParameterError("thumb_height", f"thumb_height must be at least 16 pixels (got "
-                                             f"{thumb_height})")
+        raise ParameterError("thumb_height", f"thumb_height must be at least 16 pixels (got {thumb_height})")
     try:
         out_dir.mkdir(exist_ok=True)
     except FileNotFoundError:
@@ -292,10 +310,13 @@ def write_pictures(out_dir: Path, queries: Sequence[QueryPicture], title: str, *
 
     files = picture_names([q.query_name for q in queries])
     sizes: list[tuple[int, int]] = []
-    workers = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                         else os.cpu_count() or 1))
-    with progress_task(progress, "pictures", len(queries)) as task, \
-            ThreadPoolExecutor(max_workers=workers) as pool:
+    workers = max(
+        1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    )
+    with (
+        progress_task(progress, "pictures", len(queries)) as task,
+        ThreadPoolExecutor(max_workers=workers) as pool,
+    ):
         pending: deque[Future[tuple[int, int]]] = deque()
         try:
             for item in zip(queries, files, strict=True):

@@ -20,6 +20,7 @@ def pyplot():
 def save_figure(fig, path: Path) -> Path:
     """Write ``fig`` as a PNG at ``path`` atomically (never through a link there) and close it."""
     from vprkit.files import atomic_output
+
     with atomic_output(path, "wb") as handle:
         fig.savefig(handle, dpi=100, format="png")
     import matplotlib.pyplot as plt

@@ -19,8 +19,10 @@ from vprkit.store import DescriptorFile, spec_name
 
 def _ranking(result: EvaluationResult) -> Ranking:
     if result.ranking is None:
-        raise ValueError("result: an EvaluationResult without its ranking (read back from JSON?); "
-                         "evaluate the file again to write predictions or pictures")
+        raise ValueError(
+            "result: an EvaluationResult without its ranking (read back from JSON?); "
+            "evaluate the file again to write predictions or pictures"
+        )
     return result.ranking
 
 
@@ -33,12 +35,14 @@ def write_predictions(result: EvaluationResult, path: str | Path) -> Path:
     with DescriptorFile(result.file) as store:
         q_names, db_names = store.names("queries"), store.names("database")
         q_utm, db_utm = store.utm("queries"), store.utm("database")
-    target = nullcontext(sys.stdout) if str(path) == "-" else \
-        atomic_output(path, "w", newline="", encoding="utf-8")
+    target = (
+        nullcontext(sys.stdout)
+        if str(path) == "-"
+        else atomic_output(path, "w", newline="", encoding="utf-8")
+    )
     with target as handle:
         out = csv.writer(handle)
-        out.writerow(["query", "rank", "database", "distance", "metres", "positive", "method",
-                      "top1_metres"])
+        out.writerow(["query", "rank", "database", "distance", "metres", "positive", "method", "top1_metres"])
         for qi, (pred, dist) in enumerate(zip(ranking.predictions, ranking.distances, strict=True)):
             pos = set(ranking.positives[qi].tolist())
             top1 = f"{float(np.linalg.norm(q_utm[qi] - db_utm[pred[0]])):.1f}"
@@ -46,14 +50,29 @@ def write_predictions(result: EvaluationResult, path: str | Path) -> Path:
                 if di < 0:
                     break
                 metres = float(np.linalg.norm(q_utm[qi] - db_utm[di]))
-                out.writerow([q_names[qi], rank, db_names[di], f"{d:.6g}", f"{metres:.1f}",
-                              int(di in pos), result.test_method, top1])
+                out.writerow(
+                    [
+                        q_names[qi],
+                        rank,
+                        db_names[di],
+                        f"{d:.6g}",
+                        f"{metres:.1f}",
+                        int(di in pos),
+                        result.test_method,
+                        top1,
+                    ]
+                )
     return Path(path)
 
 
-def write_query_pictures(result: EvaluationResult, folder: str | Path, only_wrong: bool = False,
-                         limit: int | None = None, top_k: int = 5,
-                         progress: ProgressCallback | None = None) -> Path:
+def write_query_pictures(
+    result: EvaluationResult,
+    folder: str | Path,
+    only_wrong: bool = False,
+    limit: int | None = None,
+    top_k: int = 5,
+    progress: ProgressCallback | None = None,
+) -> Path:
     """A PNG per query of ``result`` (the query and its first ``top_k`` predictions, framed green
     where positive, red where not) and an ``index.html`` gallery (``vprkit.report.pictures``);
     the images are read from the dataset root recorded in ``result.file``. ``only_wrong``: the
@@ -72,14 +91,27 @@ def write_query_pictures(result: EvaluationResult, folder: str | Path, only_wron
         rows = zip(ranking.predictions[:, :top_k], ranking.distances[:, :top_k], strict=True)
         for qi, (pred, dist) in enumerate(rows):
             pos = set(ranking.positives[qi].tolist())
-            matches = [pictures.Match(path=image_inside(db_folder, db_names[di], store.path),
-                             name=db_names[di], rank=r + 1, distance=float(d),
-                             metres=float(np.linalg.norm(q_utm[qi] - db_utm[di])),
-                             positive=int(di) in pos)
-                       for r, (di, d) in enumerate(zip(pred, dist, strict=True)) if di >= 0]
+            matches = [
+                pictures.Match(
+                    path=image_inside(db_folder, db_names[di], store.path),
+                    name=db_names[di],
+                    rank=r + 1,
+                    distance=float(d),
+                    metres=float(np.linalg.norm(q_utm[qi] - db_utm[di])),
+                    positive=int(di) in pos,
+                )
+                for r, (di, d) in enumerate(zip(pred, dist, strict=True))
+                if di >= 0
+            ]
             query_path = image_inside(q_folder, q_names[qi], store.path)
-            queries.append(pictures.QueryPicture(query_path=query_path, query_name=q_names[qi],
-                                                 matches=matches,
-                                                 caption=f"{len(pos)} positives in the database"))
-    return pictures.write_pictures(Path(folder), pictures.select(queries, only_wrong, limit),
-                                   title, progress=progress)
+            queries.append(
+                pictures.QueryPicture(
+                    query_path=query_path,
+                    query_name=q_names[qi],
+                    matches=matches,
+                    caption=f"{len(pos)} positives in the database",
+                )
+            )
+    return pictures.write_pictures(
+        Path(folder), pictures.select(queries, only_wrong, limit), title, progress=progress
+    )

@@ -58,18 +58,25 @@ def plot_statistics(rows: list[EvaluationResult], out: Path, title: str) -> Path
         label = row_label(row).replace("$", "\\$")
         curve = precision_recall(o, row.unmatched == "dropped")
         ax_pr.plot(curve.recall, curve.precision, label=label)
-        ax_t.plot(CURVE_METRES, [np.mean(o.top1_metres <= t) * 100 for t in CURVE_METRES],
-                  label=label)
+        ax_t.plot(CURVE_METRES, [np.mean(o.top1_metres <= t) * 100 for t in CURVE_METRES], label=label)
         ax_h.hist(np.maximum(o.top1_metres, 0.5), bins=bins, histtype="step", label=label)
-    ax_pr.set(xlabel="recall (share of right top-1 answers accepted)", ylabel="precision",
-              title="precision-recall of the top-1 answers", xlim=(0, 1.02), ylim=(0, 1.02))
+    ax_pr.set(
+        xlabel="recall (share of right top-1 answers accepted)",
+        ylabel="precision",
+        title="precision-recall of the top-1 answers",
+        xlim=(0, 1.02),
+        ylim=(0, 1.02),
+    )
     threshold = rows[0].threshold
     ax_t.axvline(threshold, color="grey", linestyle=":", linewidth=1)
-    ax_t.set(xscale="log", xlabel="threshold (m)", ylabel="R@1 (%)",
-             title="R@1 against the threshold")
+    ax_t.set(xscale="log", xlabel="threshold (m)", ylabel="R@1 (%)", title="R@1 against the threshold")
     ax_h.axvline(threshold, color="grey", linestyle=":", linewidth=1)
-    ax_h.set(xscale="log", xlabel="top-1 error (m; below 0.5 m shown at 0.5)",
-             ylabel="queries", title="top-1 errors")
+    ax_h.set(
+        xscale="log",
+        xlabel="top-1 error (m; below 0.5 m shown at 0.5)",
+        ylabel="queries",
+        title="top-1 errors",
+    )
     ax_pr.legend(fontsize=6)
     fig.suptitle(title.replace("$", "\\$"), fontsize=9)
     fig.tight_layout()
@@ -90,8 +97,7 @@ def baseline_index(rows: list[EvaluationResult], i: int) -> int | None:
     return candidates[0] if candidates else None
 
 
-def comparison_lines(rows: list[EvaluationResult], where: str,
-                     resamples: int | None = None) -> list[str]:
+def comparison_lines(rows: list[EvaluationResult], where: str, resamples: int | None = None) -> list[str]:
     """A markdown table of each row with per-query outcomes against its ``baseline_index``."""
     if not any(r.outcomes is not None for r in rows):
         return []
@@ -105,31 +111,47 @@ def comparison_lines(rows: list[EvaluationResult], where: str,
             continue
         boot = row.bootstrap or {}
         try:
-            c = compare_rows(rows[j], row, resamples if resamples is not None else
-                             int(boot.get("resamples", 1000)), int(boot.get("seed", 0)),
-                             where=(f"{where} row {j + 1}", f"{where} row {i + 1}"))
+            c = compare_rows(
+                rows[j],
+                row,
+                resamples if resamples is not None else int(boot.get("resamples", 1000)),
+                int(boot.get("seed", 0)),
+                where=(f"{where} row {j + 1}", f"{where} row {i + 1}"),
+            )
         except VprkitError as err:
             raise VprkitError(f"cannot compare the rows of {where}: {err}") from None
         deltas = {d.n: d for d in c.differences}
         cells = []
         for n in ns:
             d = deltas.get(n)
-            cells.append("-" if d is None else f"{d.difference:+.1f}" + (
-                "" if d.low is None else f" [{d.low:+.1f}, {d.high:+.1f}]")
-                + (" **clear**" if d.clear else ""))
-        lines.append(f"| {_cell(c.b)} | {_cell(c.a)} | " + " | ".join(cells)
-                     + f" | {c.only_b} / {c.only_a} | {c.p_value:.3g} | "
-                     + ("**yes**" if c.clear_at_1 else "no") + " |")
+            cells.append(
+                "-"
+                if d is None
+                else f"{d.difference:+.1f}"
+                + ("" if d.low is None else f" [{d.low:+.1f}, {d.high:+.1f}]")
+                + (" **clear**" if d.clear else "")
+            )
+        lines.append(
+            f"| {_cell(c.b)} | {_cell(c.a)} | "
+            + " | ".join(cells)
+            + f" | {c.only_b} / {c.only_a} | {c.p_value:.3g} | "
+            + ("**yes**" if c.clear_at_1 else "no")
+            + " |"
+        )
     if not lines:
         return []
-    head = ["Paired comparisons: each row against the first row of the same file (another scale "
-            "or pyramid), else the first row on the same queries; differences in points with "
-            "their 95% paired bootstrap interval; McNemar's exact test on R@1 (queries right "
-            "only with the row / only with its baseline); clear: the interval leaves out 0 "
-            "and, at R@1, p < 0.05.", "",
-            "| row | baseline | " + " | ".join(f"ΔR@{n}" for n in ns)
-            + " | right only (row / baseline) | McNemar p | R@1 clear at 95% |",
-            "| --- | --- | " + " | ".join("---:" for _ in ns) + " | ---: | ---: | --- |"]
+    head = [
+        "Paired comparisons: each row against the first row of the same file (another scale "
+        "or pyramid), else the first row on the same queries; differences in points with "
+        "their 95% paired bootstrap interval; McNemar's exact test on R@1 (queries right "
+        "only with the row / only with its baseline); clear: the interval leaves out 0 "
+        "and, at R@1, p < 0.05.",
+        "",
+        "| row | baseline | "
+        + " | ".join(f"ΔR@{n}" for n in ns)
+        + " | right only (row / baseline) | McNemar p | R@1 clear at 95% |",
+        "| --- | --- | " + " | ".join("---:" for _ in ns) + " | ---: | ---: | --- |",
+    ]
     return head + lines
 
 

@@ -35,22 +35,44 @@ def recall_table(results: Sequence[EvaluationResult], title: str | None = None) 
         table.add_column(col, justify="right")
     for r in results:
         method = [cell(r.test_method)] if methods else []
-        pr = [("-" if r.auc_pr is None else f"{r.auc_pr:.3f}"),
-              ("-" if r.recall_at_full_precision is None else f"{r.recall_at_full_precision:.1f}")
-              ] if curves else []
-        table.add_row(cell(Path(r.file).name), cell(r.model), *method, cell(r.scale), str(r.dim),
-                      *(with_interval(r.recalls[n], r.recall_ci.get(n)) for n in ns), *pr)
+        pr = (
+            [
+                ("-" if r.auc_pr is None else f"{r.auc_pr:.3f}"),
+                ("-" if r.recall_at_full_precision is None else f"{r.recall_at_full_precision:.1f}"),
+            ]
+            if curves
+            else []
+        )
+        table.add_row(
+            cell(Path(r.file).name),
+            cell(r.model),
+            *method,
+            cell(r.scale),
+            str(r.dim),
+            *(with_interval(r.recalls[n], r.recall_ci.get(n)) for n in ns),
+            *pr,
+        )
     counts = {r.dataset: (r.queries, r.queries_without_positives, r.database) for r in results}
     searches = sorted({r.search for r in results})
-    table.caption = cell("; ".join(
-        f"{name}: {q} queries ({w} without positive), {d} database images"
-        for name, (q, w, d) in counts.items()
-    ) + f"; {', '.join(searches)} search" + (
-        f"; ± half the {first.bootstrap['level'] * 100:g}% bootstrap interval "
-        f"({first.bootstrap['resamples']} resamples, seed {first.bootstrap['seed']})"
-        if first.bootstrap else "") + (
-        f"; AUC-PR and R@100%P of the top-1 answers scored by distance, queries without "
-        f"positives {first.unmatched}" if curves else ""))
+    table.caption = cell(
+        "; ".join(
+            f"{name}: {q} queries ({w} without positive), {d} database images"
+            for name, (q, w, d) in counts.items()
+        )
+        + f"; {', '.join(searches)} search"
+        + (
+            f"; ± half the {first.bootstrap['level'] * 100:g}% bootstrap interval "
+            f"({first.bootstrap['resamples']} resamples, seed {first.bootstrap['seed']})"
+            if first.bootstrap
+            else ""
+        )
+        + (
+            f"; AUC-PR and R@100%P of the top-1 answers scored by distance, queries without "
+            f"positives {first.unmatched}"
+            if curves
+            else ""
+        )
+    )
     return table
 
 
@@ -72,8 +94,11 @@ def threshold_table(results: Sequence[EvaluationResult]) -> Table | None:
     for t in thresholds:
         table.add_column(f"{t:g} m", justify="right")
     for r in results:
-        table.add_row(cell(Path(r.file).name), cell(r.scale),
-                      *(f"{r.recall_at_thresholds.get(t, float('nan')):.1f}" for t in thresholds))
+        table.add_row(
+            cell(Path(r.file).name),
+            cell(r.scale),
+            *(f"{r.recall_at_thresholds.get(t, float('nan')):.1f}" for t in thresholds),
+        )
     return table
 
 
@@ -91,16 +116,23 @@ def comparison_table(comparisons: Sequence, title: str = "Paired comparisons") -
     for c in comparisons:
         deltas = []
         for d in c.differences:
-            text = f"{d.difference:+.1f}" + ("" if d.low is None else
-                                             f" [{d.low:+.1f}, {d.high:+.1f}]")
+            text = f"{d.difference:+.1f}" + ("" if d.low is None else f" [{d.low:+.1f}, {d.high:+.1f}]")
             deltas.append(Text(text, style="bold" if d.clear else ""))
-        table.add_row(cell(c.a), cell(c.b), *deltas, f"{c.p_value:.3g}",
-                      Text("yes", style="green") if c.clear_at_1 else Text("no", style="dim"))
+        table.add_row(
+            cell(c.a),
+            cell(c.b),
+            *deltas,
+            f"{c.p_value:.3g}",
+            Text("yes", style="green") if c.clear_at_1 else Text("no", style="dim"),
+        )
     level = comparisons[0].level * 100
-    table.caption = cell(f"difference (points) of the second row minus the baseline with its "
-                         f"{level:g}% paired bootstrap interval ({comparisons[0].resamples} "
-                         f"resamples); clear: the interval leaves out 0 and, at R@1, McNemar's "
-                         f"exact p < {1 - comparisons[0].level:.2g}", 2000)
+    table.caption = cell(
+        f"difference (points) of the second row minus the baseline with its "
+        f"{level:g}% paired bootstrap interval ({comparisons[0].resamples} "
+        f"resamples); clear: the interval leaves out 0 and, at R@1, McNemar's "
+        f"exact p < {1 - comparisons[0].level:.2g}",
+        2000,
+    )
     return table
 
 
@@ -142,9 +174,14 @@ def describe_table(desc: dict) -> Table:
             continue
         if key == "preprocessing" and isinstance(value, dict) and "resize" in value:
             size = value["resize"]
-            value = {**value, "resize": "native size (each image's own)" if size is None
-                     else f"{size[0]}x{size[1]} (H x W)" if isinstance(size, list) and len(size) == 2
-                     else size}
+            value = {
+                **value,
+                "resize": "native size (each image's own)"
+                if size is None
+                else f"{size[0]}x{size[1]} (H x W)"
+                if isinstance(size, list) and len(size) == 2
+                else size,
+            }
         if key == "views" and isinstance(value, dict):
             value = "; ".join(f"scale {s}: {', '.join(map(str, v))}" for s, v in value.items())
         if isinstance(value, dict):
@@ -156,14 +193,24 @@ def describe_table(desc: dict) -> Table:
 def dataset_table(rows: list[dict], root, threshold: float) -> Table:
     """``datasets.dataset_info``'s rows as a rich table (sizes H x W)."""
     table = Table(title=cell(root))
-    for col in ("split", "role", "images", f"queries without positive (<= {threshold:g} m)",
-                "image sizes (H x W)"):
+    for col in (
+        "split",
+        "role",
+        "images",
+        f"queries without positive (<= {threshold:g} m)",
+        "image sizes (H x W)",
+    ):
         table.add_column(col, justify="right" if col == "images" else "left")
     for row in rows:
         sizes = ", ".join(f"{k} ({v})" for k, v in list(row["sizes"].items())[:3])
         if len(row["sizes"]) > 3:
             sizes += f", ... {len(row['sizes'])} sizes"
         without = row["queries_without_positives"]
-        table.add_row(row["split"], row["role"], str(row["images"]),
-                      "" if without is None else str(without), cell(sizes))
+        table.add_row(
+            row["split"],
+            row["role"],
+            str(row["images"]),
+            "" if without is None else str(without),
+            cell(sizes),
+        )
     return table

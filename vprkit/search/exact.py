@@ -38,12 +38,14 @@ def search_device(device: Any = "auto") -> Any:
     if str(device) == "cpu":
         return "cpu"
     from vprkit.devices import resolve_device
+
     dev = resolve_device(device) if isinstance(device, str) else device
     return "cpu" if dev.type == "cpu" else dev
 
 
-def blocked_search(queries: np.ndarray, blocks: Iterable[tuple[int, Any]], k: int,
-                   device: Any = "auto") -> tuple[np.ndarray, np.ndarray]:
+def blocked_search(
+    queries: np.ndarray, blocks: Iterable[tuple[int, Any]], k: int, device: Any = "auto"
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-k (distances, database indices) of each query over ``blocks`` of (start, rows).
 
     Indices are global row numbers; where the database has fewer than k rows the missing
@@ -56,8 +58,9 @@ def blocked_search(queries: np.ndarray, blocks: Iterable[tuple[int, Any]], k: in
     return torch_blocked_search(queries, blocks, k, dev)
 
 
-def faiss_blocked_search(queries: np.ndarray, blocks: Iterable[tuple[int, Any]], k: int
-                         ) -> tuple[np.ndarray, np.ndarray]:
+def faiss_blocked_search(
+    queries: np.ndarray, blocks: Iterable[tuple[int, Any]], k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """``blocked_search`` with faiss on the CPU."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     heap = faiss.ResultHeap(len(queries), k)
@@ -77,9 +80,13 @@ def faiss_blocked_search(queries: np.ndarray, blocks: Iterable[tuple[int, Any]],
     return dist, ids
 
 
-def torch_blocked_search(queries: np.ndarray, blocks: Iterable[tuple[int, Any]], k: int,
-                         device: Any = "cpu", tile_elements: int = TILE_ELEMENTS
-                         ) -> tuple[np.ndarray, np.ndarray]:
+def torch_blocked_search(
+    queries: np.ndarray,
+    blocks: Iterable[tuple[int, Any]],
+    k: int,
+    device: Any = "cpu",
+    tile_elements: int = TILE_ELEMENTS,
+) -> tuple[np.ndarray, np.ndarray]:
     """``blocked_search`` with torch on ``device`` (a name or ``torch.device``).
 
     Blocks may be numpy arrays (of any float dtype: float16 rows travel as float16 and are
@@ -103,12 +110,14 @@ def torch_blocked_search(queries: np.ndarray, blocks: Iterable[tuple[int, Any]],
             d_norms = (block * block).sum(1)
             step = max(1, tile_elements // chunk)
             for s in range(0, len(block), step):
-                tile, tile_norms = block[s:s + step], d_norms[s:s + step]
+                tile, tile_norms = block[s : s + step], d_norms[s : s + step]
                 for a in range(0, n_q, chunk):
-                    top_d, top_i = _tile_top_k(q_all[a:a + chunk], q_norms[a:a + chunk], tile,
-                                               tile_norms, k)
-                    best_d[a:a + chunk], best_i[a:a + chunk] = _merge(
-                        best_d[a:a + chunk], best_i[a:a + chunk], top_d, top_i + (start + s), k)
+                    top_d, top_i = _tile_top_k(
+                        q_all[a : a + chunk], q_norms[a : a + chunk], tile, tile_norms, k
+                    )
+                    best_d[a : a + chunk], best_i[a : a + chunk] = _merge(
+                        best_d[a : a + chunk], best_i[a : a + chunk], top_d, top_i + (start + s), k
+                    )
             del block, d_norms  # release this block before the next one is read
     ids = best_i.cpu().numpy()
     dist = np.where(ids < 0, np.inf, best_d.cpu().numpy()).astype(np.float32)

@@ -31,13 +31,19 @@ def index_path(store: DescriptorFile, scales, spec: str) -> Path:
 
 
 def _identity(store: DescriptorFile, scales, spec: str) -> dict:
-    return {"descriptor_file": store.path.name, "created": str(store.created),
-            "fingerprint": store.model.get("fingerprint"), "rows": store.num("database"),
-            "scale": spec_name(scales), "factory": spec}
+    return {
+        "descriptor_file": store.path.name,
+        "created": str(store.created),
+        "fingerprint": store.model.get("fingerprint"),
+        "rows": store.num("database"),
+        "scale": spec_name(scales),
+        "factory": spec,
+    }
 
 
-def build_or_load(store: DescriptorFile, scales, spec: str, block_rows: int,
-                  train_rows: int = 100_000, seed: int = 0) -> tuple[faiss.Index, bool]:
+def build_or_load(
+    store: DescriptorFile, scales, spec: str, block_rows: int, train_rows: int = 100_000, seed: int = 0
+) -> tuple[faiss.Index, bool]:
     """The index and whether it was loaded from disk (True) or built now (False)."""
     path = index_path(store, scales, spec)
     meta_path = path.with_name(path.name + ".json")
@@ -72,8 +78,9 @@ def build_or_load(store: DescriptorFile, scales, spec: str, block_rows: int,
         write_text(meta_path, json.dumps(identity, indent=2) + "\n")
     except (VprkitError, OSError) as err:
         reason = str(err) if isinstance(err, VprkitError) else f"cannot write {path}: {err.strerror}"
-        warnings.warn(f"the index was built but not stored ({reason}); it is built again next "
-                      "time", stacklevel=2)
+        warnings.warn(
+            f"the index was built but not stored ({reason}); it is built again next time", stacklevel=2
+        )
     return index, False
 
 
@@ -104,15 +111,19 @@ def on_device(index: faiss.Index, device, nprobe: int) -> tuple[faiss.Index, str
     if str(device) == "cpu":
         return index, "CPU"
     from vprkit.search.exact import search_device
+
     dev = search_device(device)
     if dev == "cpu":
         return index, "CPU"
     gpu = dev.index or 0
     if not faiss_has_gpu():
         if str(device) != "auto":
-            warnings.warn("this faiss has no GPU support (faiss-cpu): the --index search runs "
-                          "on the CPU; install a faiss GPU build for it to run on the GPU "
-                          "(see the docs: guides/scale, 'Search and k-means on a GPU')", stacklevel=2)
+            warnings.warn(
+                "this faiss has no GPU support (faiss-cpu): the --index search runs "
+                "on the CPU; install a faiss GPU build for it to run on the GPU "
+                "(see the docs: guides/scale, 'Search and k-means on a GPU')",
+                stacklevel=2,
+            )
         return index, "CPU"
     try:
         resources = faiss.StandardGpuResources()
@@ -124,7 +135,9 @@ def on_device(index: faiss.Index, device, nprobe: int) -> tuple[faiss.Index, str
             pass  # not an IVF index
     except (RuntimeError, AttributeError) as err:
         last = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-        warnings.warn(f"faiss cannot put this index on GPU {gpu} ({last}): the --index search "
-                      "runs on the CPU", stacklevel=2)
+        warnings.warn(
+            f"faiss cannot put this index on GPU {gpu} ({last}): the --index search runs on the CPU",
+            stacklevel=2,
+        )
         return index, "CPU"
     return moved, f"GPU {gpu}"

@@ -59,9 +59,15 @@ def _check(x: np.ndarray, k: int, init: np.ndarray | None) -> np.ndarray:
     return x
 
 
-def kmeans(x: np.ndarray, k: int, niter: int = 25, seed: int = 1234, device: Any = "cpu",
-           init: np.ndarray | None = None,
-           max_points_per_centroid: int = MAX_POINTS_PER_CENTROID) -> np.ndarray:
+def kmeans(
+    x: np.ndarray,
+    k: int,
+    niter: int = 25,
+    seed: int = 1234,
+    device: Any = "cpu",
+    init: np.ndarray | None = None,
+    max_points_per_centroid: int = MAX_POINTS_PER_CENTROID,
+) -> np.ndarray:
     """(k, d) float32 centroids: faiss where ``device`` is a CPU, torch on any other device.
 
     ``device`` is ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a
@@ -70,30 +76,43 @@ def kmeans(x: np.ndarray, k: int, niter: int = 25, seed: int = 1234, device: Any
     if str(device) == "cpu":
         return faiss_kmeans(x, k, niter, seed, init, max_points_per_centroid)
     from vprkit.devices import resolve_device
+
     dev = resolve_device(device) if isinstance(device, str) else device
     if dev.type == "cpu":
         return faiss_kmeans(x, k, niter, seed, init, max_points_per_centroid)
     return torch_kmeans(x, k, niter, seed, dev, init, max_points_per_centroid)
 
 
-def faiss_kmeans(x: np.ndarray, k: int, niter: int = 25, seed: int = 1234,
-                 init: np.ndarray | None = None,
-                 max_points_per_centroid: int = MAX_POINTS_PER_CENTROID) -> np.ndarray:
+def faiss_kmeans(
+    x: np.ndarray,
+    k: int,
+    niter: int = 25,
+    seed: int = 1234,
+    init: np.ndarray | None = None,
+    max_points_per_centroid: int = MAX_POINTS_PER_CENTROID,
+) -> np.ndarray:
     """``faiss.Kmeans(d, k, niter=niter, seed=seed).train(x)``'s centroids."""
     import faiss
 
     x = _check(x, k, init)
-    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, verbose=False,
-                      max_points_per_centroid=max_points_per_centroid)
+    km = faiss.Kmeans(
+        x.shape[1], k, niter=niter, seed=seed, verbose=False, max_points_per_centroid=max_points_per_centroid
+    )
     km.train(x, init_centroids=None if init is None else np.ascontiguousarray(init, np.float32))
     assert km.centroids is not None  # set by train
     return np.asarray(km.centroids, dtype=np.float32)
 
 
-def torch_kmeans(x: np.ndarray, k: int, niter: int = 25, seed: int = 1234, device: Any = "cpu",
-                 init: np.ndarray | None = None,
-                 max_points_per_centroid: int = MAX_POINTS_PER_CENTROID,
-                 chunk: int = 1 << 16) -> np.ndarray:
+def torch_kmeans(
+    x: np.ndarray,
+    k: int,
+    niter: int = 25,
+    seed: int = 1234,
+    device: Any = "cpu",
+    init: np.ndarray | None = None,
+    max_points_per_centroid: int = MAX_POINTS_PER_CENTROID,
+    chunk: int = 1 << 16,
+) -> np.ndarray:
     """faiss's k-means recipe (see the module docstring) with torch on ``device``.
 
     ``chunk`` points are assigned at a time, bounding the (chunk, k) distance matrix.
@@ -113,13 +132,18 @@ def torch_kmeans(x: np.ndarray, k: int, niter: int = 25, seed: int = 1234, devic
         centroids = torch.from_numpy(np.array(init, dtype=np.float32)).to(dev)
         norms, wide = (points * points).sum(1), points.double()
         for _ in range(niter):
-            assign = torch.cat([_nearest(points[s:s + chunk], norms[s:s + chunk], centroids)
-                                for s in range(0, len(points), chunk)])
+            assign = torch.cat(
+                [
+                    _nearest(points[s : s + chunk], norms[s : s + chunk], centroids)
+                    for s in range(0, len(points), chunk)
+                ]
+            )
             counts = torch.bincount(assign, minlength=k)
             means = (_cluster_sums(wide, assign, counts) / counts.clamp_min(1).unsqueeze(1)).float()
             if bool((counts == 0).any()):
-                means = torch.from_numpy(_split_empty(means.cpu().numpy(), counts.cpu().numpy(),
-                                                      len(x))).to(dev)
+                means = torch.from_numpy(_split_empty(means.cpu().numpy(), counts.cpu().numpy(), len(x))).to(
+                    dev
+                )
             centroids = means
         return centroids.cpu().numpy()
 
@@ -148,7 +172,7 @@ def _split_empty(centroids: np.ndarray, counts: np.ndarray, n: int) -> np.ndarra
     centroids[counts == 0] = 0.0
     sizes = counts.astype(np.float32)
     twister = _twister(SPLIT_SEED)
-    even = (np.arange(centroids.shape[1]) % 2 == 0)
+    even = np.arange(centroids.shape[1]) % 2 == 0
     grow = np.where(even, 1 + SPLIT_EPS, 1 - SPLIT_EPS).astype(np.float32)
     shrink = np.where(even, 1 - SPLIT_EPS, 1 + SPLIT_EPS).astype(np.float32)
     scale = np.float32(4294967295.0)  # float(mt.max()), rounded to float as faiss does

@@ -106,6 +106,22 @@ from vprkit.store.output import Output, writing
 from vprkit.store.reader import DescriptorFile
 from vprkit.store.writer import DescriptorWriter
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "HASH_BYTES", "MAX_ATTR_CHARS", "ROLES", "DescriptorFile",
-           "DescriptorWriter", "Header", "Output", "chunk_rows", "human_bytes", "image_hashes",
-           "parse_scale_spec", "parse_scales", "partial_path", "spec_name", "writing"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "HASH_BYTES",
+    "MAX_ATTR_CHARS",
+    "ROLES",
+    "DescriptorFile",
+    "DescriptorWriter",
+    "Header",
+    "Output",
+    "chunk_rows",
+    "human_bytes",
+    "image_hashes",
+    "parse_scale_spec",
+    "parse_scales",
+    "partial_path",
+    "spec_name",
+    "writing",
+]

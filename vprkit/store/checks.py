@@ -61,8 +61,9 @@ class Where:
     def fail(self, value: object, expected: str) -> NoReturn:
         """Raise the one line saying that ``value`` (or ``MISSING``) is not ``expected``."""
         note = f" ({self.note})" if self.note else ""
-        raise VprkitError(f"{self.file}: {self.kind} '{self.key}' is {describe(value)}; "
-                          f"expected {expected}{note}")
+        raise VprkitError(
+            f"{self.file}: {self.kind} '{self.key}' is {describe(value)}; expected {expected}{note}"
+        )
 
 
 def describe(value: object) -> str:
@@ -95,8 +96,9 @@ def integer(at: Where, value: object, low: int, high: int) -> int:
 
 def number(at: Where, value: object, low: float, high: float, low_open: bool = False) -> float:
     """A finite number in [low, high] (``low_open``: (low, high])."""
-    real = isinstance(value, (int, float, np.integer, np.floating)) \
-        and not isinstance(value, (bool, np.bool_))
+    real = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_)
+    )
     x = float(value) if real else math.nan  # type: ignore[arg-type]
     if not math.isfinite(x) or not (low < x if low_open else low <= x) or not x <= high:
         at.fail(value, f"a number {'>' if low_open else '>='} {low:g} and <= {high:g}")
@@ -148,16 +150,18 @@ def image_size(at: Where, value: object, optional: bool = True) -> tuple[int, in
     """``[H, W]`` of integers 1..``MAX_SIDE`` (``optional``: or null, each image's own size)."""
     if value is None and optional:
         return None
-    if not isinstance(value, (list, tuple)) or len(value) != 2 \
-            or not all(is_int(v) and 1 <= int(v) <= MAX_SIDE for v in value):
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != 2
+        or not all(is_int(v) and 1 <= int(v) <= MAX_SIDE for v in value)
+    ):
         at.fail(value, f"[H, W] of integers 1..{MAX_SIDE}" + (" or null" if optional else ""))
     return int(value[0]), int(value[1])
 
 
 def plain_name(at: Where, value: object) -> str:
     """One folder name: no ``/``, not ``.`` nor ``..``, no NUL (a split)."""
-    if not isinstance(value, str) or not value or value in (".", "..") or "/" in value \
-            or "\x00" in value:
+    if not isinstance(value, str) or not value or value in (".", "..") or "/" in value or "\x00" in value:
         at.fail(value, "a folder name (no '/', not '.' or '..')")
     return value
 
@@ -245,9 +249,13 @@ def weights(at: Where, value: object, count: int) -> None:
     """An ensemble's weights: null, or ``count`` finite numbers."""
     if value is None:
         return
-    if not isinstance(value, list) or len(value) != count or not all(
-            isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w)
-            for w in value):
+    if (
+        not isinstance(value, list)
+        or len(value) != count
+        or not all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) for w in value
+        )
+    ):
         at.fail(value, f"null or a list of {count} finite numbers")
 
 
@@ -255,5 +263,7 @@ def refuse_shard(f: Any) -> None:
     """One clear error where a single shard is given as a database."""
     shard = f.dataset.get("shard")
     if shard:
-        raise VprkitError(f"{f.path} is shard {shard['index']} of {shard['count']} of an extraction; "
-                          "join the shards first: vprkit merge SHARDS... -o FILE")
+        raise VprkitError(
+            f"{f.path} is shard {shard['index']} of {shard['count']} of an extraction; "
+            "join the shards first: vprkit merge SHARDS... -o FILE"
+        )

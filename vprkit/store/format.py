@@ -16,8 +16,7 @@ from vprkit.errors import VprkitError
 FORMAT = "vprkit.descriptors"
 FORMAT_VERSION = 1
 CHUNK_BYTES = 1 << 20
-HEADER_ATTRS = ("model", "aggregation", "dataset", "preprocessing", "dtype", "vprkit_version",
-                "created")
+HEADER_ATTRS = ("model", "aggregation", "dataset", "preprocessing", "dtype", "vprkit_version", "created")
 MAX_ATTR_CHARS = 1 << 20  # a header attribute longer than this is damage, not a header
 HASH_BYTES = 32  # SHA-256 of each image file
 STRINGS = h5py.string_dtype("utf-8")
@@ -32,8 +31,9 @@ _SCALE_SPEC = re.compile(r"\s*[1-9]\d{0,3}(\s*\+\s*[1-9]\d{0,3})*\s*")
 def parse_scales(text: str) -> tuple[int, ...]:
     """``"1,2,3"`` -> (1, 2, 3): the scales to extract (distinct integers 1..9999)."""
     if not _SCALE_LIST.fullmatch(str(text)):
-        raise VprkitError(f"bad scale list {str(text)!r}: expected distinct integers >= 1 "
-                          "separated by commas, like 1,2,3")
+        raise VprkitError(
+            f"bad scale list {str(text)!r}: expected distinct integers >= 1 separated by commas, like 1,2,3"
+        )
     scales = tuple(int(s) for s in str(text).split(","))
     if len(set(scales)) != len(scales):
         raise VprkitError(f"bad scale list {str(text)!r}: a scale is repeated")
@@ -43,8 +43,10 @@ def parse_scales(text: str) -> tuple[int, ...]:
 def parse_scale_spec(text: str) -> tuple[int, ...]:
     """``"1+2+3"`` -> (1, 2, 3): one scale or a pyramid of several."""
     if not _SCALE_SPEC.fullmatch(str(text)):
-        raise VprkitError(f"bad scale list {str(text)!r}: expected one scale such as 2 or a "
-                          "pyramid of distinct scales such as 1+2+3")
+        raise VprkitError(
+            f"bad scale list {str(text)!r}: expected one scale such as 2 or a "
+            "pyramid of distinct scales such as 1+2+3"
+        )
     return parse_scales(str(text).replace("+", ","))
 
 
@@ -148,10 +150,8 @@ class Header:
         for key in ("model", "aggregation", "dataset", "preprocessing", "dtype"):
             value = attrs.get(key)
             if isinstance(value, (str, bytes)) and len(value) > MAX_ATTR_CHARS:
-                raise ValueError(f"attribute {key} holds {len(value)} characters, more than "
-                                 f"{MAX_ATTR_CHARS}")
-        return cls(**{key: _json_dict(attrs[key]) for key in cls.JSON_FIELDS},
-                   dtype=str(attrs["dtype"]))
+                raise ValueError(f"attribute {key} holds {len(value)} characters, more than {MAX_ATTR_CHARS}")
+        return cls(**{key: _json_dict(attrs[key]) for key in cls.JSON_FIELDS}, dtype=str(attrs["dtype"]))
 
     @classmethod
     def of(cls, header: Header | Mapping) -> Header:

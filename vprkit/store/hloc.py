@@ -29,8 +29,7 @@ class GlobalFeatureWriter:
         try:
             self.h5.create_dataset(f"{name}/{HLOC_KEY}", data=np.asarray(descriptor, np.float32))
         except (ValueError, KeyError, TypeError) as err:
-            raise VprkitError(f"cannot store '{shown(name, 200)}' in {self.label}: {err}") \
-                from None
+            raise VprkitError(f"cannot store '{shown(name, 200)}' in {self.label}: {err}") from None
 
     def __enter__(self) -> GlobalFeatureWriter:
         return self

@@ -25,8 +25,7 @@ def check_stored(dataset: h5py.Dataset) -> None:
         raise ValueError(f"{dataset.name} declares {dataset.shape[0]} rows but does not store them")
 
 
-def check_layout(h5: h5py.File, aggregation: dict, dtype: str, complete: bool
-                 ) -> dict[str, np.ndarray]:
+def check_layout(h5: h5py.File, aggregation: dict, dtype: str, complete: bool) -> dict[str, np.ndarray]:
     """Check a descriptor file's datasets (names, coordinates, hashes, every scale and view);
     return its (N, 2) UTM coordinates per role, read once (checked finite). Raises KeyError,
     ValueError... where the layout is damaged (``DescriptorFile`` reports them)."""
@@ -39,8 +38,7 @@ def check_layout(h5: h5py.File, aggregation: dict, dtype: str, complete: bool
         if names.ndim != 1 or utm.shape != (names.shape[0], 2) or utm.dtype.kind != "f":
             raise ValueError(f"{role}/names {names.shape} and {role}/utm {utm.shape} do not match")
         hashes = h5.get(f"{role}/sha256")
-        if hashes is not None and (hashes.shape != (names.shape[0], HASH_BYTES)
-                                   or hashes.dtype != np.uint8):
+        if hashes is not None and (hashes.shape != (names.shape[0], HASH_BYTES) or hashes.dtype != np.uint8):
             raise ValueError(f"{role}/sha256 has shape {hashes.shape}, type {hashes.dtype}")
         for dataset in (names, utm):
             check_stored(dataset)
@@ -69,8 +67,9 @@ def check_layout(h5: h5py.File, aggregation: dict, dtype: str, complete: bool
     return utm_of
 
 
-def _check_part(h5: h5py.File, aggregation: dict, scale: int, role: str, view: str, images: int,
-                complete: bool) -> int:
+def _check_part(
+    h5: h5py.File, aggregation: dict, scale: int, role: str, view: str, images: int, complete: bool
+) -> int:
     """Check the descriptors of ``role`` at ``view`` and ``scale``; their dimension."""
     rows = images * VIEWS[view]
     key = descriptor_key(scale, role, view)

@@ -61,9 +61,14 @@ class Output:
         self._stack.callback(writer.close)
         return writer
 
-    def create(self, header: Header | Mapping, names: dict[str, list[str]],
-               utm: dict[str, np.ndarray], hashes: dict[str, np.ndarray] | None = None,
-               more_bytes: int = 0) -> DescriptorWriter:
+    def create(
+        self,
+        header: Header | Mapping,
+        names: dict[str, list[str]],
+        utm: dict[str, np.ndarray],
+        hashes: dict[str, np.ndarray] | None = None,
+        more_bytes: int = 0,
+    ) -> DescriptorWriter:
         """A new file (a ``.partial`` left there is removed first, unless ``resumable``: a
         resumable output resumes it or refuses). ``more_bytes``: what will be written after
         the names (the rows: ``writer.rows_bytes``), checked and reserved with them before
@@ -97,8 +102,7 @@ class Output:
         return self._start(writer)
 
     def _restart(self, err: Exception) -> None:
-        warnings.warn(f"{self.partial} is damaged ({type(err).__name__}); starting it again",
-                      stacklevel=4)
+        warnings.warn(f"{self.partial} is damaged ({type(err).__name__}); starting it again", stacklevel=4)
         self.partial.unlink()
         return None
 
@@ -125,8 +129,7 @@ class Output:
 
 
 @contextmanager
-def writing(output: str | Path, *, resumable: bool = False, overwrite: bool = False
-            ) -> Iterator[Output]:
+def writing(output: str | Path, *, resumable: bool = False, overwrite: bool = False) -> Iterator[Output]:
     """The whole write sequence of one descriptor file, for extract, combine and merge.
 
     Holds ``<output>.lock`` (a second writer is refused at once, and so is a link planted

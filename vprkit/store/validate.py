@@ -60,10 +60,13 @@ def check_format(fmt: object, version: object, complete: object, file: str) -> t
     if not is_int(version):
         Where(file, "header attribute", "format_version").fail(version, f"the integer {FORMAT_VERSION}")
     if version != FORMAT_VERSION:
-        raise VprkitError(f"{file} has descriptor format version {version} (header attribute "
-                          f"'format_version'); this vprkit reads version {FORMAT_VERSION}")
-    return FORMAT_VERSION, boolean(Where(file, "header attribute", "complete"),
-                                   False if complete is MISSING else complete)
+        raise VprkitError(
+            f"{file} has descriptor format version {version} (header attribute "
+            f"'format_version'); this vprkit reads version {FORMAT_VERSION}"
+        )
+    return FORMAT_VERSION, boolean(
+        Where(file, "header attribute", "complete"), False if complete is MISSING else complete
+    )
 
 
 def check_names(names: list[str], role: str, file: str) -> None:
@@ -72,8 +75,10 @@ def check_names(names: list[str], role: str, file: str) -> None:
     for i, name in enumerate(names):
         problem = name_problem(name)
         if problem:
-            raise VprkitError(f"{file}: {role} name {i} {shown(repr(name), 80)} {problem}: names "
-                              f"are relative to the {role} folder, inside it ({DAMAGED})")
+            raise VprkitError(
+                f"{file}: {role} name {i} {shown(repr(name), 80)} {problem}: names "
+                f"are relative to the {role} folder, inside it ({DAMAGED})"
+            )
 
 
 def read_header(attrs: Mapping, file: str) -> Header:
@@ -94,6 +99,7 @@ def read_header(attrs: Mapping, file: str) -> Header:
 
 def check_header(header: Header, file: str) -> None:
     """Check the header's fields (a shard's rows against the file's images: ``check_counts``)."""
+
     def at(key: str) -> Where:
         return Where(file, "header attribute", key)
 
@@ -154,8 +160,13 @@ def _shard(value: object, at: Where, counts: Mapping[str, int] | None) -> None:
             continue
         rows = shard[f"{role}_rows"]
         held = None if counts is None else counts[role]
-        ok = isinstance(rows, list) and len(rows) == 2 and all(is_int(r) for r in rows) \
-            and 0 <= rows[0] <= rows[1] <= total and (held is None or rows[1] - rows[0] == held)
+        ok = (
+            isinstance(rows, list)
+            and len(rows) == 2
+            and all(is_int(r) for r in rows)
+            and 0 <= rows[0] <= rows[1] <= total
+            and (held is None or rows[1] - rows[0] == held)
+        )
         if not ok:
             what = "" if held is None else f", {held} apart (the file's {role} images)"
             at.at(f"{role}_rows").fail(rows, f"[start, stop] with 0 <= start <= stop <= {total}{what}")
@@ -243,8 +254,7 @@ def _pca(group: h5py.Group, file: str, prefix: str, dim: int) -> None:
             at(name).fail(MISSING if ds is None else "a group", "a float array")
         shapes[name] = ds.shape if ds.dtype.kind == "f" else None
     components = shapes["components"]
-    if components is None or len(components) != 2 or not 1 <= components[0] <= dim \
-            or components[1] != dim:
+    if components is None or len(components) != 2 or not 1 <= components[0] <= dim or components[1] != dim:
         at("components").fail(components, f"a float array of shape (d, {dim}), 1 <= d <= {dim}")
     for name, wanted in (("mean", (dim,)), ("explained_variance", (components[0],))):
         if shapes[name] != wanted:

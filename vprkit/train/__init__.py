@@ -20,6 +20,20 @@ from vprkit.train.recipes import RECIPES, config_from_recipe
 from vprkit.train.steps import triplet_loss
 from vprkit.train.trainer import resume, train
 
-__all__ = ["MINING", "OPTIMIZERS", "PRESETS", "RECIPES", "SCHEDULERS", "TrainConfig",
-           "TripletSource", "build_augmentation", "build_preset", "config_from_recipe", "mine",
-           "resume", "run_summary", "train", "triplet_loss"]
+__all__ = [
+    "MINING",
+    "OPTIMIZERS",
+    "PRESETS",
+    "RECIPES",
+    "SCHEDULERS",
+    "TrainConfig",
+    "TripletSource",
+    "build_augmentation",
+    "build_preset",
+    "config_from_recipe",
+    "mine",
+    "resume",
+    "run_summary",
+    "train",
+    "triplet_loss",
+]

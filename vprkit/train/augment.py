@@ -26,14 +26,29 @@ from vprkit.errors import VprkitError
 
 NIGHT: dict[str, dict[str, Any]] = {
     "M1": {"tool": "ColorJitter", "brightness": 1.0, "contrast": 1.0, "saturation": 2.0, "hue": 0.0},
-    "M2": {"tool": "ColorJitter", "brightness": (0.2, 3.0), "contrast": (0.2, 3.0),
-           "saturation": (0.2, 3.0), "hue": (0.0, 0.5)},
-    "M3": {"tool": "ColorJitter", "brightness": (0.0, 1.0), "contrast": (0.0, 1.0),
-           "saturation": (0.0, 1.0), "hue": (0.0, 0.5)},
+    "M2": {
+        "tool": "ColorJitter",
+        "brightness": (0.2, 3.0),
+        "contrast": (0.2, 3.0),
+        "saturation": (0.2, 3.0),
+        "hue": (0.0, 0.5),
+    },
+    "M3": {
+        "tool": "ColorJitter",
+        "brightness": (0.0, 1.0),
+        "contrast": (0.0, 1.0),
+        "saturation": (0.0, 1.0),
+        "hue": (0.0, 0.5),
+    },
     "M4": {"tool": "adjust_brightness", "brightness": 0.25},
     "M5": {"tool": "adjust_brightness", "brightness": 0.5},
-    "M6": {"tool": "functional adjust, factors drawn per image", "brightness": (0.0, 1.0),
-           "contrast": (0.0, 1.0), "saturation": (0.0, 1.0), "hue": (0.0, 0.5)},
+    "M6": {
+        "tool": "functional adjust, factors drawn per image",
+        "brightness": (0.0, 1.0),
+        "contrast": (0.0, 1.0),
+        "saturation": (0.0, 1.0),
+        "hue": (0.0, 0.5),
+    },
 }
 OCCLUSION: dict[str, dict[str, Any]] = {
     "M1": {"pRP": 0.33, "dRP": 0.4, "fRP": 0, "pRE": 0.33},
@@ -45,7 +60,8 @@ OCCLUSION: dict[str, dict[str, Any]] = {
 }
 ERASING = {"scale": (0.02, 0.33), "ratio": (0.3, 3.3), "value": 0}
 PRESETS: dict[str, dict[str, Any]] = {f"night:{k}": v for k, v in NIGHT.items()} | {
-    f"occlusion:{k}": {**v, "erasing": ERASING} for k, v in OCCLUSION.items()}
+    f"occlusion:{k}": {**v, "erasing": ERASING} for k, v in OCCLUSION.items()
+}
 
 
 class _RandomAdjust(torch.nn.Module):
@@ -85,11 +101,14 @@ def build_preset(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
             return _Brightness(p["brightness"])
         return _RandomAdjust(p["brightness"], p["contrast"], p["saturation"], p["hue"])
     fill = min(p["fRP"] / 255.0, 1.0)
-    return T.Compose([
-        T.RandomPerspective(distortion_scale=p["dRP"], p=p["pRP"], fill=[fill, fill, fill]),
-        T.RandomErasing(p=p["pRE"], scale=ERASING["scale"], ratio=ERASING["ratio"],
-                        value=ERASING["value"]),
-    ])
+    return T.Compose(
+        [
+            T.RandomPerspective(distortion_scale=p["dRP"], p=p["pRP"], fill=[fill, fill, fill]),
+            T.RandomErasing(
+                p=p["pRE"], scale=ERASING["scale"], ratio=ERASING["ratio"], value=ERASING["value"]
+            ),
+        ]
+    )
 
 
 def build_augmentation(names: Sequence[str]) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -101,5 +120,4 @@ def build_augmentation(names: Sequence[str]) -> Callable[[torch.Tensor], torch.T
 
 def describe_presets() -> list[tuple[str, str]]:
     """(name, parameters) of every preset, for ``vprkit train --list-augments``."""
-    return [(name, ", ".join(f"{k}={v}" for k, v in params.items()))
-            for name, params in PRESETS.items()]
+    return [(name, ", ".join(f"{k}={v}" for k, v in params.items())) for name, params in PRESETS.items()]

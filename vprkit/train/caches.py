@@ -46,8 +46,9 @@ class TrainingImages(Dataset):
             return None, str(err)
 
 
-def shared_rows(n: int, batch_size: int, compute: Callable[[int, int], np.ndarray],
-                procs: Processes, to_all: bool = True) -> np.ndarray | None:
+def shared_rows(
+    n: int, batch_size: int, compute: Callable[[int, int], np.ndarray], procs: Processes, to_all: bool = True
+) -> np.ndarray | None:
     """``compute(0, n)``: rows [0, n) of a descriptor matrix; with several processes each
     computes its ``batch_slice`` of whole batches, gathered on every process (or on process 0
     only, None elsewhere, when not ``to_all``)."""
@@ -69,8 +70,13 @@ def folded(model: VPRModel) -> VPRModel:
         return model
 
 
-def cache_features(model: VPRModel, source: TripletSource, config: TrainConfig,
-                   device: torch.device, procs: Processes | None = None) -> Features:
+def cache_features(
+    model: VPRModel,
+    source: TripletSource,
+    config: TrainConfig,
+    device: torch.device,
+    procs: Processes | None = None,
+) -> Features:
     """The ``features(db_indices, query_indices) -> (db_feats, query_feats)`` of ``mine``: one
     pass over those images with ``model`` as it is when called (put in evaluation mode)."""
     procs = procs or Processes()
@@ -81,12 +87,17 @@ def cache_features(model: VPRModel, source: TripletSource, config: TrainConfig,
         net = folded(model)
 
         def compute(start: int, stop: int) -> np.ndarray:
-            return dataset_descriptors(net, TrainingImages(paths[start:stop], config.resize),
-                                       config.infer_batch_size, config.workers, device,
-                                       channels_last=config.channels_last)
+            return dataset_descriptors(
+                net,
+                TrainingImages(paths[start:stop], config.resize),
+                config.infer_batch_size,
+                config.workers,
+                device,
+                channels_last=config.channels_last,
+            )
 
         rows = shared_rows(len(paths), config.infer_batch_size, compute, procs)
         assert rows is not None  # gathered on every process
-        return rows[:len(db_idx)], rows[len(db_idx):]
+        return rows[: len(db_idx)], rows[len(db_idx) :]
 
     return features

@@ -63,27 +63,31 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         channels = x.shape[1]
         dims = (0, 2, 3)
-        local = torch.cat([x.sum(dims, dtype=torch.float64),
-                           torch.tensor([x.numel() // channels], dtype=torch.float64,
-                                        device=x.device)])
+        local = torch.cat(
+            [
+                x.sum(dims, dtype=torch.float64),
+                torch.tensor([x.numel() // channels], dtype=torch.float64, device=x.device),
+            ]
+        )
         total = _SumOverProcesses.apply(local, self.group)
         count = float(total[-1].detach())
         if count <= 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got {count:g}")
         mean = total[:channels] / count
         centred = x - mean.to(x.dtype).view(1, -1, 1, 1)
-        var = _SumOverProcesses.apply((centred * centred).sum(dims, dtype=torch.float64),
-                                      self.group) / count
+        var = _SumOverProcesses.apply((centred * centred).sum(dims, dtype=torch.float64), self.group) / count
         out = centred * torch.rsqrt(var + self.eps).to(x.dtype).view(1, -1, 1, 1)
         if self.affine:
             out = out * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
         if self.track_running_stats:
-            assert self.num_batches_tracked is not None and self.running_mean is not None \
+            assert (
+                self.num_batches_tracked is not None
+                and self.running_mean is not None
                 and self.running_var is not None
+            )
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
-                m = (1.0 / float(self.num_batches_tracked) if self.momentum is None
-                     else self.momentum)
+                m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
                 self.running_mean.mul_(1 - m).add_(mean.to(self.running_mean.dtype), alpha=m)
                 unbiased = var * (count / (count - 1))
                 self.running_var.mul_(1 - m).add_(unbiased.to(self.running_var.dtype), alpha=m)
@@ -93,8 +97,9 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
 def _to_global_batchnorm(module: nn.Module, group) -> nn.Module:
     for name, child in module.named_children():
         if type(child) is nn.BatchNorm2d:
-            new = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
-                                    child.track_running_stats)
+            new = GlobalBatchNorm2d(
+                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
+            )
             if child.affine:
                 new.weight, new.bias = child.weight, child.bias  # the same Parameter objects
             if child.track_running_stats:
@@ -113,7 +118,7 @@ def _share(items, parts: int, index: int):
     n = len(items)
     size, extra = divmod(n, parts)
     start = index * size + min(index, extra)
-    return items[start: start + size + (index < extra)]
+    return items[start : start + size + (index < extra)]
 
 
 class Processes:
@@ -142,8 +147,10 @@ class Processes:
             backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
             dist.init_process_group(backend, timeout=TIMEOUT)
         if dist.get_world_size() != world or dist.get_rank() != rank:
-            raise VprkitError(f"the process group has {dist.get_world_size()} processes (rank "
-                              f"{dist.get_rank()}), the environment says {world} (rank {rank})")
+            raise VprkitError(
+                f"the process group has {dist.get_world_size()} processes (rank "
+                f"{dist.get_rank()}), the environment says {world} (rank {rank})"
+            )
         return cls(rank, world, local_rank, owns)
 
     def close(self) -> None:
@@ -156,8 +163,10 @@ class Processes:
         if self.world == 1 or device.type != "cuda":
             return device
         if self.local_rank >= torch.cuda.device_count():
-            raise VprkitError(f"process with LOCAL_RANK {self.local_rank} but this machine has "
-                              f"{torch.cuda.device_count()} GPU(s): start at most one process per GPU")
+            raise VprkitError(
+                f"process with LOCAL_RANK {self.local_rank} but this machine has "
+                f"{torch.cuda.device_count()} GPU(s): start at most one process per GPU"
+            )
         device = torch.device("cuda", self.local_rank)
         torch.cuda.set_device(device)
         return device
@@ -192,15 +201,16 @@ class Processes:
             return n, n
         return batches[0] * batch_size, min((batches[-1] + 1) * batch_size, n)
 
-    def gather_rows(self, local: np.ndarray, n: int, batch_size: int,
-                    to_all: bool = True) -> np.ndarray | None:
+    def gather_rows(
+        self, local: np.ndarray, n: int, batch_size: int, to_all: bool = True
+    ) -> np.ndarray | None:
         """Concatenate the processes' ``batch_slice`` rows in order (None on processes other
         than 0 when not ``to_all``)."""
         slices = [Processes(r, self.world).batch_slice(n, batch_size) for r in range(self.world)]
         counts = [stop - start for start, stop in slices]
         most = max(counts)
         buf = torch.zeros((most, local.shape[1]), dtype=torch.float32)
-        buf[:len(local)] = torch.from_numpy(np.ascontiguousarray(local, dtype=np.float32))
+        buf[: len(local)] = torch.from_numpy(np.ascontiguousarray(local, dtype=np.float32))
         if to_all:
             parts = [torch.empty_like(buf) for _ in range(self.world)]
             dist.all_gather(parts, buf)

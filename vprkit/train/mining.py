@@ -39,14 +39,19 @@ class TripletSource:
     soft: list[np.ndarray]  # per query: database within 25 m (never negatives)
 
     @classmethod
-    def from_split(cls, split: Split, hard_radius: float = TRAIN_POSITIVE_RADIUS,
-                   soft_radius: float = EVAL_POSITIVE_RADIUS) -> TripletSource:
+    def from_split(
+        cls,
+        split: Split,
+        hard_radius: float = TRAIN_POSITIVE_RADIUS,
+        soft_radius: float = EVAL_POSITIVE_RADIUS,
+    ) -> TripletSource:
         hard = positives_within(split.database.utm, split.queries.utm, hard_radius)
         soft = positives_within(split.database.utm, split.queries.utm, soft_radius)
         usable = np.array([i for i, h in enumerate(hard) if len(h)], dtype=np.int64)
         if len(usable) == 0:
-            raise VprkitError(f"no {split.name} query has a database image within "
-                              f"{hard_radius:g} m: nothing to train on")
+            raise VprkitError(
+                f"no {split.name} query has a database image within {hard_radius:g} m: nothing to train on"
+            )
         return cls(split, usable, hard, soft)
 
     @property
@@ -59,10 +64,17 @@ def _rows(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return np.searchsorted(sorted_ids, ids)
 
 
-def mine(source: TripletSource, query_ids: np.ndarray, features, method: str, negs: int,
-         neg_samples: int, rng: np.random.Generator,
-         neg_cache: dict[int, np.ndarray] | None = None,
-         device: torch.device | None = None) -> np.ndarray:
+def mine(
+    source: TripletSource,
+    query_ids: np.ndarray,
+    features,
+    method: str,
+    negs: int,
+    neg_samples: int,
+    rng: np.random.Generator,
+    neg_cache: dict[int, np.ndarray] | None = None,
+    device: torch.device | None = None,
+) -> np.ndarray:
     """Triplet groups (n, 2 + negs) of [query, positive, negative...] indices.
 
     ``features(db_indices, query_indices) -> (db_feats, query_feats)`` computes descriptors with
@@ -103,10 +115,14 @@ def mine(source: TripletSource, query_ids: np.ndarray, features, method: str, ne
             candidates = np.arange(n_db)
         candidates = np.setdiff1d(candidates, source.soft[q])
         if len(candidates) < negs:
-            raise ParameterError("negatives", f"query {source.split.queries.names[q]} has only "
-                                 f"{len(candidates)} negative candidates (outside 25 m) for "
-                                 f"negatives={negs}; use fewer negatives or more neg_samples / "
-                                 "database images", "neg_samples")
+            raise ParameterError(
+                "negatives",
+                f"query {source.split.queries.names[q]} has only "
+                f"{len(candidates)} negative candidates (outside 25 m) for "
+                f"negatives={negs}; use fewer negatives or more neg_samples / "
+                "database images",
+                "neg_samples",
+            )
         if search is None:
             chosen = rng.choice(candidates, size=negs, replace=False)
         else:

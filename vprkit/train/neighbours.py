@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 BLOCK_ENTRIES = 1 << 23  # fast distances held at a time (32 MiB of float32)
-_U = 2.0 ** -24  # unit roundoff of float32
+_U = 2.0**-24  # unit roundoff of float32
 
 
 def reference_nearest(query: np.ndarray, feats: np.ndarray, k: int) -> np.ndarray:
@@ -67,17 +67,27 @@ class Shortlists:
     product: ``"faiss"`` or ``"torch"`` (on ``device``), None: torch on a CUDA device, else faiss.
     """
 
-    def __init__(self, queries: np.ndarray, columns: np.ndarray, device: torch.device | None = None,
-                 engine: str | None = None, per_query: bool = False):
+    def __init__(
+        self,
+        queries: np.ndarray,
+        columns: np.ndarray,
+        device: torch.device | None = None,
+        engine: str | None = None,
+        per_query: bool = False,
+    ):
         self.queries, self.columns = np.ascontiguousarray(queries), np.ascontiguousarray(columns)
         queries, columns = self.queries, self.columns
         self.device = device if device is not None else torch.device("cpu")
         if engine is None:
             engine = "torch" if self.device.type == "cuda" else "faiss"
         self.per_query = per_query
-        self.fast = (queries.dtype == np.float32 and columns.dtype == np.float32
-                     and len(columns) > 0 and bool(np.isfinite(queries).all())
-                     and bool(np.isfinite(columns).all()))
+        self.fast = (
+            queries.dtype == np.float32
+            and columns.dtype == np.float32
+            and len(columns) > 0
+            and bool(np.isfinite(queries).all())
+            and bool(np.isfinite(columns).all())
+        )
         self.block = max(1, BLOCK_ENTRIES // max(1, len(columns)))
         self._start, self._rows = -1, np.empty((0, len(columns)), dtype=np.float32)
         self._on_device: torch.Tensor | None = None
@@ -105,14 +115,18 @@ class Shortlists:
             at = np.full(len(candidates), qi, dtype=np.int64)
             cols = np.ascontiguousarray(candidates, dtype=np.int64)
             faiss.pairwise_indexed_L2sqr(  # type: ignore[attr-defined]
-                                         self.queries.shape[1], len(cols),
-                                         faiss.swig_ptr(self.queries), faiss.swig_ptr(at),
-                                         faiss.swig_ptr(self.columns), faiss.swig_ptr(cols),
-                                         faiss.swig_ptr(out))
+                self.queries.shape[1],
+                len(cols),
+                faiss.swig_ptr(self.queries),
+                faiss.swig_ptr(at),
+                faiss.swig_ptr(self.columns),
+                faiss.swig_ptr(cols),
+                faiss.swig_ptr(out),
+            )
             return out
         if not self._start <= qi < self._start + len(self._rows):
             self._start = qi - qi % self.block
-            block = np.ascontiguousarray(self.queries[self._start: self._start + self.block])
+            block = np.ascontiguousarray(self.queries[self._start : self._start + self.block])
             self._rows = self._distances(block)
         return self._rows[qi - self._start][candidates]
 

@@ -29,9 +29,8 @@ def plot_run(run_dir: Path) -> Path | None:
         ax1.plot(x, [r["loss"] for r in losses], marker="o")
     ax1.set(xlabel="epoch", ylabel="triplet loss", title="training loss per cache refresh")
     integer_ticks(ax1.xaxis)  # ticks at epoch ends (the points between them are cache refreshes)
-    for n in (vals[0]["val_recalls"] if vals else {}):
-        ax2.plot([r["epoch"] for r in vals], [r["val_recalls"][n] for r in vals], marker="o",
-                 label=f"R@{n}")
+    for n in vals[0]["val_recalls"] if vals else {}:
+        ax2.plot([r["epoch"] for r in vals], [r["val_recalls"][n] for r in vals], marker="o", label=f"R@{n}")
     ax2.set(xlabel="epoch (0 = untrained)", ylabel="recall (%)", title="validation Recall@N")
     integer_ticks(ax2.xaxis)
     if vals:

@@ -40,8 +40,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "fields": {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 1e-3, "scheduler": "plateau"},
     },
     "paper-asgd-cosine": {
-        "about": "paper-asgd with the Cosine annealing scheduler, the paper's best ASGD run "
-                 "(Fig. 5)",
+        "about": "paper-asgd with the Cosine annealing scheduler, the paper's best ASGD run (Fig. 5)",
         "fields": {"optimizer": "asgd", "lr": 0.1, "weight_decay": 1e-3, "scheduler": "cosine"},
     },
 }
@@ -83,9 +82,16 @@ def config_from_recipe(name: str | None, **overrides: Any) -> TrainConfig:
 
 def describe_recipes() -> list[tuple[str, str, str]]:
     """(name, the fields it sets as ``key=value`` text, its one-line source) of each recipe."""
-    return [(name, ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                             for k, v in recipe["fields"].items()), recipe["about"])
-            for name, recipe in RECIPES.items()]
+    return [
+        (
+            name,
+            ", ".join(
+                f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in recipe["fields"].items()
+            ),
+            recipe["about"],
+        )
+        for name, recipe in RECIPES.items()
+    ]
 
 
 __all__ = ["RECIPES", "config_from_recipe", "describe_recipes", "recipe_fields"]

@@ -100,12 +100,12 @@ class TripletImages(Dataset):
         try:
             return torch.stack(images)
         except RuntimeError:
-            raise ParameterError("resize", "training images differ in size; give a resize (H, "
-                                           "W)") from None
+            raise ParameterError("resize", "training images differ in size; give a resize (H, W)") from None
 
 
-def triplet_loss(features: torch.Tensor, groups: int, negatives: int, margin: float,
-                 total_groups: int | None = None) -> torch.Tensor:
+def triplet_loss(
+    features: torch.Tensor, groups: int, negatives: int, margin: float, total_groups: int | None = None
+) -> torch.Tensor:
     """Triplet margin loss of ``groups`` blocks of (query, positive, negatives...) features,
     summed over negatives and divided by groups x negatives (the benchmark's normalisation);
     divided by ``total_groups`` x negatives instead when given (one process's share of the loss
@@ -134,17 +134,27 @@ def build_scheduler(optimizer, config: TrainConfig, refreshes_per_epoch: int):
     """plateau: x0.1 when the refresh loss stops improving by 0.5% (patience 1); cosine: over all
     cache refreshes of the run."""
     if config.scheduler == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=1,
-                                                          threshold=0.005)
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=1, threshold=0.005)
     if config.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=config.epochs * refreshes_per_epoch)
+            optimizer, T_max=config.epochs * refreshes_per_epoch
+        )
     return None
 
 
-def _train_groups(model, optimizer, source, groups, config: TrainConfig, augment, device,
-                  progress: ProgressCallback | None, label: str, procs: Processes | None = None,
-                  precision: Precision | None = None) -> float:
+def _train_groups(
+    model,
+    optimizer,
+    source,
+    groups,
+    config: TrainConfig,
+    augment,
+    device,
+    progress: ProgressCallback | None,
+    label: str,
+    procs: Processes | None = None,
+    precision: Precision | None = None,
+) -> float:
     """Train on the groups in steps of ``batch_size`` groups; the mean loss of the steps. With
     several processes ``model`` is the DDP-wrapped model and each process takes its share of
     every step. ``precision``: that of ``config`` when not given (without a gradient scaler's
@@ -152,15 +162,23 @@ def _train_groups(model, optimizer, source, groups, config: TrainConfig, augment
     procs = procs or Processes()
     precision = precision or Precision.of(config, device)
     dataset = TripletImages(source, groups, config.resize, augment)
-    steps = [np.arange(start, min(start + config.batch_size, len(groups)))
-             for start in range(0, len(groups), config.batch_size)]
+    steps = [
+        np.arange(start, min(start + config.batch_size, len(groups)))
+        for start in range(0, len(groups), config.batch_size)
+    ]
     pin = device.type == "cuda"
     if procs.world == 1:
-        loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.workers,
-                            drop_last=False, pin_memory=pin)
+        loader = DataLoader(
+            dataset, batch_size=config.batch_size, num_workers=config.workers, drop_last=False, pin_memory=pin
+        )
     else:
-        loader = DataLoader(dataset, batch_sampler=[procs.share(s).tolist() for s in steps],
-                            num_workers=config.workers, collate_fn=_stack_or_none, pin_memory=pin)
+        loader = DataLoader(
+            dataset,
+            batch_sampler=[procs.share(s).tolist() for s in steps],
+            num_workers=config.workers,
+            collate_fn=_stack_or_none,
+            pin_memory=pin,
+        )
     model.train()
     total, batches = 0.0, 0
     with progress_task(progress, label, len(groups)) as task:
@@ -174,8 +192,11 @@ def _train_groups(model, optimizer, source, groups, config: TrainConfig, augment
             if procs.world == 1:
                 loss = triplet_loss(features, n, config.negatives, config.margin)
             else:
-                loss = (triplet_loss(features, own, config.negatives, config.margin,
-                                     total_groups=n) if own else features.sum() * 0.0)
+                loss = (
+                    triplet_loss(features, own, config.negatives, config.margin, total_groups=n)
+                    if own
+                    else features.sum() * 0.0
+                )
             # DDP averages the processes' gradients: scaled by their number, the average is
             # the gradient of the sum of the shares, which is the loss of the whole step
             precision.step(loss if procs.world == 1 else loss * procs.world, optimizer)

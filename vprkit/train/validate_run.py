@@ -37,9 +37,15 @@ class Said(str):
 
 def _failing(path: Path) -> Fail:
     def fail(key: str, value: object, expected: str) -> NoReturn:
-        what = ("is missing" if value is MISSING else
-                f"is {value}" if isinstance(value, Said) else f"is {shown_value(value)}")
+        what = (
+            "is missing"
+            if value is MISSING
+            else f"is {value}"
+            if isinstance(value, Said)
+            else f"is {shown_value(value)}"
+        )
         raise VprkitError(f"{path}: {shown(repr(key), 100)} {what}; expected {expected}")
+
     return fail
 
 
@@ -50,10 +56,11 @@ def check_config_fits(config: TrainConfig, path: Path, source: TripletSource) ->
     usable = f"the {config.train_split} queries of {source.split.root} with a database image within 10 m"
     fail = _failing(path)
     for key, most, what in (
-            ("queries_per_epoch", n_q, usable),
-            ("cache_refresh", min(n_q, config.queries_per_epoch), f"queries_per_epoch and {usable}"),
-            ("neg_samples", n_db, f"the {config.train_split} database images of {source.split.root}"),
-            ("negatives", n_db, f"the {config.train_split} database images of {source.split.root}")):
+        ("queries_per_epoch", n_q, usable),
+        ("cache_refresh", min(n_q, config.queries_per_epoch), f"queries_per_epoch and {usable}"),
+        ("neg_samples", n_db, f"the {config.train_split} database images of {source.split.root}"),
+        ("negatives", n_db, f"the {config.train_split} database images of {source.split.root}"),
+    ):
         if getattr(config, key) > most:
             fail(key, getattr(config, key), f"an integer from 1 to {most} ({what})")
 
@@ -62,12 +69,12 @@ def check_run_state(data: object, path: Path, config: TrainConfig, split: Split)
     """``data`` read from ``last.pth``, every value checked against ``config`` and the training
     ``split`` (its neg_cache indexes the split's queries and database); returns it."""
     if not isinstance(data, dict):
-        raise VprkitError(f"{path} is not a vprkit run state (it holds {shown_value(data)}); "
-                          "it cannot be resumed")
+        raise VprkitError(
+            f"{path} is not a vprkit run state (it holds {shown_value(data)}); it cannot be resumed"
+        )
     missing = [k for k in LAST_KEYS if k not in data]
     if missing:
-        raise VprkitError(f"{path} is not a vprkit run state (no {', '.join(missing)}); "
-                          "it cannot be resumed")
+        raise VprkitError(f"{path} is not a vprkit run state (no {', '.join(missing)}); it cannot be resumed")
     fail = _failing(path)
     _tensors(fail, "model_state_dict", data["model_state_dict"])
     _optimizer(fail, data["optimizer_state_dict"])
@@ -113,13 +120,20 @@ def _setting(value: object) -> bool:
 
 def _optimizer(fail: Fail, value: object) -> None:
     key = "optimizer_state_dict"
-    if not (isinstance(value, dict) and isinstance(value.get("state"), dict)
-            and isinstance(value.get("param_groups"), list) and value["param_groups"]):
+    if not (
+        isinstance(value, dict)
+        and isinstance(value.get("state"), dict)
+        and isinstance(value.get("param_groups"), list)
+        and value["param_groups"]
+    ):
         fail(key, value, "a dict of 'state' and 'param_groups' (a torch optimizer's state)")
     for i, group in enumerate(value["param_groups"]):
         at = f"{key}.param_groups[{i}]"
-        if not (isinstance(group, dict) and isinstance(group.get("params"), list)
-                and all(is_int(p) for p in group["params"])):
+        if not (
+            isinstance(group, dict)
+            and isinstance(group.get("params"), list)
+            and all(is_int(p) for p in group["params"])
+        ):
             fail(at, group, "a dict of the group's settings and its 'params' (integers)")
         for name, setting in group.items():
             if name != "params" and not _setting(setting):
@@ -157,8 +171,12 @@ def _numpy_rng(fail: Fail, value: object) -> None:
 def _torch_rng(fail: Fail, key: str, value: object) -> None:
     current = torch.get_rng_state()
     expected = f"a torch.uint8 tensor of {current.numel()} bytes (a torch.get_rng_state())"
-    if not (isinstance(value, torch.Tensor) and value.dtype == torch.uint8 and value.dim() == 1
-            and value.numel() == current.numel()):
+    if not (
+        isinstance(value, torch.Tensor)
+        and value.dtype == torch.uint8
+        and value.dim() == 1
+        and value.numel() == current.numel()
+    ):
         fail(key, value, expected)
     try:  # torch checks the generator's own fields
         torch.set_rng_state(value)
@@ -173,21 +191,31 @@ def _progress(fail: Fail, state: object, config: TrainConfig, split: Split) -> N
     if not isinstance(state, dict):
         fail("state", state, "a dict of the run's progress (epoch, refresh, best_r5, ...)")
     refreshes = math.ceil(config.queries_per_epoch / config.cache_refresh)
-    for name, most, what in (("epoch", config.epochs, " (the run's epochs)"),
-                             ("refresh", refreshes, " (the cache refreshes of an epoch)"),
-                             ("not_improved", None, "")):
+    for name, most, what in (
+        ("epoch", config.epochs, " (the run's epochs)"),
+        ("refresh", refreshes, " (the cache refreshes of an epoch)"),
+        ("not_improved", None, ""),
+    ):
         value = state.get(name, MISSING)
         if not (is_int(value) and 0 <= value and (most is None or value <= most)):
-            fail(f"state.{name}", value, (f"an integer from 0 to {most}" if most is not None
-                                          else "an integer >= 0") + what)
+            fail(
+                f"state.{name}",
+                value,
+                (f"an integer from 0 to {most}" if most is not None else "an integer >= 0") + what,
+            )
     best = state.get("best_r5", MISSING)
     if not (_finite(best) and -1 <= best <= 100):
-        fail("state.best_r5", best, "a finite number from -1 to 100 (the best validation R@5 "
-                                    "in %, -1 before the first)")
+        fail(
+            "state.best_r5",
+            best,
+            "a finite number from -1 to 100 (the best validation R@5 in %, -1 before the first)",
+        )
     _neg_cache(fail, state.get("neg_cache", {}), len(split.queries), len(split.database))
     dataset = state.get("dataset")
-    if dataset is not None and not (isinstance(dataset, dict) and all(
-            isinstance(k, str) and isinstance(v, str) for k, v in dataset.items())):
+    if dataset is not None and not (
+        isinstance(dataset, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in dataset.items())
+    ):
         fail("state.dataset", dataset, "null or a dict of the image lists' hashes")
 
 
@@ -213,8 +241,9 @@ def check_fits(data: dict, path: Path, optimizer, scheduler, scaler) -> None:
     fresh = optimizer.state_dict()
     stored = data["optimizer_state_dict"]
     shapes = {}
-    if [len(g["params"]) for g in stored["param_groups"]] == \
-            [len(g["params"]) for g in fresh["param_groups"]]:
+    if [len(g["params"]) for g in stored["param_groups"]] == [
+        len(g["params"]) for g in fresh["param_groups"]
+    ]:
         params = [p for group in optimizer.param_groups for p in group["params"]]
         ids = [i for group in stored["param_groups"] for i in group["params"]]
         shapes = {i: p.shape for i, p in zip(ids, params, strict=True)}
@@ -222,10 +251,17 @@ def check_fits(data: dict, path: Path, optimizer, scheduler, scaler) -> None:
             _same_kinds(fail, f"optimizer_state_dict.param_groups[{i}]", old, new, ("params",))
     for index, entry in stored["state"].items():
         for name, item in entry.items():
-            if isinstance(item, torch.Tensor) and item.dim() > 0 and index in shapes \
-                    and item.shape != shapes[index]:
-                fail(f"optimizer_state_dict.state[{index}].{name}", item,
-                     f"a tensor of the parameter's shape {tuple(shapes[index])}")
+            if (
+                isinstance(item, torch.Tensor)
+                and item.dim() > 0
+                and index in shapes
+                and item.shape != shapes[index]
+            ):
+                fail(
+                    f"optimizer_state_dict.state[{index}].{name}",
+                    item,
+                    f"a tensor of the parameter's shape {tuple(shapes[index])}",
+                )
     for key, built in (("scheduler_state_dict", scheduler), ("scaler_state_dict", scaler)):
         if built is not None and data.get(key):
             _same_kinds(fail, key, data[key], built.state_dict(), (), strict=True)
@@ -233,14 +269,29 @@ def check_fits(data: dict, path: Path, optimizer, scheduler, scaler) -> None:
                 for name in STATIC_SCHEDULER_KEYS:
                     new = built.state_dict().get(name, MISSING)
                     if name in data[key] and new is not MISSING and data[key][name] != new:
-                        fail(f"{key}.{name}", data[key][name], f"{shown_value(new)}, as this "
-                                                               "run's config makes it")
+                        fail(
+                            f"{key}.{name}",
+                            data[key][name],
+                            f"{shown_value(new)}, as this run's config makes it",
+                        )
 
 
 # settings of a scheduler that its config fixes (the others change as it steps)
-STATIC_SCHEDULER_KEYS = ("T_max", "eta_min", "base_lrs", "factor", "min_lrs", "default_min_lr",
-                         "patience", "cooldown", "eps", "mode", "mode_worse", "threshold",
-                         "threshold_mode")
+STATIC_SCHEDULER_KEYS = (
+    "T_max",
+    "eta_min",
+    "base_lrs",
+    "factor",
+    "min_lrs",
+    "default_min_lr",
+    "patience",
+    "cooldown",
+    "eps",
+    "mode",
+    "mode_worse",
+    "threshold",
+    "threshold_mode",
+)
 
 
 def _kind(value: object) -> object:
@@ -253,8 +304,9 @@ def _kind(value: object) -> object:
     return type(value).__name__
 
 
-def _same_kinds(fail: Fail, key: str, stored: dict, fresh: dict, skip: tuple[str, ...],
-                strict: bool = False) -> None:
+def _same_kinds(
+    fail: Fail, key: str, stored: dict, fresh: dict, skip: tuple[str, ...], strict: bool = False
+) -> None:
     """Every value of ``stored`` of the kind of the same key in ``fresh`` (a state dict this
     run builds); ``strict``: no key that ``fresh`` lacks (a scheduler loads every key as an
     attribute). Numbers are finite where ``fresh``'s are."""
@@ -287,16 +339,20 @@ def stale_files(run_dir: Path) -> list[Path]:
     for name in LATER:
         path = run_dir / name
         if path.exists() and not path.is_symlink():
-            raise VprkitError(f"{run_dir} holds {name} without last.pth: not a vprkit run that "
-                              "can be started again; choose another output folder or remove it")
+            raise VprkitError(
+                f"{run_dir} holds {name} without last.pth: not a vprkit run that "
+                "can be started again; choose another output folder or remove it"
+            )
     for name in STALE:
         path = run_dir / name
         if path.is_symlink():
             found.append(path)  # removed: its target is never read nor changed
         elif path.exists():
             if not (path.is_file() and _written_by_vprkit(path)):
-                raise VprkitError(f"{run_dir} holds {name} that vprkit did not write; choose "
-                                  "another output folder or remove it")
+                raise VprkitError(
+                    f"{run_dir} holds {name} that vprkit did not write; choose "
+                    "another output folder or remove it"
+                )
             found.append(path)
     return found
 

@@ -51,9 +51,13 @@ def get_aggregation(name: str) -> type[Aggregation]:
     return REGISTRY.get(name)
 
 
-def aggregation_options(name: str, options: Mapping[str, Any] | None = None,
-                        clusters: int | None = None, l2: str | None = None,
-                        fc_output_dim: int | None = None) -> Any:
+def aggregation_options(
+    name: str,
+    options: Mapping[str, Any] | None = None,
+    clusters: int | None = None,
+    l2: str | None = None,
+    fc_output_dim: int | None = None,
+) -> Any:
     """The ``Options`` of aggregation ``name`` from ``options`` by name, and the benchmark's
     flat ``clusters``, ``l2`` and ``fc_output_dim`` where it declares them (``options`` wins);
     a flat ``clusters`` it does not declare is ignored, as configs always recorded one."""
@@ -69,9 +73,14 @@ def aggregation_options(name: str, options: Mapping[str, Any] | None = None,
     return make_options(cls.Options, values, f"aggregation {name}")
 
 
-def build_aggregation(name: str, channels: int, clusters: int = 64, l2: str | None = None,
-                      fc_output_dim: int | None = None,
-                      options: Mapping[str, Any] | None = None) -> Aggregation:
+def build_aggregation(
+    name: str,
+    channels: int,
+    clusters: int = 64,
+    l2: str | None = None,
+    fc_output_dim: int | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> Aggregation:
     """The layer ``name`` for ``channels`` input channels; ``l2`` is the benchmark's placement
     of the L2 norm (None: ``before_pool``), ``fc_output_dim`` its fully connected head,
     ``options`` any of the layer's options by name (see ``aggregation_options``)."""
@@ -89,8 +98,11 @@ def recognise_aggregation(state: dict[str, torch.Tensor]) -> list[dict]:
     """Every aggregation layout that a layer's state dict (keys without ``aggregation.``) fits:
     ``{"aggregation": name, **options}``, options such as ``clusters``, ``l2``, ``fc_output_dim``."""
     fc = {}
-    if {"1.weight", "1.bias"} <= set(state) and state["1.weight"].ndim == 2 and all(
-            k.startswith("0.") or k in ("1.weight", "1.bias") for k in state):
+    if (
+        {"1.weight", "1.bias"} <= set(state)
+        and state["1.weight"].ndim == 2
+        and all(k.startswith("0.") or k in ("1.weight", "1.bias") for k in state)
+    ):
         fc = {"fc_output_dim": int(state["1.weight"].shape[0])}
         state = {k[2:]: v for k, v in state.items() if k.startswith("0.")}
     found = []
@@ -107,6 +119,22 @@ def _export(name: str, attr: str):
 GeM = _export("gem", "GeM")
 NetVLAD = _export("netvlad", "NetVLAD")
 
-__all__ = ["AGGREGATIONS", "L2_PLACEMENTS", "REGISTRY", "Aggregation", "Flatten", "GeM", "L2Norm",
-           "NetVLAD", "ShallowAggregation", "WithFC", "aggregation_options", "build_aggregation",
-           "get_aggregation", "pyramid", "recognise_aggregation", "register", "stat_names"]
+__all__ = [
+    "AGGREGATIONS",
+    "L2_PLACEMENTS",
+    "REGISTRY",
+    "Aggregation",
+    "Flatten",
+    "GeM",
+    "L2Norm",
+    "NetVLAD",
+    "ShallowAggregation",
+    "WithFC",
+    "aggregation_options",
+    "build_aggregation",
+    "get_aggregation",
+    "pyramid",
+    "recognise_aggregation",
+    "register",
+    "stat_names",
+]

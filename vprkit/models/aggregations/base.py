@@ -111,10 +111,12 @@ REGISTRY: Registry[type[Aggregation]] = Registry("aggregation", "vprkit.models.a
 def register(name: str) -> Callable[[A], A]:
     """Decorator: register the decorated ``Aggregation`` subclass as ``name`` (the name of the
     module that defines it, for the package's own) and set its ``name``."""
+
     def add(cls: A) -> A:
         cls.name = name
         REGISTRY.add(name, cls, cls.__module__)
         return cls
+
     return add
 
 
@@ -140,9 +142,11 @@ class ShallowAggregation(Aggregation, nn.Sequential):
         l2: str = L2_PLACEMENTS[0]
 
     def __init__(self, pool: nn.Module, l2: str = "before_pool"):
-        layers = {"before_pool": [L2Norm(dim=1), pool, Flatten()],
-                  "after_pool": [pool, L2Norm(dim=1), Flatten()],
-                  "none": [pool, Flatten()]}[check_l2(l2)]
+        layers = {
+            "before_pool": [L2Norm(dim=1), pool, Flatten()],
+            "after_pool": [pool, L2Norm(dim=1), Flatten()],
+            "none": [pool, Flatten()],
+        }[check_l2(l2)]
         super().__init__(*layers)
         self.l2 = l2
 

@@ -35,7 +35,7 @@ def regions(height: int, width: int, levels: int = 3) -> list[tuple[int, int, in
     extra_h = extra_w = 0
     if height != width:  # in float32 as the benchmark: it decides ties such as 5 x 9
         gaps = (max(height, width) - short) / (torch.tensor(STEPS, dtype=torch.float32) - 1)
-        costs = ((short ** 2 - short * gaps) / short ** 2 - OVERLAP).abs()
+        costs = ((short**2 - short * gaps) / short**2 - OVERLAP).abs()
         extra = int(torch.min(costs, 0).indices) + 1
         extra_h, extra_w = (extra, 0) if height > width else (0, extra)
     out = []
@@ -58,7 +58,7 @@ class _RegionMaxPool(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         v = _unit_max(x, self.eps)
         for top, left, side in regions(x.shape[-2], x.shape[-1], self.levels):
-            v = v + _unit_max(x[:, :, top:top + side, left:left + side], self.eps)
+            v = v + _unit_max(x[:, :, top : top + side, left : left + side], self.eps)
         return v
 
 

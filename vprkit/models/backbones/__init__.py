@@ -22,8 +22,9 @@ from vprkit.models.backbones.base import REGISTRY, BackboneSpec, register
 from vprkit.models.options import make_options
 
 # name -> (channels, stride) of every backbone of this package
-BACKBONES: dict[str, tuple[int, int]] = {name: (spec.channels, spec.stride)
-                                         for name, spec in REGISTRY.items()}
+BACKBONES: dict[str, tuple[int, int]] = {
+    name: (spec.channels, spec.stride) for name, spec in REGISTRY.items()
+}
 
 
 def get_backbone(name: str) -> BackboneSpec:
@@ -50,9 +51,18 @@ def build_backbone(name: str, weights: str = "imagenet", options: dict | None = 
 
 def recognise_backbone(state: dict[str, torch.Tensor]) -> list[str]:
     """The backbones whose key signature the ``backbone.*`` entries of a state dict fit."""
-    state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    state = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
     return [name for name, spec in REGISTRY.items() if spec.recognise(state)]
 
 
-__all__ = ["BACKBONES", "REGISTRY", "BackboneSpec", "backbone_channels", "build_backbone", "check_backbone",
-           "get_backbone", "recognise_backbone", "register"]
+__all__ = [
+    "BACKBONES",
+    "REGISTRY",
+    "BackboneSpec",
+    "backbone_channels",
+    "build_backbone",
+    "check_backbone",
+    "get_backbone",
+    "recognise_backbone",
+    "register",
+]

@@ -26,6 +26,7 @@ def build(arch: str, stage: str, weights: str) -> nn.Sequential:
 
 def recognise(arch: str, stage: str) -> Callable[[dict], bool]:
     """Whether a state dict's backbone keys are those of ``arch`` up to ``stage``."""
+
     def fits(state: dict) -> bool:
         bottleneck, blocks, _ = _DEPTHS[arch]
         if "4.0.conv1.weight" not in state or ("4.0.conv3.weight" in state) != bottleneck:
@@ -33,15 +34,19 @@ def recognise(arch: str, stage: str) -> Callable[[dict], bool]:
         layer3 = {int(k.split(".")[1]) for k in state if k.startswith("6.")}
         conv5 = any(k.startswith("7.") for k in state)
         return layer3 == set(range(blocks)) and conv5 == (stage == "conv5")
+
     return fits
 
 
 def register_resnet(name: str) -> Callable[[Callable], Callable]:
     """``register`` for the ResNet backbone ``name`` (``<arch>conv4`` or ``<arch>conv5``):
     channels, stride, key signature and help follow from the name."""
-    arch, stage = name[:-len("conv4")], name[-len("conv4"):]
+    arch, stage = name[: -len("conv4")], name[-len("conv4") :]
     factor = 1 if stage == "conv4" else 2
-    return register(name, channels=_DEPTHS[arch][2] * factor, stride=16 * factor,
-                    recognise=recognise(arch, stage),
-                    help=f"{arch} up to {'layer3' if stage == 'conv4' else 'layer4'}")
-
+    return register(
+        name,
+        channels=_DEPTHS[arch][2] * factor,
+        stride=16 * factor,
+        recognise=recognise(arch, stage),
+        help=f"{arch} up to {'layer3' if stage == 'conv4' else 'layer4'}",
+    )

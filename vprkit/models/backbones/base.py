@@ -51,16 +51,24 @@ class BackboneSpec:
 REGISTRY: Registry[BackboneSpec] = Registry("backbone", "vprkit.models.backbones")
 
 
-def register(name: str, *, channels: int, stride: int,
-             recognise: Callable[[dict[str, torch.Tensor]], bool], help: str = "",
-             options: type = NoOptions) -> Callable[[Callable], Callable]:
+def register(
+    name: str,
+    *,
+    channels: int,
+    stride: int,
+    recognise: Callable[[dict[str, torch.Tensor]], bool],
+    help: str = "",
+    options: type = NoOptions,
+) -> Callable[[Callable], Callable]:
     """Decorator: register the decorated ``builder(weights, options)`` as backbone ``name``
     (which must be the name of the module that defines it); the attributes are
     ``BackboneSpec``'s."""
+
     def add(builder: Callable[[str, Any], nn.Sequential]) -> Callable:
         spec = BackboneSpec(name, channels, stride, builder, recognise, help, options)
         REGISTRY.add(name, spec, builder.__module__)
         return builder
+
     return add
 
 

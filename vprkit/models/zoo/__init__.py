@@ -51,15 +51,19 @@ class ZooNetwork(nn.Module):
         self.spec = get_zoo_model(config.model)
         for package in self.spec.requires:
             if importlib.util.find_spec(package) is None:
-                raise VprkitError(f"model {self.spec.name} needs the {package} package: "
-                                  "pip install 'vprkit[dinov2]'")
+                raise VprkitError(
+                    f"model {self.spec.name} needs the {package} package: pip install 'vprkit[dinov2]'"
+                )
         if not config.checkpoint and config.weights != "none":
-            raise VprkitError(f"model {self.spec.name} takes --checkpoint FILE (its published "
-                              f"weights: {self.spec.weights}) or --weights none (random), not "
-                              f"--weights {config.weights}")
+            raise VprkitError(
+                f"model {self.spec.name} takes --checkpoint FILE (its published "
+                f"weights: {self.spec.weights}) or --weights none (random), not "
+                f"--weights {config.weights}"
+            )
         self.backbone: nn.Module = self.spec.build()
         if config.checkpoint:
             from vprkit.models.serialization import load_safely
+
             state = load_safely(config.checkpoint, "checkpoint")
             try:
                 self.spec.load_state_dict(self.backbone, state)

@@ -68,8 +68,9 @@ def family_of(name: str) -> str:
 
 
 # the zoo: one module of this package per family (see vprkit.models.registry)
-REGISTRY: Registry[ZooSpec] = Registry("model", "vprkit.models.zoo", family_of=family_of,
-                                       hint="vprkit models lists them")
+REGISTRY: Registry[ZooSpec] = Registry(
+    "model", "vprkit.models.zoo", family_of=family_of, hint="vprkit models lists them"
+)
 
 
 def register(spec: ZooSpec) -> ZooSpec:
@@ -84,20 +85,26 @@ def strict_load(module: nn.Module, state: Mapping[str, torch.Tensor], what: str)
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     if missing or unexpected:
-        detail = (f"missing {missing[0]!r}" if missing else "") + \
-            (", " if missing and unexpected else "") + \
-            (f"unexpected {unexpected[0]!r}" if unexpected else "")
-        raise VprkitError(f"this is not a {what} state dict ({detail}; {len(missing)} missing, "
-                          f"{len(unexpected)} unexpected keys)")
+        detail = (
+            (f"missing {missing[0]!r}" if missing else "")
+            + (", " if missing and unexpected else "")
+            + (f"unexpected {unexpected[0]!r}" if unexpected else "")
+        )
+        raise VprkitError(
+            f"this is not a {what} state dict ({detail}; {len(missing)} missing, "
+            f"{len(unexpected)} unexpected keys)"
+        )
     for key, value in own.items():
         if tuple(state[key].shape) != tuple(value.shape):
-            raise VprkitError(f"this is not a {what} state dict: {key} has shape "
-                              f"{tuple(state[key].shape)}, expected {tuple(value.shape)}")
+            raise VprkitError(
+                f"this is not a {what} state dict: {key} has shape "
+                f"{tuple(state[key].shape)}, expected {tuple(value.shape)}"
+            )
     module.load_state_dict(dict(state), strict=True)
 
 
 def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str = "module.") -> dict:
     """The state dict without a ``prefix`` that every key has (``nn.DataParallel``'s)."""
     if state and all(k.startswith(prefix) for k in state):
-        return {k[len(prefix):]: v for k, v in state.items()}
+        return {k[len(prefix) :]: v for k, v in state.items()}
     return dict(state)

@@ -64,14 +64,16 @@ PATCH = dinov2.PATCH_SIZE
 # The aggregator
 # ---------------------------------------------------------------------------------------------
 
+
 class BoQBlock(nn.Module):
     """A transformer encoder layer over the local features, then the block's learnt queries
     (self-attended, normalised) cross-attending to them."""
 
     def __init__(self, dim: int, num_queries: int, heads: int) -> None:
         super().__init__()
-        self.encoder = nn.TransformerEncoderLayer(d_model=dim, nhead=heads, dim_feedforward=4 * dim,
-                                                  dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoderLayer(
+            d_model=dim, nhead=heads, dim_feedforward=4 * dim, dropout=0.0, batch_first=True
+        )
         self.queries = nn.Parameter(torch.randn(1, num_queries, dim))
         self.self_attn = nn.MultiheadAttention(dim, num_heads=heads, batch_first=True)
         self.norm_q = nn.LayerNorm(dim)
@@ -91,13 +93,20 @@ class BoQAggregator(nn.Module):
     outputs of every block, projected (``fc``) from ``layers * queries`` to ``row_dim`` rows,
     flattened and L2-normalised: (B, proj_channels * row_dim)."""
 
-    def __init__(self, in_channels: int, proj_channels: int, num_queries: int = 64,
-                 num_layers: int = 2, row_dim: int = 32) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        proj_channels: int,
+        num_queries: int = 64,
+        num_layers: int = 2,
+        row_dim: int = 32,
+    ) -> None:
         super().__init__()
         self.proj_c = nn.Conv2d(in_channels, proj_channels, kernel_size=3, padding=1)
         self.norm_input = nn.LayerNorm(proj_channels)
-        self.boqs = nn.ModuleList([BoQBlock(proj_channels, num_queries, proj_channels // 64)
-                                   for _ in range(num_layers)])
+        self.boqs = nn.ModuleList(
+            [BoQBlock(proj_channels, num_queries, proj_channels // 64) for _ in range(num_layers)]
+        )
         self.fc = nn.Linear(num_layers * num_queries, row_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -127,6 +136,7 @@ class BoQNet(nn.Module):
 # ResNet-50
 # ---------------------------------------------------------------------------------------------
 
+
 class ResNet50Layer3(nn.Module):
     """torchvision's ResNet-50 to ``layer3`` as ``net = Sequential(conv1, bn1, relu, maxpool,
     layer1, layer2, layer3)`` (upstream's ``backbone.net`` keys)."""
@@ -142,10 +152,20 @@ class ResNet50Layer3(nn.Module):
 
 # upstream's split layouts -> ``backbone.net``
 _SPLIT_RESNET = (
-    ("backbone.frozen_layers.0.0.", "backbone.frozen_layers.0.1.", "backbone.frozen_layers.1.",
-     "backbone.frozen_layers.2.", "backbone.unfrozen_layers.0."),
-    ("backbone.unfrozen_layers.0.0.", "backbone.unfrozen_layers.0.1.", "backbone.unfrozen_layers.1.",
-     "backbone.unfrozen_layers.2.", "backbone.unfrozen_layers.3."),
+    (
+        "backbone.frozen_layers.0.0.",
+        "backbone.frozen_layers.0.1.",
+        "backbone.frozen_layers.1.",
+        "backbone.frozen_layers.2.",
+        "backbone.unfrozen_layers.0.",
+    ),
+    (
+        "backbone.unfrozen_layers.0.0.",
+        "backbone.unfrozen_layers.0.1.",
+        "backbone.unfrozen_layers.1.",
+        "backbone.unfrozen_layers.2.",
+        "backbone.unfrozen_layers.3.",
+    ),
 )
 _NET = ("backbone.net.0.", "backbone.net.1.", "backbone.net.4.", "backbone.net.5.", "backbone.net.6.")
 
@@ -158,7 +178,7 @@ def _resnet_keys(state: dict) -> dict:
             for key, value in state.items():
                 for old, new in zip(layout, _NET, strict=True):
                     if key.startswith(old):
-                        key = new + key[len(old):]
+                        key = new + key[len(old) :]
                         break
                 renamed[key] = value
             return renamed
@@ -179,8 +199,7 @@ class DinoV2PatchMap(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.dino = dinov2.build_dinov2_vitb14(norm_layer=False, return_token=False,
-                                               quick_init=True)
+        self.dino = dinov2.build_dinov2_vitb14(norm_layer=False, return_token=False, quick_init=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.dino(x)
@@ -192,14 +211,16 @@ class DinoV2PatchMap(nn.Module):
 # The variants
 # ---------------------------------------------------------------------------------------------
 
+
 def _tensors(state: object, what: str) -> dict:
     if not isinstance(state, Mapping):
         raise VprkitError(f"this is not a {what} state dict (the file holds a {type(state).__name__})")
     state = strip_prefix(state, "module.")
     odd = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if odd:
-        raise VprkitError(f"this is not a {what} state dict ({odd[0]!r} is a "
-                          f"{type(state[odd[0]]).__name__}, not a tensor)")
+        raise VprkitError(
+            f"this is not a {what} state dict ({odd[0]!r} is a {type(state[odd[0]]).__name__}, not a tensor)"
+        )
     return state
 
 
@@ -226,7 +247,7 @@ def _load_dinov2(module: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     if other:
         raise VprkitError(f"this is not a {what} state dict (unexpected {other[0]!r})")
     aggregator: Any = module.aggregator
-    strict_load(aggregator, {k[len("aggregator."):]: weights[k] for k in rest}, what)
+    strict_load(aggregator, {k[len("aggregator.") :]: weights[k] for k in rest}, what)
 
 
 def build_resnet50() -> BoQNet:
@@ -239,32 +260,36 @@ def build_dinov2() -> BoQNet:
     return BoQNet(DinoV2PatchMap(), BoQAggregator(768, 384, num_queries=64, num_layers=2, row_dim=32))
 
 
-register(ZooSpec(
-    name="boq_resnet50_16384",
-    family="boq",
-    backbone="ResNet-50 (to layer3)",
-    aggregation="BoQ (2 blocks x 64 queries, 512 x 32) + L2",
-    output_dim=16384,
-    build=build_resnet50,
-    load_state_dict=_load_resnet,
-    resize=(384, 384),
-    weights=f"{RELEASE}resnet50_16384.pth (resnet50_16384.pth; torch.hub amaralibey/bag-of-queries)",
-    notes="upstream resizes to 384x384 (bicubic, antialiased; vprkit's resize is bilinear); "
-          "any image size works",
-))
+register(
+    ZooSpec(
+        name="boq_resnet50_16384",
+        family="boq",
+        backbone="ResNet-50 (to layer3)",
+        aggregation="BoQ (2 blocks x 64 queries, 512 x 32) + L2",
+        output_dim=16384,
+        build=build_resnet50,
+        load_state_dict=_load_resnet,
+        resize=(384, 384),
+        weights=f"{RELEASE}resnet50_16384.pth (resnet50_16384.pth; torch.hub amaralibey/bag-of-queries)",
+        notes="upstream resizes to 384x384 (bicubic, antialiased; vprkit's resize is bilinear); "
+        "any image size works",
+    )
+)
 
-register(ZooSpec(
-    name="boq_dinov2_12288",
-    family="boq",
-    backbone="DINOv2 ViT-B/14",
-    aggregation="BoQ (2 blocks x 64 queries, 384 x 32) + L2",
-    output_dim=12288,
-    build=build_dinov2,
-    load_state_dict=_load_dinov2,
-    resize=(322, 322),
-    multiple_of=PATCH,
-    weights=f"{RELEASE}dinov2_12288.pth (dinov2_12288.pth; torch.hub amaralibey/bag-of-queries)",
-    requires=("timm",),
-    notes="upstream resizes to 322x322 (bicubic, antialiased; vprkit's resize is bilinear); "
-          "sides must be multiples of 14; the backbone is built with timm (vprkit[dinov2])",
-))
+register(
+    ZooSpec(
+        name="boq_dinov2_12288",
+        family="boq",
+        backbone="DINOv2 ViT-B/14",
+        aggregation="BoQ (2 blocks x 64 queries, 384 x 32) + L2",
+        output_dim=12288,
+        build=build_dinov2,
+        load_state_dict=_load_dinov2,
+        resize=(322, 322),
+        multiple_of=PATCH,
+        weights=f"{RELEASE}dinov2_12288.pth (dinov2_12288.pth; torch.hub amaralibey/bag-of-queries)",
+        requires=("timm",),
+        notes="upstream resizes to 322x322 (bicubic, antialiased; vprkit's resize is bilinear); "
+        "sides must be multiples of 14; the backbone is built with timm (vprkit[dinov2])",
+    )
+)

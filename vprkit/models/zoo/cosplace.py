@@ -72,8 +72,13 @@ class GeoLocalizationNet(nn.Module):
             raise VprkitError(f"unknown backbone {backbone!r}; one of {', '.join(BACKBONES)}")
         self.backbone = make_backbone(backbone)
         channels = BACKBONES[backbone][1]
-        self.aggregation = nn.Sequential(L2Norm(dim=1), GeMPool(p=3.0, eps=1e-6), Flatten(),
-                                         nn.Linear(channels, fc_output_dim), L2Norm(dim=1))
+        self.aggregation = nn.Sequential(
+            L2Norm(dim=1),
+            GeMPool(p=3.0, eps=1e-6),
+            Flatten(),
+            nn.Linear(channels, fc_output_dim),
+            L2Norm(dim=1),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.aggregation(self.backbone(x))
@@ -106,12 +111,16 @@ def _unwrap(state: object) -> dict[str, torch.Tensor]:
     if isinstance(state, Mapping) and isinstance(state.get("model_state_dict"), Mapping):
         state = state["model_state_dict"]  # upstream's last_checkpoint.pth
     if not isinstance(state, Mapping) or not state:
-        raise VprkitError(f"expected a state dict (names -> tensors), found {type(state).__name__}"
-                          + (" (empty)" if isinstance(state, Mapping) else ""))
+        raise VprkitError(
+            f"expected a state dict (names -> tensors), found {type(state).__name__}"
+            + (" (empty)" if isinstance(state, Mapping) else "")
+        )
     odd = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if odd:
-        raise VprkitError(f"expected a state dict (names -> tensors), but {str(odd[0])!r} holds "
-                          f"{type(state[odd[0]]).__name__}")
+        raise VprkitError(
+            f"expected a state dict (names -> tensors), but {str(odd[0])!r} holds "
+            f"{type(state[odd[0]]).__name__}"
+        )
     return strip_prefix(state, "module.")
 
 
@@ -129,47 +138,64 @@ def state_loader(label: str, backbone: str, dim: int):
             if found is None:
                 raise
             other, other_dim = found
-            fits = [name for name, spec in REGISTRY.items() if spec.family in FAMILIES
-                    and name.endswith(f"_{other.lower()}_{other_dim}")]
+            fits = [
+                name
+                for name, spec in REGISTRY.items()
+                if spec.family in FAMILIES and name.endswith(f"_{other.lower()}_{other_dim}")
+            ]
             hint = f": --model {' or '.join(fits)}" if fits else ", a size that was not released"
-            raise VprkitError(f"{err}; the file is a {BACKBONES[other][2]} {other_dim}-D "
-                              f"GeoLocalizationNet{hint}") from None
+            raise VprkitError(
+                f"{err}; the file is a {BACKBONES[other][2]} {other_dim}-D GeoLocalizationNet{hint}"
+            ) from None
 
     return load
 
 
-def register_family(family: str, label: str, releases: Mapping[str, tuple[int, ...]],
-                    weights: str, notes: str,
-                    more_notes: Mapping[tuple[str, int], str] | None = None) -> None:
+def register_family(
+    family: str,
+    label: str,
+    releases: Mapping[str, tuple[int, ...]],
+    weights: str,
+    notes: str,
+    more_notes: Mapping[tuple[str, int], str] | None = None,
+) -> None:
     """Register ``<family>_<backbone>_<dim>`` for every released (backbone, dim);
     ``weights`` is formatted with ``backbone`` (upstream's spelling) and ``dim``;
     ``more_notes`` adds to the notes of single releases."""
     more_notes = more_notes or {}
     for backbone, dims in releases.items():
         for dim in dims:
-            register(ZooSpec(
-                name=f"{family}_{backbone.lower()}_{dim}",
-                family=family,
-                backbone=BACKBONES[backbone][2],
-                aggregation=AGGREGATION,
-                output_dim=dim,
-                build=partial(GeoLocalizationNet, backbone, dim),
-                load_state_dict=state_loader(label, backbone, dim),
-                resize=None,
-                weights=weights.format(backbone=backbone, dim=dim),
-                notes=" ".join(filter(None, (notes, more_notes.get((backbone, dim))))),
-            ))
+            register(
+                ZooSpec(
+                    name=f"{family}_{backbone.lower()}_{dim}",
+                    family=family,
+                    backbone=BACKBONES[backbone][2],
+                    aggregation=AGGREGATION,
+                    output_dim=dim,
+                    build=partial(GeoLocalizationNet, backbone, dim),
+                    load_state_dict=state_loader(label, backbone, dim),
+                    resize=None,
+                    weights=weights.format(backbone=backbone, dim=dim),
+                    notes=" ".join(filter(None, (notes, more_notes.get((backbone, dim))))),
+                )
+            )
 
 
 register_family(
-    "cosplace", "CosPlace", COSPLACE_RELEASES,
-    weights=("https://github.com/gmberton/CosPlace/releases/download/v1.0/"
-             "{backbone}_{dim}_cosplace.pth (torch.hub gmberton/cosplace get_trained_model("
-             "backbone='{backbone}', fc_output_dim={dim}); the same models are linked from "
-             "the README's model zoo table, on Google Drive)"),
-    notes=("Upstream evaluates each image at its own size (eval.py: TestDataset with ToTensor and "
-           "ImageNet Normalize only; --resize_test_imgs, off by default, would resize the shorter "
-           "side to --image_size 512 keeping the aspect ratio), queries one at a time. Trained on "
-           "SF-XL at 512x512 crops. The same layout as EigenPlaces: a file of either family "
-           "loads into the other's model of the same backbone and dim."),
+    "cosplace",
+    "CosPlace",
+    COSPLACE_RELEASES,
+    weights=(
+        "https://github.com/gmberton/CosPlace/releases/download/v1.0/"
+        "{backbone}_{dim}_cosplace.pth (torch.hub gmberton/cosplace get_trained_model("
+        "backbone='{backbone}', fc_output_dim={dim}); the same models are linked from "
+        "the README's model zoo table, on Google Drive)"
+    ),
+    notes=(
+        "Upstream evaluates each image at its own size (eval.py: TestDataset with ToTensor and "
+        "ImageNet Normalize only; --resize_test_imgs, off by default, would resize the shorter "
+        "side to --image_size 512 keeping the aspect ratio), queries one at a time. Trained on "
+        "SF-XL at 512x512 crops. The same layout as EigenPlaces: a file of either family "
+        "loads into the other's model of the same backbone and dim."
+    ),
 )

@@ -42,18 +42,35 @@ DEPTH = 12
 IMG_SIZE = 518  # the 37 x 37 position grid of the released weights
 INTERPOLATE_OFFSET = 0.1  # DINOv2's (and DINO's) offset, see dino issue 8
 
-_BLOCK_KEYS = ("norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias",
-               "attn.proj.weight", "attn.proj.bias", "ls1.gamma", "norm2.weight", "norm2.bias",
-               "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias", "ls2.gamma")
+_BLOCK_KEYS = (
+    "norm1.weight",
+    "norm1.bias",
+    "attn.qkv.weight",
+    "attn.qkv.bias",
+    "attn.proj.weight",
+    "attn.proj.bias",
+    "ls1.gamma",
+    "norm2.weight",
+    "norm2.bias",
+    "mlp.fc1.weight",
+    "mlp.fc1.bias",
+    "mlp.fc2.weight",
+    "mlp.fc2.bias",
+    "ls2.gamma",
+)
 
 
 def dinov2_key_map(depth: int = DEPTH) -> dict[str, str]:
     """facebookresearch key -> ``DinoV2Backbone`` key, for every parameter of ViT-*/14."""
-    keys = {"cls_token": "vit.cls_token", "pos_embed": "vit.pos_embed",
-            "mask_token": "mask_token",
-            "patch_embed.proj.weight": "vit.patch_embed.proj.weight",
-            "patch_embed.proj.bias": "vit.patch_embed.proj.bias",
-            "norm.weight": "vit.norm.weight", "norm.bias": "vit.norm.bias"}
+    keys = {
+        "cls_token": "vit.cls_token",
+        "pos_embed": "vit.pos_embed",
+        "mask_token": "mask_token",
+        "patch_embed.proj.weight": "vit.patch_embed.proj.weight",
+        "patch_embed.proj.bias": "vit.patch_embed.proj.bias",
+        "norm.weight": "vit.norm.weight",
+        "norm.bias": "vit.norm.bias",
+    }
     for i in range(depth):
         for name in _BLOCK_KEYS:
             keys[f"blocks.{i}.{name}"] = f"vit.blocks.{i}.{name}"
@@ -63,9 +80,13 @@ def dinov2_key_map(depth: int = DEPTH) -> dict[str, str]:
 DINOV2_KEY_MAP = dinov2_key_map()
 
 
-def interpolate_pos_encoding(pos_embed: torch.Tensor, height: int, width: int,
-                             patch_size: int = PATCH_SIZE,
-                             offset: float = INTERPOLATE_OFFSET) -> torch.Tensor:
+def interpolate_pos_encoding(
+    pos_embed: torch.Tensor,
+    height: int,
+    width: int,
+    patch_size: int = PATCH_SIZE,
+    offset: float = INTERPOLATE_OFFSET,
+) -> torch.Tensor:
     """DINOv2's position embeddings (1, 1 + M*M, C) for an ``height`` x ``width`` input:
     unchanged where the grid already fits (square, M patches a side), else the patch part
     resampled bicubically with DINOv2's scale factors ``(rows + offset) / M`` and
@@ -79,12 +100,16 @@ def interpolate_pos_encoding(pos_embed: torch.Tensor, height: int, width: int,
         return pos_embed
     dtype = pos_embed.dtype
     grid = pos_embed.float()[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, scale_factor=(float(rows + offset) / side,
-                                             float(cols + offset) / side),
-                         mode="bicubic", antialias=False)
+    grid = F.interpolate(
+        grid,
+        scale_factor=(float(rows + offset) / side, float(cols + offset) / side),
+        mode="bicubic",
+        antialias=False,
+    )
     if tuple(grid.shape[-2:]) != (rows, cols):  # cannot happen with offset < 1
-        raise VprkitError(f"DINOv2 position grid resampled to {tuple(grid.shape[-2:])}, "
-                          f"expected {(rows, cols)}")
+        raise VprkitError(
+            f"DINOv2 position grid resampled to {tuple(grid.shape[-2:])}, expected {(rows, cols)}"
+        )
     grid = grid.permute(0, 2, 3, 1).reshape(1, rows * cols, -1)
     return torch.cat((pos_embed.float()[:, :1], grid), dim=1).to(dtype)
 
@@ -103,8 +128,13 @@ class DinoV2Backbone(nn.Module):
 
     patch_size = PATCH_SIZE
 
-    def __init__(self, vit: nn.Module, norm_layer: bool = True, return_token: bool = True,
-                 num_trainable_blocks: int | None = None):
+    def __init__(
+        self,
+        vit: nn.Module,
+        norm_layer: bool = True,
+        return_token: bool = True,
+        num_trainable_blocks: int | None = None,
+    ):
         super().__init__()
         self.vit = vit
         self.embed_dim = self.num_channels = int(getattr(vit, "embed_dim", EMBED_DIM))
@@ -117,10 +147,10 @@ class DinoV2Backbone(nn.Module):
         if x.dim() != 4 or x.shape[1] != 3:
             raise VprkitError(f"DINOv2 takes (B, 3, H, W) images, not {tuple(x.shape)}")
         h, w = x.shape[-2:]
-        if h % self.patch_size or w % self.patch_size or h < self.patch_size or \
-                w < self.patch_size:
-            raise VprkitError(f"DINOv2 needs image sides that are multiples of "
-                              f"{self.patch_size}, not {h}x{w}")
+        if h % self.patch_size or w % self.patch_size or h < self.patch_size or w < self.patch_size:
+            raise VprkitError(
+                f"DINOv2 needs image sides that are multiples of {self.patch_size}, not {h}x{w}"
+            )
 
     def prepare_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Patch embedding, class token and (interpolated) position embeddings: (B, 1+N, C)."""
@@ -144,9 +174,9 @@ class DinoV2Backbone(nn.Module):
                 for block in blocks[:frozen]:
                     tokens = block(tokens)
             tokens = tokens.detach()
-        for block in blocks[max(frozen, 0):]:
+        for block in blocks[max(frozen, 0) :]:
             tokens = block(tokens)
-        if (self.norm_layer if norm is None else norm):
+        if self.norm_layer if norm is None else norm:
             tokens = vit.norm(tokens)
         return tokens
 
@@ -154,16 +184,22 @@ class DinoV2Backbone(nn.Module):
         """The patch map (B, C, H/14, W/14), and the class token (B, C) with ``return_token``."""
         b, _, h, w = x.shape
         tokens = self.forward_tokens(x)
-        patches = tokens[:, 1:].reshape(b, h // self.patch_size, w // self.patch_size,
-                                        self.embed_dim).permute(0, 3, 1, 2)
+        patches = (
+            tokens[:, 1:]
+            .reshape(b, h // self.patch_size, w // self.patch_size, self.embed_dim)
+            .permute(0, 3, 1, 2)
+        )
         if self.return_token:
             return patches, tokens[:, 0]
         return patches
 
 
-def build_dinov2_vitb14(norm_layer: bool = True, return_token: bool = True,
-                        num_trainable_blocks: int | None = None,
-                        quick_init: bool = False) -> DinoV2Backbone:
+def build_dinov2_vitb14(
+    norm_layer: bool = True,
+    return_token: bool = True,
+    num_trainable_blocks: int | None = None,
+    quick_init: bool = False,
+) -> DinoV2Backbone:
     """DINOv2 ViT-B/14 with random weights (timm; ``load_dinov2_state`` fills it).
 
     ``quick_init`` skips timm's own initialisation of the 86M weights (seconds on a CPU): the
@@ -172,21 +208,31 @@ def build_dinov2_vitb14(norm_layer: bool = True, return_token: bool = True,
     try:
         import timm
     except ImportError:  # pragma: no cover - the zoo checks ``requires`` first
-        raise VprkitError("DINOv2 models need the timm package: pip install 'vprkit[dinov2]'") \
-            from None
+        raise VprkitError("DINOv2 models need the timm package: pip install 'vprkit[dinov2]'") from None
     extra: dict[str, Any] = {"weight_init": "skip"} if quick_init else {}
-    vit: Any = timm.create_model("vit_base_patch14_dinov2", pretrained=False, num_classes=0,
-                                 img_size=IMG_SIZE, dynamic_img_size=True, **extra)
+    vit: Any = timm.create_model(
+        "vit_base_patch14_dinov2",
+        pretrained=False,
+        num_classes=0,
+        img_size=IMG_SIZE,
+        dynamic_img_size=True,
+        **extra,
+    )
     if quick_init:
         nn.init.trunc_normal_(vit.pos_embed, std=0.02)
         nn.init.normal_(vit.cls_token, std=1e-6)
-    return DinoV2Backbone(vit, norm_layer=norm_layer, return_token=return_token,
-                          num_trainable_blocks=num_trainable_blocks)
+    return DinoV2Backbone(
+        vit, norm_layer=norm_layer, return_token=return_token, num_trainable_blocks=num_trainable_blocks
+    )
 
 
-def load_dinov2_state(module: DinoV2Backbone, state: Mapping[str, torch.Tensor],
-                      prefix: str = "", what: str = "DINOv2 ViT-B/14",
-                      optional: tuple[str, ...] = ()) -> set[str]:
+def load_dinov2_state(
+    module: DinoV2Backbone,
+    state: Mapping[str, torch.Tensor],
+    prefix: str = "",
+    what: str = "DINOv2 ViT-B/14",
+    optional: tuple[str, ...] = (),
+) -> set[str]:
     """Put the facebookresearch DINOv2 state dict held under ``prefix`` in ``state`` into
     ``module`` (every key and shape must match); returns the keys of ``state`` it used (keys
     outside ``prefix`` are left to the caller).
@@ -201,26 +247,37 @@ def load_dinov2_state(module: DinoV2Backbone, state: Mapping[str, torch.Tensor],
     vit: Any = module.vit
     depth = len(vit.blocks)
     full_map = DINOV2_KEY_MAP if depth == DEPTH else dinov2_key_map(depth)
-    under = {k[len(prefix):]: k for k in state if isinstance(k, str) and k.startswith(prefix)}
+    under = {k[len(prefix) :]: k for k in state if isinstance(k, str) and k.startswith(prefix)}
     absent = {k for k in optional if k not in under}
     key_map = {k: v for k, v in full_map.items() if k not in absent}
     missing = [prefix + k for k in key_map if k not in under]
     unexpected = [v for k, v in under.items() if k not in key_map]
     if missing or unexpected:
-        detail = ", ".join(part for part in (
-            f"missing {missing[0]!r}" if missing else "",
-            f"unexpected {unexpected[0]!r}" if unexpected else "") if part)
-        raise VprkitError(f"this is not a {what} state dict (DINOv2 keys under {prefix!r}: "
-                          f"{detail}; {len(missing)} missing, {len(unexpected)} unexpected keys)")
+        detail = ", ".join(
+            part
+            for part in (
+                f"missing {missing[0]!r}" if missing else "",
+                f"unexpected {unexpected[0]!r}" if unexpected else "",
+            )
+            if part
+        )
+        raise VprkitError(
+            f"this is not a {what} state dict (DINOv2 keys under {prefix!r}: "
+            f"{detail}; {len(missing)} missing, {len(unexpected)} unexpected keys)"
+        )
     mapped = {}
     for theirs, ours in key_map.items():
         value = state[prefix + theirs]
         if not isinstance(value, torch.Tensor):
-            raise VprkitError(f"this is not a {what} state dict: {prefix + theirs} is a "
-                              f"{type(value).__name__}, not a tensor")
+            raise VprkitError(
+                f"this is not a {what} state dict: {prefix + theirs} is a "
+                f"{type(value).__name__}, not a tensor"
+            )
         if tuple(value.shape) != tuple(own[ours].shape):
-            raise VprkitError(f"this is not a {what} state dict: {prefix + theirs} has shape "
-                              f"{tuple(value.shape)}, expected {tuple(own[ours].shape)}")
+            raise VprkitError(
+                f"this is not a {what} state dict: {prefix + theirs} has shape "
+                f"{tuple(value.shape)}, expected {tuple(own[ours].shape)}"
+            )
         mapped[ours] = value
     mapped.update({full_map[k]: own[full_map[k]] for k in absent})
     if set(mapped) != set(own):  # the map covers the module (a wrong timm version otherwise)
@@ -230,5 +287,11 @@ def load_dinov2_state(module: DinoV2Backbone, state: Mapping[str, torch.Tensor],
     return {prefix + k for k in key_map}
 
 
-__all__ = ["DINOV2_KEY_MAP", "DinoV2Backbone", "build_dinov2_vitb14", "dinov2_key_map",
-           "interpolate_pos_encoding", "load_dinov2_state"]
+__all__ = [
+    "DINOV2_KEY_MAP",
+    "DinoV2Backbone",
+    "build_dinov2_vitb14",
+    "dinov2_key_map",
+    "interpolate_pos_encoding",
+    "load_dinov2_state",
+]

@@ -18,15 +18,25 @@ EIGENPLACES_RELEASES: dict[str, tuple[int, ...]] = {
 }
 
 register_family(
-    "eigenplaces", "EigenPlaces", EIGENPLACES_RELEASES,
-    weights=("https://github.com/gmberton/EigenPlaces/releases/download/v1.0/"
-             "{backbone}_{dim}_eigenplaces.pth (torch.hub gmberton/eigenplaces "
-             "get_trained_model(backbone='{backbone}', fc_output_dim={dim}))"),
-    notes=("Upstream evaluates each image at its own size (eval.py: TestDataset with ToTensor and "
-           "ImageNet Normalize only, no resize option), queries one at a time. The same layout "
-           "as CosPlace: a file of either family loads into the other's model of the same "
-           "backbone and dim."),
-    more_notes={(backbone, 1024): ("Listed by upstream's hubconf.py but not by its README "
-                                   "(which names 128, 256, 512 and 2048 for this backbone).")
-                for backbone in ("ResNet50", "ResNet101")},
+    "eigenplaces",
+    "EigenPlaces",
+    EIGENPLACES_RELEASES,
+    weights=(
+        "https://github.com/gmberton/EigenPlaces/releases/download/v1.0/"
+        "{backbone}_{dim}_eigenplaces.pth (torch.hub gmberton/eigenplaces "
+        "get_trained_model(backbone='{backbone}', fc_output_dim={dim}))"
+    ),
+    notes=(
+        "Upstream evaluates each image at its own size (eval.py: TestDataset with ToTensor and "
+        "ImageNet Normalize only, no resize option), queries one at a time. The same layout "
+        "as CosPlace: a file of either family loads into the other's model of the same "
+        "backbone and dim."
+    ),
+    more_notes={
+        (backbone, 1024): (
+            "Listed by upstream's hubconf.py but not by its README "
+            "(which names 128, 256, 512 and 2048 for this backbone)."
+        )
+        for backbone in ("ResNet50", "ResNet101")
+    },
 )

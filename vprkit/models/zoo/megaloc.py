@@ -44,11 +44,22 @@ from vprkit.models.zoo.salad import SaladAggregator, load_backbone_and_head
 class MegaLocAggregator(nn.Module):
     """``agg`` (SALAD, 64 x 256 + 256) then ``linear`` (16640 -> ``feat_dim``)."""
 
-    def __init__(self, feat_dim: int = 8448, num_clusters: int = 64, cluster_dim: int = 256,
-                 token_dim: int = 256, mlp_dim: int = 512):
+    def __init__(
+        self,
+        feat_dim: int = 8448,
+        num_clusters: int = 64,
+        cluster_dim: int = 256,
+        token_dim: int = 256,
+        mlp_dim: int = 512,
+    ):
         super().__init__()
-        self.agg = SaladAggregator(num_channels=768, num_clusters=num_clusters,
-                                   cluster_dim=cluster_dim, token_dim=token_dim, mlp_dim=mlp_dim)
+        self.agg = SaladAggregator(
+            num_channels=768,
+            num_clusters=num_clusters,
+            cluster_dim=cluster_dim,
+            token_dim=token_dim,
+            mlp_dim=mlp_dim,
+        )
         self.linear = nn.Linear(self.agg.output_dim, feat_dim)
 
     def forward(self, features: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -70,14 +81,17 @@ class MegaLoc(nn.Module):
         if h % PATCH_SIZE or w % PATCH_SIZE:
             h, w = round(h / PATCH_SIZE) * PATCH_SIZE, round(w / PATCH_SIZE) * PATCH_SIZE
             if h == 0 or w == 0:
-                raise VprkitError(f"MegaLoc needs images of at least {PATCH_SIZE // 2 + 1} "
-                                  f"pixels a side, not {tuple(images.shape[-2:])}")
-            images = F.interpolate(images, size=(h, w), mode="bilinear", align_corners=False,
-                                   antialias=True)
+                raise VprkitError(
+                    f"MegaLoc needs images of at least {PATCH_SIZE // 2 + 1} "
+                    f"pixels a side, not {tuple(images.shape[-2:])}"
+                )
+            images = F.interpolate(images, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
         patches = (h // PATCH_SIZE) * (w // PATCH_SIZE)
         if patches <= self.aggregator.agg.num_clusters:  # upstream: math.log(n - m) fails
-            raise VprkitError(f"MegaLoc needs more than {self.aggregator.agg.num_clusters} "
-                              f"patches of 14 pixels, not {patches} ({h}x{w}): use larger images")
+            raise VprkitError(
+                f"MegaLoc needs more than {self.aggregator.agg.num_clusters} "
+                f"patches of 14 pixels, not {patches} ({h}x{w}): use larger images"
+            )
         return F.normalize(self.aggregator(self.backbone(images)), p=2.0, dim=1)
 
 
@@ -92,21 +106,22 @@ def load_megaloc(module: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     load_backbone_and_head(module, state, "MegaLoc", "aggregator.")
 
 
-register(ZooSpec(
-    name="megaloc_dinov2_8448",
-    family="megaloc",
-    backbone="DINOv2 ViT-B/14 (last 4 blocks fine-tuned)",
-    aggregation="SALAD (64 x 256 + 256) + Linear 16640->8448 + L2",
-    output_dim=8448,
-    build=build_megaloc,
-    load_state_dict=load_megaloc,
-    resize=None,
-    multiple_of=1,  # the network rounds the sides to multiples of 14 itself, as upstream
-    weights="https://github.com/gmberton/MegaLoc/releases/download/v1.0/megaloc.torch "
-            "(megaloc.torch)",
-    requires=("timm",),
-    notes="upstream runs each image at its own size, rounding the sides to the nearest "
-          "multiples of 14 (bilinear, antialiased); megaloc.torch is a plain state dict "
-          "(backbone.model.*, aggregator.agg.*, aggregator.linear.*); images need more than 64 "
-          "patches of 14x14 pixels",
-))
+register(
+    ZooSpec(
+        name="megaloc_dinov2_8448",
+        family="megaloc",
+        backbone="DINOv2 ViT-B/14 (last 4 blocks fine-tuned)",
+        aggregation="SALAD (64 x 256 + 256) + Linear 16640->8448 + L2",
+        output_dim=8448,
+        build=build_megaloc,
+        load_state_dict=load_megaloc,
+        resize=None,
+        multiple_of=1,  # the network rounds the sides to multiples of 14 itself, as upstream
+        weights="https://github.com/gmberton/MegaLoc/releases/download/v1.0/megaloc.torch (megaloc.torch)",
+        requires=("timm",),
+        notes="upstream runs each image at its own size, rounding the sides to the nearest "
+        "multiples of 14 (bilinear, antialiased); megaloc.torch is a plain state dict "
+        "(backbone.model.*, aggregator.agg.*, aggregator.linear.*); images need more than 64 "
+        "patches of 14x14 pixels",
+    )
+)

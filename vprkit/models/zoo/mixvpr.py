@@ -91,8 +91,9 @@ class FeatureMixer(nn.Module):
     def __init__(self, locations: int, mlp_ratio: float = 1.0) -> None:
         super().__init__()
         hidden = int(locations * mlp_ratio)
-        self.mix = nn.Sequential(nn.LayerNorm(locations), nn.Linear(locations, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, locations))
+        self.mix = nn.Sequential(
+            nn.LayerNorm(locations), nn.Linear(locations, hidden), nn.ReLU(), nn.Linear(hidden, locations)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.mix(x)
@@ -102,8 +103,15 @@ class MixVPRAggregator(nn.Module):
     """Mixers over the H*W locations, then a channel projection (C -> ``out_channels``) and a
     row projection (H*W -> ``out_rows``), flattened and L2-normalised."""
 
-    def __init__(self, out_channels: int, out_rows: int, in_channels: int = 1024,
-                 grid: tuple[int, int] = GRID, mix_depth: int = 4, mlp_ratio: float = 1.0) -> None:
+    def __init__(
+        self,
+        out_channels: int,
+        out_rows: int,
+        in_channels: int = 1024,
+        grid: tuple[int, int] = GRID,
+        mix_depth: int = 4,
+        mlp_ratio: float = 1.0,
+    ) -> None:
         super().__init__()
         self.grid = grid
         locations = grid[0] * grid[1]
@@ -115,10 +123,11 @@ class MixVPRAggregator(nn.Module):
         if tuple(x.shape[-2:]) != self.grid:
             raise VprkitError(
                 f"MixVPR mixes a fixed {self.grid[0]}x{self.grid[1]} feature map (320x320 images); "
-                f"this image gave {x.shape[-2]}x{x.shape[-1]}: extract with --resize 320 320")
-        x = self.mix(x.flatten(2))                       # (B, C, HW)
-        x = self.channel_proj(x.transpose(1, 2))         # (B, HW, C')
-        x = self.row_proj(x.transpose(1, 2))             # (B, C', rows)
+                f"this image gave {x.shape[-2]}x{x.shape[-1]}: extract with --resize 320 320"
+            )
+        x = self.mix(x.flatten(2))  # (B, C, HW)
+        x = self.channel_proj(x.transpose(1, 2))  # (B, HW, C')
+        x = self.row_proj(x.transpose(1, 2))  # (B, C', rows)
         return F.normalize(x.flatten(1), p=2, dim=-1)
 
 
@@ -136,7 +145,8 @@ class MixVPRNet(nn.Module):
         if grid != self.aggregator.grid:
             raise VprkitError(
                 f"MixVPR mixes a fixed {GRID[0]}x{GRID[1]} feature map (320x320 images); a "
-                f"{x.shape[-2]}x{x.shape[-1]} image gives {grid[0]}x{grid[1]}: extract with --resize 320 320")
+                f"{x.shape[-2]}x{x.shape[-1]} image gives {grid[0]}x{grid[1]}: extract with --resize 320 320"
+            )
         return self.aggregator(self.backbone(x))
 
 
@@ -152,8 +162,9 @@ def release_state(state: object) -> dict:
     state = {k: v for k, v in state.items() if not str(k).startswith(_TRAINING_ONLY)}
     odd = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if odd:
-        raise VprkitError(f"this is not a MixVPR state dict ({odd[0]!r} is a "
-                          f"{type(state[odd[0]]).__name__}, not a tensor)")
+        raise VprkitError(
+            f"this is not a MixVPR state dict ({odd[0]!r} is a {type(state[odd[0]]).__name__}, not a tensor)"
+        )
     return state
 
 
@@ -165,27 +176,32 @@ def _loader(dim: int):
         if channels is not None and rows is not None and channels.dim() == 2 and rows.dim() == 2:
             found = channels.shape[0] * rows.shape[0]
             if found != dim and found in RELEASES:
-                raise VprkitError(f"this is the {found}-D MixVPR release, not the {dim}-D one: "
-                                  f"use --model mixvpr_resnet50_{found}")
+                raise VprkitError(
+                    f"this is the {found}-D MixVPR release, not the {dim}-D one: "
+                    f"use --model mixvpr_resnet50_{found}"
+                )
         strict_load(module, weights, f"MixVPR ResNet-50 {dim}-D ({RELEASES[dim][3]})")
+
     return load
 
 
 def _register() -> None:
     for dim, (channels, rows, drive_id, file_name) in RELEASES.items():
-        register(ZooSpec(
-            name=f"mixvpr_resnet50_{dim}",
-            family="mixvpr",
-            backbone="ResNet-50 (to layer3)",
-            aggregation=f"MixVPR (4 mixers, {channels} channels x {rows} rows) + L2",
-            output_dim=dim,
-            build=partial(MixVPRNet, channels, rows),
-            load_state_dict=_loader(dim),
-            resize=SIZE,
-            weights=f"{DRIVE.format(drive_id)} ({file_name}; amaralibey/MixVPR README)",
-            notes="evaluated upstream at 320x320 only (bicubic resize; vprkit's is bilinear); "
-                  "the mixer needs exactly a 20x20 layer3 map, so other sizes are refused",
-        ))
+        register(
+            ZooSpec(
+                name=f"mixvpr_resnet50_{dim}",
+                family="mixvpr",
+                backbone="ResNet-50 (to layer3)",
+                aggregation=f"MixVPR (4 mixers, {channels} channels x {rows} rows) + L2",
+                output_dim=dim,
+                build=partial(MixVPRNet, channels, rows),
+                load_state_dict=_loader(dim),
+                resize=SIZE,
+                weights=f"{DRIVE.format(drive_id)} ({file_name}; amaralibey/MixVPR README)",
+                notes="evaluated upstream at 320x320 only (bicubic resize; vprkit's is bilinear); "
+                "the mixer needs exactly a 20x20 layer3 map, so other sizes are refused",
+            )
+        )
 
 
 _register()

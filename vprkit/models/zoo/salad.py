@@ -49,16 +49,18 @@ from vprkit.models.zoo.dinov2 import DinoV2Backbone, build_dinov2_vitb14, load_d
 SINKHORN_ITERATIONS = 3  # upstream's log_optimal_transport(p, dust_bin, 3)
 
 
-def log_optimal_transport(scores: torch.Tensor, dustbin: torch.Tensor,
-                          iterations: int = SINKHORN_ITERATIONS) -> torch.Tensor:
+def log_optimal_transport(
+    scores: torch.Tensor, dustbin: torch.Tensor, iterations: int = SINKHORN_ITERATIONS
+) -> torch.Tensor:
     """Log assignment (B, m + 1, n) of n patches to m clusters and a dustbin (the last row):
     ``iterations`` Sinkhorn normalisations in log space of the scores (B, m, n) with a dustbin
     row of value ``dustbin``, the masses 1/(m+n) per cluster and patch and (n-m)/(m+n) for the
     dustbin, times m+n. Needs n >= m (the dustbin's mass)."""
     b, m, n = scores.shape
     if n < m:
-        raise VprkitError(f"SALAD needs at least as many patches as clusters ({m}), not {n}: "
-                          "use larger images")
+        raise VprkitError(
+            f"SALAD needs at least as many patches as clusters ({m}), not {n}: use larger images"
+        )
     couplings = torch.cat((scores, dustbin.to(scores).expand(b, 1, n)), dim=1)
     log_norm = -math.log(m + n)
     log_rows = torch.full((m + 1,), log_norm, dtype=scores.dtype, device=scores.device)
@@ -76,17 +78,27 @@ class SaladAggregator(nn.Module):
     """SALAD's head (upstream's ``SALAD`` module, its parameter names); ``mlp_dim`` is MegaLoc's
     generalisation of the hidden width (512 in both releases)."""
 
-    def __init__(self, num_channels: int = 768, num_clusters: int = 64, cluster_dim: int = 128,
-                 token_dim: int = 256, mlp_dim: int = 512, dropout: float = 0.3):
+    def __init__(
+        self,
+        num_channels: int = 768,
+        num_clusters: int = 64,
+        cluster_dim: int = 128,
+        token_dim: int = 256,
+        mlp_dim: int = 512,
+        dropout: float = 0.3,
+    ):
         super().__init__()
         self.num_clusters, self.cluster_dim, self.token_dim = num_clusters, cluster_dim, token_dim
-        self.token_features = nn.Sequential(nn.Linear(num_channels, mlp_dim), nn.ReLU(),
-                                            nn.Linear(mlp_dim, token_dim))
+        self.token_features = nn.Sequential(
+            nn.Linear(num_channels, mlp_dim), nn.ReLU(), nn.Linear(mlp_dim, token_dim)
+        )
         drop: nn.Module = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.cluster_features = nn.Sequential(nn.Conv2d(num_channels, mlp_dim, 1), drop,
-                                              nn.ReLU(), nn.Conv2d(mlp_dim, cluster_dim, 1))
-        self.score = nn.Sequential(nn.Conv2d(num_channels, mlp_dim, 1), drop, nn.ReLU(),
-                                   nn.Conv2d(mlp_dim, num_clusters, 1))
+        self.cluster_features = nn.Sequential(
+            nn.Conv2d(num_channels, mlp_dim, 1), drop, nn.ReLU(), nn.Conv2d(mlp_dim, cluster_dim, 1)
+        )
+        self.score = nn.Sequential(
+            nn.Conv2d(num_channels, mlp_dim, 1), drop, nn.ReLU(), nn.Conv2d(mlp_dim, num_clusters, 1)
+        )
         self.dust_bin = nn.Parameter(torch.tensor(1.0))
 
     @property
@@ -101,8 +113,9 @@ class SaladAggregator(nn.Module):
         glob = self.token_features(token)  # (B, g)
         assignment = log_optimal_transport(scores, self.dust_bin).exp()[:, :-1]  # (B, m, n)
         clusters = torch.einsum("bln,bmn->blm", local, assignment)  # (B, l, m)
-        out = torch.cat((F.normalize(glob, p=2, dim=-1),
-                         F.normalize(clusters, p=2, dim=1).flatten(1)), dim=-1)
+        out = torch.cat(
+            (F.normalize(glob, p=2, dim=-1), F.normalize(clusters, p=2, dim=1).flatten(1)), dim=-1
+        )
         return F.normalize(out, p=2, dim=-1)
 
 
@@ -122,21 +135,22 @@ class DinoSalad(nn.Module):
 def build_salad() -> DinoSalad:
     """The released architecture with random weights, in eval mode (dropout off)."""
     backbone = build_dinov2_vitb14(norm_layer=True, return_token=True, num_trainable_blocks=4)
-    return DinoSalad(backbone, SaladAggregator(num_channels=768, num_clusters=64,
-                                               cluster_dim=128, token_dim=256)).eval()
+    return DinoSalad(
+        backbone, SaladAggregator(num_channels=768, num_clusters=64, cluster_dim=128, token_dim=256)
+    ).eval()
 
 
 def unwrap_state(state: Any, what: str) -> dict[str, torch.Tensor]:
     """The state dict in a loaded file: the file itself, or a Lightning checkpoint's
     ``state_dict``; ``module.`` (DataParallel) prefixes dropped."""
-    if isinstance(state, Mapping) and "state_dict" in state and \
-            isinstance(state["state_dict"], Mapping):
+    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping) or not all(isinstance(k, str) for k in state):
-        raise VprkitError(f"this is not a {what} state dict (a {type(state).__name__}, not a "
-                          "dict of tensors)")
+        raise VprkitError(
+            f"this is not a {what} state dict (a {type(state).__name__}, not a dict of tensors)"
+        )
     if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return dict(state)
 
 
@@ -146,14 +160,16 @@ def load_backbone_and_head(module: nn.Module, state: Any, what: str, head: str) 
     state = unwrap_state(state, what)
     if not any(k.startswith("backbone.model.") for k in state):
         first = next(iter(state), None)
-        raise VprkitError(f"this is not a {what} state dict (no backbone.model.* DINOv2 keys; "
-                          f"first key {first!r})")
+        raise VprkitError(
+            f"this is not a {what} state dict (no backbone.model.* DINOv2 keys; first key {first!r})"
+        )
     used = load_dinov2_state(module.backbone, state, "backbone.model.", what)  # type: ignore[arg-type]
-    head_state = {k[len(head):]: v for k, v in state.items() if k.startswith(head)}
+    head_state = {k[len(head) :]: v for k, v in state.items() if k.startswith(head)}
     rest = [k for k in state if k not in used and not k.startswith(head)]
     if rest:
-        raise VprkitError(f"this is not a {what} state dict (unexpected {rest[0]!r}; "
-                          f"{len(rest)} unexpected keys)")
+        raise VprkitError(
+            f"this is not a {what} state dict (unexpected {rest[0]!r}; {len(rest)} unexpected keys)"
+        )
     strict_load(module.aggregator, head_state, what)  # type: ignore[arg-type]
 
 
@@ -162,20 +178,21 @@ def load_salad(module: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     load_backbone_and_head(module, state, "DINOv2 SALAD", "aggregator.")
 
 
-register(ZooSpec(
-    name="salad_dinov2_8448",
-    family="salad",
-    backbone="DINOv2 ViT-B/14 (last 4 blocks fine-tuned)",
-    aggregation="SALAD (64 x 128 optimal transport + 256 token) + L2",
-    output_dim=8448,
-    build=build_salad,
-    load_state_dict=load_salad,
-    resize=(322, 322),
-    multiple_of=14,
-    weights="https://github.com/serizba/salad/releases/download/v1.0.0/dino_salad.ckpt "
-            "(dino_salad.ckpt)",
-    requires=("timm",),
-    notes="upstream evaluates at 322x322 (bilinear resize, ImageNet normalisation), in float16 "
-          "autocast on CUDA; dino_salad.ckpt is a plain state dict (backbone.model.*, "
-          "aggregator.*); images need sides multiple of 14 and at least 64 patches",
-))
+register(
+    ZooSpec(
+        name="salad_dinov2_8448",
+        family="salad",
+        backbone="DINOv2 ViT-B/14 (last 4 blocks fine-tuned)",
+        aggregation="SALAD (64 x 128 optimal transport + 256 token) + L2",
+        output_dim=8448,
+        build=build_salad,
+        load_state_dict=load_salad,
+        resize=(322, 322),
+        multiple_of=14,
+        weights="https://github.com/serizba/salad/releases/download/v1.0.0/dino_salad.ckpt (dino_salad.ckpt)",
+        requires=("timm",),
+        notes="upstream evaluates at 322x322 (bilinear resize, ImageNet normalisation), in float16 "
+        "autocast on CUDA; dino_salad.ckpt is a plain state dict (backbone.model.*, "
+        "aggregator.*); images need sides multiple of 14 and at least 64 patches",
+    )
+)
