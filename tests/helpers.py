@@ -94,3 +94,13 @@ def guarded():
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def flat_config(**fields):
+    """A ``TrainConfig`` from flat fields: the model's (``vprkit.train.config.MODEL_FIELDS``:
+    backbone, aggregation, clusters, weights ...) go to ``TrainConfig.model``."""
+    from vprkit.models import ModelConfig
+    from vprkit.train.config import MODEL_FIELDS, TrainConfig
+
+    model = {k: fields.pop(k) for k in MODEL_FIELDS if k in fields}
+    return TrainConfig(**fields, model=ModelConfig(**model))

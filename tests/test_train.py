@@ -10,7 +10,7 @@ import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from click.testing import CliRunner
-from helpers import interrupt_training_at
+from helpers import flat_config, interrupt_training_at
 
 from vprkit.cli import main
 from vprkit.data.datasets import load_split
@@ -54,14 +54,6 @@ def small_config(root, **kw) -> TrainConfig:
     )
     base.update(kw)
     return flat_config(**base)
-
-
-def flat_config(**fields) -> TrainConfig:
-    """A TrainConfig from flat fields: the model's (backbone, aggregation, clusters, weights ...)
-    go to ``TrainConfig.model``."""
-    names = ("backbone", "aggregation", "clusters", "weights", "checkpoint", "l2", "fc_output_dim")
-    model = {k: fields.pop(k) for k in names if k in fields}
-    return TrainConfig(**fields, model=ModelConfig(**model))
 
 
 class TestPresets:

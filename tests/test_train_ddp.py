@@ -23,14 +23,14 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import interrupt_training_at
+from helpers import flat_config, interrupt_training_at
 
 from vprkit.cli import main
 from vprkit.data.datasets import load_split
 from vprkit.data.synthetic import generate_dataset
-from vprkit.models import ModelConfig, load_model_from_checkpoint
+from vprkit.models import load_model_from_checkpoint
 from vprkit.models.checkpoints import read_checkpoint
-from vprkit.train import TrainConfig, train
+from vprkit.train import train
 
 REPO = Path(__file__).resolve().parents[1]  # the processes import this checkout's vprkit
 SIZE = (32, 40)
@@ -55,14 +55,6 @@ OPTIONS = dict(
     margin=1.0,
 )
 RUN_FILES = {"config.json", "train.log", "metrics.jsonl", "last.pth", "best.pth", "curves.png"}
-
-
-def flat_config(**fields) -> TrainConfig:
-    """A TrainConfig from flat fields: the model's (backbone, aggregation, clusters, weights ...)
-    go to ``TrainConfig.model``."""
-    names = ("backbone", "aggregation", "clusters", "weights", "checkpoint", "l2", "fc_output_dim")
-    model = {k: fields.pop(k) for k in names if k in fields}
-    return TrainConfig(**fields, model=ModelConfig(**model))
 
 
 def cli_options(options: dict) -> list[str]:

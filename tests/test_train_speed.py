@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import flat_config
 
 from vprkit.cli import main
 from vprkit.data.datasets import load_split
@@ -227,14 +228,6 @@ def small_config(root, **kw) -> TrainConfig:
     )
     base.update(kw)
     return flat_config(**base)
-
-
-def flat_config(**fields) -> TrainConfig:
-    """A TrainConfig from flat fields: the model's (backbone, aggregation, clusters, weights ...)
-    go to ``TrainConfig.model``."""
-    names = ("backbone", "aggregation", "clusters", "weights", "checkpoint", "l2", "fc_output_dim")
-    model = {k: fields.pop(k) for k in names if k in fields}
-    return TrainConfig(**fields, model=ModelConfig(**model))
 
 
 class TestCache:
